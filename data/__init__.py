@@ -1,0 +1,1 @@
+"""Data preparation: raw text to deduplicated, filtered, tokenized shards."""

@@ -1,0 +1,65 @@
+"""The DeepSpeed config, derived from run.yaml (never written by hand).
+
+DeepSpeed's traps it encodes:
+- train_batch_size must equal micro_batch * grad_accum * dp (DeepSpeed asserts it at start-up;
+  checked here first, with the numbers).
+- The pipeline engine refuses ZeRO-2/3 (an assertion at engine construction).
+- bf16 with a pipeline accumulates gradients in fp32 (data_types.grad_accum_dtype = fp32) so that
+  ZeRO-1 runs DeepSpeed's BF16 optimizer, as BLOOM trained: bf16 accumulation over many
+  micro-batches loses precision.
+"""
+from __future__ import annotations
+
+from .config import ConfigError, RunConfig
+from .topology.memory import (ALLGATHER_BUCKET_ELEMENTS, REDUCE_BUCKET_ELEMENTS,
+                              ZERO3_MAX_LIVE_PARAMETERS)
+
+ADAM_EPS = 1e-8
+
+
+def resolve_precision(config: RunConfig, on_gpu: bool) -> str:
+    """train.precision auto: bf16 on GPU, fp32 on CPU."""
+    if config.train.precision == "auto":
+        return "bf16" if on_gpu else "fp32"
+    return config.train.precision
+
+
+def deepspeed_config(config: RunConfig, precision: str) -> dict:
+    """The ds_config.json dict for a run."""
+    lay, train = config.layout, config.train
+    if lay.pp > 1 and lay.zero_stage >= 2:
+        raise ConfigError(f"ZeRO-{lay.zero_stage} with pp={lay.pp}: DeepSpeed's pipeline engine "
+                          "supports ZeRO 0 and 1 only; use layout.zero_stage=1 (or pp=1 for ZeRO-2/3)")
+    if precision not in ("bf16", "fp32"):
+        raise ConfigError(f"precision must be bf16 or fp32, got {precision!r}")
+    zero = {"stage": lay.zero_stage}
+    if lay.zero_stage in (1, 2):
+        zero.update({"reduce_bucket_size": REDUCE_BUCKET_ELEMENTS,
+                     "allgather_bucket_size": ALLGATHER_BUCKET_ELEMENTS,
+                     "overlap_comm": lay.pp == 1, "contiguous_gradients": True})
+    elif lay.zero_stage == 3:
+        zero.update({"reduce_bucket_size": REDUCE_BUCKET_ELEMENTS, "overlap_comm": True,
+                     "contiguous_gradients": True,
+                     "stage3_max_live_parameters": ZERO3_MAX_LIVE_PARAMETERS,
+                     "stage3_prefetch_bucket_size": REDUCE_BUCKET_ELEMENTS // 4})
+    ds = {
+        "train_batch_size": lay.micro_batch * lay.grad_accum * lay.dp,
+        "train_micro_batch_size_per_gpu": lay.micro_batch,
+        "gradient_accumulation_steps": lay.grad_accum,
+        "gradient_clipping": train.grad_clip,
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": train.lr, "betas": [train.beta1, train.beta2], "eps": ADAM_EPS,
+            "weight_decay": train.weight_decay}},
+        "scheduler": {"type": "WarmupCosineLR", "params": {
+            "total_num_steps": train.steps, "warmup_num_steps": train.warmup_steps,
+            "warmup_min_ratio": 0.0, "cos_min_ratio": train.min_lr / train.lr if train.lr else 0.0,
+            "warmup_type": "linear"}},
+        "zero_optimization": zero,
+        "steps_per_print": 10 ** 9,  # llmlaunch logs itself
+        "wall_clock_breakdown": False,
+    }
+    if precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+        if lay.pp > 1 or lay.zero_stage <= 1:
+            ds["data_types"] = {"grad_accum_dtype": "fp32"}
+    return ds

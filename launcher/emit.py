@@ -1,0 +1,140 @@
+"""`plan --emit DIR`: ds_config.json, run.yaml and train.sbatch for the chosen layout.
+
+Files are written into a temporary directory beside DIR and renamed into place, so DIR is either
+complete or absent; an existing DIR is replaced only with --force.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import __version__
+from .config import RunConfig, dump_run_config
+from .ds_config import deepspeed_config
+
+SLURM_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike, force: bool = False):
+    """Yield a temporary directory; on success it replaces `target` (refusing an existing one
+    unless force). On error the temporary directory is removed and target is untouched."""
+    target = Path(target)
+    if target.exists() and not force:
+        raise FileExistsError(f"{target} exists; pass --force to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def slurm_safe_name(name: str) -> str:
+    """A job name for an #SBATCH line (which sbatch parses itself, not the shell): letters, digits,
+    '.', '_' and '-' kept, anything else replaced by '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "llmlaunch"
+
+
+def run_config_for(inputs, candidate, job_name: str, time_limit: str, tokens: float | None = None) -> RunConfig:
+    """run.yaml for a planned layout: model and layout from the plan, train defaults otherwise."""
+    spec, lay = inputs.spec, candidate.layout
+    config = RunConfig()
+    for key, value in spec.to_dict().items():
+        setattr(config.model, key, value)
+    for key, value in lay.to_dict().items():
+        setattr(config.layout, key, value)
+    config.cluster.gpu = inputs.cluster.gpu.name
+    config.cluster.gpus_per_node = inputs.cluster.gpus_per_node
+    config.train.precision = inputs.options.precision
+    if tokens:
+        config.train.steps = math.ceil(tokens / (lay.global_batch * spec.seq_len))
+        config.train.warmup_steps = min(config.train.steps, max(1, config.train.steps // 100))
+    config.slurm.job_name = job_name
+    config.slurm.time = time_limit
+    return config.validate()
+
+
+def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: int,
+                  gpus_per_node: int) -> str:
+    """A job-specific sbatch file: one task per GPU, srun starts the ranks (no ssh, no hostfile),
+    USR1 before the time limit checkpoints and requeues. Values from user input are quoted."""
+    s = config.slurm
+    if not SLURM_TIME.match(s.time):
+        raise ValueError(f"--time {s.time!r} is not a Slurm time limit (e.g. 02:00:00 or 1-12:00:00)")
+    lines = [
+        "#!/bin/bash",
+        f"# Written by llmlaunch {__version__} plan --emit. Submit with: sbatch train.sbatch",
+        f"#SBATCH --job-name={slurm_safe_name(s.job_name)}",
+        f"#SBATCH --nodes={nodes}",
+        f"#SBATCH --ntasks-per-node={tasks_per_node}",
+    ]
+    if gpus_per_node:
+        lines.append(f"#SBATCH --gpus-per-node={gpus_per_node}")
+    lines += [
+        f"#SBATCH --time={s.time}",
+        f"#SBATCH --signal=B:USR1@{int(s.signal_seconds)}",
+        "#SBATCH --requeue",
+        "#SBATCH --output=slurm-%j.out",
+    ]
+    if s.partition:
+        lines.append(f"#SBATCH --partition={slurm_safe_name(s.partition)}")
+    if s.account:
+        lines.append(f"#SBATCH --account={slurm_safe_name(s.account)}")
+    lines += [
+        "set -euo pipefail",
+        f"RUN_DIR={shlex.quote(run_dir)}",
+        f"JOB_NAME={shlex.quote(s.job_name)}",
+        'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+        'export MASTER_PORT="${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"',
+        'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"',
+        'export NCCL_ASYNC_ERROR_HANDLING="${NCCL_ASYNC_ERROR_HANDLING:-1}"',
+        'echo "llmlaunch job $JOB_NAME: $SLURM_NNODES nodes, master $MASTER_ADDR:$MASTER_PORT"',
+        "# The batch shell forwards USR1/TERM to the ranks, which checkpoint at the next step boundary.",
+        'srun --kill-on-bad-exit=1 python -m llmlaunch.rank --config "$RUN_DIR/run.yaml" '
+        '--run-dir "$RUN_DIR" &',
+        "SRUN_PID=$!",
+        'forward() { kill -USR1 "$SRUN_PID" 2>/dev/null || true; wait "$SRUN_PID"; exit $?; }',
+        "trap forward USR1 TERM",
+        'wait "$SRUN_PID"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def emit_plan(out_dir: str, inputs, candidate, *, force: bool = False, job_name: str | None = None,
+              time_limit: str = "02:00:00", tokens: float | None = None) -> list[str]:
+    """Write the three files for a fitting candidate; returns their paths."""
+    name = job_name or (inputs.spec.name or "llmlaunch")
+    config = run_config_for(inputs, candidate, name, time_limit, tokens)
+    ds = deepspeed_config(config, inputs.options.precision)
+    lay = candidate.layout
+    cluster = inputs.cluster
+    on_gpu = cluster.gpu.name != "cpu"
+    tasks_per_node = min(cluster.gpus, cluster.gpus_per_node)
+    run_dir = str(Path(out_dir).resolve())
+    with atomic_directory(out_dir, force=force) as tmp:
+        (tmp / "ds_config.json").write_text(json.dumps(ds, indent=2) + "\n")
+        header = (f"# llmlaunch run config ({inputs.spec.name or inputs.spec.arch}, "
+                  f"dp={lay.dp} pp={lay.pp} tp={lay.tp}). Schema: docs/run-yaml.md")
+        (tmp / "run.yaml").write_text(dump_run_config(config, header))
+        script = sbatch_script(config, run_dir, cluster.nodes, tasks_per_node,
+                               tasks_per_node if on_gpu else 0)
+        (tmp / "train.sbatch").write_text(script)
+        os.chmod(tmp / "train.sbatch", 0o755)
+    return [str(Path(out_dir) / n) for n in ("ds_config.json", "run.yaml", "train.sbatch")]

@@ -1,0 +1,256 @@
+"""`llmlaunch plan`: resolve the inputs, search, print, emit. A thin layer over llmlaunch.topology."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+
+from .topology import planner
+from .topology.cost import DEFAULT_PUE, cost_from_throughput
+from .topology.flops import hardware_flops_per_token
+from .topology.hardware import Cluster, GpuSpec, gpu as catalog_gpu, gpu_names
+from .topology.layout import RECOMPUTE_MODES, Layout
+from .topology.model_spec import ARCHS, ModelSpec, preset, preset_names, spec_from_params
+from .topology.params import total_params
+
+DEFAULTS = {"gpus": 1024, "gpus_per_node": 8, "gpu": "a100-80gb", "model": "gpt3-175b",
+            "usd_per_gpu_hour": 2.0}
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (one of --params, --model, --layers/--hidden/--heads, --hf-config; "
+                             f"default --model {DEFAULTS['model']})")
+    g.add_argument("--params", type=float, help="parameter count, e.g. 175e9 (a shape is derived)")
+    g.add_argument("--model", help=f"preset: {', '.join(preset_names())}")
+    g.add_argument("--hf-config", help="a local Hugging Face config.json (or its directory)")
+    g.add_argument("--arch", choices=ARCHS, help="gpt2 or llama (presets set it; default gpt2)")
+    g.add_argument("--layers", type=int)
+    g.add_argument("--hidden", type=int)
+    g.add_argument("--heads", type=int)
+    g.add_argument("--kv-heads", type=int, help="key/value heads for GQA (llama)")
+    g.add_argument("--ffn-hidden", type=int)
+    g.add_argument("--vocab", type=int)
+    g.add_argument("--seq-len", type=int, help="sequence length (default: the model's)")
+    b = p.add_mutually_exclusive_group()
+    b.add_argument("--global-batch", type=int, help="sequences per optimizer step")
+    b.add_argument("--global-batch-tokens", type=float, help="tokens per optimizer step")
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser, default_gpus: int | None = DEFAULTS["gpus"]) -> None:
+    g = p.add_argument_group("cluster")
+    g.add_argument("--gpus", type=int, default=default_gpus, help=f"accelerators (default {default_gpus})")
+    g.add_argument("--gpus-per-node", type=int, default=DEFAULTS["gpus_per_node"],
+                   help=f"default {DEFAULTS['gpus_per_node']}")
+    g.add_argument("--gpu", default=DEFAULTS["gpu"], help=f"{', '.join(gpu_names())} "
+                   f"(default {DEFAULTS['gpu']})")
+    g.add_argument("--gpu-memory-gib", type=float, help="override the catalog's memory")
+    g.add_argument("--peak-tflops", type=float, help="override dense peak TFLOP/s")
+    g.add_argument("--matmul-efficiency", type=float, help="override achievable fraction of peak")
+    g.add_argument("--hbm-gb-per-s", type=float, help="override memory bandwidth")
+    g.add_argument("--intra-node-gb-per-s", type=float, help="override NVLink all-reduce bandwidth")
+    g.add_argument("--inter-node-gb-per-s", type=float, help="override per-GPU network bandwidth")
+
+
+def add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    add_cluster_arguments(p)
+    g = p.add_argument_group("pins (fix a dimension; all pinned evaluates exactly that layout)")
+    g.add_argument("--tp", type=int)
+    g.add_argument("--pp", type=int)
+    g.add_argument("--dp", type=int)
+    g.add_argument("--micro-batch", type=int)
+    g.add_argument("--zero", type=int, choices=(0, 1, 2, 3))
+    g.add_argument("--recompute", choices=RECOMPUTE_MODES)
+    g.add_argument("--precision", choices=("bf16", "fp32"),
+                   help="default: bf16 on GPUs, fp32 on --gpu cpu")
+    g.add_argument("--no-flash", action="store_true",
+                   help="attention without a fused kernel (materialised s x s scores)")
+    h = p.add_argument_group("horizon")
+    h.add_argument("--tokens", type=float, help="training tokens, e.g. 300e9: adds time, cost, energy")
+    h.add_argument("--usd-per-gpu-hour", type=float, default=DEFAULTS["usd_per_gpu_hour"])
+    h.add_argument("--pue", type=float, default=DEFAULT_PUE, help="datacenter PUE for energy")
+    o = p.add_argument_group("output")
+    o.add_argument("--top", type=int, default=10, help="candidates to show (default 10)")
+    o.add_argument("--show-rejected", action="store_true", help="list ruled-out layouts and why")
+    o.add_argument("--show-groups", action="store_true", help="list every TP/PP/DP group")
+    o.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    o.add_argument("--emit", metavar="DIR", help="write ds_config.json, run.yaml, train.sbatch")
+    o.add_argument("--force", action="store_true", help="let --emit replace an existing DIR")
+    o.add_argument("--job-name", help="Slurm job name for --emit (default: the model name)")
+    o.add_argument("--time", default="02:00:00", help="Slurm time limit for --emit")
+
+
+@dataclass
+class PlanInputs:
+    spec: ModelSpec
+    cluster: Cluster
+    options: planner.PlanOptions
+    pins: planner.Pins
+    params: int
+    defaults: list = field(default_factory=list)  # human lines: what was defaulted, and how
+    params_source: str = "formula"
+
+
+def resolve_model(args) -> tuple[ModelSpec, int, str, list]:
+    """The ModelSpec, its parameter count, where the count came from, and defaulting notes."""
+    notes = []
+    explicit = [args.layers, args.hidden, args.heads]
+    chosen = [name for name, given in (("--params", args.params is not None), ("--model", args.model),
+                                       ("--hf-config", args.hf_config),
+                                       ("--layers/--hidden/--heads", any(v is not None for v in explicit)))
+              if given]
+    if len(chosen) > 1:
+        raise ValueError(f"give one model source, not {' and '.join(chosen)}")
+    if args.hf_config:
+        from .hf_config import count_hf_params, read_hf_config, spec_from_hf
+
+        cfg = read_hf_config(args.hf_config)
+        spec = spec_from_hf(cfg, args.seq_len, source=args.hf_config)
+        return spec, count_hf_params(cfg), "exact, from the HF model on the meta device", notes
+    if any(v is not None for v in explicit):
+        if None in explicit:
+            raise ValueError("--layers, --hidden and --heads go together (with optional --kv-heads, "
+                             "--ffn-hidden, --vocab, --arch)")
+        arch = args.arch or "gpt2"
+        if args.arch is None:
+            notes.append("arch gpt2 (default)")
+        spec = ModelSpec(arch=arch, layers=args.layers, hidden=args.hidden, heads=args.heads,
+                         kv_heads=args.kv_heads or 0, ffn_hidden=args.ffn_hidden or 0,
+                         vocab=args.vocab or 50257, seq_len=args.seq_len or 2048, name="explicit shape")
+        if args.vocab is None:
+            notes.append("vocab 50257 (default, GPT-2's)")
+        if args.seq_len is None:
+            notes.append("seq_len 2048 (default)")
+    elif args.params is not None:
+        spec = spec_from_params(args.params, arch=args.arch or "gpt2", seq_len=args.seq_len,
+                                vocab=args.vocab)
+        notes.append(f"shape for --params {args.params:.3g}: {spec.name}")
+    else:
+        name = args.model or DEFAULTS["model"]
+        if args.model is None:
+            notes.append(f"model {name} (default)")
+        spec = preset(name)
+        changes = {k: v for k, v in (("seq_len", args.seq_len), ("vocab", args.vocab)) if v}
+        if args.arch and args.arch != spec.arch:
+            raise ValueError(f"--arch {args.arch} conflicts with --model {name} (arch {spec.arch})")
+        spec = spec.replace(**changes) if changes else spec
+    return spec, total_params(spec), "formula (topology/params.py)", notes
+
+
+def resolve_gpu(args) -> GpuSpec:
+    return catalog_gpu(args.gpu, memory_gib=args.gpu_memory_gib, peak_tflops=args.peak_tflops,
+                       matmul_efficiency=args.matmul_efficiency, hbm_gb_per_s=args.hbm_gb_per_s,
+                       intra_node_gb_per_s=args.intra_node_gb_per_s,
+                       inter_node_gb_per_s=args.inter_node_gb_per_s)
+
+
+def resolve_inputs(args) -> PlanInputs:
+    spec, params, source, notes = resolve_model(args)
+    gpu = resolve_gpu(args)
+    if args.gpus is None or args.gpus < 1:
+        raise ValueError(f"--gpus must be a positive integer, got {args.gpus}")
+    cluster = Cluster(gpus=args.gpus, gpus_per_node=min(args.gpus_per_node, args.gpus), gpu=gpu)
+    if args.global_batch_tokens:
+        batch = round(args.global_batch_tokens / spec.seq_len)
+        if batch < 1:
+            raise ValueError(f"--global-batch-tokens {args.global_batch_tokens:g} is less than one "
+                             f"sequence of {spec.seq_len}")
+        notes.append(f"global batch {batch} sequences = {args.global_batch_tokens:g} tokens / {spec.seq_len}")
+    elif args.global_batch:
+        batch = args.global_batch
+    else:
+        batch = planner.default_global_batch(params, spec.seq_len, cluster.gpus, cluster.gpus_per_node)
+        notes.append(f"global batch {batch} sequences ({batch * spec.seq_len / 1e6:.2f}M tokens; "
+                     "default: GPT-3's batch for this size, at least gpus/gpus_per_node)")
+    if batch < 1:
+        raise ValueError(f"--global-batch must be a positive integer, got {batch}")
+    precision = args.precision or gpu.precision
+    options = planner.PlanOptions(global_batch=batch, seq_len=spec.seq_len, precision=precision,
+                                  flash_attention=not args.no_flash)
+    pins = planner.Pins(dp=args.dp, pp=args.pp, tp=args.tp, micro_batch=args.micro_batch,
+                        zero_stage=args.zero, recompute=args.recompute)
+    for name in ("dp", "pp", "tp", "micro_batch"):
+        value = getattr(pins, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    for flag, default in (("gpus", DEFAULTS["gpus"]), ("gpu", DEFAULTS["gpu"])):
+        if getattr(args, flag) == default:
+            notes.append(f"{flag} {default} (default)")
+    if args.gpus_per_node == DEFAULTS["gpus_per_node"]:
+        notes.append(f"gpus per node {cluster.gpus_per_node} (default)")
+    notes.append(f"precision {precision}, attention {'flash (fused SDPA)' if options.flash_attention else 'materialised'}")
+    return PlanInputs(spec=spec, cluster=cluster, options=options, pins=pins, params=params,
+                      defaults=notes, params_source=source)
+
+
+def pinned_layout(inputs: PlanInputs) -> Layout | None:
+    """The exact layout when every dimension is pinned (grad_accum follows from the batch)."""
+    p = inputs.pins
+    if None in (p.dp, p.pp, p.tp, p.micro_batch, p.zero_stage, p.recompute):
+        return None
+    per_replica, rest = divmod(inputs.options.global_batch, p.dp * p.micro_batch)
+    if rest or per_replica < 1:
+        raise ValueError(f"global batch {inputs.options.global_batch} is not a multiple of "
+                         f"dp*micro_batch = {p.dp}*{p.micro_batch}; pass a --global-batch that is")
+    return Layout(dp=p.dp, pp=p.pp, tp=p.tp, micro_batch=p.micro_batch, grad_accum=per_replica,
+                  zero_stage=p.zero_stage, recompute=p.recompute)
+
+
+def no_fit_message(inputs: PlanInputs, result: planner.SearchResult) -> str:
+    """One line: why nothing fits and what would."""
+    size = planner.describe_params(inputs.spec) if inputs.params_source.startswith("formula") else \
+        f"{inputs.params / 1e9:.1f}B"
+    cl = inputs.cluster
+    where = f"{size} does not fit on {cl.gpus} x {cl.gpu.name}"
+    pinned = [f"{k}={v}" for k, v in vars(inputs.pins).items() if v is not None]
+    if pinned:
+        nearest = min((c for c in result.rejected if c.stages), default=None,
+                      key=lambda c: (len(c.reasons), c.worst_stage.total))
+        why = f": {nearest.reasons[0]}" if nearest and nearest.reasons else (
+            f": {result.rejected[0].reasons[0]}" if result.rejected and result.rejected[0].reasons else "")
+        return f"{where} with {', '.join(pinned)}{why}; drop a pin or use --show-rejected"
+    needed = planner.minimum_gpus(inputs.spec, cl, inputs.options)
+    if needed:
+        return f"{where} under any layout; needs at least {needed} GPUs"
+    return f"{where} under any layout, even with ZeRO-1 and full recompute at {1 << 20} GPUs"
+
+
+def run_plan(args) -> int:
+    from . import render
+
+    inputs = resolve_inputs(args)
+    layout = pinned_layout(inputs)
+    if layout is not None:
+        cand = planner.evaluate(inputs.spec, inputs.cluster, layout, inputs.options)
+        result = planner.SearchResult(candidates=[cand] if cand.fits else [],
+                                      rejected=[] if cand.fits else [cand], evaluated=1)
+        chosen = cand if cand.estimated else None
+    else:
+        result = planner.search(inputs.spec, inputs.cluster, inputs.options, inputs.pins)
+        chosen = result.candidates[0] if result.candidates else None
+    horizon = None
+    if args.tokens is not None:
+        if not args.tokens > 0:
+            raise ValueError(f"--tokens must be positive, got {args.tokens}")
+        if chosen is not None:
+            horizon = cost_from_throughput(
+                tokens=args.tokens, tokens_per_s=chosen.tokens_per_s,
+                flops_per_token=hardware_flops_per_token(inputs.spec, chosen.layout.recompute,
+                                                         inputs.spec.seq_len),
+                gpus=inputs.cluster.gpus, usd_per_gpu_hour=args.usd_per_gpu_hour,
+                watts_per_gpu=inputs.cluster.gpu.tdp_watts, pue=args.pue)
+    if args.json:
+        print(json.dumps(render.plan_json(inputs, result, chosen, horizon, args.tokens), indent=2))
+    else:
+        sys.stdout.write(render.plan_text(inputs, result, chosen, horizon, args))
+    if chosen is None or not chosen.fits:
+        print(f"llmlaunch: error: {no_fit_message(inputs, result)}", file=sys.stderr)
+        return 1
+    if args.emit:
+        from .emit import emit_plan
+
+        written = emit_plan(args.emit, inputs, chosen, force=args.force, job_name=args.job_name,
+                            time_limit=args.time, tokens=args.tokens)
+        print(f"wrote {', '.join(written)}", file=sys.stderr if args.json else sys.stdout)
+    return 0

@@ -1,0 +1,69 @@
+"""DeepSpeed configs (derived and shipped in ds_configs/) are accepted by DeepSpeed's own parser."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from llmlaunch.config import ConfigError, RunConfig
+from llmlaunch.ds_config import deepspeed_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class FakeMpu:
+    """DeepSpeedConfig asks the model-parallel unit for the data-parallel world size."""
+
+    def __init__(self, dp):
+        self.dp = dp
+
+    def get_data_parallel_world_size(self):
+        return self.dp
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_process_group():
+    # DeepSpeedConfig reads deepspeed.comm's rank: a one-process gloo world satisfies it
+    import deepspeed
+
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(29500 + os.getpid() % 1000))):
+        os.environ.setdefault(key, value)
+    deepspeed.init_distributed(dist_backend="gloo")
+    yield
+
+
+def parse(ds: dict, dp: int):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    return DeepSpeedConfig(ds, mpu=FakeMpu(dp))
+
+
+@pytest.mark.parametrize("pp, zero, precision", [(2, 1, "bf16"), (1, 2, "bf16"), (1, 3, "fp32"),
+                                                 (4, 0, "fp32")])
+def test_derived_config_is_accepted(pp, zero, precision):
+    config = RunConfig()
+    config.layout.dp, config.layout.pp, config.layout.micro_batch, config.layout.grad_accum = 4, pp, 2, 8
+    config.layout.zero_stage = zero
+    config.model.layers = 4
+    ds = deepspeed_config(config.validate(), precision)
+    parsed = parse(ds, dp=4)
+    assert parsed.train_batch_size == 2 * 8 * 4
+    assert parsed.zero_optimization_stage == zero
+    assert parsed.bfloat16_config.enabled == (precision == "bf16")
+    if precision == "bf16" and pp > 1:
+        assert ds["data_types"]["grad_accum_dtype"] == "fp32"
+
+
+def test_zero2_with_pipeline_is_refused_with_the_reason():
+    config = RunConfig()
+    config.layout.pp, config.layout.zero_stage = 2, 2
+    with pytest.raises(ConfigError, match="ZeRO 0 and 1 only"):
+        deepspeed_config(config, "bf16")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "ds_configs").glob("*.json")), ids=lambda p: p.name)
+def test_reference_configs_are_accepted(path):
+    ds = json.loads(path.read_text())
+    dp = ds["train_batch_size"] // (ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"])
+    parse(ds, dp=dp)

@@ -1,0 +1,82 @@
+"""Memory estimators pinned to the ZeRO and activation-recomputation papers."""
+import pytest
+
+from llmlaunch.topology.memory import (PRECISIONS, Precision, activation_bytes_per_layer,
+                                       micro_batches_in_flight, model_state_bytes, pipeline_memory)
+from llmlaunch.topology.model_spec import ModelSpec, preset
+
+GB = 1e9
+
+
+@pytest.mark.parametrize("stage, expected_gb", [(0, 120.0), (1, 31.4), (2, 16.6), (3, 1.9)])
+def test_zero_paper_figure1(stage, expected_gb):
+    # Rajbhandari et al. 2020, Figure 1: Psi = 7.5B, N_d = 64, K = 12, fp16 weights and gradients
+    fp16 = Precision(weight_bytes=2, grad_bytes=2, optimizer_bytes=12, activation_bytes=2)
+    total = sum(model_state_bytes(7.5e9, 64, stage, fp16).values())
+    assert total / GB == pytest.approx(expected_gb, abs=0.05)
+
+
+def test_bf16_and_fp32_bytes_per_parameter():
+    assert sum(model_state_bytes(1, 1, 0, PRECISIONS["bf16"]).values()) == 18  # 2 + 4 (fp32 acc) + 12
+    assert sum(model_state_bytes(1, 1, 0, PRECISIONS["fp32"]).values()) == 16  # 4 + 4 + 8
+
+
+GPT = ModelSpec(arch="gpt2", layers=96, hidden=12288, heads=96, vocab=51200, seq_len=2048)
+
+
+@pytest.mark.parametrize("t", [1, 2, 8])
+def test_korthikanti_eq2_no_recompute(t):
+    # Korthikanti et al. 2022, Table 2, "tensor parallel (baseline)": sbh (10 + 24/t + 5as/(ht))
+    s, b, h, a = 2048, 1, 12288, 96
+    expected = s * b * h * (10 + 24 / t + 5 * a * s / (h * t))
+    got = activation_bytes_per_layer(GPT, b, t, "none", 2, flash_attention=False, dropout=True)
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_korthikanti_selective_and_full():
+    # Table 2: selective recompute sbh (10 + 24/t); full recompute 2 sbh
+    s, b, h, t = 2048, 2, 12288, 8
+    assert activation_bytes_per_layer(GPT, b, t, "selective", 2, False, True) == pytest.approx(
+        s * b * h * (10 + 24 / t))
+    assert activation_bytes_per_layer(GPT, b, t, "full", 2) == 2 * s * b * h
+
+
+def test_korthikanti_eq1_34sbh_plus_5as2b():
+    # eq. (1): one layer without parallelism stores sbh (34 + 5as/h) bytes
+    s, b, h, a = 2048, 1, 12288, 96
+    got = activation_bytes_per_layer(GPT, b, 1, "none", 2, flash_attention=False, dropout=True)
+    assert got == pytest.approx(s * b * h * 34 + 5 * a * s * s * b)
+
+
+def test_flash_attention_drops_the_s_squared_term():
+    eager = activation_bytes_per_layer(GPT, 1, 8, "none", 2, flash_attention=False)
+    flash = activation_bytes_per_layer(GPT, 1, 8, "none", 2, flash_attention=True)
+    assert eager - flash == pytest.approx(2 * 96 * 2048 ** 2 / 8 - 4 * 96 * 2048 / 8)
+
+
+def test_1f1b_in_flight_micro_batches():
+    # Narayanan et al. 2021, Section 2.2.1: stage i of p holds p - i micro-batches (at most m)
+    assert [micro_batches_in_flight(i, 4, 8) for i in range(4)] == [4, 3, 2, 1]
+    assert [micro_batches_in_flight(i, 4, 2) for i in range(4)] == [2, 2, 2, 1]
+
+
+def test_first_stage_holds_the_most_activations_and_last_the_logits():
+    spec = preset("gpt3-175b")
+    stages = pipeline_memory(spec, dp=16, pp=8, tp=8, micro_batch=1, micro_batches=96, zero_stage=1,
+                             recompute="none", precision=PRECISIONS["bf16"], framework_bytes=0)
+    acts = [st.activations for st in stages]
+    assert acts[0] == max(acts[:-1])
+    assert acts[:-1] == sorted(acts[:-1], reverse=True)
+    per_layer = activation_bytes_per_layer(spec, 1, 8, "none", 2)
+    assert acts[0] == pytest.approx(12 * per_layer * 8)
+    assert acts[-1] > 12 * per_layer  # logits and their fp32 buffers on top of one micro-batch
+
+
+def test_zero1_shards_optimizer_over_dp_in_stage_memory():
+    spec = preset("llama2-7b")
+    kwargs = dict(dp=8, pp=1, tp=1, micro_batch=1, micro_batches=4, recompute="full",
+                  precision=PRECISIONS["bf16"], framework_bytes=0)
+    z0 = pipeline_memory(spec, zero_stage=0, **kwargs)[0]
+    z1 = pipeline_memory(spec, zero_stage=1, **kwargs)[0]
+    assert z1.optimizer == pytest.approx(z0.optimizer / 8)
+    assert z1.weights == z0.weights and z1.gradients == z0.gradients

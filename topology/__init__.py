@@ -1,0 +1,1 @@
+"""Planner and estimators (pure Python: never imports torch)."""

@@ -1,0 +1,122 @@
+"""Accelerators and clusters: the catalog in data/gpus.yaml, with per-figure overrides."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+_CATALOG = Path(__file__).parent / "data" / "gpus.yaml"
+GIB = 1024 ** 3
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One accelerator's figures (see data/gpus.yaml for each field's meaning and source)."""
+
+    name: str
+    memory_gib: float
+    peak_tflops: float
+    matmul_efficiency: float
+    hbm_gb_per_s: float
+    intra_node_gb_per_s: float
+    inter_node_gb_per_s: float
+    framework_gib: float
+    tdp_watts: float
+    precision: str = "bf16"
+    """Training precision on this device: bf16 on GPUs, fp32 on CPU."""
+
+    def __post_init__(self):
+        for field in ("memory_gib", "peak_tflops", "matmul_efficiency", "hbm_gb_per_s",
+                      "intra_node_gb_per_s", "inter_node_gb_per_s", "tdp_watts"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"GPU {self.name}: {field} must be a positive number, got {value!r}")
+        if self.matmul_efficiency > 1:
+            raise ValueError(f"GPU {self.name}: matmul_efficiency must be <= 1, got {self.matmul_efficiency}")
+        if self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"GPU {self.name}: precision must be bf16 or fp32, got {self.precision!r}")
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_gib * GIB
+
+    @property
+    def achievable_flops_per_s(self) -> float:
+        return self.peak_tflops * 1e12 * self.matmul_efficiency
+
+
+@functools.lru_cache(maxsize=1)
+def _catalog() -> dict:
+    with open(_CATALOG) as f:
+        return yaml.safe_load(f)
+
+
+def gpu_names() -> list[str]:
+    return list(_catalog())
+
+
+def measure_cpu_peak_tflops(size: int = 512, seconds: float = 0.2) -> float:
+    """fp32 GEMM throughput of this host through numpy's BLAS (2 n^3 FLOPs per n x n matmul)."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    a @ a  # warm-up: thread pool start
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or count < 3:
+        a @ a
+        count += 1
+    return 2 * size ** 3 * count / elapsed / 1e12
+
+
+def host_memory_gib() -> float:
+    import psutil
+
+    return psutil.virtual_memory().total / GIB
+
+
+def gpu(name: str, **overrides) -> GpuSpec:
+    """The catalog entry `name` with any figure replaced by a non-None override."""
+    table = _catalog()
+    key = name.lower()
+    if key not in table:
+        raise ValueError(f"--gpu {name!r} is not in the catalog; known: {', '.join(table)}")
+    entry = {k: v for k, v in table[key].items() if k != "sources"}
+    entry.update({k: v for k, v in overrides.items() if v is not None})
+    if entry.get("memory_gib") == "measure":
+        entry["memory_gib"] = round(host_memory_gib(), 1)
+    if entry.get("peak_tflops") == "measure":
+        entry["peak_tflops"] = round(measure_cpu_peak_tflops(), 4)
+    unknown = set(entry) - {f.name for f in dataclasses.fields(GpuSpec)}
+    if unknown:
+        raise ValueError(f"GPU catalog entry {name!r} has unknown keys: {', '.join(sorted(unknown))}")
+    return GpuSpec(name=key, **entry)
+
+
+def gpu_source(name: str) -> str:
+    return _catalog()[name.lower()].get("sources", "")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """N accelerators in nodes of gpus_per_node."""
+
+    gpus: int
+    gpus_per_node: int
+    gpu: GpuSpec
+
+    def __post_init__(self):
+        if not isinstance(self.gpus, int) or self.gpus < 1:
+            raise ValueError(f"--gpus must be a positive integer, got {self.gpus!r}")
+        if not isinstance(self.gpus_per_node, int) or self.gpus_per_node < 1:
+            raise ValueError(f"--gpus-per-node must be a positive integer, got {self.gpus_per_node!r}")
+        if self.gpus > self.gpus_per_node and self.gpus % self.gpus_per_node:
+            raise ValueError(f"--gpus {self.gpus} is not a whole number of nodes of "
+                             f"--gpus-per-node {self.gpus_per_node}")
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.gpus // self.gpus_per_node)

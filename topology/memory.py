@@ -1,0 +1,200 @@
+"""Memory per GPU: model states under ZeRO, activations per layer and per pipeline stage, buffers.
+
+Symbols: s sequence length, b micro-batch, h hidden, a heads, a_kv KV heads, f ffn hidden,
+t tensor-parallel degree, p pipeline stages, m micro-batches per step, d data-parallel degree,
+Psi parameters held by one GPU.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from .model_spec import ModelSpec
+from .params import embedding_params, head_params, layer_params, padded_vocab
+from .stage_split import split_stages
+
+GIB = 1024 ** 3
+FP32_BYTES = 4
+
+# Memory the caching allocator reserves beyond what tensors use (block rounding, fragmentation):
+# a stated allowance as a fraction of the allocated bytes, applied the same way to every layout.
+FRAGMENTATION_FRACTION = 0.05
+# DeepSpeed communication buckets, in elements: the values `plan --emit` writes into ds_config.json
+# (reduce_bucket_size, allgather_bucket_size; stage3_max_live_parameters for ZeRO-3).
+REDUCE_BUCKET_ELEMENTS = int(2e8)
+ALLGATHER_BUCKET_ELEMENTS = int(2e8)
+ZERO3_MAX_LIVE_PARAMETERS = int(1e9)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Bytes per parameter of each model state, and bytes per activation element."""
+
+    weight_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int
+
+
+PRECISIONS = {
+    # bf16 mixed precision as DeepSpeed runs it with a pipeline (BF16_Optimizer, the config that
+    # `plan --emit` writes): bf16 weights, gradients accumulated in fp32 (grad_accum_dtype fp32),
+    # fp32 master weights + Adam m and v = 12 bytes (Rajbhandari et al. 2020, K = 12).
+    "bf16": Precision(weight_bytes=2, grad_bytes=4, optimizer_bytes=12, activation_bytes=2),
+    # plain fp32 AdamW (CPU runs): no master copy, Adam m and v.
+    "fp32": Precision(weight_bytes=4, grad_bytes=4, optimizer_bytes=8, activation_bytes=4),
+}
+
+
+def model_state_bytes(params: float, dp: int, zero_stage: int, precision: Precision) -> dict:
+    """Weights, gradients and optimizer states of `params` parameters on one GPU under ZeRO.
+
+    Rajbhandari et al. 2020 (ZeRO), Section 5 / Figure 1: stage 1 (P_os) divides the optimizer
+    states by N_d, stage 2 (P_os+g) also the gradients, stage 3 (P_os+g+p) also the weights.
+    """
+    return {
+        "weights": params * precision.weight_bytes / (dp if zero_stage >= 3 else 1),
+        "gradients": params * precision.grad_bytes / (dp if zero_stage >= 2 else 1),
+        "optimizer": params * precision.optimizer_bytes / (dp if zero_stage >= 1 else 1),
+    }
+
+
+@functools.lru_cache(maxsize=4096)
+def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recompute: str,
+                               act_bytes: int = 2, flash_attention: bool = True,
+                               dropout: bool = False, seq_len: int | None = None) -> float:
+    """Bytes one block keeps for backward for one micro-batch, per TP rank (no sequence parallel).
+
+    Korthikanti et al. 2022 (Reducing Activation Recomputation), Section 4.1, eq. (1) and Table 2,
+    term by term, generalised to GQA and SwiGLU; with gpt2, dropout, no flash attention and 2-byte
+    activations it is exactly sbh(10 + 24/t + 5as/(ht)). Terms (elements, x act_bytes):
+      replicated over TP:  2 norm inputs 2sbh, QKV input sbh, MLP input sbh
+      sharded over TP:     Q, K, V  sb(h + 2 a_kv d)/t, attention output sbh/t,
+                           MLP: GELU input + output 2sbf/t; SwiGLU gate, silu(gate), up, product 4sbf/t
+      attention core:      without flash, softmax probabilities a s^2 b/t (and the dropout output
+                           another a s^2 b/t); flash kernels keep only the log-sum-exp (fp32, asb/t)
+      dropout masks (1 byte each): attention probs a s^2 b/t, after attention sbh, after MLP sbh
+    selective recompute drops the attention core (recomputed in backward); full recompute keeps only
+    the block input, 2sbh at 2 bytes (the per-stage function adds back one block being recomputed).
+    """
+    s = seq_len or spec.seq_len
+    b, h, a, t = micro_batch, spec.hidden, spec.heads, tp
+    sbh = s * b * h
+    if recompute == "full":
+        return act_bytes * sbh
+    replicated = act_bytes * 4 * sbh
+    qkv = act_bytes * s * b * (h + 2 * spec.kv_hidden) / t
+    attn_out = act_bytes * sbh / t
+    mlp_terms = 4 if spec.gated_mlp else 2
+    mlp = act_bytes * mlp_terms * s * b * spec.ffn_hidden / t
+    masks = 2 * sbh if dropout else 0
+    if flash_attention:
+        core = FP32_BYTES * a * s * b / t
+    else:
+        core = act_bytes * a * s * s * b / t * (2 if dropout else 1) + (a * s * s * b / t if dropout else 0)
+    if recompute == "selective":
+        core = 0
+    return replicated + qkv + attn_out + mlp + masks + core
+
+
+def logits_bytes(spec: ModelSpec, micro_batch: int, tp: int, act_bytes: int = 2,
+                 seq_len: int | None = None) -> float:
+    """LM head buffers on the last stage for one micro-batch, per TP rank: the logits in the
+    compute dtype, their fp32 softmax kept for backward, and the fp32 gradient of the logits during
+    backward: s b V_pad/t (act_bytes + 4 + 4). Large at big vocabularies (BLOOM's 250k)."""
+    s = seq_len or spec.seq_len
+    return s * micro_batch * padded_vocab(spec.vocab, tp) / tp * (act_bytes + 2 * FP32_BYTES)
+
+
+def micro_batches_in_flight(stage: int, pp: int, micro_batches: int) -> int:
+    """1F1B: stage i runs p - i forwards before its first backward, so it keeps min(p - i, m)
+    micro-batches of activations (Narayanan et al. 2021, Section 2.2.1): the first stage the most."""
+    return min(pp - stage, micro_batches)
+
+
+def stage_params(spec: ModelSpec, stage: int, pp: int, tp: int, blocks: int) -> float:
+    """Parameters held by one GPU of `stage` (TP slice; the embedding on the first stage, the head
+    on the last; with tied embeddings and p > 1 the last stage holds its own copy)."""
+    params = blocks * layer_params(spec, tp).total
+    if stage == 0:
+        params += embedding_params(spec, tp)
+    if stage == pp - 1:
+        params += head_params(spec, tp, separate_stage=pp > 1)
+    return params
+
+
+def buffer_bytes(stage_params_count: float, zero_stage: int, precision: Precision, dp: int) -> float:
+    """DeepSpeed's communication buckets for the ZeRO stage (sizes as `plan --emit` writes them)."""
+    if dp == 1 and zero_stage == 0:
+        return 0.0
+    if zero_stage == 3:
+        return min(stage_params_count * dp, ZERO3_MAX_LIVE_PARAMETERS) * precision.weight_bytes
+    if zero_stage in (1, 2):
+        return (min(stage_params_count, REDUCE_BUCKET_ELEMENTS) * precision.grad_bytes
+                + min(stage_params_count, ALLGATHER_BUCKET_ELEMENTS) * precision.weight_bytes)
+    return 0.0
+
+
+@dataclass(frozen=True)
+class StageMemory:
+    """Bytes on one GPU of one pipeline stage."""
+
+    stage: int
+    blocks: int
+    params: float
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    buffers: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.buffers
+
+    def to_gib(self) -> dict:
+        keys = ("weights", "gradients", "optimizer", "activations", "buffers")
+        out = {k: getattr(self, k) / GIB for k in keys}
+        out["total"] = self.total / GIB
+        return out
+
+
+def stage_memory(spec: ModelSpec, *, stage: int, blocks: int, dp: int, pp: int, tp: int,
+                 micro_batch: int, micro_batches: int, zero_stage: int, recompute: str,
+                 precision: Precision, framework_bytes: float, flash_attention: bool = True,
+                 seq_len: int | None = None) -> StageMemory:
+    """Everything one GPU of `stage` holds at its peak (during the 1F1B steady state)."""
+    params = stage_params(spec, stage, pp, tp, blocks)
+    states = model_state_bytes(params, dp, zero_stage, precision)
+    act = precision.activation_bytes
+    per_layer = activation_bytes_per_layer(spec, micro_batch, tp, recompute, act, flash_attention,
+                                           seq_len=seq_len)
+    in_flight = micro_batches_in_flight(stage, pp, micro_batches)
+    activations = blocks * per_layer * in_flight
+    if recompute == "full":
+        # the block being recomputed in backward holds its full activations for one micro-batch
+        activations += activation_bytes_per_layer(spec, micro_batch, tp, "none", act,
+                                                  flash_attention, seq_len=seq_len)
+    if stage == pp - 1:
+        s = seq_len or spec.seq_len
+        # final-norm input and head input, then the logits and cross-entropy buffers
+        activations += 2 * act * s * micro_batch * spec.hidden
+        activations += logits_bytes(spec, micro_batch, tp, act, seq_len)
+    buffers = buffer_bytes(params, zero_stage, precision, dp)
+    allocated = sum(states.values()) + activations + buffers
+    buffers += FRAGMENTATION_FRACTION * allocated + framework_bytes
+    return StageMemory(stage=stage, blocks=blocks, params=params, activations=activations,
+                       buffers=buffers, **states)
+
+
+def pipeline_memory(spec: ModelSpec, *, dp: int, pp: int, tp: int, micro_batch: int,
+                    micro_batches: int, zero_stage: int, recompute: str, precision: Precision,
+                    framework_bytes: float, flash_attention: bool = True,
+                    seq_len: int | None = None) -> list[StageMemory]:
+    """Memory of every pipeline stage, with the same block split the model builds."""
+    split = split_stages(spec, pp, tp)
+    return [stage_memory(spec, stage=i, blocks=blocks, dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
+                         micro_batches=micro_batches, zero_stage=zero_stage, recompute=recompute,
+                         precision=precision, framework_bytes=framework_bytes,
+                         flash_attention=flash_attention, seq_len=seq_len)
+            for i, blocks in enumerate(split)]

@@ -1,0 +1,299 @@
+"""The layout search: every (dp, pp, tp, micro-batch, ZeRO stage, recompute) for N GPUs, estimated
+and ranked by throughput among the layouts whose worst pipeline stage fits in memory."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .flops import hardware_flops_per_token, model_flops_per_token
+from .hardware import GIB, Cluster
+from .layout import RECOMPUTE_MODES, Layout, axis_spans_nodes
+from .memory import PRECISIONS, Precision, StageMemory, pipeline_memory
+from .model_spec import ModelSpec
+from .step_time import (StepTime, bubble_fraction, data_parallel_time_s, optimizer_time_s,
+                        pipeline_time_s, stage_micro_batch_time, zero3_gather_time_s)
+from .stage_split import split_stages
+from .params import total_params
+
+# GPT-3's batch sizes in sequences of 2048 tokens by model size (Brown et al. 2020, Table 2.1).
+GPT3_BATCH_BY_PARAMS = ((125e6, 256), (350e6, 256), (760e6, 256), (1.3e9, 512), (2.7e9, 512),
+                        (6.7e9, 1024), (13e9, 1024), (175e9, 1536))
+# Throughputs within this relative distance rank as equal; the simpler layout then wins.
+THROUGHPUT_TIE = 0.01
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Everything besides the model and cluster that an estimate depends on."""
+
+    global_batch: int
+    """Sequences per optimizer step."""
+    seq_len: int
+    precision: str = "bf16"
+    flash_attention: bool = True
+    """Attention through a fused kernel (SDPA/flash): no s^2 activations, no softmax traffic."""
+
+
+@dataclass
+class Candidate:
+    """One evaluated layout: its memory per stage, step time, throughput and verdict."""
+
+    layout: Layout
+    fits: bool = False
+    reasons: list = field(default_factory=list)
+    stages: list = field(default_factory=list)  # StageMemory per pipeline stage
+    step: StepTime | None = None
+    bubble_fraction: float = 0.0
+    tokens_per_s: float = 0.0
+    tflops_per_gpu: float = 0.0
+    mfu: float = 0.0
+
+    @property
+    def worst_stage(self) -> StageMemory | None:
+        return max(self.stages, key=lambda m: m.total) if self.stages else None
+
+    @property
+    def estimated(self) -> bool:
+        return self.step is not None
+
+    def to_dict(self) -> dict:
+        """The public JSON shape of a candidate (see docs/plan-json.md)."""
+        lay = self.layout
+        out = {"dp": lay.dp, "pp": lay.pp, "tp": lay.tp, "micro_batch": lay.micro_batch,
+               "grad_accum": lay.grad_accum, "global_batch": lay.global_batch,
+               "zero_stage": lay.zero_stage, "recompute": lay.recompute, "fits": self.fits}
+        if self.estimated:
+            out.update({
+                "memory_gib": self.worst_stage.to_gib(),
+                "bubble_fraction": self.bubble_fraction,
+                "step_time_s": self.step.total_s,
+                "tokens_per_s": self.tokens_per_s,
+                "tflops_per_gpu": self.tflops_per_gpu,
+                "mfu": self.mfu,
+                "step_time_breakdown_s": self.step.to_dict(),
+                "stages": [{"stage": m.stage, "blocks": m.blocks, "params": m.params,
+                            "memory_gib": m.to_gib()} for m in self.stages],
+            })
+        out["reasons"] = list(self.reasons)
+        return out
+
+
+def default_global_batch(params: float, seq_len: int, gpus: int, gpus_per_node: int) -> int:
+    """GPT-3's batch for the model size (Table 2.1, scaled to seq_len at equal tokens), raised to
+    gpus / gpus_per_node when smaller, so that every GPU gets work under some layout (a pipeline
+    needs dp * pp <= batch, and dp * pp >= gpus / gpus_per_node with TP inside a node)."""
+    batch_2048 = GPT3_BATCH_BY_PARAMS[0][1]
+    for size, batch in GPT3_BATCH_BY_PARAMS:
+        if params >= size * 0.95:
+            batch_2048 = batch
+    batch = max(1, round(batch_2048 * 2048 / seq_len))
+    return max(batch, math.ceil(gpus / gpus_per_node))
+
+
+def structural_reasons(spec: ModelSpec, cluster: Cluster, dp: int, pp: int, tp: int) -> list[str]:
+    """Why a (dp, pp, tp) cannot be built at all (no estimate is possible)."""
+    reasons = []
+    if dp * pp * tp != cluster.gpus:
+        reasons.append(f"dp*pp*tp = {dp}*{pp}*{tp} = {dp * pp * tp} != {cluster.gpus} GPUs")
+    if spec.heads % tp or spec.kv_heads % tp:
+        reasons.append(f"heads {spec.heads} (kv {spec.kv_heads}) not divisible by tp={tp}")
+    if pp > spec.layers:
+        reasons.append(f"pp={pp} exceeds the {spec.layers} layers")
+    return reasons
+
+
+def layout_reasons(spec: ModelSpec, cluster: Cluster, layout: Layout, global_batch: int) -> list[str]:
+    """Why an estimable layout is still ruled out (besides memory)."""
+    reasons = []
+    if axis_spans_nodes("tp", layout.dp, layout.pp, layout.tp, cluster.gpus_per_node):
+        reasons.append(f"TP would straddle nodes (tp={layout.tp}, {cluster.gpus_per_node} GPUs per node)")
+    if layout.pp > 1 and layout.zero_stage >= 2:
+        reasons.append(f"ZeRO-{layout.zero_stage} with a pipeline: DeepSpeed's pipeline engine "
+                       "supports ZeRO 0 and 1 only")
+    if layout.global_batch != global_batch:
+        reasons.append(f"micro_batch*grad_accum*dp = {layout.micro_batch}*{layout.grad_accum}*"
+                       f"{layout.dp} = {layout.global_batch} != global batch {global_batch}")
+    if layout.pp > 1 and layout.grad_accum < layout.pp:
+        reasons.append(f"fewer micro-batches ({layout.grad_accum}) than pipeline stages ({layout.pp})")
+    return reasons
+
+
+def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOptions,
+             estimate_rejected: bool = True) -> Candidate:
+    """Estimate one layout: memory of every stage, step time, throughput; `fits` when nothing rules
+    it out and the worst stage fits the GPU. With estimate_rejected=False a layout that a rule
+    already rules out is returned unestimated (the search does this to save time)."""
+    cand = Candidate(layout=layout)
+    cand.reasons = structural_reasons(spec, cluster, layout.dp, layout.pp, layout.tp)
+    if cand.reasons:
+        return cand
+    cand.reasons = layout_reasons(spec, cluster, layout, options.global_batch)
+    if cand.reasons and not estimate_rejected:
+        return cand
+    precision = PRECISIONS[options.precision]
+    gpu = cluster.gpu
+    cand.stages = pipeline_memory(
+        spec, dp=layout.dp, pp=layout.pp, tp=layout.tp, micro_batch=layout.micro_batch,
+        micro_batches=layout.grad_accum, zero_stage=layout.zero_stage, recompute=layout.recompute,
+        precision=precision, framework_bytes=gpu.framework_gib * GIB,
+        flash_attention=options.flash_attention, seq_len=options.seq_len)
+    over = cand.worst_stage.total - gpu.memory_bytes
+    if over > 0:
+        cand.reasons.append(f"worst stage (stage {cand.worst_stage.stage}) over memory by "
+                            f"{over / GIB:.1f} GiB ({cand.worst_stage.total / GIB:.1f} of "
+                            f"{gpu.memory_gib:g} GiB)")
+    cand.step = step_time(spec, cluster, layout, options, precision, cand.stages)
+    cand.fits = not cand.reasons
+    tokens_per_step = layout.global_batch * options.seq_len
+    seconds = cand.step.total_s
+    cand.bubble_fraction = bubble_fraction(layout.pp, layout.grad_accum)
+    cand.tokens_per_s = tokens_per_step / seconds
+    hardware = hardware_flops_per_token(spec, layout.recompute, options.seq_len) * tokens_per_step
+    model = model_flops_per_token(spec, options.seq_len) * tokens_per_step
+    cand.tflops_per_gpu = hardware / seconds / cluster.gpus / 1e12
+    cand.mfu = model / seconds / cluster.gpus / (gpu.peak_tflops * 1e12)
+    return cand
+
+
+def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOptions,
+              precision: Precision, stages: list[StageMemory]) -> StepTime:
+    """Step time of a layout, broken down by cause (see step_time.py for the model)."""
+    gpu, gpn = cluster.gpu, cluster.gpus_per_node
+    dp, pp, tp, m = layout.dp, layout.pp, layout.tp, layout.grad_accum
+    tp_spans = axis_spans_nodes("tp", dp, pp, tp, gpn)
+    pp_spans = axis_spans_nodes("pp", dp, pp, tp, gpn)
+    dp_spans = axis_spans_nodes("dp", dp, pp, tp, gpn)
+    per_stage = [stage_micro_batch_time(
+        spec, gpu, precision, blocks=st.blocks, first=st.stage == 0, last=st.stage == pp - 1,
+        tp=tp, pp=pp, micro_batch=layout.micro_batch, recompute=layout.recompute,
+        tp_spans_nodes=tp_spans, pp_spans_nodes=pp_spans, flash_attention=options.flash_attention,
+        seq_len=options.seq_len) for st in stages]
+    totals = [t.total_s for t in per_stage]
+    slowest = per_stage[totals.index(max(totals))]
+    pipeline_s = pipeline_time_s(totals, m)
+    busy_s = m * slowest.total_s
+    max_params = max(st.params for st in stages)
+    exposed_zero3 = 0.0
+    if layout.zero_stage == 3:
+        gather = zero3_gather_time_s(max_params, precision, gpu, dp=dp, dp_spans_nodes=dp_spans)
+        exposed_zero3 = m * max(0.0, gather - slowest.compute_s)
+    dp_s = data_parallel_time_s(max_params, precision, gpu, dp=dp, zero_stage=layout.zero_stage,
+                                dp_spans_nodes=dp_spans)
+    if pp == 1 and layout.zero_stage < 3:
+        # overlapped with the backward (2/3 of compute) of the last micro-batch
+        dp_s = max(0.0, dp_s - slowest.compute_s * 2 / 3)
+    optimizer_params = max_params / (dp if layout.zero_stage >= 1 else 1)
+    return StepTime(compute_s=m * slowest.compute_s, tp_comm_s=m * slowest.tp_comm_s,
+                    pp_comm_s=m * slowest.pp_comm_s, bubble_s=pipeline_s - busy_s,
+                    dp_comm_s=dp_s + exposed_zero3,
+                    optimizer_s=optimizer_time_s(optimizer_params, precision, gpu.hbm_gb_per_s))
+
+
+@dataclass(frozen=True)
+class Pins:
+    """Dimensions the user fixed (None: searched)."""
+
+    dp: int | None = None
+    pp: int | None = None
+    tp: int | None = None
+    micro_batch: int | None = None
+    zero_stage: int | None = None
+    recompute: str | None = None
+
+
+@dataclass
+class SearchResult:
+    candidates: list  # fitting candidates, best first
+    rejected: list  # candidates ruled out, with reasons
+    evaluated: int
+
+
+def divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def _simplicity(c: Candidate) -> tuple:
+    """Fewer model-parallel ranks first, then less recomputation, then no more sharding than ZeRO-1
+    (ZeRO-2/3 add communication and DeepSpeed code paths), then more memory headroom."""
+    lay = c.layout
+    return (lay.tp * lay.pp, lay.pp, lay.tp, RECOMPUTE_MODES.index(lay.recompute),
+            max(lay.zero_stage, 1), c.worst_stage.total)
+
+
+def rank_key(c: Candidate) -> tuple:
+    """Throughput first (in buckets of THROUGHPUT_TIE), then the simpler layout."""
+    bucket = -math.floor(math.log(c.tokens_per_s) / math.log(1 + THROUGHPUT_TIE))
+    return (bucket,) + _simplicity(c)
+
+
+def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins = Pins()) -> SearchResult:
+    """Evaluate every layout allowed by the pins; fitting ones ranked best first."""
+    fitting, rejected, evaluated = [], [], 0
+    gpus = cluster.gpus
+    for tp in ([pins.tp] if pins.tp else divisors(gpus)):
+        for pp in ([pins.pp] if pins.pp else divisors(gpus // tp) if gpus % tp == 0 else []):
+            dp = gpus // (tp * pp)
+            if pins.dp and pins.dp != dp or dp * pp * tp != gpus:
+                if pins.dp and pins.tp and pins.pp:
+                    cand = Candidate(layout=Layout(dp=pins.dp, pp=pp, tp=tp))
+                    cand.reasons = structural_reasons(spec, cluster, pins.dp, pp, tp)
+                    rejected.append(cand)
+                continue
+            reasons = structural_reasons(spec, cluster, dp, pp, tp)
+            if not reasons and tp > cluster.gpus_per_node:
+                reasons = [f"TP would straddle nodes (tp={tp} > {cluster.gpus_per_node} GPUs per node)"]
+            if reasons:
+                rejected.append(Candidate(layout=Layout(dp=dp, pp=pp, tp=tp), reasons=reasons))
+                continue
+            best_rejected = None
+            if options.global_batch % dp:
+                rejected.append(Candidate(layout=Layout(dp=dp, pp=pp, tp=tp), reasons=[
+                    f"global batch {options.global_batch} not divisible by dp={dp}"]))
+                continue
+            per_replica = options.global_batch // dp
+            for micro_batch in ([pins.micro_batch] if pins.micro_batch else divisors(per_replica)):
+                grad_accum = max(1, per_replica // micro_batch)
+                for zero in ([pins.zero_stage] if pins.zero_stage is not None else (0, 1, 2, 3)):
+                    for recompute in ([pins.recompute] if pins.recompute else RECOMPUTE_MODES):
+                        layout = Layout(dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
+                                        grad_accum=grad_accum, zero_stage=zero, recompute=recompute)
+                        cand = evaluate(spec, cluster, layout, options, estimate_rejected=False)
+                        evaluated += 1
+                        if cand.fits:
+                            fitting.append(cand)
+                        elif best_rejected is None or _closer(cand, best_rejected):
+                            best_rejected = cand
+            if best_rejected is not None and not any(
+                    c.layout.dp == dp and c.layout.pp == pp and c.layout.tp == tp for c in fitting):
+                rejected.append(best_rejected)
+    fitting.sort(key=rank_key)
+    return SearchResult(candidates=fitting, rejected=rejected, evaluated=evaluated)
+
+
+def _closer(a: Candidate, b: Candidate) -> bool:
+    """Of two rejected variants of one (dp, pp, tp), the one to show: fewer reasons, then less
+    memory (the nearest miss explains best why the layout fails)."""
+    mem_a = a.worst_stage.total if a.stages else math.inf
+    mem_b = b.worst_stage.total if b.stages else math.inf
+    return (len(a.reasons), mem_a) < (len(b.reasons), mem_b)
+
+
+def minimum_gpus(spec: ModelSpec, cluster: Cluster, options: PlanOptions, limit: int = 1 << 20) -> int | None:
+    """Smallest GPU count (doubling from the given one, whole nodes) at which some layout fits,
+    with the batch raised as default_global_batch would; None when none does up to `limit`."""
+    gpus = max(cluster.gpus * 2, cluster.gpus_per_node)
+    while gpus <= limit:
+        bigger = Cluster(gpus=gpus, gpus_per_node=cluster.gpus_per_node, gpu=cluster.gpu)
+        batch = max(options.global_batch, math.ceil(gpus / cluster.gpus_per_node))
+        if search(spec, bigger, PlanOptions(batch, options.seq_len, options.precision,
+                                            options.flash_attention),
+                  Pins(zero_stage=1, recompute="full", micro_batch=1)).candidates:
+            return gpus
+        gpus *= 2
+    return None
+
+
+def describe_params(spec: ModelSpec) -> str:
+    n = total_params(spec)
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"

@@ -1,0 +1,33 @@
+"""Published training runs (data/published_runs.yaml) evaluated with their layout pinned."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import yaml
+
+from .hardware import Cluster, gpu
+from .layout import Layout
+from .model_spec import ModelSpec
+from .planner import Candidate, PlanOptions, evaluate
+
+_RUNS = Path(__file__).parent / "data" / "published_runs.yaml"
+
+
+@functools.lru_cache(maxsize=1)
+def load_runs() -> list[dict]:
+    with open(_RUNS) as f:
+        return yaml.safe_load(f)
+
+
+def evaluate_run(run: dict) -> Candidate:
+    """The planner's estimate for one published run, exactly as published (layout pinned)."""
+    spec = ModelSpec(name=run["name"], **run["model"])
+    device = gpu(run["gpu"], **run.get("gpu_overrides", {}))
+    cluster = Cluster(gpus=run["gpus"], gpus_per_node=run.get("gpus_per_node", 8), gpu=device)
+    lay = run["layout"]
+    grad_accum = run["global_batch"] // (lay["dp"] * lay["micro_batch"])
+    layout = Layout(grad_accum=grad_accum, **lay)
+    options = PlanOptions(global_batch=run["global_batch"], seq_len=spec.seq_len,
+                          flash_attention=run.get("flash_attention", True))
+    return evaluate(spec, cluster, layout, options)

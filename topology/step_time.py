@@ -1,0 +1,189 @@
+"""Time of one training step: compute, tensor/pipeline/data-parallel communication, bubble, optimizer.
+
+Model (each term a pure function below):
+  per micro-batch on a stage:  GEMM FLOPs / (peak * matmul_efficiency)
+                               + memory-bound element-wise traffic / HBM bandwidth
+                               + TP all-reduces (not overlapped, as in Megatron-LM without SP)
+                               + pipeline send/recv of activations and their gradients (blocking in
+                                 DeepSpeed's PipelineEngine)
+  1F1B pipeline:               (m - 1) * T_slowest + sum_i T_i   (fill and drain cross each stage once;
+                               equal stages give (m + p - 1) T, Narayanan et al. 2021 Section 2.2)
+  data parallel:               ring all-reduce of the stage's gradients after the flush when p > 1
+                               (DeepSpeed's pipeline reduces after the schedule); with p = 1 DeepSpeed
+                               overlaps it with the last micro-batch's backward (overlap_comm)
+  ZeRO-3:                      per micro-batch parameter all-gathers (forward, backward) and gradient
+                               reduce-scatter, prefetched: only what exceeds compute is exposed
+  optimizer:                   AdamW is memory-bound: bytes touched per local parameter / HBM bandwidth
+Collective costs follow the ring algorithms whose bus bandwidth NCCL reports (Thakur et al. 2005):
+all-reduce moves 2 (n-1)/n of the buffer per GPU, all-gather and reduce-scatter (n-1)/n.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from .flops import (BACKWARD_TO_FORWARD, attention_core_flops_per_token, block_forward_flops_per_token,
+                    head_forward_flops_per_token)
+from .hardware import GpuSpec
+from .memory import FP32_BYTES, Precision
+from .model_spec import ModelSpec
+from .params import padded_vocab
+
+GB = 1e9
+
+
+def allreduce_time_s(nbytes: float, group_size: int, bus_gb_per_s: float) -> float:
+    """Ring all-reduce: each GPU sends and receives 2 (n-1)/n of the buffer."""
+    if group_size <= 1:
+        return 0.0
+    return 2 * (group_size - 1) / group_size * nbytes / (bus_gb_per_s * GB)
+
+
+def allgather_time_s(nbytes: float, group_size: int, bus_gb_per_s: float) -> float:
+    """Ring all-gather (or reduce-scatter) of a buffer of nbytes in total: (n-1)/n of it per GPU."""
+    if group_size <= 1:
+        return 0.0
+    return (group_size - 1) / group_size * nbytes / (bus_gb_per_s * GB)
+
+
+def p2p_time_s(nbytes: float, gb_per_s: float) -> float:
+    return nbytes / (gb_per_s * GB)
+
+
+def bubble_fraction(pp: int, micro_batches: int) -> float:
+    """Share of a 1F1B step that a stage sits idle: (p - 1) / (m + p - 1).
+    (Narayanan et al. 2021 state it relative to the ideal time, (p - 1) / m; see bubble_ratio.)"""
+    return (pp - 1) / (micro_batches + pp - 1)
+
+
+def bubble_ratio(pp: int, micro_batches: int) -> float:
+    """Bubble time over ideal compute time, Narayanan et al. 2021 Section 2.2.1: (p - 1) / m."""
+    return (pp - 1) / micro_batches
+
+
+def elementwise_elements_per_token(spec: ModelSpec, tp: int, flash_attention: bool = True,
+                                   seq_len: int | None = None) -> float:
+    """Elements one block's memory-bound forward ops read and write per token, per TP rank.
+    Norms: 2 x (read h, write h); residual adds: 2 x (read 2h, write h); GELU read f, write f, or
+    SwiGLU read 2f, write f, plus RoPE read/write of Q and K; softmax over a*s scores (read, write)
+    when the attention matrix is materialised (no flash kernel)."""
+    s = seq_len or spec.seq_len
+    h, f, t = spec.hidden, spec.ffn_hidden, tp
+    replicated = 4 * h + 6 * h
+    if spec.gated_mlp:
+        sharded = 3 * f + 2 * (h + spec.kv_hidden)
+    else:
+        sharded = 2 * f
+    if not flash_attention:
+        sharded += 2 * spec.heads * s
+    return replicated + sharded / t
+
+
+@dataclass(frozen=True)
+class StageTime:
+    """Seconds one GPU of a stage spends on one micro-batch (forward + backward, recompute included)."""
+
+    compute_s: float
+    tp_comm_s: float
+    pp_comm_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.tp_comm_s + self.pp_comm_s
+
+
+@functools.lru_cache(maxsize=8192)
+def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, *, blocks: int,
+                           first: bool, last: bool, tp: int, pp: int, micro_batch: int,
+                           recompute: str, tp_spans_nodes: bool, pp_spans_nodes: bool,
+                           flash_attention: bool = True, seq_len: int | None = None) -> StageTime:
+    """Forward + backward of one micro-batch on one GPU of a stage."""
+    s = seq_len or spec.seq_len
+    tokens = micro_batch * s
+    passes = 1 + BACKWARD_TO_FORWARD
+    act = precision.activation_bytes
+
+    # GEMM and attention-core FLOPs, split over TP ranks
+    block_fwd = block_forward_flops_per_token(spec, s)
+    flops = passes * blocks * block_fwd
+    if recompute == "full":
+        flops += blocks * block_fwd
+    elif recompute == "selective":
+        flops += blocks * attention_core_flops_per_token(spec, s)
+    if last:
+        flops += passes * head_forward_flops_per_token(spec)
+    matmul_s = tokens * flops / tp / gpu.achievable_flops_per_s
+
+    # memory-bound ops: forward traffic, twice that in backward, once more if fully recomputed
+    traffic_passes = passes + (1 if recompute == "full" else 0)
+    elementwise = traffic_passes * blocks * elementwise_elements_per_token(spec, tp, flash_attention, s) * act
+    if last:
+        # cross-entropy over this rank's vocab slice: logits read, fp32 softmax written and read,
+        # fp32 gradient written
+        elementwise += padded_vocab(spec.vocab, tp) / tp * (act + 3 * FP32_BYTES)
+    memory_s = tokens * elementwise / (gpu.hbm_gb_per_s * GB)
+
+    # TP: two all-reduces of [s, b, h] per block forward, two in backward, two more when recomputed;
+    # the vocab-parallel embedding adds one in forward on the first stage
+    tp_bw = gpu.inter_node_gb_per_s if tp_spans_nodes else gpu.intra_node_gb_per_s
+    allreduces = blocks * (4 + (2 if recompute == "full" else 0)) + (1 if first else 0)
+    tp_s = allreduces * allreduce_time_s(tokens * spec.hidden * act, tp, tp_bw)
+
+    # PP: activations sent forward and their gradients sent back, except past the ends
+    pp_bw = gpu.inter_node_gb_per_s if pp_spans_nodes else gpu.intra_node_gb_per_s
+    sends = (0 if last else 1) + (0 if first else 1)
+    pp_s = sends * p2p_time_s(tokens * spec.hidden * act, pp_bw) if pp > 1 else 0.0
+    return StageTime(compute_s=matmul_s + memory_s, tp_comm_s=tp_s, pp_comm_s=pp_s)
+
+
+def pipeline_time_s(stage_times: list[float], micro_batches: int) -> float:
+    """1F1B with heterogeneous stages: (m - 1) * slowest + sum of all stages."""
+    return (micro_batches - 1) * max(stage_times) + sum(stage_times)
+
+
+def optimizer_time_s(params_local: float, precision: Precision, hbm_gb_per_s: float) -> float:
+    """AdamW update, memory-bound: read gradient, read+write master weights, m and v, write the
+    low-precision copy when there is one."""
+    master = 2 * FP32_BYTES * (3 if precision.optimizer_bytes == 12 else 2)  # (master,) m, v r+w
+    extra = precision.weight_bytes if precision.optimizer_bytes == 12 else 0
+    return params_local * (master + precision.grad_bytes + extra) / (hbm_gb_per_s * GB)
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Seconds of one optimizer step, by cause; total_s is their sum."""
+
+    compute_s: float
+    tp_comm_s: float
+    pp_comm_s: float
+    bubble_s: float
+    dp_comm_s: float
+    optimizer_s: float
+
+    @property
+    def total_s(self) -> float:
+        return (self.compute_s + self.tp_comm_s + self.pp_comm_s + self.bubble_s + self.dp_comm_s
+                + self.optimizer_s)
+
+    def to_dict(self) -> dict:
+        keys = ("compute_s", "tp_comm_s", "pp_comm_s", "bubble_s", "dp_comm_s", "optimizer_s")
+        out = {k: getattr(self, k) for k in keys}
+        out["total_s"] = self.total_s
+        return out
+
+
+def data_parallel_time_s(stage_params: float, precision: Precision, gpu: GpuSpec, *, dp: int,
+                         zero_stage: int, dp_spans_nodes: bool) -> float:
+    """Gradient reduction over dp once per step (all-reduce, or ZeRO-1/2's reduce-scatter plus
+    all-gather of the updated weights: the same volume)."""
+    bw = gpu.inter_node_gb_per_s if dp_spans_nodes else gpu.intra_node_gb_per_s
+    if zero_stage == 3:
+        return allgather_time_s(stage_params * precision.grad_bytes, dp, bw)
+    return allreduce_time_s(stage_params * precision.grad_bytes, dp, bw)
+
+
+def zero3_gather_time_s(stage_params: float, precision: Precision, gpu: GpuSpec, *, dp: int,
+                        dp_spans_nodes: bool) -> float:
+    """ZeRO-3 per micro-batch: weights all-gathered for forward and again for backward."""
+    bw = gpu.inter_node_gb_per_s if dp_spans_nodes else gpu.intra_node_gb_per_s
+    return 2 * allgather_time_s(stage_params * precision.weight_bytes, dp, bw)
