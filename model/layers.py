@@ -1,0 +1,202 @@
+"""The pipeline's layers: embedding, positions (gpt2), transformer block, final norm, LM head.
+
+Each layer is built per rank from (spec, TensorParallelGroup) and holds only its TP slice. The
+activation between layers is one tensor, hidden states [b, s, h], which is what DeepSpeed's
+pipeline engine sends between stages. Every layer has a `canonical_prefix`: its parameters'
+canonical names (model/sharding.py) are that prefix plus their local names.
+
+gpt2: pre-LayerNorm blocks, GELU (tanh approximation, HF's gelu_new) MLP of width f, learned
+positions, biases. llama: pre-RMSNorm blocks, SwiGLU MLP, rotary positions (HF's rotate_half
+convention), grouped-query attention, no biases. No dropout. Causal attention via
+F.scaled_dot_product_attention(is_causal=True).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from llmlaunch.topology.layout import RECOMPUTE_MODES
+from llmlaunch.topology.model_spec import ModelSpec
+from llmlaunch.topology.params import padded_vocab
+
+from .tp import (ColumnParallelLinear, RowParallelLinear, TensorParallelGroup,
+                 VocabParallelEmbedding, divide)
+
+
+class TokenEmbedding(VocabParallelEmbedding):
+    """The vocab-parallel token table [V_p/t, h]; gpt2 ties it to the LM head."""
+
+    canonical_prefix = "embed.token."
+
+    def __init__(self, spec: ModelSpec, tp: TensorParallelGroup):
+        super().__init__(padded_vocab(spec.vocab, tp.size), spec.hidden, tp)
+
+
+def tied_head_forward(embedding: TokenEmbedding, hidden: torch.Tensor) -> torch.Tensor:
+    """gpt2's LM head: the token table as output projection, hidden [b, s, h] -> [b, s, V_p/t]."""
+    return embedding.logits(hidden)
+
+
+class PositionEmbedding(nn.Module):
+    """Learned absolute positions [s, h] (gpt2), replicated on every TP rank; added to the token
+    embeddings. Kept separate from the tied token table so only the table is tied."""
+
+    canonical_prefix = "embed.position."
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(spec.seq_len, spec.hidden))
+
+    def forward(self, hidden):
+        return hidden + self.weight[: hidden.shape[1]]       # [b, s, h]
+
+
+class Norm(nn.Module):
+    """LayerNorm (weight, bias; gpt2) or RMSNorm (weight; llama), computed in fp32."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.eps = spec.norm_eps
+        self.weight = nn.Parameter(torch.empty(spec.hidden))
+        self.bias = nn.Parameter(torch.empty(spec.hidden)) if spec.arch == "gpt2" else None
+
+    def forward(self, x):
+        if self.bias is not None:
+            return F.layer_norm(x.float(), x.shape[-1:], self.weight.float(), self.bias.float(),
+                                self.eps).to(x.dtype)
+        # RMSNorm as HF's LlamaRMSNorm: normalise in fp32, cast back, then scale
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+class FinalNorm(Norm):
+    """The norm after the last block; it sits with the LM head on the last stage."""
+
+    canonical_prefix = "final_norm."
+
+
+class LMHead(ColumnParallelLinear):
+    """llama's untied output projection, column-parallel over the padded vocabulary:
+    hidden [b, s, h] -> this rank's logits [b, s, V_p/t]."""
+
+    canonical_prefix = "head."
+
+    def __init__(self, spec: ModelSpec, tp: TensorParallelGroup):
+        super().__init__(spec.hidden, padded_vocab(spec.vocab, tp.size), tp, bias=False)
+
+
+def rotary_cos_sin(seq_len: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, ...]:
+    """cos, sin [s, d] of RoPE (Su et al. 2021) in HF's layout: frequencies repeated over two
+    halves, paired with rotate_half."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float)
+                                / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x):
+    """[x1, x2] -> [-x2, x1] over the last dim (HF's convention)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x, cos, sin):
+    """x [b, heads, s, d] rotated by position."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with this rank's a/t query heads and a_kv/t KV heads.
+
+    qkv is column-parallel (rank i's q, k and v rows are its heads), out is row-parallel: one
+    all-reduce in forward, one in backward (Megatron's f/g pair).
+    """
+
+    def __init__(self, spec: ModelSpec, tp: TensorParallelGroup, recompute_core: bool):
+        super().__init__()
+        self.head_dim = spec.head_dim
+        self.local_heads = divide(spec.heads, tp.size, "heads")
+        self.local_kv_heads = divide(spec.kv_heads, tp.size, "kv_heads")
+        self.rope_theta = spec.rope_theta if spec.arch == "llama" else None
+        self.recompute_core = recompute_core
+        self.qkv = ColumnParallelLinear(spec.hidden, spec.hidden + 2 * spec.kv_hidden, tp,
+                                        bias=spec.biases)
+        self.out = RowParallelLinear(spec.hidden, spec.hidden, tp, bias=spec.biases)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q_width = self.local_heads * self.head_dim
+        kv_width = self.local_kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([q_width, kv_width, kv_width], dim=-1)   # [b, s, .../t]
+        q = q.view(b, s, self.local_heads, self.head_dim).transpose(1, 2)     # [b, a/t, s, d]
+        k = k.view(b, s, self.local_kv_heads, self.head_dim).transpose(1, 2)  # [b, a_kv/t, s, d]
+        v = v.view(b, s, self.local_kv_heads, self.head_dim).transpose(1, 2)
+        if self.rope_theta is not None:
+            cos, sin = rotary_cos_sin(s, self.head_dim, self.rope_theta, x.device)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.recompute_core:
+            context = checkpoint(self.core, q, k, v, use_reentrant=False)
+        else:
+            context = self.core(q, k, v)                                      # [b, a/t, s, d]
+        context = context.transpose(1, 2).reshape(b, s, q_width)              # [b, s, h/t]
+        return self.out(context)                                              # [b, s, h]
+
+    def core(self, q, k, v):
+        """softmax(q k^T / sqrt(d)) v, causal; query head j reads KV head j // (a/a_kv)."""
+        return F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=self.local_heads != self.local_kv_heads)
+
+
+class MLP(nn.Module):
+    """gpt2: fc2(gelu(fc1 x)); llama: down(silu(gate x) * up x). First matrix column-parallel
+    (gate and up fused), second row-parallel."""
+
+    def __init__(self, spec: ModelSpec, tp: TensorParallelGroup):
+        super().__init__()
+        self.gated = spec.gated_mlp
+        h, f = spec.hidden, spec.ffn_hidden
+        if self.gated:
+            self.gate_up = ColumnParallelLinear(h, 2 * f, tp, bias=False)
+            self.down = RowParallelLinear(f, h, tp, bias=False)
+        else:
+            self.fc1 = ColumnParallelLinear(h, f, tp, bias=True)
+            self.fc2 = RowParallelLinear(f, h, tp, bias=True)
+
+    def forward(self, x):
+        if self.gated:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)           # [b, s, f/t] each
+            return self.down(F.silu(gate) * up)
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(norm1(x)), then + mlp(norm2(x)).
+
+    recompute: 'none' keeps all activations; 'selective' recomputes the attention core in backward;
+    'full' keeps only the block input and recomputes the whole block (torch.utils.checkpoint,
+    non-reentrant, so TP collectives simply run again in the same order on every rank).
+    """
+
+    def __init__(self, spec: ModelSpec, tp: TensorParallelGroup, index: int, recompute: str):
+        super().__init__()
+        if recompute not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute {recompute!r} is not one of {', '.join(RECOMPUTE_MODES)}")
+        self.canonical_prefix = f"blocks.{index}."
+        self.recompute_full = recompute == "full"
+        self.ln1 = Norm(spec)
+        self.attn = Attention(spec, tp, recompute_core=recompute == "selective")
+        self.ln2 = Norm(spec)
+        self.mlp = MLP(spec, tp)
+
+    def forward(self, x):
+        if self.recompute_full and torch.is_grad_enabled():
+            return checkpoint(self._block, x, use_reentrant=False)
+        return self._block(x)
+
+    def _block(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))

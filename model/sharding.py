@@ -1,0 +1,143 @@
+"""Canonical parameter names and how each full tensor maps to its tensor-parallel slices.
+
+The *canonical* state of a model is its full, unpadded tensors under layout-free names, e.g.
+`blocks.3.attn.qkv.weight` [h + 2*a_kv*d, h]. Every layout (any pp, tp) is a slicing of it, which is
+what makes initialisation, HF import and HF export independent of the layout:
+
+    canonical --shard_tensor(rank)--> one rank's parameter --merge_shards(all ranks)--> canonical
+
+Names (L blocks, local names of model/layers.py prefixed by the layer's canonical prefix):
+  embed.token.weight [V, h]              vocab-parallel (rows, padded to padded_vocab(V, t))
+  embed.position.weight [s, h]           gpt2; replicated
+  blocks.i.ln1.weight / .bias            replicated (bias: gpt2)
+  blocks.i.attn.qkv.weight [h+2kv, h]    column-parallel; q, k and v rows split separately
+  blocks.i.attn.qkv.bias                 gpt2; split like the weight rows
+  blocks.i.attn.out.weight [h, h]        row-parallel (columns); .bias (gpt2) replicated
+  blocks.i.ln2.weight / .bias            replicated
+  blocks.i.mlp.fc1.weight [f, h], .bias  gpt2; column-parallel
+  blocks.i.mlp.fc2.weight [h, f]         gpt2; row-parallel; .bias replicated
+  blocks.i.mlp.gate_up.weight [2f, h]    llama; column-parallel, gate and up rows split separately
+  blocks.i.mlp.down.weight [h, f]        llama; row-parallel
+  final_norm.weight / .bias              replicated (bias: gpt2)
+  head.weight [V, h]                     llama (gpt2 ties the head to embed.token.weight)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llmlaunch.topology.model_spec import ModelSpec
+from llmlaunch.topology.params import padded_vocab
+
+
+@dataclass(frozen=True)
+class TPSplit:
+    """How a full tensor is divided over t TP ranks.
+
+    The tensor is cut along `dim` into consecutive `segments` (e.g. q, k, v of a fused QKV); each
+    segment is split into t equal chunks and rank i's tensor is its chunk of every segment,
+    concatenated. With `vocab` > 0 the dimension is a vocabulary of that size, zero-padded to
+    padded_vocab(vocab, t) before splitting (and trimmed again when merging).
+    """
+
+    dim: int
+    segments: tuple[int, ...]
+    vocab: int = 0
+
+
+def block_parameter_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Full shapes of one block's parameters, by local name (see the module docstring)."""
+    h, f, kv = spec.hidden, spec.ffn_hidden, spec.kv_hidden
+    shapes = {"ln1.weight": (h,), "attn.qkv.weight": (h + 2 * kv, h), "attn.out.weight": (h, h),
+              "ln2.weight": (h,)}
+    if spec.arch == "gpt2":
+        shapes.update({"ln1.bias": (h,), "attn.qkv.bias": (h + 2 * kv,), "attn.out.bias": (h,),
+                       "ln2.bias": (h,), "mlp.fc1.weight": (f, h), "mlp.fc1.bias": (f,),
+                       "mlp.fc2.weight": (h, f), "mlp.fc2.bias": (h,)})
+    else:
+        shapes.update({"mlp.gate_up.weight": (2 * f, h), "mlp.down.weight": (h, f)})
+    return shapes
+
+
+def canonical_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every canonical parameter of the model with its full (unpadded) shape, in model order."""
+    h = spec.hidden
+    shapes = {"embed.token.weight": (spec.vocab, h)}
+    if spec.learned_positions:
+        shapes["embed.position.weight"] = (spec.seq_len, h)
+    for block in range(spec.layers):
+        for name, shape in block_parameter_shapes(spec).items():
+            shapes[f"blocks.{block}.{name}"] = shape
+    shapes["final_norm.weight"] = (h,)
+    if spec.arch == "gpt2":
+        shapes["final_norm.bias"] = (h,)
+    if not spec.tied_embeddings:
+        shapes["head.weight"] = (spec.vocab, h)
+    return shapes
+
+
+def tp_split(spec: ModelSpec, name: str) -> TPSplit | None:
+    """How canonical parameter `name` is split over TP ranks; None when every rank holds it all."""
+    h, f, kv = spec.hidden, spec.ffn_hidden, spec.kv_hidden
+    if name in ("embed.token.weight", "head.weight"):
+        return TPSplit(dim=0, segments=(spec.vocab,), vocab=spec.vocab)
+    if not name.startswith("blocks."):
+        return None
+    local = name.split(".", 2)[2]
+    return {
+        "attn.qkv.weight": TPSplit(0, (h, kv, kv)),
+        "attn.qkv.bias": TPSplit(0, (h, kv, kv)),
+        "attn.out.weight": TPSplit(1, (h,)),
+        "mlp.fc1.weight": TPSplit(0, (f,)),
+        "mlp.fc1.bias": TPSplit(0, (f,)),
+        "mlp.fc2.weight": TPSplit(1, (f,)),
+        "mlp.gate_up.weight": TPSplit(0, (f, f)),
+        "mlp.down.weight": TPSplit(1, (f,)),
+    }.get(local)
+
+
+def shard_tensor(full: torch.Tensor, split: TPSplit | None, rank: int, size: int) -> torch.Tensor:
+    """Rank `rank`'s slice (a new tensor) of the full canonical tensor."""
+    if split is None:
+        return full.clone()
+    if split.vocab:
+        padding = padded_vocab(split.vocab, size) - full.shape[split.dim]
+        pad_shape = list(full.shape)
+        pad_shape[split.dim] = padding
+        full = torch.cat([full, full.new_zeros(pad_shape)], dim=split.dim)
+        segments = (full.shape[split.dim],)
+    else:
+        segments = split.segments
+    parts = [segment.chunk(size, dim=split.dim)[rank]
+             for segment in full.split(list(segments), dim=split.dim)]
+    return torch.cat(parts, dim=split.dim).clone()
+
+
+def merge_shards(shards: list[torch.Tensor], split: TPSplit | None) -> torch.Tensor:
+    """The full canonical tensor from every TP rank's slice, in rank order (inverse of
+    shard_tensor; padding removed)."""
+    if split is None:
+        return shards[0].clone()
+    size = len(shards)
+    if split.vocab:
+        full = torch.cat(shards, dim=split.dim)
+        return full.narrow(split.dim, 0, split.vocab).clone()
+    per_rank = [segment // size for segment in split.segments]
+    pieces = [shard.split(per_rank, dim=split.dim) for shard in shards]
+    segments = [torch.cat([pieces[rank][s] for rank in range(size)], dim=split.dim)
+                for s in range(len(split.segments))]
+    return torch.cat(segments, dim=split.dim)
+
+
+def pipeline_layer_prefixes(spec: ModelSpec) -> list[str | None]:
+    """Canonical prefix of each pipeline item by index (model/pipeline.py's layer order), which is
+    how DeepSpeed names its per-layer checkpoint files (layer_XX-model_YY-model_states.pt). None
+    marks gpt2's tied head, which holds no parameters of its own."""
+    prefixes = ["embed.token."]
+    if spec.learned_positions:
+        prefixes.append("embed.position.")
+    prefixes += [f"blocks.{block}." for block in range(spec.layers)]
+    prefixes.append("final_norm.")
+    prefixes.append(None if spec.tied_embeddings else "head.")
+    return prefixes
