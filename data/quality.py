@@ -1,0 +1,403 @@
+"""Document-level quality filters in the style of Gopher and C4.
+
+Sources:
+
+* Gopher: Rae et al. 2021, "Scaling Language Models: Methods, Analysis & Insights from Training
+  Gopher", Appendix A.1.1 ("quality filtering") and Table A1 (repetition removal).
+* C4: Raffel et al. 2020, "Exploring the Limits of Transfer Learning with a Unified Text-to-Text
+  Transformer", Section 2.2.
+
+Each filter is a small pure function ``f(doc, thresholds) -> bool`` that returns True when the
+document *passes*.  ``first_failing_filter`` runs them in ``FILTER_NAMES`` order and returns the
+name of the first that fails; that name is the key under which the manifest counts the removal.
+
+Definitions (the papers leave them informal):
+
+* *words*: whitespace-separated tokens of the normalised text.
+* *content words*: words with ``EDGE_PUNCTUATION`` (ASCII punctuation and common typographic
+  marks) stripped from both ends, dropping those that become empty; the word count, mean word
+  length and symbol ratio use these.
+* a word "has an alphabetic character" if it contains a Unicode letter.
+* *lines*: non-blank lines; *paragraphs*: blocks separated by blank lines.
+* n-gram repetition is measured over words, in characters of the words involved (Gopher Table A1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import operator
+import re
+import string
+from collections import Counter
+from operator import itemgetter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .errors import DataError
+
+# Gopher A.1.1: "does not contain at least two of the following English words".
+GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
+# Stripped from the ends of words before measuring them: ASCII punctuation plus common typographic marks.
+EDGE_PUNCTUATION = string.punctuation + "\u2018\u2019\u201c\u201d\u00ab\u00bb\u2026\u2013\u2014\u00b7\u2022\u00bf\u00a1"
+_WORD_WITH_LETTER_RE = re.compile(r"\S*?[^\W\d_]\S*")
+_STOP_WORD_RE = re.compile(r"(?<!\w)(?:" + "|".join(sorted(GOPHER_STOP_WORDS)) + r")(?!\w)", re.IGNORECASE)
+BULLETS = ("\u2022", "\u2023", "\u25e6", "\u2043", "\u25cf", "\u25aa", "-", "*", "+")
+ELLIPSES = ("...", "\u2026")
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """Thresholds of the quality filters; defaults are the published Gopher/C4 values.
+
+    ``disabled`` lists filter names (see ``FILTER_NAMES``) to skip.
+    """
+
+    # Gopher A.1.1: keep documents with 50..100,000 words.
+    min_words: int = 50
+    max_words: int = 100_000
+    # Gopher A.1.1: mean word length within 3..10 characters.
+    min_mean_word_length_chars: float = 3.0
+    max_mean_word_length_chars: float = 10.0
+    # Gopher A.1.1: symbol-to-word ratio (hash symbol or ellipsis) below 0.1.
+    max_symbol_to_word_ratio: float = 0.1
+    # Gopher A.1.1: remove documents with more than 90% of lines starting with a bullet point...
+    max_bullet_lines_fraction: float = 0.9
+    # ...or more than 30% of lines ending with an ellipsis.
+    max_ellipsis_lines_fraction: float = 0.3
+    # Gopher A.1.1: at least 80% of words contain at least one alphabetic character.
+    min_alphabetic_words_fraction: float = 0.8
+    # Gopher A.1.1: at least two of the stop words ("the", "be", "to", "of", "and", "that", "have", "with").
+    min_stop_words: int = 2
+    # Gopher Table A1: duplicate line fraction 0.30, duplicate line character fraction 0.20.
+    max_duplicate_lines_fraction: float = 0.30
+    max_duplicate_line_chars_fraction: float = 0.20
+    # Gopher Table A1: duplicate paragraph fraction 0.30, duplicate paragraph character fraction 0.20.
+    max_duplicate_paragraphs_fraction: float = 0.30
+    max_duplicate_paragraph_chars_fraction: float = 0.20
+    # Gopher Table A1: top 2-, 3-, 4-gram character fraction 0.20, 0.18, 0.16.
+    max_top_ngram_chars_fraction: Mapping[int, float] = field(
+        default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16}
+    )
+    # Gopher Table A1: duplicate 5..10-gram character fraction 0.15, 0.14, 0.13, 0.12, 0.11, 0.10.
+    max_duplicate_ngram_chars_fraction: Mapping[int, float] = field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    )
+    disabled: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (n-gram keys as strings), used in the manifest."""
+        data = dataclasses.asdict(self)
+        for key in ("max_top_ngram_chars_fraction", "max_duplicate_ngram_chars_fraction"):
+            data[key] = {str(n): float(v) for n, v in sorted(data[key].items())}
+        data["disabled"] = list(self.disabled)
+        return data
+
+
+class Doc:
+    """Lazily computed views of one normalised document shared by the filters."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._cache: dict[str, Any] = {}
+
+    def _get(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    @property
+    def words(self) -> list[str]:
+        """Whitespace-separated tokens."""
+        return self._get("words", self.text.split)
+
+    @property
+    def content_words(self) -> list[str]:
+        """Words with edge punctuation stripped, empty ones dropped."""
+        return self._get(
+            "content_words",
+            lambda: list(filter(None, map(str.strip, self.words, itertools.repeat(EDGE_PUNCTUATION)))),
+        )
+
+    @property
+    def lines(self) -> list[str]:
+        """Non-blank lines, stripped."""
+        return self._get("lines", lambda: [s.strip() for s in self.text.split("\n") if s.strip()])
+
+    @property
+    def paragraphs(self) -> list[str]:
+        """Blank-line separated blocks, stripped."""
+        return self._get("paragraphs", lambda: _paragraphs(self.text))
+
+
+def _paragraphs(text: str) -> list[str]:
+    """Blocks of ``text`` separated by blank lines."""
+    blocks, current = [], []
+    for line in text.split("\n"):
+        if line.strip():
+            current.append(line)
+        elif current:
+            blocks.append("\n".join(current).strip())
+            current = []
+    if current:
+        blocks.append("\n".join(current).strip())
+    return blocks
+
+
+def _duplicate_fractions(items: Sequence[str]) -> tuple[float, float]:
+    """(fraction of items that repeat an earlier item, fraction of characters in those repeats)."""
+    if not items:
+        return 0.0, 0.0
+    seen: set[str] = set()
+    dup_items = dup_chars = total_chars = 0
+    for item in items:
+        total_chars += len(item)
+        if item in seen:
+            dup_items += 1
+            dup_chars += len(item)
+        else:
+            seen.add(item)
+    return dup_items / len(items), (dup_chars / total_chars if total_chars else 0.0)
+
+
+def top_ngram_chars_fraction(words: Sequence[str], n: int) -> float:
+    """Characters covered by the most frequent word n-gram (counted with multiplicity) / all word characters.
+
+    Gopher Table A1 ("fraction of characters in the most common n-gram"); 0 if no n-gram repeats.
+    """
+    if len(words) < n:
+        return 0.0
+    counts = Counter(zip(*(words[i:] for i in range(n))))
+    gram, count = max(counts.items(), key=itemgetter(1))  # first-seen among equally frequent n-grams
+    if count < 2:
+        return 0.0
+    total_chars = sum(map(len, words))
+    return count * sum(map(len, gram)) / total_chars if total_chars else 0.0
+
+
+def duplicate_ngram_chars_fraction(words: Sequence[str], n: int) -> float:
+    """Characters of words inside repeated word n-grams / all word characters (Gopher Table A1).
+
+    An n-gram occurrence is a repeat if the same n-gram occurred at an earlier position; the n
+    words of every repeat are marked, and each marked word's characters are counted once.
+    """
+    count = len(words) - n + 1
+    if count < 2:
+        return 0.0
+    grams = list(zip(*(words[i:] for i in range(n))))
+    # gram -> index of its first occurrence (later duplicates are overwritten by earlier ones)
+    first_index = dict(zip(reversed(grams), range(count - 1, -1, -1)))
+    if len(first_index) == count:
+        return 0.0
+    repeats = itertools.compress(range(count), map(operator.ne, map(first_index.__getitem__, grams), range(count)))
+    covered = bytearray(len(words))
+    marks = b"\x01" * n
+    for start in repeats:
+        covered[start : start + n] = marks
+    total_chars = sum(map(len, words))
+    dup_chars = sum(itertools.compress(map(len, words), covered))
+    return dup_chars / total_chars if total_chars else 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The filters.  Each returns True when the document passes.
+# ----------------------------------------------------------------------------------------------
+
+
+def passes_word_count(doc: Doc, t: QualityThresholds) -> bool:
+    """Gopher A.1.1: number of words within [min_words, max_words] (50..100,000)."""
+    return t.min_words <= len(doc.content_words) <= t.max_words
+
+
+def passes_mean_word_length(doc: Doc, t: QualityThresholds) -> bool:
+    """Gopher A.1.1: mean word length within [3, 10] characters."""
+    words = doc.content_words
+    if not words:
+        return False
+    mean_chars = sum(map(len, words)) / len(words)
+    return t.min_mean_word_length_chars <= mean_chars <= t.max_mean_word_length_chars
+
+
+def passes_symbol_to_word_ratio(doc: Doc, t: QualityThresholds) -> bool:
+    """Gopher A.1.1: hash-symbol-to-word and ellipsis-to-word ratios both below 0.1."""
+    words = max(len(doc.content_words), 1)
+    hashes = doc.text.count("#")
+    ellipses = doc.text.count("...") + doc.text.count("\u2026")
+    return max(hashes, ellipses) / words < t.max_symbol_to_word_ratio
+
+
+def passes_bullet_lines(doc: Doc, t: QualityThresholds) -> bool:
+    """Gopher A.1.1: at most 90% of lines start with a bullet point."""
+    lines = doc.lines
+    if not lines:
+        return True
+    bullets = sum(1 for line in lines if line.startswith(BULLETS))
+    return bullets / len(lines) <= t.max_bullet_lines_fraction
+
+
+def passes_ellipsis_lines(doc: Doc, t: QualityThresholds) -> bool:
+    """Gopher A.1.1: at most 30% of lines end with an ellipsis."""
+    lines = doc.lines
+    if not lines:
+        return True
+    ellipses = sum(1 for line in lines if line.endswith(ELLIPSES))
+    return ellipses / len(lines) <= t.max_ellipsis_lines_fraction
+
+
+def passes_alphabetic_words(doc: Doc, t: QualityThresholds) -> bool:
+    """Gopher A.1.1: at least 80% of words contain an alphabetic character."""
+    words = doc.words
+    if not words:
+        return False
+    alphabetic = len(_WORD_WITH_LETTER_RE.findall(doc.text))
+    return alphabetic / len(words) >= t.min_alphabetic_words_fraction
+
+
+def passes_stop_words(doc: Doc, t: QualityThresholds) -> bool:
+    """Gopher A.1.1: contains at least two of the eight stop words (the, be, to, of, and, that, have, with)."""
+    present = {match.lower() for match in _STOP_WORD_RE.findall(doc.text)}
+    return len(present) >= t.min_stop_words
+
+
+def passes_duplicate_lines(doc: Doc, t: QualityThresholds) -> bool:
+    """Gopher Table A1: duplicate-line fraction <= 0.30 and duplicate-line character fraction <= 0.20."""
+    lines_fraction, chars_fraction = _duplicate_fractions(doc.lines)
+    return lines_fraction <= t.max_duplicate_lines_fraction and chars_fraction <= t.max_duplicate_line_chars_fraction
+
+
+def passes_duplicate_paragraphs(doc: Doc, t: QualityThresholds) -> bool:
+    """Gopher Table A1: duplicate-paragraph fraction <= 0.30 and character fraction <= 0.20."""
+    paras_fraction, chars_fraction = _duplicate_fractions(doc.paragraphs)
+    return (
+        paras_fraction <= t.max_duplicate_paragraphs_fraction
+        and chars_fraction <= t.max_duplicate_paragraph_chars_fraction
+    )
+
+
+def passes_top_ngram(doc: Doc, t: QualityThresholds) -> bool:
+    """Gopher Table A1: the most common 2/3/4-gram covers at most 20/18/16% of the characters."""
+    words = doc.words
+    return all(top_ngram_chars_fraction(words, n) <= limit for n, limit in sorted(t.max_top_ngram_chars_fraction.items()))
+
+
+def passes_duplicate_ngrams(doc: Doc, t: QualityThresholds) -> bool:
+    """Gopher Table A1: repeated 5..10-grams cover at most 15..10% of the characters.
+
+    Words covered by repeated m-grams are also covered by repeated n-grams for n < m, so the
+    fraction never grows with n: once it is within every remaining limit, the rest can be skipped.
+    """
+    words = doc.words
+    limits = sorted(t.max_duplicate_ngram_chars_fraction.items())
+    for position, (n, limit) in enumerate(limits):
+        fraction = duplicate_ngram_chars_fraction(words, n)
+        if fraction > limit:
+            return False
+        if all(fraction <= later for _, later in limits[position + 1 :]):
+            return True
+    return True
+
+
+def passes_lorem_ipsum(doc: Doc, t: QualityThresholds) -> bool:
+    """C4 (Raffel et al. 2020, Sec. 2.2): remove any page containing the placeholder phrase "lorem ipsum"."""
+    return "lorem ipsum" not in doc.text.lower()
+
+
+# Order matters only for which name a document failing several filters is counted under.
+FILTERS: dict[str, Callable[[Doc, QualityThresholds], bool]] = {
+    "word_count": passes_word_count,
+    "mean_word_length": passes_mean_word_length,
+    "symbol_to_word_ratio": passes_symbol_to_word_ratio,
+    "bullet_lines": passes_bullet_lines,
+    "ellipsis_lines": passes_ellipsis_lines,
+    "alphabetic_words": passes_alphabetic_words,
+    "stop_words": passes_stop_words,
+    "lorem_ipsum": passes_lorem_ipsum,
+    "duplicate_lines": passes_duplicate_lines,
+    "duplicate_paragraphs": passes_duplicate_paragraphs,
+    "top_ngram": passes_top_ngram,
+    "duplicate_ngrams": passes_duplicate_ngrams,
+}
+FILTER_NAMES: tuple[str, ...] = tuple(FILTERS)
+
+
+def first_failing_filter(text: str, thresholds: QualityThresholds) -> str | None:
+    """Return the name of the first enabled filter that ``text`` fails, or None if it passes all."""
+    doc = Doc(text)
+    for name, passes in FILTERS.items():
+        if name not in thresholds.disabled and not passes(doc, thresholds):
+            return name
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration: YAML/JSON file and NAME=VALUE overrides.
+# ----------------------------------------------------------------------------------------------
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Convert an override ``value`` to the type of the field's ``default``."""
+    try:
+        if name == "disabled":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            items = tuple(str(item).strip() for item in items if str(item).strip())
+            unknown = sorted(set(items) - set(FILTER_NAMES))
+            if unknown:
+                raise DataError(f"unknown quality filter(s) {', '.join(unknown)} (known: {', '.join(FILTER_NAMES)})")
+            return items
+        if isinstance(default, Mapping):
+            if isinstance(value, str):
+                value = json.loads(value)
+            merged = dict(default)
+            merged.update({int(n): float(v) for n, v in dict(value).items()})
+            return merged
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(default, int):
+            number = float(value)
+            if number != int(number):
+                raise TypeError
+            return int(number)
+        return float(value)
+    except DataError:
+        raise
+    except (TypeError, ValueError, json.JSONDecodeError):
+        raise DataError(f"quality threshold {name}: invalid value {value!r}") from None
+
+
+def thresholds_with_overrides(base: QualityThresholds, overrides: Mapping[str, Any]) -> QualityThresholds:
+    """Return ``base`` with the named fields replaced; unknown names raise ``DataError``."""
+    defaults = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    changes = {}
+    for name, value in overrides.items():
+        if name not in defaults:
+            raise DataError(f"unknown quality threshold {name!r} (known: {', '.join(defaults)})")
+        changes[name] = _coerce(name, value, defaults[name])
+    return dataclasses.replace(base, **changes)
+
+
+def load_thresholds(path: str | Path | None = None, overrides: Sequence[str] = ()) -> QualityThresholds:
+    """Build thresholds from defaults, then a YAML/JSON mapping file, then ``NAME=VALUE`` strings."""
+    thresholds = QualityThresholds()
+    if path is not None:
+        import yaml  # JSON is a subset of YAML
+
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read quality config ({exc.strerror or exc})") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: invalid YAML/JSON quality config ({type(exc).__name__})") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise DataError(f"{path}: quality config must be a mapping of threshold names to values")
+        thresholds = thresholds_with_overrides(thresholds, data)
+    parsed = {}
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise DataError(f"--quality expects NAME=VALUE, got {item!r}")
+        parsed[name.strip()] = value.strip()
+    return thresholds_with_overrides(thresholds, parsed)
