@@ -137,11 +137,42 @@ def _add_data(sub) -> None:
     prep.set_defaults(func=run_prepare)
 
 
+def _add_train(sub) -> None:
+    from .train_cmd import add_train_arguments, run_train
+
+    p = sub.add_parser("train", help="train from run.yaml (local ranks, or one rank under srun)",
+                       description="Run (or resume) training as run.yaml describes; see docs/launch.md.")
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
+
+
+def _add_preflight(sub) -> None:
+    from .train_cmd import add_train_arguments, run_preflight
+
+    p = sub.add_parser("preflight", help="check an allocation (devices, memory, disk, all-reduce)",
+                       description="Start the ranks `train` would start and check them: devices and "
+                                   "memory against the plan, free disk for checkpoints, a timed "
+                                   "all-reduce over the real backend.")
+    add_train_arguments(p)
+    p.set_defaults(func=run_preflight)
+
+
+def _add_report(sub) -> None:
+    from .report_html import add_report_arguments, run_report
+
+    p = sub.add_parser("report", help="the plan page for a trained run, with its measured curves",
+                       description="Write RUN_DIR/report.html (or --out): the layout, schedule and "
+                                   "memory of the run's plan, loss/lr/grad-norm/tokens-per-second "
+                                   "curves from metrics.jsonl, and measured against predicted.")
+    add_report_arguments(p)
+    p.set_defaults(func=run_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmlaunch", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"llmlaunch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_plan, _add_cost, _add_scale):
+    for add in (_add_plan, _add_cost, _add_scale, _add_train, _add_preflight, _add_report, _add_data):
         add(sub)
     return parser
 

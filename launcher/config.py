@@ -93,6 +93,8 @@ class TrainSection:
     """bf16, fp32, or auto (bf16 on GPU, fp32 on CPU)."""
     log_every: int = 1
     """Steps between log lines (metrics.jsonl gets every step)."""
+    collective_timeout_s: int = 300
+    """Seconds a collective may wait before the job fails (a stalled rank ends the job)."""
 
 
 @dataclass
@@ -114,6 +116,9 @@ class CheckpointSection:
     """Save every N optimizer steps (0: only at the end and on preemption)."""
     keep: int = 3
     """Keep the last K checkpoints."""
+    init_hf: str = ""
+    """A local Hugging Face model directory of the same architecture to start from (empty: seeded
+    initialisation). Ignored when resuming from a checkpoint."""
 
 
 @dataclass
@@ -182,6 +187,8 @@ class RunConfig:
         for key in ("steps",):
             if getattr(self.train, key) < 1:
                 raise ConfigError(f"run.yaml: train.{key} must be >= 1")
+        if self.train.collective_timeout_s < 1:
+            raise ConfigError("run.yaml: train.collective_timeout_s must be >= 1")
         for key in ("warmup_steps", "log_every"):
             if getattr(self.train, key) < 0:
                 raise ConfigError(f"run.yaml: train.{key} must be >= 0")
@@ -269,9 +276,31 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     return config.validate()
 
 
+BUILTIN_CONFIGS = Path(__file__).parent / "configs"
+# What a training run actually used (run.yaml plus --set overrides), written into its run directory.
+EFFECTIVE_CONFIG = "run.effective.yaml"
+
+
+def load_run_dir_config(run_dir: str | os.PathLike) -> RunConfig:
+    """The config a run directory was trained with: run.effective.yaml, else run.yaml."""
+    run_dir = Path(run_dir)
+    for name in (EFFECTIVE_CONFIG, "run.yaml"):
+        if (run_dir / name).is_file():
+            return load_run_config(run_dir / name)
+    raise ConfigError(f"{str(run_dir)!r} has neither {EFFECTIVE_CONFIG} nor run.yaml")
+
+
+def resolve_config_path(name: str | os.PathLike) -> Path:
+    """A run.yaml path, or the name of a config shipped with llmlaunch (e.g. `tiny-cpu`)."""
+    path = Path(name)
+    if not path.exists() and (BUILTIN_CONFIGS / f"{name}.yaml").is_file():
+        return BUILTIN_CONFIGS / f"{name}.yaml"
+    return path
+
+
 def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
-    """Read run.yaml safely, check it, apply --set overrides."""
-    path = Path(path)
+    """Read run.yaml (or a built-in config by name) safely, check it, apply --set overrides."""
+    path = resolve_config_path(path)
     try:
         text = path.read_text()
     except OSError as exc:

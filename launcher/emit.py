@@ -72,8 +72,10 @@ def run_config_for(inputs, candidate, job_name: str, time_limit: str, tokens: fl
 
 def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: int,
                   gpus_per_node: int) -> str:
-    """A job-specific sbatch file: one task per GPU, srun starts the ranks (no ssh, no hostfile),
-    USR1 before the time limit checkpoints and requeues. Values from user input are quoted."""
+    """A job-specific sbatch file: its #SBATCH lines, then the job body shipped with llmlaunch
+    (launcher/jobs/slurm_job.sh: one task per GPU, srun starts the ranks, USR1 before the time limit
+    checkpoints and requeues). User input is sanitised on #SBATCH lines (sbatch parses them, not the
+    shell) and shell-quoted elsewhere."""
     s = config.slurm
     if not SLURM_TIME.match(s.time):
         raise ValueError(f"--time {s.time!r} is not a Slurm time limit (e.g. 02:00:00 or 1-12:00:00)")
@@ -97,21 +99,11 @@ def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: i
     if s.account:
         lines.append(f"#SBATCH --account={slurm_safe_name(s.account)}")
     lines += [
-        "set -euo pipefail",
         f"RUN_DIR={shlex.quote(run_dir)}",
-        f"JOB_NAME={shlex.quote(s.job_name)}",
-        'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-        'export MASTER_PORT="${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"',
-        'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"',
-        'export NCCL_ASYNC_ERROR_HANDLING="${NCCL_ASYNC_ERROR_HANDLING:-1}"',
-        'echo "llmlaunch job $JOB_NAME: $SLURM_NNODES nodes, master $MASTER_ADDR:$MASTER_PORT"',
-        "# The batch shell forwards USR1/TERM to the ranks, which checkpoint at the next step boundary.",
-        'srun --kill-on-bad-exit=1 python -m llmlaunch.rank --config "$RUN_DIR/run.yaml" '
-        '--run-dir "$RUN_DIR" &',
-        "SRUN_PID=$!",
-        'forward() { kill -USR1 "$SRUN_PID" 2>/dev/null || true; wait "$SRUN_PID"; exit $?; }',
-        "trap forward USR1 TERM",
-        'wait "$SRUN_PID"',
+        "# the job body shipped with llmlaunch: preflight, srun of the ranks, checkpoint-and-requeue",
+        "JOB=\"$(python3 -c 'import os, llmlaunch; print(os.path.join(os.path.dirname("
+        "llmlaunch.__file__), \"jobs\", \"slurm_job.sh\"))')\" || exit 2",
+        'exec bash "$JOB" "$RUN_DIR/run.yaml" "$RUN_DIR"',
         "",
     ]
     return "\n".join(lines)

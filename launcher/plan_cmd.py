@@ -75,6 +75,9 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--show-rejected", action="store_true", help="list ruled-out layouts and why")
     o.add_argument("--show-groups", action="store_true", help="list every TP/PP/DP group")
     o.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    o.add_argument("--report", metavar="FILE.html|FILE.png",
+                   help="a self-contained page (rank map, 1F1B schedule, memory per stage, "
+                        "candidates), or a PNG of the rank map and schedule")
     o.add_argument("--emit", metavar="DIR", help="write ds_config.json, run.yaml, train.sbatch")
     o.add_argument("--force", action="store_true", help="let --emit replace an existing DIR")
     o.add_argument("--job-name", help="Slurm job name for --emit (default: the model name)")
@@ -244,6 +247,11 @@ def run_plan(args) -> int:
         print(json.dumps(render.plan_json(inputs, result, chosen, horizon, args.tokens), indent=2))
     else:
         sys.stdout.write(render.plan_text(inputs, result, chosen, horizon, args))
+    if args.report:
+        from .report_html import write_plan_report
+
+        write_plan_report(args.report, inputs, result, chosen)
+        print(f"wrote {args.report}", file=sys.stderr if args.json else sys.stdout)
     if chosen is None or not chosen.fits:
         print(f"llmlaunch: error: {no_fit_message(inputs, result)}", file=sys.stderr)
         return 1

@@ -154,7 +154,7 @@ def test_hf_config_counts_exactly(tmp_path, capsys):
 
 
 def test_emit_writes_the_three_files_and_refuses_to_overwrite(tmp_path, capsys):
-    out_dir = tmp_path / "runs" / "gpt3"
+    out_dir = tmp_path / "runs" / "gpt3 $(touch pwned); x"
     args = ["plan", "--gpus", "1024", "--params", "175e9", "--emit", str(out_dir),
             "--job-name", "gpt3; rm -rf / #"]
     assert main(args) == 0
@@ -166,10 +166,13 @@ def test_emit_writes_the_three_files_and_refuses_to_overwrite(tmp_path, capsys):
     script = (out_dir / "train.sbatch").read_text()
     assert "#SBATCH --nodes=128" in script and "#SBATCH --ntasks-per-node=8" in script
     assert "#SBATCH --gpus-per-node=8" in script and "#SBATCH --time=02:00:00" in script
-    assert "JOB_NAME='gpt3; rm -rf / #'" in script  # quoted for the shell
-    assert "#SBATCH --job-name=gpt3__rm_-rf____" in script
-    proc = subprocess.run(["bash", "-n", str(out_dir / "train.sbatch")], capture_output=True)
-    assert proc.returncode == 0
+    assert "#SBATCH --job-name=gpt3__rm_-rf____" in script  # sbatch parses these lines itself
+    # the run directory is quoted for the shell: evaluating the assignment yields it verbatim
+    line = next(x for x in script.splitlines() if x.startswith("RUN_DIR="))
+    proc = subprocess.run(["bash", "-c", line + '; printf %s "$RUN_DIR"'], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.stdout == str(out_dir.resolve()) and not (tmp_path / "pwned").exists()
+    assert subprocess.run(["bash", "-n", str(out_dir / "train.sbatch")]).returncode == 0
     capsys.readouterr()
     assert main(args) == 2
     assert "exists; pass --force" in capsys.readouterr().err

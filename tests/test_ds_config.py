@@ -25,12 +25,24 @@ class FakeMpu:
 def single_process_group():
     # DeepSpeedConfig reads deepspeed.comm's rank: a one-process gloo world satisfies it
     import deepspeed
+    import torch.distributed as dist
 
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
-                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(29500 + os.getpid() % 1000))):
-        os.environ.setdefault(key, value)
+    saved = dict(os.environ)
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(_free_port())})
     deepspeed.init_distributed(dist_backend="gloo")
     yield
+    dist.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved)  # later tests start jobs that must not inherit these
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def parse(ds: dict, dp: int):

@@ -1,0 +1,163 @@
+"""Checks of an allocation before the expensive start: `python -m llmlaunch.preflight --config RUN.yaml`
+on every rank (slurm/train.sh runs it under srun), or `llmlaunch preflight --config RUN.yaml` locally.
+
+Each rank checks its accelerator and host memory against the plan; all ranks then run a timed
+all-reduce over the real backend (NCCL on GPUs, gloo on CPU), which proves every rank reachable; rank
+0 checks the free disk for checkpoints and prints the pass/fail table. Exit status 0 only when every
+check passed on every rank.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import RunConfig, load_run_config
+
+GIB = 2**30
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def checkpoint_bytes(config: RunConfig, precision: str) -> float:
+    """One checkpoint, all ranks together: weights plus optimizer states (DeepSpeed saves both)."""
+    from .topology.memory import PRECISIONS
+    from .topology.params import total_params
+
+    bytes_per_param = PRECISIONS[precision].weight_bytes + PRECISIONS[precision].optimizer_bytes
+    return total_params(config.model_spec()) * bytes_per_param
+
+
+def disk_check(config: RunConfig, run_dir: Path, precision: str) -> Check:
+    ckpt = Path(config.checkpoint.dir)
+    ckpt = ckpt if ckpt.is_absolute() else run_dir / ckpt
+    probe = ckpt if ckpt.exists() else run_dir
+    free = shutil.disk_usage(probe).free
+    need = checkpoint_bytes(config, precision) * (config.checkpoint.keep + 1)
+    return Check("disk for checkpoints", free >= need,
+                 f"{free / GIB:.1f} GiB free at {probe}, {need / GIB:.2f} GiB needed "
+                 f"({config.checkpoint.keep} kept + 1 being written)")
+
+
+def memory_checks(config: RunConfig, world: int, local_world: int, precision: str) -> list[Check]:
+    """Device memory (GPU) or host memory (CPU) against the planner's worst stage."""
+    import psutil
+    import torch
+
+    from .rank import catalog_device, predicted
+
+    on_gpu = torch.cuda.is_available()
+    device = catalog_device(config)
+    estimate = predicted(config, world, precision, device) if device is not None else None
+    need = estimate.worst_stage.total if estimate is not None and estimate.estimated else 0.0
+    checks = []
+    if on_gpu:
+        count = torch.cuda.device_count()
+        checks.append(Check("GPUs visible", count >= local_world,
+                            f"{count} visible, {local_world} ranks on this node"))
+        total = torch.cuda.get_device_properties(0).total_memory
+        checks.append(Check("GPU memory vs plan", total >= need,
+                            f"{total / GIB:.1f} GiB per GPU, plan needs {need / GIB:.1f} GiB"))
+    available = psutil.virtual_memory().available
+    host_need = need * local_world if not on_gpu else 0.0
+    checks.append(Check("host memory", available >= host_need,
+                        f"{available / GIB:.1f} GiB available"
+                        + (f", {local_world} CPU ranks need {host_need / GIB:.2f} GiB" if host_need else "")))
+    return checks
+
+
+def smoke_allreduce(world: int, timeout_s: float) -> Check:
+    """init the real backend and all-reduce a tensor of ones: every rank must answer."""
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    started = time.perf_counter()
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if backend == "nccl" else "cpu"
+    ones = torch.ones(1, device=device)
+    dist.all_reduce(ones)
+    elapsed = time.perf_counter() - started
+    ok = int(ones.item()) == world
+    return Check(f"all-reduce over {backend}", ok,
+                 f"{int(ones.item())} of {world} ranks answered in {elapsed:.2f} s (init included)")
+
+
+def run_checks(config: RunConfig, run_dir: Path) -> list[Check]:
+    from .rank import rank_environment
+
+    os.environ.update(rank_environment())
+    world = int(os.environ["WORLD_SIZE"])
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE")
+                      or min(world, config.cluster.gpus_per_node))
+    import torch
+
+    from .ds_config import resolve_precision
+
+    precision = resolve_precision(config, torch.cuda.is_available())
+    checks = memory_checks(config, world, local_world, precision)
+    checks.append(smoke_allreduce(world, config.train.collective_timeout_s))
+    if int(os.environ["RANK"]) == 0:
+        checks.append(disk_check(config, run_dir, precision))
+    return checks
+
+
+def gather_verdict(checks: list[Check]) -> bool:
+    """True when every rank passed every check (a MIN all-reduce of this rank's verdict)."""
+    import torch
+    import torch.distributed as dist
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    flag = torch.tensor([1.0 if all(c.ok for c in checks) else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return flag.item() > 0
+
+
+def format_table(checks: list[Check]) -> str:
+    from tabulate import tabulate
+
+    return tabulate([[c.name, "pass" if c.ok else "FAIL", c.detail] for c in checks],
+                    headers=["check", "", "detail"], tablefmt="simple")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmlaunch.preflight")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--run-dir")
+    parser.add_argument("--set", action="append", default=[])
+    args = parser.parse_args(argv)
+    try:
+        config = load_run_config(args.config, args.set)
+        run_dir = Path(args.run_dir or Path(args.config).resolve().parent)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checks = run_checks(config, run_dir)
+        everyone_ok = gather_verdict(checks)
+        from .model.distributed import finish_distributed
+
+        finish_distributed()
+    except (ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"llmlaunch: preflight error on rank {os.environ.get('RANK', '?')}: {first}", file=sys.stderr)
+        return 1
+    rank = int(os.environ["RANK"])
+    if rank == 0 or not all(c.ok for c in checks):
+        print(f"preflight, rank {rank}:\n{format_table(checks)}", flush=True)
+    if rank == 0:
+        print("preflight: all ranks passed" if everyone_ok else "preflight: FAILED on some rank",
+              flush=True)
+    return 0 if everyone_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

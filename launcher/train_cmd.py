@@ -1,0 +1,105 @@
+"""`llmlaunch train --config RUN.yaml [--nproc N] [--run-dir DIR] [--set section.key=value ...]`.
+
+Under srun (SLURM_PROCID set) this process is one rank. Otherwise it starts dp*pp*tp local ranks
+(or --nproc N, which must equal it) through torch's elastic launcher, forwards SIGUSR1/SIGTERM to
+them (they checkpoint at the next step boundary and stop), and returns their exit code. A rank that
+dies takes the others down: the elastic launcher tears the group down on the first failure.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import load_run_config, resolve_config_path
+from .rank import REQUEUE_EXIT_CODE, STOPPED_FILE
+
+
+def add_train_arguments(p) -> None:
+    p.add_argument("--config", required=True,
+                   help="run.yaml, or a built-in config name (tiny-cpu)")
+    p.add_argument("--nproc", type=int, help="local ranks to start (default: dp*pp*tp)")
+    p.add_argument("--run-dir", help="logs, checkpoints, metrics.jsonl (default: the folder of "
+                   "--config; runs/NAME for a built-in config)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a run.yaml value (repeatable)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rank_command(module: str, config_path: str, run_dir: str, overrides: list[str]) -> list[str]:
+    cmd = ["-m", module, "--config", config_path, "--run-dir", run_dir]
+    for item in overrides:
+        cmd += ["--set", item]
+    return cmd
+
+
+def launch_local(nproc: int, config_path: str, run_dir: str, overrides: list[str],
+                 module: str = "llmlaunch.rank") -> int:
+    """Start nproc ranks of `module` with torch's elastic launcher on this machine; forward stop
+    signals to them."""
+    import psutil
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+           *rank_command(module, config_path, run_dir, overrides)]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    child = subprocess.Popen(cmd, env=env)
+
+    def forward(signum, frame):
+        # the ranks, not the launcher: it would tear the group down instead of letting them save
+        for proc in psutil.Process(child.pid).children(recursive=True):
+            try:
+                if module in " ".join(proc.cmdline()):
+                    proc.send_signal(signum)
+            except psutil.Error:
+                pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    try:
+        rc = child.wait()
+    except KeyboardInterrupt:
+        child.send_signal(signal.SIGINT)
+        rc = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if rc == 0 and (Path(run_dir) / STOPPED_FILE).is_file():
+        print(f"llmlaunch: stopped with a checkpoint ({(Path(run_dir) / STOPPED_FILE).read_text().strip()});"
+              " run the same command again to resume", file=sys.stderr)
+        return REQUEUE_EXIT_CODE
+    return rc
+
+
+def run_train(args, module: str = "llmlaunch.rank") -> int:
+    config = load_run_config(args.config, args.set)
+    world = config.layout.dp * config.layout.pp * config.layout.tp
+    default_dir = (Path("runs") / Path(args.config).stem if not Path(args.config).exists()
+                   else Path(args.config).resolve().parent)
+    run_dir = str(Path(args.run_dir or default_dir).resolve())
+    config_path = str(resolve_config_path(args.config).resolve())
+    if "SLURM_PROCID" in os.environ and args.nproc is None:
+        import importlib
+
+        entry = importlib.import_module(module).main
+        return entry(["--config", config_path, "--run-dir", run_dir,
+                      *[x for item in args.set for x in ("--set", item)]])
+    nproc = args.nproc or world
+    if nproc != world:
+        raise ValueError(f"--nproc {nproc} but the layout needs dp*pp*tp = {config.layout.dp}*"
+                         f"{config.layout.pp}*{config.layout.tp} = {world} ranks")
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return launch_local(nproc, config_path, run_dir, args.set, module)
+
+
+def run_preflight(args) -> int:
+    """`llmlaunch preflight`: the same ranks as `train` would start, running the checks only."""
+    return run_train(args, module="llmlaunch.preflight")
