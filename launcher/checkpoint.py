@@ -12,10 +12,11 @@ at DeepSpeed's universal checkpoint conversion.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
+
+from .atomic import write_text_atomic
 
 MARKER = "llmlaunch_complete.json"
 LATEST = "latest"
@@ -35,18 +36,10 @@ def step_of(tag: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def mark_complete(ckpt_dir: Path, tag: str, record: dict) -> None:
     """Rank 0, after every rank saved `tag`: the marker, then `latest` (both atomic renames)."""
-    write_json_atomic(ckpt_dir / tag / MARKER, record)
-    tmp = ckpt_dir / f".{LATEST}.tmp-{os.getpid()}"
-    tmp.write_text(tag)
-    os.replace(tmp, ckpt_dir / LATEST)
+    write_text_atomic(ckpt_dir / tag / MARKER, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(ckpt_dir / LATEST, tag)
 
 
 def complete_tags(ckpt_dir: Path) -> list[str]:

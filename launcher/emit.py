@@ -10,39 +10,14 @@ import math
 import os
 import re
 import shlex
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
+from .atomic import atomic_directory
 from .config import RunConfig, dump_run_config
 from .ds_config import deepspeed_config
 
 SLURM_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
-
-
-@contextmanager
-def atomic_directory(target: str | os.PathLike, force: bool = False):
-    """Yield a temporary directory; on success it replaces `target` (refusing an existing one
-    unless force). On error the temporary directory is removed and target is untouched."""
-    target = Path(target)
-    if target.exists() and not force:
-        raise FileExistsError(f"{target} exists; pass --force to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def slurm_safe_name(name: str) -> str:

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .checkpoint import check_layout, latest_good, mark_complete, prune, tag_for_step
 from .config import EFFECTIVE_CONFIG, RunConfig, dump_run_config, load_run_config
 from .ds_config import deepspeed_config, resolve_precision
@@ -160,12 +161,6 @@ def _tensorboard_writer(log_dir: Path):
     return SummaryWriter(log_dir=str(log_dir))
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def setup_logging(run_dir: Path, rank: int) -> None:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     handlers = [logging.FileHandler(run_dir / "logs" / f"rank{rank:05d}.log")]
@@ -175,139 +170,199 @@ def setup_logging(run_dir: Path, rank: int) -> None:
                         format=f"%(asctime)s rank{rank} %(message)s", datefmt="%H:%M:%S")
 
 
-def train(config: RunConfig, run_dir: Path) -> int:
-    """Run (or resume) training; returns the process exit code."""
-    env = rank_environment()
-    os.environ.update(env)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    setup_logging(run_dir, rank)
-    stop = StopRequest()
-    stop.install()
-    lay = config.layout
-    if lay.dp * lay.pp * lay.tp != world:
-        raise ValueError(f"layout dp*pp*tp = {lay.dp}*{lay.pp}*{lay.tp} = {lay.dp * lay.pp * lay.tp} "
-                         f"but the job has {world} ranks")
-    if rank == 0:
-        (run_dir / STOPPED_FILE).unlink(missing_ok=True)
-        _write_text_atomic(run_dir / EFFECTIVE_CONFIG,
-                           dump_run_config(config, "# the config this run used (run.yaml + --set)"))
-    data_path = ensure_data(config, run_dir, rank)
+class Trainer:
+    """One rank's training run: engine, resume, steps, checkpoints, metrics, graceful stop."""
 
-    import deepspeed
-    import torch
-    import torch.distributed as dist
+    def __init__(self, config: RunConfig, run_dir: Path):
+        os.environ.update(rank_environment())
+        self.config, self.run_dir = config, run_dir
+        self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        lay = config.layout
+        if lay.dp * lay.pp * lay.tp != self.world:
+            raise ValueError(f"layout dp*pp*tp = {lay.dp}*{lay.pp}*{lay.tp} = "
+                             f"{lay.dp * lay.pp * lay.tp} but the job has {self.world} ranks")
+        self.global_batch = lay.micro_batch * lay.grad_accum * lay.dp
+        ckpt_dir = Path(config.checkpoint.dir)
+        self.ckpt_dir = ckpt_dir if ckpt_dir.is_absolute() else run_dir / ckpt_dir
+        setup_logging(run_dir, self.rank)
+        self.stop = StopRequest()
+        self.stop.install()
 
-    from .data.loader import TokenWindowLoader
-    from .model import build_pipeline_model, init_distributed, next_token_batch
-    from .topology.flops import hardware_flops_per_token, model_flops_per_token
+    def build_engine(self) -> None:
+        """Process groups, the pipeline module and the DeepSpeed engine."""
+        import deepspeed
+        import torch
 
-    init_distributed(timeout_s=config.train.collective_timeout_s)
-    on_gpu = torch.cuda.is_available()
-    precision = resolve_precision(config, on_gpu)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    spec = config.model_spec()
-    torch.manual_seed(config.train.seed)
-    model = build_pipeline_model(spec, pp=lay.pp, tp=lay.tp, dp=lay.dp, recompute=lay.recompute,
-                                 seed=config.train.seed, dtype=dtype,
-                                 hf_dir=config.checkpoint.init_hf or None)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(config, precision))
+        from .model import build_pipeline_model, init_distributed
 
-    ckpt_dir = Path(config.checkpoint.dir)
-    ckpt_dir = ckpt_dir if ckpt_dir.is_absolute() else run_dir / ckpt_dir
-    start_step = 0
-    found = latest_good(ckpt_dir)
-    if found is not None:
+        config, lay = self.config, self.config.layout
+        init_distributed(timeout_s=config.train.collective_timeout_s)
+        self.precision = resolve_precision(config, torch.cuda.is_available())
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        torch.manual_seed(config.train.seed)
+        model = build_pipeline_model(config.model_spec(), pp=lay.pp, tp=lay.tp, dp=lay.dp,
+                                     recompute=lay.recompute, seed=config.train.seed, dtype=dtype,
+                                     hf_dir=config.checkpoint.init_hf or None)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=deepspeed_config(config, self.precision))
+
+    def resume(self) -> int:
+        """Load the newest complete checkpoint, if any; returns the step it finished."""
+        found = latest_good(self.ckpt_dir)
+        if found is None:
+            return 0
         tag, record = found
+        lay = self.config.layout
         check_layout(record, {"dp": lay.dp, "pp": lay.pp, "tp": lay.tp})
-        engine.load_checkpoint(str(ckpt_dir), tag=tag)
-        start_step = record["step"]
-        log.info("resumed from %s (step %d)", ckpt_dir / tag, start_step)
+        self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+        log.info("resumed from %s (step %d)", self.ckpt_dir / tag, record["step"])
+        return record["step"]
 
-    global_batch = lay.micro_batch * lay.grad_accum * lay.dp
-    loader = TokenWindowLoader(data_path, spec.seq_len, lay.micro_batch, dp_size=lay.dp,
-                               dp_rank=engine.grid.get_data_parallel_id(), seed=config.train.seed,
-                               consumed_samples=start_step * global_batch)
-    batches = (next_token_batch(torch.from_numpy(tokens)) for tokens in loader)
+    def batches(self, data_path: Path, start_step: int):
+        """This replica's micro-batches from the step after start_step (seeded, exact resume)."""
+        import torch
 
-    device = catalog_device(config) if rank == 0 else None
-    estimate = predicted(config, world, precision, device) if device is not None else None
-    if estimate is not None and estimate.estimated:
-        log.info("planner predicts %.3f s per step, %.2f GiB on the worst stage (%s)",
-                 estimate.step.total_s, estimate.worst_stage.total / 2**30, config.cluster.gpu)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", start_step) if rank == 0 else None
-    tokens_per_step = global_batch * spec.seq_len
-    hw_flops = hardware_flops_per_token(spec, lay.recompute) * tokens_per_step
-    model_flops = model_flops_per_token(spec) * tokens_per_step
-    peak = device.peak_tflops * 1e12 if device is not None else None
-    progress = _progress(rank, start_step, config.train.steps)
+        from .data.loader import TokenWindowLoader
+        from .model import next_token_batch
 
-    def save(step: int) -> None:
+        lay = self.config.layout
+        loader = TokenWindowLoader(data_path, self.config.model.seq_len, lay.micro_batch,
+                                   dp_size=lay.dp, dp_rank=self.engine.grid.get_data_parallel_id(),
+                                   seed=self.config.train.seed,
+                                   consumed_samples=start_step * self.global_batch)
+        return (next_token_batch(torch.from_numpy(tokens)) for tokens in loader)
+
+    def save(self, step: int) -> None:
+        """Every rank saves, all meet, then rank 0 marks the checkpoint complete (checkpoint.py)."""
+        import torch.distributed as dist
+
         tag = tag_for_step(step)
-        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step},
-                               save_latest=False)
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state={"step": step},
+                                    save_latest=False)
         dist.barrier()
-        if rank == 0:
-            mark_complete(ckpt_dir, tag, {"tag": tag, "step": step, "layout": config.layout.__dict__,
-                                          "consumed_samples": step * global_batch})
-            prune(ckpt_dir, config.checkpoint.keep)
+        if self.rank == 0:
+            mark_complete(self.ckpt_dir, tag, {
+                "tag": tag, "step": step, "layout": dict(vars(self.config.layout)),
+                "consumed_samples": step * self.global_batch})
+            prune(self.ckpt_dir, self.config.checkpoint.keep)
         dist.barrier()
-        log.info("checkpoint %s saved", ckpt_dir / tag)
+        log.info("checkpoint %s saved", self.ckpt_dir / tag)
 
-    step_times, step = [], start_step
-    stop_flag = torch.zeros(1, device=engine.device)
-    last_saved = start_step
-    try:
-        while step < config.train.steps:
-            stop_flag.fill_(1.0 if stop.requested else 0.0)
-            dist.all_reduce(stop_flag, op=dist.ReduceOp.MAX)
-            if stop_flag.item() > 0:
-                if step > last_saved:
-                    save(step)
-                log.info("stop requested (%s): stopped after step %d with a checkpoint; run again "
-                         "to resume", stop.signal_name or "another rank", step)
-                if rank == 0:
-                    (run_dir / STOPPED_FILE).write_text(json.dumps(
-                        {"step": step, "signal": stop.signal_name or "another rank"}) + "\n")
-                return 0
-            lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step applies
-            started = time.perf_counter()
-            loss = float(engine.train_batch(data_iter=batches))
-            elapsed = time.perf_counter() - started
-            step += 1
-            step_times.append(elapsed)
-            grad_norm = engine.get_global_grad_norm()
-            if metrics is not None:
-                record = {"step": step, "loss": loss, "lr": lr,
-                          "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                          "tokens_per_s": tokens_per_step / elapsed,
-                          "tflops_per_gpu": hw_flops / elapsed / world / 1e12,
-                          "mfu": model_flops / elapsed / world / peak if peak else None,
-                          "step_time_s": elapsed, "memory_gib": measured_memory_gib(torch)}
-                metrics.write(record)
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                if config.train.log_every and step % config.train.log_every == 0:
-                    log.info("step %d loss %.4f lr %.3g grad_norm %s %.3f s", step, loss, lr,
-                             record["grad_norm"], elapsed)
-            if config.checkpoint.every and step % config.checkpoint.every == 0:
-                save(step)
-                last_saved = step
-        if step > last_saved:
-            save(step)
-    finally:
-        progress.close()
-        if metrics is not None:
-            metrics.close()
-    if rank == 0 and estimate is not None and estimate.estimated and len(step_times) > 1:
-        measured_s = statistics.median(step_times[1:])
-        mem = measured_memory_gib(torch)
-        log.info("measured %.3f s per step (median after the first) vs predicted %.3f s (%+.0f%%); "
-                 "memory %.2f GiB vs predicted %.2f GiB for the worst stage", measured_s,
-                 estimate.step.total_s, 100 * (measured_s / estimate.step.total_s - 1), mem,
-                 estimate.worst_stage.total / 2**30)
-    return 0
+    def stop_agreed(self, flag) -> bool:
+        """True on every rank when any rank received a stop signal (a MAX all-reduce)."""
+        import torch.distributed as dist
+
+        flag.fill_(1.0 if self.stop.requested else 0.0)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() > 0
+
+    def run(self) -> int:
+        """Run (or resume) training; returns the process exit code."""
+        import torch
+
+        config, rank = self.config, self.rank
+        if rank == 0:
+            (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)
+            write_text_atomic(self.run_dir / EFFECTIVE_CONFIG,
+                              dump_run_config(config, "# the config this run used (run.yaml + --set)"))
+        data_path = ensure_data(config, self.run_dir, rank)
+        self.build_engine()
+        start_step = self.resume()
+        batches = self.batches(data_path, start_step)
+        monitor = StepMonitor(config, self.run_dir, self.world, self.precision, start_step) \
+            if rank == 0 else None
+        step, last_saved = start_step, start_step
+        flag = torch.zeros(1, device=self.engine.device)
+        try:
+            while step < config.train.steps:
+                if self.stop_agreed(flag):
+                    if step > last_saved:
+                        self.save(step)
+                    signal_name = self.stop.signal_name or "another rank"
+                    log.info("stop requested (%s): stopped after step %d with a checkpoint; run "
+                             "again to resume", signal_name, step)
+                    if rank == 0:
+                        write_text_atomic(self.run_dir / STOPPED_FILE,
+                                          json.dumps({"step": step, "signal": signal_name}) + "\n")
+                    return 0
+                lr = self.engine.optimizer.param_groups[0]["lr"]  # the rate this step applies
+                started = time.perf_counter()
+                loss = float(self.engine.train_batch(data_iter=batches))
+                elapsed = time.perf_counter() - started
+                step += 1
+                if monitor is not None:
+                    monitor.record(step, loss, lr, self.engine.get_global_grad_norm(), elapsed)
+                if config.checkpoint.every and step % config.checkpoint.every == 0:
+                    self.save(step)
+                    last_saved = step
+            if step > last_saved:
+                self.save(step)
+        finally:
+            if monitor is not None:
+                monitor.close()
+        return 0
+
+
+class StepMonitor:
+    """Rank 0's view of the run: the planner's prediction at start, metrics.jsonl and the progress
+    bar per step, measured against predicted at the end."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, world: int, precision: str, start_step: int):
+        from .topology.flops import hardware_flops_per_token, model_flops_per_token
+
+        spec, lay = config.model_spec(), config.layout
+        self.config, self.world = config, world
+        device = catalog_device(config)
+        self.estimate = predicted(config, world, precision, device) if device is not None else None
+        if self.estimate is not None and self.estimate.estimated:
+            log.info("planner predicts %.3f s per step, %.2f GiB on the worst stage (%s)",
+                     self.estimate.step.total_s, self.estimate.worst_stage.total / 2**30,
+                     config.cluster.gpu)
+        self.tokens_per_step = config.layout_obj().global_batch * spec.seq_len
+        self.hardware_flops = hardware_flops_per_token(spec, lay.recompute) * self.tokens_per_step
+        self.model_flops = model_flops_per_token(spec) * self.tokens_per_step
+        self.peak_flops = device.peak_tflops * 1e12 if device is not None else None
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", start_step)
+        self.progress = _progress(0, start_step, config.train.steps)
+        self.step_times: list[float] = []
+
+    def record(self, step: int, loss: float, lr: float, grad_norm, elapsed: float) -> None:
+        import torch
+
+        self.step_times.append(elapsed)
+        record = {"step": step, "loss": loss, "lr": lr,
+                  "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                  "tokens_per_s": self.tokens_per_step / elapsed,
+                  "tflops_per_gpu": self.hardware_flops / elapsed / self.world / 1e12,
+                  "mfu": (self.model_flops / elapsed / self.world / self.peak_flops
+                          if self.peak_flops else None),
+                  "step_time_s": elapsed, "memory_gib": measured_memory_gib(torch)}
+        self.metrics.write(record)
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        every = self.config.train.log_every
+        if every and step % every == 0:
+            log.info("step %d loss %.4f lr %.3g grad_norm %s %.3f s", step, loss, lr,
+                     record["grad_norm"], elapsed)
+
+    def close(self) -> None:
+        import torch
+
+        self.progress.close()
+        self.metrics.close()
+        est = self.estimate
+        if est is not None and est.estimated and len(self.step_times) > 1:
+            measured_s = statistics.median(self.step_times[1:])
+            log.info("measured %.3f s per step (median after the first) vs predicted %.3f s "
+                     "(%+.0f%%); memory %.2f GiB vs predicted %.2f GiB for the worst stage",
+                     measured_s, est.step.total_s, 100 * (measured_s / est.step.total_s - 1),
+                     measured_memory_gib(torch), est.worst_stage.total / 2**30)
+
+
+def train(config: RunConfig, run_dir: Path) -> int:
+    """Run (or resume) training on this rank; returns the process exit code."""
+    return Trainer(config, run_dir).run()
 
 
 def _progress(rank: int, start: int, total: int):

@@ -28,12 +28,11 @@ import argparse
 import html
 import json
 import math
-import os
 import statistics
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import write_bytes_atomic
 from .topology.hardware import GIB
 from .topology.layout import axis_spans_nodes
 
@@ -871,7 +870,7 @@ def write_plan_report(path, inputs, result, chosen) -> None:
     if suffix == ".png":
         write_plan_png(path, inputs, result, chosen)
     elif suffix in (".html", ".htm"):
-        _atomic_write(path, plan_page_html(inputs, result, chosen).encode("utf-8"))
+        write_bytes_atomic(path, plan_page_html(inputs, result, chosen).encode("utf-8"))
     else:
         raise ValueError(f"report {str(path)!r}: use a .html or .png file name")
 
@@ -885,30 +884,6 @@ def write_plan_png(path, inputs, result, chosen) -> None:
 
     _write(path, inputs, result, chosen)
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ValueError(f"report {str(path)!r}: directory {str(parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-# ----------------------------------------------------------------------------------------------
-# the run page
 
 def read_metrics(path: Path) -> list[dict]:
     """metrics.jsonl: one JSON object per optimizer step (blank lines skipped)."""
@@ -1099,7 +1074,7 @@ def write_run_report(run_dir, out_path=None) -> Path:
         return out
     if suffix not in (".html", ".htm"):
         raise ValueError(f"report --out {str(out)!r}: use a .html or .png file name")
-    _atomic_write(out, run_page_html(run_dir).encode("utf-8"))
+    write_bytes_atomic(out, run_page_html(run_dir).encode("utf-8"))
     return out
 
 

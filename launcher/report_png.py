@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .report_html import (GIB, MEMORY_PARTS, MIXED_COLOUR, SCHEDULE_COLOURS, _atomic_write,
+from .atomic import write_bytes_atomic
+from .report_html import (GIB, MEMORY_PARTS, MIXED_COLOUR, SCHEDULE_COLOURS, 
                           _time_unit, rank_map, schedule, stage_colours)
 
 # In-cell labels (TP group, DP replica) are drawn up to this many ranks.
@@ -159,7 +160,7 @@ def _save(fig, canvas_cls, path: Path) -> None:
     canvas_cls(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _atomic_write(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 __all__ = ["write_plan_png"]

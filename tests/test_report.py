@@ -458,8 +458,10 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report_html.os, "replace", boom)
+    from llmlaunch import atomic
+
+    monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(OSError):
-        report_html._atomic_write(target, b"new")
+        atomic.write_bytes_atomic(target, b"new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
