@@ -168,11 +168,23 @@ def _add_report(sub) -> None:
     p.set_defaults(func=run_report)
 
 
+def _add_validate(sub) -> None:
+    from .validate import add_validate_arguments, run_validate
+
+    p = sub.add_parser("validate", help="run a few real steps and compare memory and time with the plan",
+                       description="Run a few training steps of this layout on this machine and print, "
+                                   "per rank, each quantity predicted by the planner, measured, and the "
+                                   "error (docs/validation.md).")
+    add_validate_arguments(p)
+    p.set_defaults(func=run_validate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmlaunch", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"llmlaunch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_plan, _add_cost, _add_scale, _add_train, _add_preflight, _add_report, _add_data):
+    for add in (_add_plan, _add_cost, _add_scale, _add_train, _add_preflight, _add_validate,
+                _add_report, _add_data):
         add(sub)
     return parser
 

@@ -287,7 +287,8 @@ def load_run_dir_config(run_dir: str | os.PathLike) -> RunConfig:
     for name in (EFFECTIVE_CONFIG, "run.yaml"):
         if (run_dir / name).is_file():
             return load_run_config(run_dir / name)
-    raise ConfigError(f"{str(run_dir)!r} has neither {EFFECTIVE_CONFIG} nor run.yaml")
+    raise ConfigError(f"{str(run_dir)!r} has no run.yaml (nor the {EFFECTIVE_CONFIG} a training run "
+                      "writes)")
 
 
 def resolve_config_path(name: str | os.PathLike) -> Path:

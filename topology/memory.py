@@ -34,6 +34,9 @@ class Precision:
     grad_bytes: int
     optimizer_bytes: int
     activation_bytes: int
+    zero_master_bytes: int = 0
+    """An fp32 master copy that DeepSpeed's ZeRO optimizer (stage 1/2) keeps on top of
+    optimizer_bytes, partitioned like them: nonzero only where optimizer_bytes has no master copy."""
 
 
 PRECISIONS = {
@@ -41,8 +44,13 @@ PRECISIONS = {
     # `plan --emit` writes): bf16 weights, gradients accumulated in fp32 (grad_accum_dtype fp32),
     # fp32 master weights + Adam m and v = 12 bytes (Rajbhandari et al. 2020, K = 12).
     "bf16": Precision(weight_bytes=2, grad_bytes=4, optimizer_bytes=12, activation_bytes=2),
-    # plain fp32 AdamW (CPU runs): no master copy, Adam m and v.
-    "fp32": Precision(weight_bytes=4, grad_bytes=4, optimizer_bytes=8, activation_bytes=4),
+    # plain fp32 AdamW (CPU runs): no master copy, Adam m and v. Under ZeRO >= 1,
+    # DeepSpeedZeroOptimizer clones this rank's partition of the weights into an fp32 master
+    # (single_partition_of_fp32_groups, runtime/zero/stage_1_and_2.py) even when the weights are
+    # already fp32, so the optimizer holds 4 + 8 bytes per parameter / dp: measured by
+    # `llmlaunch validate` on CPU (docs/validation.md).
+    "fp32": Precision(weight_bytes=4, grad_bytes=4, optimizer_bytes=8, activation_bytes=4,
+                      zero_master_bytes=4),
 }
 
 
@@ -51,11 +59,15 @@ def model_state_bytes(params: float, dp: int, zero_stage: int, precision: Precis
 
     Rajbhandari et al. 2020 (ZeRO), Section 5 / Figure 1: stage 1 (P_os) divides the optimizer
     states by N_d, stage 2 (P_os+g) also the gradients, stage 3 (P_os+g+p) also the weights.
+    Under ZeRO the optimizer also holds the precision's zero_master_bytes (DeepSpeed's fp32 master
+    partition of an fp32 model; 0 for the paper's mixed precision, whose K = 12 includes it).
     """
+    master = precision.zero_master_bytes if zero_stage >= 1 else 0
+    optimizer_bytes = precision.optimizer_bytes + master
     return {
         "weights": params * precision.weight_bytes / (dp if zero_stage >= 3 else 1),
         "gradients": params * precision.grad_bytes / (dp if zero_stage >= 2 else 1),
-        "optimizer": params * precision.optimizer_bytes / (dp if zero_stage >= 1 else 1),
+        "optimizer": params * optimizer_bytes / (dp if zero_stage >= 1 else 1),
     }
 
 
@@ -76,6 +88,18 @@ def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recom
       dropout masks (1 byte each): attention probs a s^2 b/t, after attention sbh, after MLP sbh
     selective recompute drops the attention core (recomputed in backward); full recompute keeps only
     the block input, 2sbh at 2 bytes (the per-stage function adds back one block being recomputed).
+
+    llama as model/layers.py builds it saves more than the paper's terms (found by `llmlaunch
+    validate`: +20% at the tiny shape before these terms), all selected by the arch, so the gpt2 form
+    above is untouched:
+      RMSNorm, written as HF's LlamaRMSNorm in plain ops: the weight multiply saves the normalised
+      tensor, act sbh per norm, 2 per block (replicated over TP)
+      RoPE: the rotated q and k are new tensors that attention saves while the QKV output stays saved
+      (v is a view of it): sb(h + a_kv d)/t more
+      the cos/sin tables that the rotary multiplies save: s x d each, fp32 (2 x 4 bytes), or their
+      per-use casts for q and k in a 16-bit run (4 x 2 bytes): 8 s d bytes either way
+    Per-token norm statistics (mean/rstd, 4-8 bytes a token per norm, under 8/h of the norm input)
+    are not counted for either arch.
     """
     s = seq_len or spec.seq_len
     b, h, a, t = micro_batch, spec.hidden, spec.heads, tp
@@ -94,16 +118,65 @@ def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recom
         core = act_bytes * a * s * s * b / t * (2 if dropout else 1) + (a * s * s * b / t if dropout else 0)
     if recompute == "selective":
         core = 0
-    return replicated + qkv + attn_out + mlp + masks + core
+    ours = 0.0
+    if spec.arch == "llama":
+        ours = (act_bytes * 2 * sbh + act_bytes * s * b * (h + spec.kv_hidden) / t
+                + 8 * s * spec.head_dim)
+    return replicated + qkv + attn_out + mlp + masks + core + ours
 
 
 def logits_bytes(spec: ModelSpec, micro_batch: int, tp: int, act_bytes: int = 2,
                  seq_len: int | None = None) -> float:
     """LM head buffers on the last stage for one micro-batch, per TP rank: the logits in the
     compute dtype, their fp32 softmax kept for backward, and the fp32 gradient of the logits during
-    backward: s b V_pad/t (act_bytes + 4 + 4). Large at big vocabularies (BLOOM's 250k)."""
+    backward: s b V_pad/t (act_bytes + 4 + 4). Large at big vocabularies (BLOOM's 250k).
+    Of these only the softmax is saved by autograd (logits_saved_bytes); the logits are the stage
+    output the pipeline engine holds and the gradient exists during backward only."""
     s = seq_len or spec.seq_len
     return s * micro_batch * padded_vocab(spec.vocab, tp) / tp * (act_bytes + 2 * FP32_BYTES)
+
+
+def logits_saved_bytes(spec: ModelSpec, micro_batch: int, tp: int,
+                       seq_len: int | None = None) -> float:
+    """The part of logits_bytes that autograd saves for backward: the vocab-parallel cross-entropy's
+    fp32 softmax, s b V_pad/t x 4 (model/tp.py saves nothing else of size V)."""
+    s = seq_len or spec.seq_len
+    return s * micro_batch * padded_vocab(spec.vocab, tp) / tp * FP32_BYTES
+
+
+def saved_activation_bytes(spec: ModelSpec, *, stage: int, pp: int, blocks: int, micro_batch: int,
+                           tp: int, recompute: str, act_bytes: int, flash_attention: bool = True,
+                           seq_len: int | None = None) -> float:
+    """Bytes that one micro-batch's forward on one GPU of `stage` leaves saved for backward (what
+    `llmlaunch validate` measures with saved-tensor hooks): the stage's blocks, and on the last
+    stage the final-norm input, the head input and the cross-entropy's fp32 softmax. A stage holds
+    this once per micro-batch in flight (micro_batches_in_flight), plus transient_activation_bytes."""
+    saved = blocks * activation_bytes_per_layer(spec, micro_batch, tp, recompute, act_bytes,
+                                                flash_attention, seq_len=seq_len)
+    if stage == pp - 1:
+        s = seq_len or spec.seq_len
+        # the final norm's input and the head input; llama's RMSNorm also saves its normalised
+        # tensor (see activation_bytes_per_layer)
+        inputs = 3 if spec.arch == "llama" else 2
+        saved += inputs * act_bytes * s * micro_batch * spec.hidden
+        saved += logits_saved_bytes(spec, micro_batch, tp, seq_len)
+    return saved
+
+
+def transient_activation_bytes(spec: ModelSpec, *, stage: int, pp: int, micro_batch: int, tp: int,
+                               recompute: str, act_bytes: int, flash_attention: bool = True,
+                               seq_len: int | None = None) -> float:
+    """Activation memory beyond the saved tensors at a stage's peak, once (not per micro-batch in
+    flight): with full recompute, the block being recomputed in backward holds its full activations;
+    on the last stage, the logits in the compute dtype and their fp32 gradient in backward."""
+    extra = 0.0
+    if recompute == "full":
+        extra += activation_bytes_per_layer(spec, micro_batch, tp, "none", act_bytes,
+                                            flash_attention, seq_len=seq_len)
+    if stage == pp - 1:
+        extra += (logits_bytes(spec, micro_batch, tp, act_bytes, seq_len)
+                  - logits_saved_bytes(spec, micro_batch, tp, seq_len))
+    return extra
 
 
 def micro_batches_in_flight(stage: int, pp: int, micro_batches: int) -> int:
@@ -147,10 +220,18 @@ class StageMemory:
     optimizer: float
     activations: float
     buffers: float
+    overhead: float = 0.0
+    """The part of `buffers` that is no tensor: the fragmentation allowance and the framework's
+    memory outside the caching allocator."""
 
     @property
     def total(self) -> float:
         return self.weights + self.gradients + self.optimizer + self.activations + self.buffers
+
+    @property
+    def allocated(self) -> float:
+        """Bytes in tensors at the peak: what torch.cuda.max_memory_allocated() reports."""
+        return self.total - self.overhead
 
     def to_gib(self) -> dict:
         keys = ("weights", "gradients", "optimizer", "activations", "buffers")
@@ -167,24 +248,20 @@ def stage_memory(spec: ModelSpec, *, stage: int, blocks: int, dp: int, pp: int, 
     params = stage_params(spec, stage, pp, tp, blocks)
     states = model_state_bytes(params, dp, zero_stage, precision)
     act = precision.activation_bytes
-    per_layer = activation_bytes_per_layer(spec, micro_batch, tp, recompute, act, flash_attention,
-                                           seq_len=seq_len)
     in_flight = micro_batches_in_flight(stage, pp, micro_batches)
-    activations = blocks * per_layer * in_flight
-    if recompute == "full":
-        # the block being recomputed in backward holds its full activations for one micro-batch
-        activations += activation_bytes_per_layer(spec, micro_batch, tp, "none", act,
-                                                  flash_attention, seq_len=seq_len)
-    if stage == pp - 1:
-        s = seq_len or spec.seq_len
-        # final-norm input and head input, then the logits and cross-entropy buffers
-        activations += 2 * act * s * micro_batch * spec.hidden
-        activations += logits_bytes(spec, micro_batch, tp, act, seq_len)
+    # saved tensors of every micro-batch in flight (the last stage has one), then what exists once:
+    # the block being recomputed (full recompute), the logits and their gradient (last stage)
+    activations = in_flight * saved_activation_bytes(
+        spec, stage=stage, pp=pp, blocks=blocks, micro_batch=micro_batch, tp=tp, recompute=recompute,
+        act_bytes=act, flash_attention=flash_attention, seq_len=seq_len)
+    activations += transient_activation_bytes(
+        spec, stage=stage, pp=pp, micro_batch=micro_batch, tp=tp, recompute=recompute, act_bytes=act,
+        flash_attention=flash_attention, seq_len=seq_len)
     buffers = buffer_bytes(params, zero_stage, precision, dp)
     allocated = sum(states.values()) + activations + buffers
-    buffers += FRAGMENTATION_FRACTION * allocated + framework_bytes
+    overhead = FRAGMENTATION_FRACTION * allocated + framework_bytes
     return StageMemory(stage=stage, blocks=blocks, params=params, activations=activations,
-                       buffers=buffers, **states)
+                       buffers=buffers + overhead, overhead=overhead, **states)
 
 
 def pipeline_memory(spec: ModelSpec, *, dp: int, pp: int, tp: int, micro_batch: int,

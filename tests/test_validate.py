@@ -1,0 +1,199 @@
+"""`llmlaunch validate`: real DeepSpeed ranks on CPU (gloo) measured against the planner.
+
+Each layout is launched once (module-scoped cache) through `run_validate`, as the CLI calls it, in
+its own session; the whole process group is killed when the launch ends. Together the layouts cover
+pp > 1 (up to 4 stages), tp > 1, dp > 1, ZeRO 0 and 1, every recompute mode, gpt2 and llama (GQA).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmlaunch.validate import QUANTITIES, StorageCounter, build_rows
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "launcher" / "configs" / "tiny-cpu.yaml"
+RUNNER = ("import argparse, sys\n"
+          "from llmlaunch.validate import add_validate_arguments, run_validate\n"
+          "p = argparse.ArgumentParser(prog='llmlaunch validate')\n"
+          "add_validate_arguments(p)\n"
+          "sys.exit(run_validate(p.parse_args(sys.argv[1:])))\n")
+
+# name: (--set overrides on tiny-cpu, JSON output?)
+LAYOUTS = {
+    "dp2-pp2-tp1-zero1-none": ([], False),                      # tiny-cpu as shipped
+    "dp1-pp2-tp2-zero0-selective": (["layout.dp=1", "layout.tp=2", "layout.zero_stage=0",
+                                     "layout.recompute=selective"], True),
+    "dp2-pp1-tp2-zero1-full": (["layout.pp=1", "layout.tp=2", "layout.recompute=full"], True),
+    "llama-gqa-dp1-pp2-tp2-zero1-none": (["model.arch=llama", "model.kv_heads=2", "layout.dp=1",
+                                          "layout.tp=2"], True),
+    "dp1-pp4-tp1-zero0-full": (["layout.dp=1", "layout.pp=4", "layout.zero_stage=0",
+                                "layout.recompute=full"], True),
+}
+MODEL_STATES = ("weights", "gradients", "optimizer")
+ROW_KEYS = {"rank", "stage", "quantity", "predicted", "measured", "error_pct"}
+
+
+def launch(run_dir: Path, sets: list[str], as_json: bool, steps: int = 3) -> dict:
+    cmd = [sys.executable, "-c", RUNNER, "--config", str(TINY), "--run-dir", str(run_dir),
+           "--steps", str(steps)]
+    for item in sets:
+        cmd += ["--set", item]
+    if as_json:
+        cmd.append("--json")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, stderr[-3000:]
+    return {"stdout": stdout, "file": json.loads((run_dir / "validate.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            sets, as_json = LAYOUTS[name]
+            cache[name] = launch(tmp_path_factory.mktemp(name) / "run", sets, as_json)
+        return cache[name]
+    return get
+
+
+def layout_of(name):
+    """dp, pp, tp of a LAYOUTS entry (the name spells them)."""
+    parts = dict((p[:2], int(p[2:])) for p in name.split("-") if p[:2] in ("dp", "pp", "tp")
+                 and p[2:].isdigit())
+    return parts["dp"], parts["pp"], parts["tp"]
+
+
+def rows_of(result):
+    return result["file"]["rows"]
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_model_states_within_one_percent(validated, name):
+    rows = [r for r in rows_of(validated(name)) if r["quantity"] in MODEL_STATES]
+    dp, pp, tp = layout_of(name)
+    assert len(rows) == 3 * dp * pp * tp
+    for row in rows:
+        assert row["measured"] > 0
+        assert abs(row["measured"] - row["predicted"]) <= 0.01 * row["predicted"], row
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_activations_within_ten_percent(validated, name):
+    rows = [r for r in rows_of(validated(name)) if r["quantity"] == "activations"]
+    dp, pp, tp = layout_of(name)
+    assert len(rows) == dp * pp * tp
+    for row in rows:
+        assert abs(row["measured"] - row["predicted"]) <= 0.10 * row["predicted"], row
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_rows_schema_and_rank_coverage(validated, name):
+    result = validated(name)
+    dp, pp, tp = layout_of(name)
+    rows = rows_of(result)
+    assert isinstance(rows, list) and rows
+    for row in rows:
+        assert set(row) == ROW_KEYS
+        assert row["quantity"] in QUANTITIES
+        assert isinstance(row["rank"], int) and isinstance(row["stage"], int)
+        assert row["predicted"] > 0 and row["measured"] > 0
+        assert row["error_pct"] == pytest.approx(100 * (row["measured"] / row["predicted"] - 1))
+        # DeepSpeed's PipeModelDataParallelTopology: rank = stage * dp * tp + replica * tp + tp rank
+        assert row["stage"] == row["rank"] // (dp * tp)
+    per_rank = {}
+    for row in rows:
+        per_rank.setdefault(row["rank"], set()).add(row["quantity"])
+    assert sorted(per_rank) == list(range(dp * pp * tp))
+    # CPU: no device peak (documented), every other quantity on every rank
+    for quantities in per_rank.values():
+        assert quantities == set(QUANTITIES) - {"peak"}
+    assert result["file"]["precision"] == "fp32" and result["file"]["device"] == "cpu"
+    if LAYOUTS[name][1]:
+        # --json: stdout is exactly one JSON object, the one written to RUN_DIR/validate.json
+        assert json.loads(result["stdout"]) == result["file"]
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_zero_stage_shows_in_the_engine_tensors(validated, name):
+    """Independent of the planner: fp32 gradients are full-size (ZeRO 0 and 1 do not partition
+    them); the optimizer holds Adam's m and v (8 bytes a parameter), and under ZeRO-1 also an fp32
+    master copy, all partitioned over dp: 12 / dp."""
+    dp, _, _ = layout_of(name)
+    zero = int(name.split("zero")[1][0])
+    by_rank = {}
+    for row in rows_of(validated(name)):
+        by_rank.setdefault(row["rank"], {})[row["quantity"]] = row["measured"]
+    for measured in by_rank.values():
+        params = measured["weights"] / 4
+        assert measured["gradients"] == pytest.approx(4 * params, rel=1e-3)
+        expected = 8 * params if zero == 0 else 12 * params / dp
+        assert measured["optimizer"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_table_output(validated):
+    result = validated("dp2-pp2-tp1-zero1-none")
+    out = result["stdout"]
+    assert "validate: dp 2 x pp 2 x tp 1" in out
+    header = next(line for line in out.splitlines() if "quantity" in line)
+    assert header.split() == ["rank", "stage", "quantity", "predicted", "measured", "error"]
+    for quantity in ("weights", "gradients", "optimizer", "activations", "step_time_s"):
+        assert sum(line.split()[2:3] == [quantity] for line in out.splitlines()) == 4
+    assert "validate.json" in out
+
+
+def test_pipeline_stages_differ_as_the_split_says(validated):
+    """pp=4 on 4 layers: one block per stage; the last stage also saves the cross-entropy's softmax
+    and holds the head, the first the embedding."""
+    rows = rows_of(validated("dp1-pp4-tp1-zero0-full"))
+    acts = {r["stage"]: r["measured"] for r in rows if r["quantity"] == "activations"}
+    assert acts[3] > 2 * acts[1]
+    assert acts[1] == pytest.approx(acts[2], rel=0.01)
+
+
+def test_steps_below_two_are_refused():
+    import argparse
+
+    from llmlaunch.validate import add_validate_arguments, run_validate
+
+    parser = argparse.ArgumentParser()
+    add_validate_arguments(parser)
+    with pytest.raises(ValueError, match="at least 2"):
+        run_validate(parser.parse_args(["--config", str(TINY), "--steps", "1"]))
+
+
+def test_storage_counter_counts_each_storage_once():
+    import torch
+
+    base = torch.zeros(10, 4)
+    counter = StorageCounter()
+    counter.add_all([base, base[2:], base.t(), {"x": base.view(-1)}, torch.zeros(3, device="meta")])
+    assert counter.bytes == 160
+    excluded = StorageCounter(exclude={base.untyped_storage().data_ptr()})
+    excluded.add(base[1])
+    assert excluded.bytes == 0
+
+
+def test_build_rows_pairs_measured_with_predicted():
+    records = [{"rank": 1, "stage": 0, "measured": {"weights": 110.0, "step_time_s": 2.0}},
+               {"rank": 0, "stage": 0, "measured": {"weights": 100.0, "peak": 5.0}}]
+    predicted = {0: {"weights": 100.0, "step_time_s": 1.0, "peak": 4.0, "optimizer": 1.0}}
+    rows = build_rows(records, predicted)
+    assert [(r["rank"], r["quantity"]) for r in rows] == [(0, "weights"), (0, "peak"),
+                                                          (1, "weights"), (1, "step_time_s")]
+    assert rows[2]["error_pct"] == pytest.approx(10.0)
+    assert rows[3]["error_pct"] == pytest.approx(100.0)
