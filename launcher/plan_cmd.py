@@ -138,7 +138,7 @@ def resolve_model(args) -> tuple[ModelSpec, int, str, list]:
         if args.arch and args.arch != spec.arch:
             raise ValueError(f"--arch {args.arch} conflicts with --model {name} (arch {spec.arch})")
         spec = spec.replace(**changes) if changes else spec
-    return spec, total_params(spec), "formula (topology/params.py)", notes
+    return spec, total_params(spec), "formula: topology/params.py", notes
 
 
 def resolve_gpu(args) -> GpuSpec:
@@ -202,8 +202,7 @@ def pinned_layout(inputs: PlanInputs) -> Layout | None:
 
 def no_fit_message(inputs: PlanInputs, result: planner.SearchResult) -> str:
     """One line: why nothing fits and what would."""
-    size = planner.describe_params(inputs.spec) if inputs.params_source.startswith("formula") else \
-        f"{inputs.params / 1e9:.1f}B"
+    size = f"{inputs.params / 1e9:.1f}B"
     cl = inputs.cluster
     where = f"{size} does not fit on {cl.gpus} x {cl.gpu.name}"
     pinned = [f"{k}={v}" for k, v in vars(inputs.pins).items() if v is not None]

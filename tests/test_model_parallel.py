@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from llmlaunch.topology.model_spec import ModelSpec
-from llmlaunch.topology.params import embedding_params, head_params, layer_params
+from llmlaunch.topology.memory import stage_params
 from llmlaunch.topology.stage_split import split_stages
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -204,13 +204,8 @@ def launch(layout, tmp_path, extra_args=()):
 
 
 def expected_rank_params(spec: ModelSpec, pp: int, tp: int, stage: int) -> int:
-    blocks = split_stages(spec, pp, tp)[stage]
-    count = blocks * layer_params(spec, tp).total
-    if stage == 0:
-        count += embedding_params(spec, tp)
-    if stage == pp - 1:
-        count += head_params(spec, tp, separate_stage=pp > 1)
-    return count
+    """The planner's per-GPU parameter count for this stage (topology/memory.py)."""
+    return stage_params(spec, stage, pp, tp, split_stages(spec, pp, tp)[stage])
 
 
 def relative_difference(values, reference):

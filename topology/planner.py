@@ -12,8 +12,6 @@ from .memory import PRECISIONS, Precision, StageMemory, pipeline_memory
 from .model_spec import ModelSpec
 from .step_time import (StepTime, bubble_fraction, data_parallel_time_s, optimizer_time_s,
                         pipeline_time_s, stage_micro_batch_time, zero3_gather_time_s)
-from .stage_split import split_stages
-from .params import total_params
 
 # GPT-3's batch sizes in sequences of 2048 tokens by model size (Brown et al. 2020, Table 2.1).
 GPT3_BATCH_BY_PARAMS = ((125e6, 256), (350e6, 256), (760e6, 256), (1.3e9, 512), (2.7e9, 512),
@@ -292,8 +290,3 @@ def minimum_gpus(spec: ModelSpec, cluster: Cluster, options: PlanOptions, limit:
             return gpus
         gpus *= 2
     return None
-
-
-def describe_params(spec: ModelSpec) -> str:
-    n = total_params(spec)
-    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
