@@ -98,6 +98,10 @@ class PlanInputs:
 def resolve_model(args) -> tuple[ModelSpec, int, str, list]:
     """The ModelSpec, its parameter count, where the count came from, and defaulting notes."""
     notes = []
+    for flag in ("seq_len", "vocab", "layers", "hidden", "heads", "kv_heads", "ffn_hidden"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
     explicit = [args.layers, args.hidden, args.heads]
     chosen = [name for name, given in (("--params", args.params is not None), ("--model", args.model),
                                        ("--hf-config", args.hf_config),
@@ -160,7 +164,7 @@ def resolve_inputs(args) -> PlanInputs:
             raise ValueError(f"--global-batch-tokens {args.global_batch_tokens:g} is less than one "
                              f"sequence of {spec.seq_len}")
         notes.append(f"global batch {batch} sequences = {args.global_batch_tokens:g} tokens / {spec.seq_len}")
-    elif args.global_batch:
+    elif args.global_batch is not None:
         batch = args.global_batch
     else:
         batch = planner.default_global_batch(params, spec.seq_len, cluster.gpus, cluster.gpus_per_node)
@@ -173,10 +177,7 @@ def resolve_inputs(args) -> PlanInputs:
                                   flash_attention=not args.no_flash)
     pins = planner.Pins(dp=args.dp, pp=args.pp, tp=args.tp, micro_batch=args.micro_batch,
                         zero_stage=args.zero, recompute=args.recompute)
-    for name in ("dp", "pp", "tp", "micro_batch"):
-        value = getattr(pins, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    check_pins(pins, cluster.gpus)
     for flag, default in (("gpus", DEFAULTS["gpus"]), ("gpu", DEFAULTS["gpu"])):
         if getattr(args, flag) == default:
             notes.append(f"{flag} {default} (default)")
@@ -185,6 +186,24 @@ def resolve_inputs(args) -> PlanInputs:
     notes.append(f"precision {precision}, attention {'flash (fused SDPA)' if options.flash_attention else 'materialised'}")
     return PlanInputs(spec=spec, cluster=cluster, options=options, pins=pins, params=params,
                       defaults=notes, params_source=source)
+
+
+def check_pins(pins: planner.Pins, gpus: int) -> None:
+    """Pinned degrees must be positive and divide the GPU count (together, too)."""
+    product = 1
+    for name in ("dp", "pp", "tp", "micro_batch"):
+        value = getattr(pins, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if value is not None and name != "micro_batch":
+            if gpus % value:
+                raise ValueError(f"--{name} {value} does not divide --gpus {gpus}")
+            product *= value
+    if gpus % product:
+        pinned = " x ".join(f"{n}={getattr(pins, n)}" for n in ("dp", "pp", "tp") if getattr(pins, n))
+        raise ValueError(f"{pinned} = {product} does not divide --gpus {gpus}")
+    if all(getattr(pins, n) for n in ("dp", "pp", "tp")) and product != gpus:
+        raise ValueError(f"dp*pp*tp = {pins.dp}*{pins.pp}*{pins.tp} = {product} != --gpus {gpus}")
 
 
 def pinned_layout(inputs: PlanInputs) -> Layout | None:

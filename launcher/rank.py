@@ -391,8 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
         finish_distributed()
         return code
-    except (ValueError, RuntimeError) as exc:
-        # one line on stderr; the traceback goes to the rank's log file
+    except Exception as exc:  # noqa: BLE001 - one line on stderr; the traceback goes to the log
         log.exception("training failed")
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"llmlaunch: error on rank {os.environ.get('RANK', '?')}: {first_line}", file=sys.stderr)

@@ -8,10 +8,12 @@ dies takes the others down: the elastic launcher tears the group down on the fir
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from .config import load_run_config, resolve_config_path
@@ -41,6 +43,24 @@ def rank_command(module: str, config_path: str, run_dir: str, overrides: list[st
     return cmd
 
 
+# torch.distributed.elastic's own log lines (W1125 13:51:10.612000 ... api.py:1028] ...)
+_ELASTIC_LOG = re.compile(r"^[DIWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ ")
+
+
+def relay_stderr(stream, out=sys.stderr) -> None:
+    """Pass the ranks' stderr through, minus the elastic launcher's own logging and its closing
+    ChildFailedError traceback: each rank already printed its error in one line and logged the
+    traceback to RUN_DIR/logs; launch_local adds one summary line."""
+    in_launcher_traceback = False
+    for line in stream:
+        if line.startswith("Traceback (most recent call last)"):
+            in_launcher_traceback = True
+        if in_launcher_traceback or _ELASTIC_LOG.match(line):
+            continue
+        out.write(line)
+        out.flush()
+
+
 def launch_local(nproc: int, config_path: str, run_dir: str, overrides: list[str],
                  module: str = "llmlaunch.rank") -> int:
     """Start nproc ranks of `module` with torch's elastic launcher on this machine; forward stop
@@ -52,7 +72,9 @@ def launch_local(nproc: int, config_path: str, run_dir: str, overrides: list[str
            *rank_command(module, config_path, run_dir, overrides)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    child = subprocess.Popen(cmd, env=env)
+    child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    relay = threading.Thread(target=relay_stderr, args=(child.stderr,), daemon=True)
+    relay.start()
 
     def forward(signum, frame):
         # the ranks, not the launcher: it would tear the group down instead of letting them save
@@ -72,6 +94,10 @@ def launch_local(nproc: int, config_path: str, run_dir: str, overrides: list[str
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    relay.join(timeout=5)
+    if rc != 0:
+        print(f"llmlaunch: error: the job failed (exit {rc}); each rank's log is in "
+              f"{Path(run_dir) / 'logs'}", file=sys.stderr)
     if rc == 0 and (Path(run_dir) / STOPPED_FILE).is_file():
         print(f"llmlaunch: stopped with a checkpoint ({(Path(run_dir) / STOPPED_FILE).read_text().strip()});"
               " run the same command again to resume", file=sys.stderr)

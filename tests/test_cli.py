@@ -85,6 +85,13 @@ def test_no_fit_error_says_how_many_gpus_are_needed():
     (["plan", "--gpus", "12", "--gpus-per-node", "8"], "not a whole number of nodes"),
     (["cost", "--params", "7e9", "--tokens", "1e12", "--mfu", "2"], "--mfu must be in (0, 1]"),
     (["scale"], "give --compute"),
+    (["plan", "--params", "1e3"], "the nearest shape has"),
+    (["plan", "--global-batch", "0"], "--global-batch must be a positive integer"),
+    (["plan", "--seq-len", "0"], "--seq-len must be a positive integer"),
+    (["plan", "--tp", "3"], "--tp 3 does not divide --gpus 1024"),
+    (["plan", "--dp", "16", "--pp", "8", "--tp", "4"], "dp*pp*tp = 16*8*4 = 512 != --gpus 1024"),
+    (["train", "--config", "/nonexistent.yaml"], "cannot read run config"),
+    (["train", "--config", "tiny-cpu", "--set", "layout.tp=3"], "layout.tp=3 must divide model.heads=4"),
 ])
 def test_bad_input_is_one_clear_line(args, needle):
     proc = run_cli(*args)

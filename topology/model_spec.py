@@ -21,6 +21,9 @@ MODEL_KEYS = ("arch", "layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vo
 _DATA_DIR = Path(__file__).parent / "data"
 # --params snaps to a published shape when within this relative distance of its count.
 SNAP_TOLERANCE = 0.05
+# A derived shape must land this close to the requested count (integer layers and a width in steps
+# of 512 or 1024 make it approximate; far below the smallest family member it cannot).
+DERIVE_TOLERANCE = 0.25
 
 
 @dataclass(frozen=True)
@@ -193,4 +196,10 @@ def spec_from_params(params: float, arch: str = "gpt2", seq_len: int | None = No
                                                     - total_params(spec.replace(layers=1)))
     layer = total_params(spec.replace(layers=2)) - total_params(spec.replace(layers=1))
     layers = max(1, round((params - embed) / layer))
-    return spec.replace(layers=layers, name=f"derived from --params {params:.3g} ({arch})")
+    spec = spec.replace(layers=layers, name=f"derived from --params {params:.3g} ({arch})")
+    derived = total_params(spec)
+    if abs(derived - params) / params > DERIVE_TOLERANCE:
+        raise ValueError(f"--params {params:.3g}: the nearest shape has {derived:.3g} parameters "
+                         f"(L={spec.layers}, h={spec.hidden}); give the shape with --layers, --hidden "
+                         "and --heads")
+    return spec
