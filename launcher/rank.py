@@ -78,7 +78,11 @@ def ensure_data(config: RunConfig, run_dir: Path, rank: int) -> Path:
     the process group forms: the others wait for it at the rendezvous)."""
     if config.data.path:
         path = Path(config.data.path)
-        return path if path.is_absolute() else (run_dir / path)
+        path = path if path.is_absolute() else (run_dir / path)
+        if not path.exists():
+            raise ValueError(f"data.path {str(path)!r} does not exist: prepare it with `llmlaunch "
+                             "data prepare --out DIR`, or leave data.path empty for the shipped corpus")
+        return path
     target = run_dir / "data"
     if rank == 0 and not (target / "manifest.json").is_file():
         from .data import default_corpus_path
@@ -165,7 +169,9 @@ def setup_logging(run_dir: Path, rank: int) -> None:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     handlers = [logging.FileHandler(run_dir / "logs" / f"rank{rank:05d}.log")]
     if rank == 0:
-        handlers.append(logging.StreamHandler(sys.stdout))
+        console = logging.StreamHandler(sys.stdout)
+        console.addFilter(lambda record: not record.exc_info)  # tracebacks only in the log file
+        handlers.append(console)
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format=f"%(asctime)s rank{rank} %(message)s", datefmt="%H:%M:%S")
 
