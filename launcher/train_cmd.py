@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from .config import load_run_config, resolve_config_path
-from .rank import REQUEUE_EXIT_CODE, STOPPED_FILE
+from .rank import REQUEUE_EXIT_CODE, STOPPED_FILE, given_data_path
 
 
 def add_train_arguments(p) -> None:
@@ -118,6 +118,7 @@ def run_train(args, module: str = "llmlaunch.rank") -> int:
         entry = importlib.import_module(module).main
         return entry(["--config", config_path, "--run-dir", run_dir,
                       *[x for item in args.set for x in ("--set", item)]])
+    given_data_path(config, Path(run_dir))  # fail here, not in every rank
     nproc = args.nproc or world
     if nproc != world:
         raise ValueError(f"--nproc {nproc} but the layout needs dp*pp*tp = {config.layout.dp}*"
