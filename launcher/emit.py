@@ -87,6 +87,10 @@ def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: i
 def emit_plan(out_dir: str, inputs, candidate, *, force: bool = False, job_name: str | None = None,
               time_limit: str = "02:00:00", tokens: float | None = None) -> list[str]:
     """Write the three files for a fitting candidate; returns their paths."""
+    if not candidate.layout.runnable:
+        raise ValueError("--emit: sequence parallelism and interleaved pipelines are estimates only "
+                         "(DeepSpeed's pipeline engine runs plain 1F1B, llmlaunch's model has no "
+                         "sequence parallelism); drop --sequence-parallel and --virtual-stages to emit")
     name = job_name or (inputs.spec.name or "llmlaunch")
     config = run_config_for(inputs, candidate, name, time_limit, tokens)
     ds = deepspeed_config(config, inputs.options.precision)

@@ -66,6 +66,12 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: bf16 on GPUs, fp32 on --gpu cpu")
     g.add_argument("--no-flash", action="store_true",
                    help="attention without a fused kernel (materialised s x s scores)")
+    g.add_argument("--sequence-parallel", action="store_true",
+                   help="estimate with Megatron-LM sequence parallelism (estimate only: llmlaunch's "
+                        "model does not run it; --emit refuses)")
+    g.add_argument("--virtual-stages", type=int, default=1, metavar="V",
+                   help="estimate Megatron-LM's interleaved 1F1B with V chunks per pipeline rank "
+                        "(estimate only: DeepSpeed runs plain 1F1B; --emit refuses)")
     h = p.add_argument_group("horizon")
     h.add_argument("--tokens", type=float, help="training tokens, e.g. 300e9: adds time, cost, energy")
     h.add_argument("--usd-per-gpu-hour", type=float, default=DEFAULTS["usd_per_gpu_hour"])
@@ -175,8 +181,11 @@ def resolve_inputs(args) -> PlanInputs:
     precision = args.precision or gpu.precision
     options = planner.PlanOptions(global_batch=batch, seq_len=spec.seq_len, precision=precision,
                                   flash_attention=not args.no_flash)
+    if args.virtual_stages < 1:
+        raise ValueError(f"--virtual-stages must be a positive integer, got {args.virtual_stages}")
     pins = planner.Pins(dp=args.dp, pp=args.pp, tp=args.tp, micro_batch=args.micro_batch,
-                        zero_stage=args.zero, recompute=args.recompute)
+                        zero_stage=args.zero, recompute=args.recompute,
+                        sequence_parallel=args.sequence_parallel, virtual_stages=args.virtual_stages)
     check_pins(pins, cluster.gpus)
     for flag, default in (("gpus", DEFAULTS["gpus"]), ("gpu", DEFAULTS["gpu"])):
         if getattr(args, flag) == default:
@@ -216,7 +225,9 @@ def pinned_layout(inputs: PlanInputs) -> Layout | None:
         raise ValueError(f"global batch {inputs.options.global_batch} is not a multiple of "
                          f"dp*micro_batch = {p.dp}*{p.micro_batch}; pass a --global-batch that is")
     return Layout(dp=p.dp, pp=p.pp, tp=p.tp, micro_batch=p.micro_batch, grad_accum=per_replica,
-                  zero_stage=p.zero_stage, recompute=p.recompute)
+                  zero_stage=p.zero_stage, recompute=p.recompute,
+                  sequence_parallel=p.sequence_parallel,
+                  virtual_stages=p.virtual_stages if p.pp > 1 else 1)
 
 
 def no_fit_message(inputs: PlanInputs, result: planner.SearchResult) -> str:
@@ -224,7 +235,9 @@ def no_fit_message(inputs: PlanInputs, result: planner.SearchResult) -> str:
     size = f"{inputs.params / 1e9:.1f}B"
     cl = inputs.cluster
     where = f"{size} does not fit on {cl.gpus} x {cl.gpu.name}"
-    pinned = [f"{k}={v}" for k, v in vars(inputs.pins).items() if v is not None]
+    defaults = {"sequence_parallel": False, "virtual_stages": 1}
+    pinned = [f"{k}={v}" for k, v in vars(inputs.pins).items()
+              if v is not None and defaults.get(k, None) != v]
     if pinned:
         nearest = min((c for c in result.rejected if c.stages), default=None,
                       key=lambda c: (len(c.reasons), c.worst_stage.total))

@@ -104,7 +104,9 @@ def candidate_report(c: Candidate, inputs, show_groups: bool = False) -> list[st
     title = "best layout" if c.fits else "pinned layout (does NOT fit)"
     out = [f"{title}: dp={lay.dp} x pp={lay.pp} x tp={lay.tp} = {lay.world_size} GPUs, micro-batch "
            f"{lay.micro_batch} x {lay.grad_accum} accumulation x dp {lay.dp} = {lay.global_batch} "
-           f"sequences, ZeRO-{lay.zero_stage}, recompute {lay.recompute}"]
+           f"sequences, ZeRO-{lay.zero_stage}, recompute {lay.recompute}"
+           + (", sequence parallel" if lay.sequence_parallel else "")
+           + (f", interleaved x{lay.virtual_stages}" if lay.virtual_stages > 1 else "")]
     for reason in c.reasons:
         out.append(f"  ruled out: {reason}")
     out.append("")

@@ -188,6 +188,19 @@ def test_emit_writes_the_three_files_and_refuses_to_overwrite(tmp_path, capsys):
     assert not [p for p in tmp_path.glob("runs/.*")]  # no temporary directories left behind
 
 
+def test_estimator_only_options_evaluate_but_do_not_emit(tmp_path, capsys):
+    args = ["--gpus", "512", "--model", "megatron-1t", "--tp", "8", "--pp", "64", "--dp", "1",
+            "--micro-batch", "1", "--zero", "0", "--recompute", "selective", "--global-batch", "512",
+            "--sequence-parallel", "--virtual-stages", "2"]
+    out = plan_json(capsys, *args)
+    cand = out["candidates"][0]
+    assert cand["sequence_parallel"] is True and cand["virtual_stages"] == 2
+    assert cand["bubble_fraction"] == pytest.approx(63 / (2 * 512 + 63))
+    assert main(["plan", *args, "--emit", str(tmp_path / "x")]) == 2
+    assert "estimates only" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_emitted_run_yaml_loads_with_the_plan_layout(tmp_path, capsys):
     from llmlaunch.config import load_run_config
 

@@ -80,3 +80,26 @@ def test_zero1_shards_optimizer_over_dp_in_stage_memory():
     z1 = pipeline_memory(spec, zero_stage=1, **kwargs)[0]
     assert z1.optimizer == pytest.approx(z0.optimizer / 8)
     assert z1.weights == z0.weights and z1.gradients == z0.gradients
+
+
+@pytest.mark.parametrize("t", [2, 8])
+def test_korthikanti_sequence_parallel(t):
+    # Korthikanti et al. 2022, Table 2, "tensor + sequence parallel": sbh (34/t + 5as/(ht)); with
+    # selective recompute sbh 34/t; the block input under full recompute is sharded too: 2sbh/t
+    s, b, h, a = 2048, 1, 12288, 96
+    got = activation_bytes_per_layer(GPT, b, t, "none", 2, False, True, sequence_parallel=True)
+    assert got == pytest.approx(s * b * h * (34 / t + 5 * a * s / (h * t)))
+    got = activation_bytes_per_layer(GPT, b, t, "selective", 2, False, True, sequence_parallel=True)
+    assert got == pytest.approx(s * b * h * 34 / t)
+    assert activation_bytes_per_layer(GPT, b, t, "full", 2, sequence_parallel=True) == \
+        pytest.approx(2 * s * b * h / t)
+
+
+def test_interleaved_first_stage_holds_korthikantis_factor():
+    # interleaved 1F1B: the first stage holds p (1 + (p - 1)/(p v)) = p + (p - 1)/v micro-batches of
+    # its layers (Korthikanti et al. 2022, Section 4.2.3; Megatron-LM's warm-up count)
+    for p, v in [(4, 2), (8, 4), (16, 3)]:
+        assert micro_batches_in_flight(0, p, 1000, v) == pytest.approx(p + (p - 1) / v)
+    assert micro_batches_in_flight(0, 4, 1000, 1) == 4
+    # last stage, m = 2: (v - 1)p + 1 = 5 chunks, capped at m v = 4 chunks = 2 micro-batches of layers
+    assert micro_batches_in_flight(3, 4, 2, 2) == pytest.approx(2.0)

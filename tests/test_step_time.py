@@ -23,3 +23,11 @@ def test_pipeline_time_equal_stages_is_m_plus_p_minus_1():
     assert pipeline_time_s([2.0] * 4, 8) == pytest.approx((8 + 4 - 1) * 2.0)
     # a slow stage dominates the steady state
     assert pipeline_time_s([1.0, 3.0], 5) == pytest.approx(4 * 3.0 + 4.0)
+
+
+def test_interleaving_shrinks_the_bubble_v_fold():
+    # Narayanan et al. 2021, Section 2.2.2: bubble ratio (p - 1)/(v m)
+    assert bubble_ratio(8, 96, 4) == pytest.approx(7 / (4 * 96))
+    assert bubble_fraction(8, 96, 4) == pytest.approx(7 / (4 * 96 + 7))
+    # equal stages: (m + (p - 1)/v) T
+    assert pipeline_time_s([2.0] * 4, 8, 3) == pytest.approx((8 + 3 / 3) * 2.0)

@@ -25,6 +25,12 @@ class Layout:
     """DeepSpeed ZeRO stage: 1 shards optimizer states over dp, 2 also gradients, 3 also weights."""
     recompute: str = "none"
     """Activation recomputation: none, selective (attention core), full (whole block)."""
+    sequence_parallel: bool = False
+    """Megatron-LM sequence parallelism (Korthikanti et al. 2022): norms and dropout run on s/t
+    of the sequence per TP rank. Estimator only: llmlaunch's model does not implement it."""
+    virtual_stages: int = 1
+    """Model chunks per pipeline rank in Megatron-LM's interleaved 1F1B schedule (v; 1 = plain
+    1F1B). Estimator only: DeepSpeed's pipeline engine runs plain 1F1B."""
 
     def __post_init__(self):
         for field in ("dp", "pp", "tp", "micro_batch", "grad_accum"):
@@ -33,9 +39,19 @@ class Layout:
                 raise ValueError(f"layout {field} must be a positive integer, got {value!r}")
         if self.zero_stage not in ZERO_STAGES:
             raise ValueError(f"layout zero_stage must be one of 0, 1, 2, 3, got {self.zero_stage!r}")
+        if isinstance(self.virtual_stages, bool) or not isinstance(self.virtual_stages, int) \
+                or self.virtual_stages < 1:
+            raise ValueError(f"layout virtual_stages must be a positive integer, got {self.virtual_stages!r}")
+        if self.virtual_stages > 1 and self.pp == 1:
+            raise ValueError("an interleaved schedule (virtual_stages > 1) needs a pipeline (pp > 1)")
         if self.recompute not in RECOMPUTE_MODES:
             raise ValueError(f"layout recompute must be one of {', '.join(RECOMPUTE_MODES)}, "
                              f"got {self.recompute!r}")
+
+    @property
+    def runnable(self) -> bool:
+        """Whether llmlaunch's model on DeepSpeed can run it (no SP, no interleaving)."""
+        return not self.sequence_parallel and self.virtual_stages == 1
 
     @property
     def world_size(self) -> int:

@@ -74,8 +74,14 @@ def model_state_bytes(params: float, dp: int, zero_stage: int, precision: Precis
 @functools.lru_cache(maxsize=4096)
 def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recompute: str,
                                act_bytes: int = 2, flash_attention: bool = True,
-                               dropout: bool = False, seq_len: int | None = None) -> float:
-    """Bytes one block keeps for backward for one micro-batch, per TP rank (no sequence parallel).
+                               dropout: bool = False, seq_len: int | None = None,
+                               sequence_parallel: bool = False) -> float:
+    """Bytes one block keeps for backward for one micro-batch, per TP rank.
+
+    With sequence_parallel (Megatron-LM, Korthikanti et al. 2022 Section 4.2.2) the terms that tensor
+    parallelism replicates (norm inputs, QKV and MLP inputs, dropout masks, and the block input kept
+    under full recompute) are split over the t ranks along the sequence: Table 2 gives
+    sbh(34/t + 5as/(ht)) for gpt2 with dropout and no flash attention.
 
     Korthikanti et al. 2022 (Reducing Activation Recomputation), Section 4.1, eq. (1) and Table 2,
     term by term, generalised to GQA and SwiGLU; with gpt2, dropout, no flash attention and 2-byte
@@ -105,13 +111,14 @@ def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recom
     b, h, a, t = micro_batch, spec.hidden, spec.heads, tp
     sbh = s * b * h
     if recompute == "full":
-        return act_bytes * sbh
-    replicated = act_bytes * 4 * sbh
+        return act_bytes * sbh / (t if sequence_parallel else 1)
+    seq_split = t if sequence_parallel else 1
+    replicated = act_bytes * 4 * sbh / seq_split
     qkv = act_bytes * s * b * (h + 2 * spec.kv_hidden) / t
     attn_out = act_bytes * sbh / t
     mlp_terms = 4 if spec.gated_mlp else 2
     mlp = act_bytes * mlp_terms * s * b * spec.ffn_hidden / t
-    masks = 2 * sbh if dropout else 0
+    masks = 2 * sbh / seq_split if dropout else 0
     if flash_attention:
         core = FP32_BYTES * a * s * b / t
     else:
@@ -120,7 +127,7 @@ def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recom
         core = 0
     ours = 0.0
     if spec.arch == "llama":
-        ours = (act_bytes * 2 * sbh + act_bytes * s * b * (h + spec.kv_hidden) / t
+        ours = (act_bytes * 2 * sbh / seq_split + act_bytes * s * b * (h + spec.kv_hidden) / t
                 + 8 * s * spec.head_dim)
     return replicated + qkv + attn_out + mlp + masks + core + ours
 
@@ -146,13 +153,14 @@ def logits_saved_bytes(spec: ModelSpec, micro_batch: int, tp: int,
 
 def saved_activation_bytes(spec: ModelSpec, *, stage: int, pp: int, blocks: int, micro_batch: int,
                            tp: int, recompute: str, act_bytes: int, flash_attention: bool = True,
-                           seq_len: int | None = None) -> float:
+                           seq_len: int | None = None, sequence_parallel: bool = False) -> float:
     """Bytes that one micro-batch's forward on one GPU of `stage` leaves saved for backward (what
     `llmlaunch validate` measures with saved-tensor hooks): the stage's blocks, and on the last
     stage the final-norm input, the head input and the cross-entropy's fp32 softmax. A stage holds
     this once per micro-batch in flight (micro_batches_in_flight), plus transient_activation_bytes."""
     saved = blocks * activation_bytes_per_layer(spec, micro_batch, tp, recompute, act_bytes,
-                                                flash_attention, seq_len=seq_len)
+                                                flash_attention, seq_len=seq_len,
+                                                sequence_parallel=sequence_parallel)
     if stage == pp - 1:
         s = seq_len or spec.seq_len
         # the final norm's input and the head input; llama's RMSNorm also saves its normalised
@@ -165,24 +173,33 @@ def saved_activation_bytes(spec: ModelSpec, *, stage: int, pp: int, blocks: int,
 
 def transient_activation_bytes(spec: ModelSpec, *, stage: int, pp: int, micro_batch: int, tp: int,
                                recompute: str, act_bytes: int, flash_attention: bool = True,
-                               seq_len: int | None = None) -> float:
+                               seq_len: int | None = None, sequence_parallel: bool = False) -> float:
     """Activation memory beyond the saved tensors at a stage's peak, once (not per micro-batch in
     flight): with full recompute, the block being recomputed in backward holds its full activations;
     on the last stage, the logits in the compute dtype and their fp32 gradient in backward."""
     extra = 0.0
     if recompute == "full":
         extra += activation_bytes_per_layer(spec, micro_batch, tp, "none", act_bytes,
-                                            flash_attention, seq_len=seq_len)
+                                            flash_attention, seq_len=seq_len,
+                                            sequence_parallel=sequence_parallel)
     if stage == pp - 1:
         extra += (logits_bytes(spec, micro_batch, tp, act_bytes, seq_len)
                   - logits_saved_bytes(spec, micro_batch, tp, seq_len))
     return extra
 
 
-def micro_batches_in_flight(stage: int, pp: int, micro_batches: int) -> int:
-    """1F1B: stage i runs p - i forwards before its first backward, so it keeps min(p - i, m)
-    micro-batches of activations (Narayanan et al. 2021, Section 2.2.1): the first stage the most."""
-    return min(pp - stage, micro_batches)
+def micro_batches_in_flight(stage: int, pp: int, micro_batches: int, virtual_stages: int = 1) -> float:
+    """Micro-batches of a whole stage's activations that stage i holds at its peak.
+
+    1F1B: stage i runs p - i forwards before its first backward, so it keeps min(p - i, m)
+    (Narayanan et al. 2021, Section 2.2.1): the first stage the most.
+    Interleaved (v model chunks of 1/v of the stage's blocks each): Megatron-LM warms up
+    2(p - i - 1) + (v - 1)p chunks and holds one more, at most m*v; in whole-stage units that count
+    over v. For i = 0 it is p + (p - 1)/v: Korthikanti et al. 2022's factor (1 + (p - 1)/(pv))."""
+    if virtual_stages == 1:
+        return min(pp - stage, micro_batches)
+    chunks = 2 * (pp - stage - 1) + (virtual_stages - 1) * pp + 1
+    return min(chunks, micro_batches * virtual_stages) / virtual_stages
 
 
 def stage_params(spec: ModelSpec, stage: int, pp: int, tp: int, blocks: int) -> float:
@@ -243,20 +260,22 @@ class StageMemory:
 def stage_memory(spec: ModelSpec, *, stage: int, blocks: int, dp: int, pp: int, tp: int,
                  micro_batch: int, micro_batches: int, zero_stage: int, recompute: str,
                  precision: Precision, framework_bytes: float, flash_attention: bool = True,
-                 seq_len: int | None = None) -> StageMemory:
+                 seq_len: int | None = None, sequence_parallel: bool = False,
+                 virtual_stages: int = 1) -> StageMemory:
     """Everything one GPU of `stage` holds at its peak (during the 1F1B steady state)."""
     params = stage_params(spec, stage, pp, tp, blocks)
     states = model_state_bytes(params, dp, zero_stage, precision)
     act = precision.activation_bytes
-    in_flight = micro_batches_in_flight(stage, pp, micro_batches)
+    in_flight = micro_batches_in_flight(stage, pp, micro_batches, virtual_stages)
     # saved tensors of every micro-batch in flight (the last stage has one), then what exists once:
     # the block being recomputed (full recompute), the logits and their gradient (last stage)
     activations = in_flight * saved_activation_bytes(
         spec, stage=stage, pp=pp, blocks=blocks, micro_batch=micro_batch, tp=tp, recompute=recompute,
-        act_bytes=act, flash_attention=flash_attention, seq_len=seq_len)
+        act_bytes=act, flash_attention=flash_attention, seq_len=seq_len,
+        sequence_parallel=sequence_parallel)
     activations += transient_activation_bytes(
         spec, stage=stage, pp=pp, micro_batch=micro_batch, tp=tp, recompute=recompute, act_bytes=act,
-        flash_attention=flash_attention, seq_len=seq_len)
+        flash_attention=flash_attention, seq_len=seq_len, sequence_parallel=sequence_parallel)
     buffers = buffer_bytes(params, zero_stage, precision, dp)
     allocated = sum(states.values()) + activations + buffers
     overhead = FRAGMENTATION_FRACTION * allocated + framework_bytes
@@ -267,11 +286,13 @@ def stage_memory(spec: ModelSpec, *, stage: int, blocks: int, dp: int, pp: int, 
 def pipeline_memory(spec: ModelSpec, *, dp: int, pp: int, tp: int, micro_batch: int,
                     micro_batches: int, zero_stage: int, recompute: str, precision: Precision,
                     framework_bytes: float, flash_attention: bool = True,
-                    seq_len: int | None = None) -> list[StageMemory]:
+                    seq_len: int | None = None, sequence_parallel: bool = False,
+                    virtual_stages: int = 1) -> list[StageMemory]:
     """Memory of every pipeline stage, with the same block split the model builds."""
     split = split_stages(spec, pp, tp)
     return [stage_memory(spec, stage=i, blocks=blocks, dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
                          micro_batches=micro_batches, zero_stage=zero_stage, recompute=recompute,
                          precision=precision, framework_bytes=framework_bytes,
-                         flash_attention=flash_attention, seq_len=seq_len)
+                         flash_attention=flash_attention, seq_len=seq_len,
+                         sequence_parallel=sequence_parallel, virtual_stages=virtual_stages)
             for i, blocks in enumerate(split)]

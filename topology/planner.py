@@ -59,7 +59,9 @@ class Candidate:
         lay = self.layout
         out = {"dp": lay.dp, "pp": lay.pp, "tp": lay.tp, "micro_batch": lay.micro_batch,
                "grad_accum": lay.grad_accum, "global_batch": lay.global_batch,
-               "zero_stage": lay.zero_stage, "recompute": lay.recompute, "fits": self.fits}
+               "zero_stage": lay.zero_stage, "recompute": lay.recompute,
+               "sequence_parallel": lay.sequence_parallel, "virtual_stages": lay.virtual_stages,
+               "fits": self.fits}
         if self.estimated:
             out.update({
                 "memory_gib": self.worst_stage.to_gib(),
@@ -134,7 +136,8 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
         spec, dp=layout.dp, pp=layout.pp, tp=layout.tp, micro_batch=layout.micro_batch,
         micro_batches=layout.grad_accum, zero_stage=layout.zero_stage, recompute=layout.recompute,
         precision=precision, framework_bytes=gpu.framework_gib * GIB,
-        flash_attention=options.flash_attention, seq_len=options.seq_len)
+        flash_attention=options.flash_attention, seq_len=options.seq_len,
+        sequence_parallel=layout.sequence_parallel, virtual_stages=layout.virtual_stages)
     over = cand.worst_stage.total - gpu.memory_bytes
     if over > 0:
         cand.reasons.append(f"worst stage (stage {cand.worst_stage.stage}) over memory by "
@@ -144,7 +147,7 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
     cand.fits = not cand.reasons
     tokens_per_step = layout.global_batch * options.seq_len
     seconds = cand.step.total_s
-    cand.bubble_fraction = bubble_fraction(layout.pp, layout.grad_accum)
+    cand.bubble_fraction = bubble_fraction(layout.pp, layout.grad_accum, layout.virtual_stages)
     cand.tokens_per_s = tokens_per_step / seconds
     hardware = hardware_flops_per_token(spec, layout.recompute, options.seq_len) * tokens_per_step
     model = model_flops_per_token(spec, options.seq_len) * tokens_per_step
@@ -165,10 +168,11 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
         spec, gpu, precision, blocks=st.blocks, first=st.stage == 0, last=st.stage == pp - 1,
         tp=tp, pp=pp, micro_batch=layout.micro_batch, recompute=layout.recompute,
         tp_spans_nodes=tp_spans, pp_spans_nodes=pp_spans, flash_attention=options.flash_attention,
-        seq_len=options.seq_len) for st in stages]
+        seq_len=options.seq_len, sequence_parallel=layout.sequence_parallel,
+        virtual_stages=layout.virtual_stages) for st in stages]
     totals = [t.total_s for t in per_stage]
     slowest = per_stage[totals.index(max(totals))]
-    pipeline_s = pipeline_time_s(totals, m)
+    pipeline_s = pipeline_time_s(totals, m, layout.virtual_stages)
     busy_s = m * slowest.total_s
     max_params = max(st.params for st in stages)
     exposed_zero3 = 0.0
@@ -197,6 +201,9 @@ class Pins:
     micro_batch: int | None = None
     zero_stage: int | None = None
     recompute: str | None = None
+    sequence_parallel: bool = False
+    """Estimator-only options (never searched: llmlaunch cannot run them), applied when pinned."""
+    virtual_stages: int = 1
 
 
 @dataclass
@@ -255,7 +262,9 @@ def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins =
                 for zero in ([pins.zero_stage] if pins.zero_stage is not None else (0, 1, 2, 3)):
                     for recompute in ([pins.recompute] if pins.recompute else RECOMPUTE_MODES):
                         layout = Layout(dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
-                                        grad_accum=grad_accum, zero_stage=zero, recompute=recompute)
+                                        grad_accum=grad_accum, zero_stage=zero, recompute=recompute,
+                                        sequence_parallel=pins.sequence_parallel,
+                                        virtual_stages=pins.virtual_stages if pp > 1 else 1)
                         cand = evaluate(spec, cluster, layout, options, estimate_rejected=False)
                         evaluated += 1
                         if cand.fits:

@@ -50,26 +50,30 @@ def p2p_time_s(nbytes: float, gb_per_s: float) -> float:
     return nbytes / (gb_per_s * GB)
 
 
-def bubble_fraction(pp: int, micro_batches: int) -> float:
-    """Share of a 1F1B step that a stage sits idle: (p - 1) / (m + p - 1).
+def bubble_fraction(pp: int, micro_batches: int, virtual_stages: int = 1) -> float:
+    """Share of a 1F1B step that a stage sits idle: (p - 1) / (m + p - 1); interleaved with v
+    chunks per rank the bubble shrinks v-fold: (p - 1) / (v m + p - 1).
     (Narayanan et al. 2021 state it relative to the ideal time, (p - 1) / m; see bubble_ratio.)"""
-    return (pp - 1) / (micro_batches + pp - 1)
+    return (pp - 1) / (virtual_stages * micro_batches + pp - 1)
 
 
-def bubble_ratio(pp: int, micro_batches: int) -> float:
-    """Bubble time over ideal compute time, Narayanan et al. 2021 Section 2.2.1: (p - 1) / m."""
-    return (pp - 1) / micro_batches
+def bubble_ratio(pp: int, micro_batches: int, virtual_stages: int = 1) -> float:
+    """Bubble time over ideal compute time, Narayanan et al. 2021 Sections 2.2.1-2.2.2:
+    (p - 1) / m, and (p - 1) / (v m) for the interleaved schedule."""
+    return (pp - 1) / (virtual_stages * micro_batches)
 
 
 def elementwise_elements_per_token(spec: ModelSpec, tp: int, flash_attention: bool = True,
-                                   seq_len: int | None = None) -> float:
+                                   seq_len: int | None = None,
+                                   sequence_parallel: bool = False) -> float:
     """Elements one block's memory-bound forward ops read and write per token, per TP rank.
     Norms: 2 x (read h, write h); residual adds: 2 x (read 2h, write h); GELU read f, write f, or
     SwiGLU read 2f, write f, plus RoPE read/write of Q and K; softmax over a*s scores (read, write)
-    when the attention matrix is materialised (no flash kernel)."""
+    when the attention matrix is materialised (no flash kernel). Sequence parallelism splits the
+    norms and residual adds over the TP ranks too."""
     s = seq_len or spec.seq_len
     h, f, t = spec.hidden, spec.ffn_hidden, tp
-    replicated = 4 * h + 6 * h
+    replicated = (4 * h + 6 * h) / (t if sequence_parallel else 1)
     if spec.gated_mlp:
         sharded = 3 * f + 2 * (h + spec.kv_hidden)
     else:
@@ -96,7 +100,8 @@ class StageTime:
 def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, *, blocks: int,
                            first: bool, last: bool, tp: int, pp: int, micro_batch: int,
                            recompute: str, tp_spans_nodes: bool, pp_spans_nodes: bool,
-                           flash_attention: bool = True, seq_len: int | None = None) -> StageTime:
+                           flash_attention: bool = True, seq_len: int | None = None,
+                           sequence_parallel: bool = False, virtual_stages: int = 1) -> StageTime:
     """Forward + backward of one micro-batch on one GPU of a stage."""
     s = seq_len or spec.seq_len
     tokens = micro_batch * s
@@ -116,7 +121,8 @@ def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, 
 
     # memory-bound ops: forward traffic, twice that in backward, once more if fully recomputed
     traffic_passes = passes + (1 if recompute == "full" else 0)
-    elementwise = traffic_passes * blocks * elementwise_elements_per_token(spec, tp, flash_attention, s) * act
+    elementwise = traffic_passes * blocks * act * elementwise_elements_per_token(
+        spec, tp, flash_attention, s, sequence_parallel)
     if last:
         # cross-entropy over this rank's vocab slice: logits read, fp32 softmax written and read,
         # fp32 gradient written
@@ -124,21 +130,27 @@ def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, 
     memory_s = tokens * elementwise / (gpu.hbm_gb_per_s * GB)
 
     # TP: two all-reduces of [s, b, h] per block forward, two in backward, two more when recomputed;
-    # the vocab-parallel embedding adds one in forward on the first stage
+    # the vocab-parallel embedding adds one in forward on the first stage. Sequence parallelism
+    # replaces each all-reduce by a reduce-scatter plus an all-gather: the same bytes on the wire.
     tp_bw = gpu.inter_node_gb_per_s if tp_spans_nodes else gpu.intra_node_gb_per_s
     allreduces = blocks * (4 + (2 if recompute == "full" else 0)) + (1 if first else 0)
     tp_s = allreduces * allreduce_time_s(tokens * spec.hidden * act, tp, tp_bw)
 
-    # PP: activations sent forward and their gradients sent back, except past the ends
+    # PP: activations sent forward and their gradients sent back, except past the ends; each of
+    # the v interleaved chunks sends its own (Narayanan et al. 2021, Section 2.2.2); SP sends s/t
     pp_bw = gpu.inter_node_gb_per_s if pp_spans_nodes else gpu.intra_node_gb_per_s
-    sends = (0 if last else 1) + (0 if first else 1)
+    sends = ((0 if last else 1) + (0 if first else 1)) if virtual_stages == 1 else 2 * virtual_stages
+    sends /= tp if sequence_parallel else 1
     pp_s = sends * p2p_time_s(tokens * spec.hidden * act, pp_bw) if pp > 1 else 0.0
     return StageTime(compute_s=matmul_s + memory_s, tp_comm_s=tp_s, pp_comm_s=pp_s)
 
 
-def pipeline_time_s(stage_times: list[float], micro_batches: int) -> float:
-    """1F1B with heterogeneous stages: (m - 1) * slowest + sum of all stages."""
-    return (micro_batches - 1) * max(stage_times) + sum(stage_times)
+def pipeline_time_s(stage_times: list[float], micro_batches: int, virtual_stages: int = 1) -> float:
+    """1F1B with heterogeneous stages: (m - 1) * slowest + sum of all stages. Interleaved, fill and
+    drain cross chunks of 1/v of a stage: (m - 1/v) * slowest + sum / v, which for equal stages is
+    (m + (p - 1)/v) T (Narayanan et al. 2021, Section 2.2.2)."""
+    v = virtual_stages
+    return (micro_batches - 1 / v) * max(stage_times) + sum(stage_times) / v
 
 
 def optimizer_time_s(params_local: float, precision: Precision, hbm_gb_per_s: float) -> float:
