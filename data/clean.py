@@ -16,7 +16,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple, Sequence
 
-from .quality import QualityThresholds, first_failing_filter
+from .quality import QualityThresholds, first_failing_filters
 from .text import match_words, normalize_text, word_ngrams
 
 KEPT = "kept"
@@ -105,11 +105,20 @@ def minhash_signature(words: Sequence[str], num_perm: int, seed: int, shingle_wo
 
 def analyze_document(raw: str, ctx: CleanContext) -> Analysis:
     """Normalise one raw document and run the order-independent cleaning steps on it."""
-    text = normalize_text(raw, ctx.normalization)
-    if not text:
-        return Analysis(EMPTY, None, None, None)
+    return analyze_documents([raw], ctx)[0]
+
+
+def analyze_documents(raws: Sequence[str], ctx: CleanContext) -> list[Analysis]:
+    """``analyze_document`` of each of ``raws``, the quality filters run on the batch at once."""
+    texts = [normalize_text(raw, ctx.normalization) for raw in raws]
+    nonempty = [text for text in texts if text]
+    verdicts = iter(first_failing_filters(nonempty, ctx.thresholds) if nonempty else [])
+    return [_finish(text, next(verdicts), ctx) if text else Analysis(EMPTY, None, None, None) for text in texts]
+
+
+def _finish(text: str, failed: str | None, ctx: CleanContext) -> Analysis:
+    """The analysis of non-empty normalised ``text`` whose first failing quality filter is ``failed``."""
     digest = text_digest(text)
-    failed = first_failing_filter(text, ctx.thresholds)
     if failed is not None:
         return Analysis(failed, None, digest, None)
     words = None

@@ -1,17 +1,22 @@
 """The ``llmlaunch data prepare`` pipeline: raw text -> cleaned, tokenised, sharded output directory.
 
-Passes (everything streams; only dedup state -- digests, MinHash LSH -- and the eval n-grams stay
-in memory):
+Passes (everything streams; only dedup state -- digests, MinHash LSH -- the eval n-grams and, with
+a given tokenizer, 9 bytes per kept document stay in memory):
 
 1. *clean*: read documents in input order, analyse them in chunks (``--workers`` processes,
-   results consumed in chunk order), take the order-dependent dedup decisions in this process,
-   and spool the kept documents to a file in the temporary output directory;
-2. *tokenizer*: train a byte-level BPE on the kept training documents (or load ``--tokenizer``);
-3. *tokenize*: encode the spooled documents in chunks (``--workers`` processes, fixed order) and
-   append them to the train/val shard writers;
+   results consumed in chunk order): normalisation, digest, quality filters (for a whole chunk at
+   once), decontamination, MinHash -- and, when the tokenizer is given (``--tokenizer``), the
+   encoding of the documents that passed, in the same task.  The order-dependent dedup decisions
+   are taken in this process; the kept documents are spooled to a file in the temporary output
+   directory (their tokens with a given tokenizer, else their text);
+2. *tokenizer*: train a byte-level BPE on the kept training documents (or copy ``--tokenizer``);
+3. *tokenize*: encode the spooled texts in chunks (``--workers`` processes, fixed order) -- or,
+   with a given tokenizer, read the spooled tokens back -- and append them to the train/val shard
+   writers;
 4. write ``manifest.json``, delete the spool, rename the temporary directory to ``--out``.
 
-Same inputs, options and seed give byte-identical output, whatever ``--workers`` is.
+Same inputs, options and seed give byte-identical output, whatever ``--workers`` is
+(tests/test_data_golden.py pins the bytes).
 
 ``--workers N > 1`` uses a ``spawn`` process pool (safe with threads, torch or tokenizers already
 loaded in the caller).  As with any ``spawn`` pool, a script that calls :func:`prepare` must guard
@@ -20,6 +25,7 @@ its entry point with ``if __name__ == "__main__":``.
 
 from __future__ import annotations
 
+import array
 import collections
 import hashlib
 import json
@@ -55,6 +61,7 @@ _CHUNK_CHARS = 1 << 18
 _TOKENIZE_CHUNK_DOCUMENTS = 1024  # per tokenisation task
 _TOKENIZE_CHUNK_CHARS = 1 << 18
 _IN_FLIGHT_PER_WORKER = 3
+_REPLAY_DOCUMENTS = 1 << 16  # per block read back from a token spool
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,8 @@ class PrepareResult:
     """What ``prepare`` produced: the output directory, its manifest, and (non-deterministic) timings.
 
     ``timings_s``: wall seconds per stage; ``cpu_s``: CPU seconds per stage of this process plus,
-    for the ``clean`` and ``tokenize`` stages, the work done in worker processes.
+    for the ``clean`` and ``tokenize`` stages, the work done in worker processes (not their start-up).
+    With a given tokenizer the encoding happens in the ``clean`` stage.
     """
 
     out: Path
@@ -105,12 +113,30 @@ _WORKER_CONTEXT: CleanContext | None = None
 _WORKER_TOKENIZERS: dict[str, Any] = {}
 
 
-def _init_worker(context: CleanContext, limit_tokenizer_threads: bool) -> None:
-    """Pool initializer: remember the cleaning context; one tokenizer thread per worker process."""
+@dataclass(frozen=True)
+class _Encoding:
+    """How pass 1 tokenises kept documents when the tokenizer is given: file, EOD id, token dtype."""
+
+    tokenizer_path: str
+    eod_id: int
+    dtype: str
+
+
+def _init_worker(context: CleanContext, limit_tokenizer_threads: bool, tokenizer_path: str | None = None) -> None:
+    """Pool initializer: remember the cleaning context; one tokenizer thread per worker process.
+
+    Also pays the one-time costs (numpy import, loading a given tokenizer) up front, not in the first task.
+    """
     global _WORKER_CONTEXT
     if limit_tokenizer_threads:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        # a worker is one thread: no BLAS thread pool (its threads spin for a while after numpy's import)
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     _WORKER_CONTEXT = context
+    import numpy  # noqa: F401  (used by the quality filters and the encoder)
+
+    if tokenizer_path is not None:
+        _worker_tokenizers(tokenizer_path)
 
 
 def _reset_worker_state() -> None:
@@ -120,12 +146,43 @@ def _reset_worker_state() -> None:
     _WORKER_TOKENIZERS.clear()
 
 
-def _clean_chunk(raw_documents: list[str]) -> tuple[list[clean.Analysis], float]:
-    """Analyse a chunk of raw documents with the worker's cleaning context; also return the CPU seconds used."""
+def _worker_tokenizers(path: str) -> tuple[Any, Any]:
+    """The tokenizer at ``path`` and its ASCII twin (``tokenizer.ascii_twin``), loaded once per process."""
+    tokenizers = _WORKER_TOKENIZERS.get(path)
+    if tokenizers is None:
+        from tokenizers import Tokenizer
+
+        from .tokenizer import ascii_twin
+
+        tokenizer = Tokenizer.from_file(path)
+        tokenizers = _WORKER_TOKENIZERS[path] = (tokenizer, ascii_twin(tokenizer))
+    return tokenizers
+
+
+def _clean_chunk(task: tuple[list[str], _Encoding | None]):
+    """Analyse a chunk of raw documents with the worker's cleaning context; with an encoding, tokenise the kept ones.
+
+    Returns (analyses, encoded, CPU seconds used).  ``encoded`` is None without an encoding; else the
+    kept analyses come back without their text and ``encoded`` is (tokens in ``encoding.dtype``, int64
+    lengths, int64 UTF-8 sizes) of the kept documents in order.
+    """
+    from .tokenizer import encode_documents
+
     assert _WORKER_CONTEXT is not None, "worker not initialised"
     started = time.process_time()
-    analyses = [clean.analyze_document(raw, _WORKER_CONTEXT) for raw in raw_documents]
-    return analyses, time.process_time() - started
+    raw_documents, encoding = task
+    analyses = clean.analyze_documents(raw_documents, _WORKER_CONTEXT)
+    encoded = None
+    if encoding is not None:
+        import numpy as np
+
+        texts = [a.text for a in analyses if a.verdict == clean.KEPT]
+        tokenizer, ascii_tokenizer = _worker_tokenizers(encoding.tokenizer_path)
+        tokens, lengths = encode_documents(tokenizer, texts, encoding.eod_id, ascii_tokenizer=ascii_tokenizer)
+        sizes = np.fromiter((len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts), np.int64, len(texts))
+        encoded = (tokens.astype(encoding.dtype), lengths, sizes)
+        analyses = [a._replace(text=None) if a.text is not None else a for a in analyses]
+    return analyses, encoded, time.process_time() - started
 
 
 def _tokenize_chunk(task: tuple[str, int, list[str]]):
@@ -137,12 +194,8 @@ def _tokenize_chunk(task: tuple[str, int, list[str]]):
 
     started = time.process_time()
     path, eod_id, texts = task
-    tokenizer = _WORKER_TOKENIZERS.get(path)
-    if tokenizer is None:
-        from tokenizers import Tokenizer
-
-        tokenizer = _WORKER_TOKENIZERS[path] = Tokenizer.from_file(path)
-    tokens, lengths = encode_documents(tokenizer, texts, eod_id)
+    tokenizer, ascii_tokenizer = _worker_tokenizers(path)
+    tokens, lengths = encode_documents(tokenizer, texts, eod_id, ascii_tokenizer=ascii_tokenizer)
     return tokens, lengths, time.process_time() - started
 
 
@@ -230,7 +283,6 @@ def _file_sha256(path: Path) -> str:
 
 def _versions() -> dict[str, str]:
     """Versions of the software that shapes the output."""
-    import datasketch
     import numpy
     import tokenizers
 
@@ -244,9 +296,23 @@ def _versions() -> dict[str, str]:
         "python": platform.python_version(),
         "llmlaunch": llmlaunch_version,
         "tokenizers": tokenizers.__version__,
-        "datasketch": datasketch.__version__,
+        "datasketch": _datasketch_version(),
         "numpy": numpy.__version__,
     }
+
+
+def _datasketch_version() -> str:
+    """``datasketch.__version__`` without importing datasketch (and scipy, ~0.4 s) when near-dup did not need it."""
+    if "datasketch" not in sys.modules:
+        import importlib.metadata
+
+        try:
+            return importlib.metadata.version("datasketch")  # what datasketch 2.x sets __version__ to
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    import datasketch
+
+    return datasketch.__version__
 
 
 def _input_entry(inp: InputFile, stats: InputStats | None) -> dict[str, Any]:
@@ -305,32 +371,62 @@ class _CleanPass:
         self.spool = open(spool_path, "wb")
         self.min_unit = (2.0, -1)  # (value, kept index) of the document most eligible for val
         self.max_unit = (-1.0, -1)
+        # with a given tokenizer the spool holds tokens; the documents' lengths and splits are kept here
+        self.token_lengths = array.array("q")
+        self.is_val = bytearray()
+        self.text_bytes = 0
 
-    def consume(self, analysis: clean.Analysis) -> None:
-        """Apply the order-dependent steps to one analysed document and spool it if kept."""
+    def decide(self, analysis: clean.Analysis) -> bool | None:
+        """Apply the order-dependent steps to one analysed document: None if removed, else whether it goes to val."""
         self.documents_in += 1
         verdict = analysis.verdict
         if verdict == clean.EMPTY:
             self.removed["empty"] += 1
-            return
+            return None
         if self.exact.seen_before(analysis.digest):
             self.removed["exact_dup"] += 1
-            return
+            return None
         if verdict != clean.KEPT:
             self.removed[verdict] += 1
-            return
+            return None
         if self.near is not None and not self.near.add_if_new(self.kept, analysis.signature):
             self.removed["near_dup"] += 1
-            return
+            return None
         unit = split_unit_value(self.config.seed, analysis.digest)
         is_val = unit < self.config.val_fraction
         self.min_unit = min(self.min_unit, (unit, self.kept))
         self.max_unit = max(self.max_unit, (unit, self.kept))
-        data = analysis.text.encode("utf-8")
-        self.spool.write(_SPOOL_HEADER.pack(is_val, len(data)))
-        self.spool.write(data)
         self.kept += 1
         self.val += is_val
+        return is_val
+
+    def consume(self, analysis: clean.Analysis) -> None:
+        """Decide one analysed document and spool its text if kept."""
+        is_val = self.decide(analysis)
+        if is_val is not None:
+            data = analysis.text.encode("utf-8")
+            self.spool.write(_SPOOL_HEADER.pack(is_val, len(data)))
+            self.spool.write(data)
+
+    def consume_encoded(self, analyses: list[clean.Analysis], tokens, lengths, sizes) -> None:
+        """Decide a chunk whose ``KEPT`` documents the worker tokenised (``tokens``, ``lengths``, ``sizes``, in order); spool the tokens of those kept."""
+        import numpy as np
+
+        keep = np.zeros(len(lengths), dtype=bool)
+        position = 0
+        for analysis in analyses:
+            is_val = self.decide(analysis)
+            if analysis.verdict == clean.KEPT:
+                if is_val is not None:
+                    keep[position] = True
+                    self.is_val.append(is_val)
+                position += 1
+        if keep.all():
+            self.spool.write(tokens.tobytes())
+        elif keep.any():
+            self.spool.write(tokens[np.repeat(keep, lengths)].tobytes())
+        self.token_lengths.extend(lengths[keep].tolist())
+        self.text_bytes += int(sizes[keep].sum())
 
     def split_overrides(self) -> dict[int, bool]:
         """Kept-index -> is_val corrections so that val has >= 1 document and train >= 1 (when >= 2 kept)."""
@@ -368,14 +464,73 @@ def _load_eval_ngrams(config: PrepareConfig) -> tuple[frozenset, list[dict[str, 
     return grams, entries, sum(e["documents"] for e in entries), too_short
 
 
-def _make_pool(workers: int, context: CleanContext):
+def _make_pool(workers: int, context: CleanContext, tokenizer_path: str | None):
     """A ``spawn`` process pool for ``workers`` > 1 (None means: run in this process)."""
     if workers == 1:
-        _init_worker(context, limit_tokenizer_threads=False)
+        _init_worker(context, False, tokenizer_path)
         return None
     import multiprocessing
 
-    return multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(context, True))
+    return multiprocessing.get_context("spawn").Pool(
+        workers, initializer=_init_worker, initargs=(context, True, tokenizer_path)
+    )
+
+
+def _write_splits(writers: dict[str, ShardWriter], tokens, lengths, is_val) -> None:
+    """Append documents (concatenated ``tokens``, their ``lengths``, bool ``is_val`` each) to the train/val writers."""
+    import numpy as np
+
+    token_is_val = np.repeat(is_val, lengths)
+    for split, select_docs, select_tokens in (("train", ~is_val, ~token_is_val), ("val", is_val, token_is_val)):
+        if select_docs.any():
+            writers[split].write(tokens[select_tokens], lengths[select_docs])
+
+
+def _replay_token_spool(path: Path, state: _CleanPass, overrides: dict[int, bool], dtype_name: str,
+                        writers: dict[str, ShardWriter]) -> None:
+    """Write the documents of a token spool (pass 1 with a given tokenizer) to the shards, in order."""
+    import numpy as np
+
+    lengths = np.frombuffer(state.token_lengths, dtype=np.int64) if state.token_lengths else np.zeros(0, np.int64)
+    is_val = np.frombuffer(state.is_val, dtype=bool).copy()
+    for index, value in overrides.items():
+        is_val[index] = value
+    with open(path, "rb") as spool:
+        for start in range(0, len(lengths), _REPLAY_DOCUMENTS):
+            block = slice(start, start + _REPLAY_DOCUMENTS)
+            tokens = np.fromfile(spool, dtype=dtype_name, count=int(lengths[block].sum()))
+            _write_splits(writers, tokens, lengths[block], is_val[block])
+
+
+def _tokenize_text_spool(pool, spool_path: Path, overrides: dict[int, bool], tokenizer_path: str, eod_id: int,
+                        writers: dict[str, ShardWriter], in_flight: int, workers_cpu: dict[str, float], bar) -> int:
+    """Pass 3 after training: encode the spooled kept texts in chunks and write them to the shards; return their UTF-8 bytes."""
+    import numpy as np
+
+    text_bytes = 0
+    flag_chunks: collections.deque = collections.deque()
+
+    def tasks() -> Iterator[tuple[str, int, list[str]]]:
+        nonlocal text_bytes
+        chunk: list[tuple[bool, str]] = []
+        chars = 0
+        for is_val, text, size in _read_spool(spool_path, overrides):
+            chunk.append((is_val, text))
+            chars += len(text)
+            text_bytes += size
+            if len(chunk) >= _TOKENIZE_CHUNK_DOCUMENTS or chars >= _TOKENIZE_CHUNK_CHARS:
+                flag_chunks.append([v for v, _ in chunk])
+                yield tokenizer_path, eod_id, [t for _, t in chunk]
+                chunk, chars = [], 0
+        if chunk:
+            flag_chunks.append([v for v, _ in chunk])
+            yield tokenizer_path, eod_id, [t for _, t in chunk]
+
+    for tokens, lengths, worker_cpu_s in _ordered_map(pool, _tokenize_chunk, tasks(), in_flight):
+        workers_cpu["tokenize"] += worker_cpu_s
+        _write_splits(writers, tokens, lengths, np.asarray(flag_chunks.popleft(), dtype=bool))
+        bar.update(len(lengths))
+    return text_bytes
 
 
 def prepare(config: PrepareConfig) -> PrepareResult:
@@ -410,11 +565,18 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     )
     show = sys.stderr.isatty() if config.progress is None else config.progress
     in_flight = config.workers * _IN_FLIGHT_PER_WORKER
+    # With a given tokenizer, pass 1 also tokenises (in the same worker task as the filters) and
+    # spools tokens; pass 3 then only copies them into shards.  Otherwise pass 1 spools the kept
+    # text, pass 2 trains on it and pass 3 tokenises it.
+    encoding = None
+    if given_tokenizer is not None:
+        given_dtype = token_dtype_name(given_tokenizer[0].get_vocab_size(with_added_tokens=True))
+        encoding = _Encoding(str(config.tokenizer), given_tokenizer[1], given_dtype)
     pool = None
     state: _CleanPass | None = None
     try:
-        pool = _make_pool(config.workers, context)
-        # Pass 1: clean.
+        pool = _make_pool(config.workers, context, encoding.tokenizer_path if encoding else None)
+        # Pass 1: clean (and tokenise, with a given tokenizer).
         started, cpu_started = time.perf_counter(), time.process_time()
         spool_path = tmp / _SPOOL_FILE
         state = _CleanPass(config, spool_path)
@@ -422,11 +584,15 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         documents = iter_all_documents(
             inputs, text_field=config.text_field, text_split=config.text_split, stats=input_stats
         )
-        with _progress(show, desc="clean", unit="doc") as bar:
-            for analyses, worker_cpu_s in _ordered_map(pool, _clean_chunk, _chunks(documents), in_flight):
+        tasks = ((chunk, encoding) for chunk in _chunks(documents))
+        with _progress(show, desc="clean" if encoding is None else "clean+tokenize", unit="doc") as bar:
+            for analyses, encoded, worker_cpu_s in _ordered_map(pool, _clean_chunk, tasks, in_flight):
                 workers_cpu["clean"] += worker_cpu_s
-                for analysis in analyses:
-                    state.consume(analysis)
+                if encoded is None:
+                    for analysis in analyses:
+                        state.consume(analysis)
+                else:
+                    state.consume_encoded(analyses, *encoded)
                 bar.update(len(analyses))
         state.spool.close()
         state.near = None  # free the LSH index
@@ -460,42 +626,17 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         timings["tokenizer"] = time.perf_counter() - started
         cpu["tokenizer"] = time.process_time() - cpu_started
 
-        # Pass 3: tokenize and write shards.
+        # Pass 3: tokenize (unless pass 1 did) and write shards.
         started, cpu_started = time.perf_counter(), time.process_time()
         writers = {split: ShardWriter(tmp, split, dtype_name, config.shard_size_tokens) for split in SPLITS}
-        text_bytes = 0
-        flag_chunks: collections.deque = collections.deque()
-
-        def tasks() -> Iterator[tuple[str, int, list[str]]]:
-            nonlocal text_bytes
-            chunk: list[tuple[bool, str]] = []
-            chars = 0
-            for is_val, text, size in _read_spool(spool_path, overrides):
-                chunk.append((is_val, text))
-                chars += len(text)
-                text_bytes += size
-                if len(chunk) >= _TOKENIZE_CHUNK_DOCUMENTS or chars >= _TOKENIZE_CHUNK_CHARS:
-                    flag_chunks.append([v for v, _ in chunk])
-                    yield str(tokenizer_path), eod_id, [t for _, t in chunk]
-                    chunk, chars = [], 0
-            if chunk:
-                flag_chunks.append([v for v, _ in chunk])
-                yield str(tokenizer_path), eod_id, [t for _, t in chunk]
-
-        import numpy as np
-
-        with _progress(show, desc="tokenize", unit="doc", total=state.kept) as bar:
-            for tokens, lengths, worker_cpu_s in _ordered_map(pool, _tokenize_chunk, tasks(), in_flight):
-                workers_cpu["tokenize"] += worker_cpu_s
-                flags = np.asarray(flag_chunks.popleft(), dtype=bool)
-                token_flags = np.repeat(flags, lengths)
-                for split, select_docs, select_tokens in (
-                    ("train", ~flags, ~token_flags),
-                    ("val", flags, token_flags),
-                ):
-                    if select_docs.any():
-                        writers[split].write(tokens[select_tokens], lengths[select_docs])
-                bar.update(len(lengths))
+        if encoding is not None:
+            _replay_token_spool(spool_path, state, overrides, dtype_name, writers)
+            text_bytes = state.text_bytes
+        else:
+            with _progress(show, desc="tokenize", unit="doc", total=state.kept) as bar:
+                text_bytes = _tokenize_text_spool(
+                    pool, spool_path, overrides, str(tokenizer_path), eod_id, writers, in_flight, workers_cpu, bar
+                )
         splits = {split: writers[split].close() for split in SPLITS}
         timings["tokenize"] = time.perf_counter() - started
         cpu["tokenize"] = time.process_time() - cpu_started + (workers_cpu["tokenize"] if pool is not None else 0.0)

@@ -10,6 +10,8 @@ Sources:
 Each filter is a small pure function ``f(doc, thresholds) -> bool`` that returns True when the
 document *passes*.  ``first_failing_filter`` runs them in ``FILTER_NAMES`` order and returns the
 name of the first that fails; that name is the key under which the manifest counts the removal.
+``first_failing_filters`` does the same for a batch of documents, computing the n-gram statistics
+of the whole batch at once (:mod:`llmlaunch.data.ngrams`); the results are the same.
 
 Definitions (the papers leave them informal):
 
@@ -96,40 +98,118 @@ class QualityThresholds:
         return data
 
 
+class _lazy:
+    """``functools.cached_property`` without the lock that Python < 3.12 takes on every first access."""
+
+    def __init__(self, compute: Callable[[Any], Any]) -> None:
+        self.compute = compute
+        self.__doc__ = compute.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.compute(instance)
+        return value
+
+
 class Doc:
-    """Lazily computed views of one normalised document shared by the filters."""
+    """Views of one normalised document shared by the filters, each computed once on first use.
+
+    ``first_failing_filters`` fills the n-gram fractions of a whole batch at once
+    (:mod:`llmlaunch.data.ngrams`); a lone ``Doc`` computes them with the functions below.
+    """
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self._cache: dict[str, Any] = {}
+        self.top_ngram: dict[int, float] = {}  # n -> top_ngram_chars_fraction(words, n)
+        self.duplicate_ngram: dict[int, float] = {}  # n -> duplicate_ngram_chars_fraction(words, n)
 
-    def _get(self, key: str, compute: Callable[[], Any]) -> Any:
-        if key not in self._cache:
-            self._cache[key] = compute()
-        return self._cache[key]
-
-    @property
+    @_lazy
     def words(self) -> list[str]:
         """Whitespace-separated tokens."""
-        return self._get("words", self.text.split)
+        return self.text.split()
 
-    @property
+    @_lazy
     def content_words(self) -> list[str]:
         """Words with edge punctuation stripped, empty ones dropped."""
-        return self._get(
-            "content_words",
-            lambda: list(filter(None, map(str.strip, self.words, itertools.repeat(EDGE_PUNCTUATION)))),
-        )
+        return list(filter(None, map(str.strip, self.words, itertools.repeat(EDGE_PUNCTUATION))))
 
-    @property
+    @_lazy
+    def _ascii(self) -> _AsciiCounts | None:
+        """Word counts taken from the bytes of an ASCII document (None for other text)."""
+        return _AsciiCounts(self.text) if self.text.isascii() else None
+
+    @_lazy
+    def content_word_count(self) -> int:
+        """``len(content_words)``."""
+        return self._ascii.content_words if self._ascii else len(self.content_words)
+
+    @_lazy
+    def content_word_chars(self) -> int:
+        """Characters in ``content_words``."""
+        return self._ascii.content_chars if self._ascii else sum(map(len, self.content_words))
+
+    @_lazy
+    def alphabetic_word_count(self) -> int:
+        """Words containing a letter (``[^\\W\\d_]``: a Unicode letter, not a digit or underscore)."""
+        return self._ascii.alphabetic_words if self._ascii else len(_WORD_WITH_LETTER_RE.findall(self.text))
+
+    @_lazy
     def lines(self) -> list[str]:
         """Non-blank lines, stripped."""
-        return self._get("lines", lambda: [s.strip() for s in self.text.split("\n") if s.strip()])
+        return list(filter(None, map(str.strip, self.text.split("\n"))))
 
-    @property
+    @_lazy
     def paragraphs(self) -> list[str]:
         """Blank-line separated blocks, stripped."""
-        return self._get("paragraphs", lambda: _paragraphs(self.text))
+        return _paragraphs(self.text)
+
+    def top_ngram_fraction(self, n: int) -> float:
+        """``top_ngram_chars_fraction(words, n)``."""
+        if n not in self.top_ngram:
+            self.top_ngram[n] = top_ngram_chars_fraction(self.words, n)
+        return self.top_ngram[n]
+
+    def duplicate_ngram_fraction(self, n: int) -> float:
+        """``duplicate_ngram_chars_fraction(words, n)``."""
+        if n not in self.duplicate_ngram:
+            self.duplicate_ngram[n] = duplicate_ngram_chars_fraction(self.words, n)
+        return self.duplicate_ngram[n]
+
+
+# ASCII documents (nearly all English web text) get their word counts from a few C-speed passes
+# over the bytes (translate + count / one regex) instead of string operations per word.  The
+# results are the same integers as the definitions above: tests/test_data_quality.py compares them
+# on random text.  In ASCII, EDGE_PUNCTUATION is string.punctuation and letters are A-Z, a-z.
+_ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())  # what str.split() splits at
+_ASCII_PUNCTUATION = string.punctuation.encode()
+_ASCII_NON_LETTERS = bytes(c for c in range(128) if not chr(c).isspace() and not chr(c).isalpha())
+_MARK_WORDS = bytes(32 if c in _ASCII_SPACE else 97 for c in range(256))  # space -> " ", rest -> "a"
+_MARK_EDGES = bytes(32 if c in _ASCII_SPACE else 112 if c in _ASCII_PUNCTUATION else 97 for c in range(256))  # "p": punct
+_EDGE_RUN_RE = re.compile(rb"p(?:(?<= p)p*|p*(?= ))")  # punctuation run at the start or end of a word
+
+
+def _count_nonempty_words(marked: bytes) -> int:
+    """Words (runs of ``a``) in text whose characters were mapped to ``a`` / `` `` (deleted ones gone)."""
+    return marked.count(b" a") + marked.startswith(b"a")
+
+
+class _AsciiCounts:
+    """``content_word_count``, ``content_word_chars`` and ``alphabetic_word_count`` of an ASCII text."""
+
+    __slots__ = ("content_words", "content_chars", "alphabetic_words")
+
+    def __init__(self, text: str) -> None:
+        data = text.encode("ascii")
+        # a word is a content word if something is left once its punctuation is deleted
+        self.content_words = _count_nonempty_words(data.translate(_MARK_WORDS, _ASCII_PUNCTUATION))
+        # ... and keeps its characters from its first to its last non-punctuation character
+        edges = _EDGE_RUN_RE.findall(b" " + data.translate(_MARK_EDGES) + b" ")
+        self.content_chars = len(data.translate(None, _ASCII_SPACE)) - sum(map(len, edges))
+        self.alphabetic_words = _count_nonempty_words(data.translate(_MARK_WORDS, _ASCII_NON_LETTERS))
 
 
 def _paragraphs(text: str) -> list[str]:
@@ -208,21 +288,21 @@ def duplicate_ngram_chars_fraction(words: Sequence[str], n: int) -> float:
 
 def passes_word_count(doc: Doc, t: QualityThresholds) -> bool:
     """Gopher A.1.1: number of words within [min_words, max_words] (50..100,000)."""
-    return t.min_words <= len(doc.content_words) <= t.max_words
+    return t.min_words <= doc.content_word_count <= t.max_words
 
 
 def passes_mean_word_length(doc: Doc, t: QualityThresholds) -> bool:
     """Gopher A.1.1: mean word length within [3, 10] characters."""
-    words = doc.content_words
+    words = doc.content_word_count
     if not words:
         return False
-    mean_chars = sum(map(len, words)) / len(words)
+    mean_chars = doc.content_word_chars / words
     return t.min_mean_word_length_chars <= mean_chars <= t.max_mean_word_length_chars
 
 
 def passes_symbol_to_word_ratio(doc: Doc, t: QualityThresholds) -> bool:
     """Gopher A.1.1: hash-symbol-to-word and ellipsis-to-word ratios both below 0.1."""
-    words = max(len(doc.content_words), 1)
+    words = max(doc.content_word_count, 1)
     hashes = doc.text.count("#")
     ellipses = doc.text.count("...") + doc.text.count("\u2026")
     return max(hashes, ellipses) / words < t.max_symbol_to_word_ratio
@@ -248,17 +328,22 @@ def passes_ellipsis_lines(doc: Doc, t: QualityThresholds) -> bool:
 
 def passes_alphabetic_words(doc: Doc, t: QualityThresholds) -> bool:
     """Gopher A.1.1: at least 80% of words contain an alphabetic character."""
-    words = doc.words
+    words = len(doc.words)
     if not words:
         return False
-    alphabetic = len(_WORD_WITH_LETTER_RE.findall(doc.text))
-    return alphabetic / len(words) >= t.min_alphabetic_words_fraction
+    return doc.alphabetic_word_count / words >= t.min_alphabetic_words_fraction
 
 
 def passes_stop_words(doc: Doc, t: QualityThresholds) -> bool:
     """Gopher A.1.1: contains at least two of the eight stop words (the, be, to, of, and, that, have, with)."""
-    present = {match.lower() for match in _STOP_WORD_RE.findall(doc.text)}
-    return len(present) >= t.min_stop_words
+    if t.min_stop_words <= 0:
+        return True
+    present: set[str] = set()
+    for match in _STOP_WORD_RE.finditer(doc.text):  # stop at the first min_stop_words distinct ones
+        present.add(match.group().lower())
+        if len(present) >= t.min_stop_words:
+            return True
+    return False
 
 
 def passes_duplicate_lines(doc: Doc, t: QualityThresholds) -> bool:
@@ -278,8 +363,7 @@ def passes_duplicate_paragraphs(doc: Doc, t: QualityThresholds) -> bool:
 
 def passes_top_ngram(doc: Doc, t: QualityThresholds) -> bool:
     """Gopher Table A1: the most common 2/3/4-gram covers at most 20/18/16% of the characters."""
-    words = doc.words
-    return all(top_ngram_chars_fraction(words, n) <= limit for n, limit in sorted(t.max_top_ngram_chars_fraction.items()))
+    return all(doc.top_ngram_fraction(n) <= limit for n, limit in sorted(t.max_top_ngram_chars_fraction.items()))
 
 
 def passes_duplicate_ngrams(doc: Doc, t: QualityThresholds) -> bool:
@@ -288,10 +372,9 @@ def passes_duplicate_ngrams(doc: Doc, t: QualityThresholds) -> bool:
     Words covered by repeated m-grams are also covered by repeated n-grams for n < m, so the
     fraction never grows with n: once it is within every remaining limit, the rest can be skipped.
     """
-    words = doc.words
     limits = sorted(t.max_duplicate_ngram_chars_fraction.items())
     for position, (n, limit) in enumerate(limits):
-        fraction = duplicate_ngram_chars_fraction(words, n)
+        fraction = doc.duplicate_ngram_fraction(n)
         if fraction > limit:
             return False
         if all(fraction <= later for _, later in limits[position + 1 :]):
@@ -324,9 +407,41 @@ FILTER_NAMES: tuple[str, ...] = tuple(FILTERS)
 
 def first_failing_filter(text: str, thresholds: QualityThresholds) -> str | None:
     """Return the name of the first enabled filter that ``text`` fails, or None if it passes all."""
-    doc = Doc(text)
-    for name, passes in FILTERS.items():
-        if name not in thresholds.disabled and not passes(doc, thresholds):
+    return _first_failing(Doc(text), thresholds)
+
+
+def first_failing_filters(texts: Sequence[str], thresholds: QualityThresholds) -> list[str | None]:
+    """``first_failing_filter`` of each of ``texts``, with the n-gram statistics computed for a batch at once.
+
+    The filters before the first n-gram filter run first; the documents that pass them get their
+    n-gram statistics in one :func:`~llmlaunch.data.ngrams.ngram_fractions` call, then the rest run.
+    """
+    from .ngrams import ngram_fractions
+
+    enabled = [(name, passes) for name, passes in FILTERS.items() if name not in thresholds.disabled]
+    split = next((i for i, (name, _) in enumerate(enabled) if name in ("top_ngram", "duplicate_ngrams")), len(enabled))
+    docs = [Doc(text) for text in texts]
+    verdicts = [_first_failing(doc, thresholds, enabled[:split]) for doc in docs]
+    reaching = [index for index, verdict in enumerate(verdicts) if verdict is None]
+    if not reaching or split == len(enabled):
+        return verdicts
+    enabled_names = {name for name, _ in enabled}
+    top_ns = [n for n in thresholds.max_top_ngram_chars_fraction if n >= 1] if "top_ngram" in enabled_names else []
+    duplicate_ns = [n for n in thresholds.max_duplicate_ngram_chars_fraction if n >= 1] if "duplicate_ngrams" in enabled_names else []
+    top, duplicate = ngram_fractions([docs[index].words for index in reaching], top_ns, duplicate_ns)
+    for position, index in enumerate(reaching):
+        docs[index].top_ngram = {n: values[position] for n, values in top.items()}
+        docs[index].duplicate_ngram = {n: values[position] for n, values in duplicate.items()}
+        verdicts[index] = _first_failing(docs[index], thresholds, enabled[split:])
+    return verdicts
+
+
+def _first_failing(doc: Doc, thresholds: QualityThresholds, enabled=None) -> str | None:
+    """The name of the first of the ``enabled`` (name, filter) pairs that ``doc`` fails, or None."""
+    if enabled is None:
+        enabled = [(name, passes) for name, passes in FILTERS.items() if name not in thresholds.disabled]
+    for name, passes in enabled:
+        if not passes(doc, thresholds):
             return name
     return None
 

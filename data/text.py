@@ -28,7 +28,8 @@ def normalize_text(text: str, form: str = "NFC") -> str:
     text = unicodedata.normalize(form, text)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _TRAILING_SPACE_RE.sub("\n", text)
+    if " \n" in text or "\t\n" in text or "\f\n" in text or "\v\n" in text:  # else the regex cannot match
+        text = _TRAILING_SPACE_RE.sub("\n", text)
     return text.strip()
 
 

@@ -8,6 +8,7 @@ appends that marker after every document.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -58,25 +59,56 @@ def load_tokenizer(path: str | Path, eod_token: str = EOD_TOKEN):
     return tokenizer, eod_id
 
 
-def encode_documents(tokenizer, texts: Sequence[str], eod_id: int):
+# Normalisers that leave ASCII text unchanged: prepare's text is already in a Unicode normal form,
+# so for its (nearly always) ASCII documents the tokenizer's own NFC pass is work without effect.
+_ASCII_IDENTITY_NORMALIZERS = ("NFC", "NFD", "NFKC", "NFKD")
+
+
+def ascii_twin(tokenizer):
+    """A copy of ``tokenizer`` without its normaliser if that normaliser cannot change ASCII text, else None.
+
+    Encoding ASCII text with the twin gives the same ids, without the normalisation pass.
+    """
+    from tokenizers import Tokenizer, normalizers
+
+    normalizer = tokenizer.normalizer
+    if normalizer is None or not any(isinstance(normalizer, getattr(normalizers, name)) for name in _ASCII_IDENTITY_NORMALIZERS):
+        return None
+    twin = Tokenizer.from_str(tokenizer.to_str())
+    twin.normalizer = None
+    return twin
+
+
+def encode_documents(tokenizer, texts: Sequence[str], eod_id: int, ascii_tokenizer=None):
     """Encode ``texts`` and append ``eod_id`` to each: returns (uint32 token array, int64 per-document lengths).
 
     Special-token strings inside a document (e.g. a literal ``<|endoftext|>``) are encoded as plain
-    text, so the end-of-document id only ever appears where this function puts it.
+    text, so the end-of-document id only ever appears where this function puts it.  ASCII texts go
+    to ``ascii_tokenizer`` when given (see :func:`ascii_twin`).
     """
     import numpy as np
 
+    texts = list(texts)
+    if ascii_tokenizer is None or all(text.isascii() for text in texts):
+        ids = _encode_ids(ascii_tokenizer or tokenizer, texts)
+    else:
+        ascii_ids = iter(_encode_ids(ascii_tokenizer, [t for t in texts if t.isascii()]))
+        other_ids = iter(_encode_ids(tokenizer, [t for t in texts if not t.isascii()]))
+        ids = [next(ascii_ids) if text.isascii() else next(other_ids) for text in texts]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 1
+    ends = np.cumsum(lengths)
+    tokens = np.full(int(ends[-1]) if len(ends) else 0, eod_id, dtype=np.uint32)
+    body = np.ones(tokens.size, dtype=bool)
+    body[ends - 1] = False
+    tokens[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint32, count=tokens.size - len(ids))
+    return tokens, lengths
+
+
+def _encode_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text (no special tokens added; special-token strings encoded as text)."""
+    if not texts:
+        return []
     tokenizer.encode_special_tokens = True
     # encode_batch_fast (tokenizers >= 0.20) skips character offsets; the ids are the same.
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-    encodings = encode(list(texts), add_special_tokens=False)
-    lengths = np.fromiter((len(e.ids) + 1 for e in encodings), dtype=np.int64, count=len(encodings))
-    tokens = np.empty(int(lengths.sum()), dtype=np.uint32)
-    ends = np.cumsum(lengths)
-    tokens[ends - 1] = eod_id
-    position = 0
-    for encoding, end in zip(encodings, ends):
-        ids = encoding.ids
-        tokens[position : position + len(ids)] = ids
-        position = int(end)
-    return tokens, lengths
+    return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
