@@ -8,7 +8,6 @@ check passed on every rank.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -16,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import RunConfig, load_run_config
+from .config import RunConfig
 
 GIB = 2**30
 
@@ -132,15 +131,10 @@ def format_table(checks: list[Check]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmlaunch.preflight")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--run-dir")
-    parser.add_argument("--set", action="append", default=[])
-    args = parser.parse_args(argv)
+    from .rank import parse_rank_arguments
+
     try:
-        config = load_run_config(args.config, args.set)
-        run_dir = Path(args.run_dir or Path(args.config).resolve().parent)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        config, run_dir = parse_rank_arguments(argv, "llmlaunch.preflight", __doc__.split("\n")[0])
         checks = run_checks(config, run_dir)
         everyone_ok = gather_verdict(checks)
         from .model.distributed import finish_distributed

@@ -386,19 +386,26 @@ def _progress(rank: int, start: int, total: int):
                 dynamic_ncols=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmlaunch.rank", description=__doc__.split("\n")[0])
+def parse_rank_arguments(argv: list[str] | None, module: str, description: str) -> tuple[RunConfig, Path]:
+    """What every per-rank entry (rank, preflight, validate) takes: --config, --run-dir, --set.
+    Returns the checked config and the run directory (created); bad input raises ValueError."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
     parser.add_argument("--config", required=True)
     parser.add_argument("--run-dir", help="default: the folder of --config")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
+    config = load_run_config(args.config, args.set)
+    run_dir = Path(args.run_dir or Path(args.config).resolve().parent).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return config, run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
-        config = load_run_config(args.config, args.set)
+        config, run_dir = parse_rank_arguments(argv, "llmlaunch.rank", __doc__.split("\n")[0])
     except ValueError as exc:
         print(f"llmlaunch: error: {exc}", file=sys.stderr)
         return 2
-    run_dir = Path(args.run_dir or Path(args.config).resolve().parent).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     try:
         code = train(config, run_dir)
         from .model.distributed import finish_distributed

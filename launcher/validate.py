@@ -45,7 +45,6 @@ ranks' own output (DeepSpeed's messages) goes to stderr.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -53,7 +52,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import RunConfig, load_run_config
+from .config import RunConfig
 
 ENV_STEPS = "LLMLAUNCH_VALIDATE_STEPS"
 ENV_JSON = "LLMLAUNCH_VALIDATE_JSON"
@@ -446,21 +445,15 @@ def _restore_stdout(saved: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmlaunch.validate",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--run-dir", help="default: the folder of --config")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    args = parser.parse_args(argv)
+    from .rank import parse_rank_arguments
+
     steps = int(os.environ.get(ENV_STEPS, DEFAULT_STEPS))
     as_json = os.environ.get(ENV_JSON, "0") == "1"
     try:
-        config = load_run_config(args.config, args.set)
+        config, run_dir = parse_rank_arguments(argv, "llmlaunch.validate", __doc__.split("\n")[0])
     except ValueError as exc:
         print(f"llmlaunch: error: {exc}", file=sys.stderr)
         return 2
-    run_dir = Path(args.run_dir or Path(args.config).resolve().parent).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     saved_stdout = _redirect_stdout()
     try:
         if steps < 2:
