@@ -1,6 +1,6 @@
 """slurm/train.sh on a real single-node Slurm controller (slurm/local-cluster.sh starts it).
 
-Needs root and Debian's slurmctld, slurmd, slurm-client and munge, which tests/setup-and-run.sh
+Needs root and Debian's slurmctld, slurmd, slurm-client and munge, which tests/setup.sh
 installs. Jobs are tiny CPU runs of the tiny-cpu config; each test cancels its jobs when it ends."""
 import json
 import os
@@ -24,7 +24,7 @@ def slurm(tmp_path_factory):
                and not Path(f"/usr/sbin/{tool}").exists()]
     if missing or os.geteuid() != 0:
         pytest.fail(f"Slurm tests need root and {', '.join(missing) or 'the Slurm packages'}: run "
-                    "tests/setup-and-run.sh, which installs them")
+                    "tests/setup.sh, which installs them")
     state = tmp_path_factory.mktemp("slurm")
     env = dict(os.environ, SLURM_CONF=str(state / "slurm.conf"), OMP_NUM_THREADS="1",
                PYTHONWARNINGS="ignore")
