@@ -247,7 +247,9 @@ def no_fit_message(inputs: PlanInputs, result: planner.SearchResult) -> str:
     needed = planner.minimum_gpus(inputs.spec, cl, inputs.options)
     if needed:
         return f"{where} under any layout; needs at least {needed} GPUs"
-    return f"{where} under any layout, even with ZeRO-1 and full recompute at {1 << 20} GPUs"
+    return (f"{where} under any layout at any GPU count: with full recompute and micro-batch 1 a "
+            f"stage still needs more than {cl.gpu.memory_gib:g} GiB for {inputs.spec.seq_len}-token "
+            "sequences; shorten --seq-len or allow more tensor parallelism (--gpus-per-node)")
 
 
 def run_plan(args) -> int:

@@ -287,15 +287,16 @@ def _closer(a: Candidate, b: Candidate) -> bool:
 
 
 def minimum_gpus(spec: ModelSpec, cluster: Cluster, options: PlanOptions, limit: int = 1 << 20) -> int | None:
-    """Smallest GPU count (doubling from the given one, whole nodes) at which some layout fits,
-    with the batch raised as default_global_batch would; None when none does up to `limit`."""
+    """Smallest GPU count (doubling from the given one, whole nodes) at which some layout fits with
+    full recompute and micro-batch 1 (any ZeRO stage), with the batch raised as
+    default_global_batch would; None when none does up to `limit`."""
     gpus = max(cluster.gpus * 2, cluster.gpus_per_node)
     while gpus <= limit:
         bigger = Cluster(gpus=gpus, gpus_per_node=cluster.gpus_per_node, gpu=cluster.gpu)
         batch = max(options.global_batch, math.ceil(gpus / cluster.gpus_per_node))
         if search(spec, bigger, PlanOptions(batch, options.seq_len, options.precision,
                                             options.flash_attention),
-                  Pins(zero_stage=1, recompute="full", micro_batch=1)).candidates:
+                  Pins(recompute="full", micro_batch=1)).candidates:
             return gpus
         gpus *= 2
     return None
