@@ -144,10 +144,8 @@ class MetricsLog:
         self.tensorboard = _tensorboard_writer(path.parent / "tensorboard")
         if path.is_file():
             kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
+                    if (record := _metrics_record(line)) is not None and record["step"] <= resume_step]
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
         self.file = open(path, "a")
 
     def write(self, record: dict) -> None:
@@ -162,6 +160,16 @@ class MetricsLog:
         self.file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def _metrics_record(line: str) -> dict | None:
+    """One metrics.jsonl line, or None for a blank or torn one (a crash mid-write leaves a partial
+    last line, which must not stop the resume)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
 
 
 def _tensorboard_writer(log_dir: Path):

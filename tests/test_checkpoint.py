@@ -55,7 +55,8 @@ def test_layout_mismatch_names_universal_checkpoint():
 
 def test_metrics_resume_drops_only_lost_steps(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"step": s, "loss": 10 - s}) + "\n" for s in range(1, 8)))
+    lines = "".join(json.dumps({"step": s, "loss": 10 - s}) + "\n" for s in range(1, 8))
+    path.write_text(lines + '{"step": 8, "lo')  # a crash tore the last line
     log = MetricsLog(path, resume_step=5)
     log.write({"step": 6, "loss": 4.5})
     log.close()
