@@ -87,14 +87,18 @@ def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: i
 def emit_plan(out_dir: str, inputs, candidate, *, force: bool = False, job_name: str | None = None,
               time_limit: str = "02:00:00", tokens: float | None = None) -> list[str]:
     """Write the three files for a fitting candidate; returns their paths."""
-    if not candidate.layout.runnable:
+    lay = candidate.layout
+    if lay.sequence_parallel or lay.virtual_stages > 1:
         raise ValueError("--emit: sequence parallelism and interleaved pipelines are estimates only "
                          "(DeepSpeed's pipeline engine runs plain 1F1B, llmlaunch's model has no "
                          "sequence parallelism); drop --sequence-parallel and --virtual-stages to emit")
+    if not lay.runnable:
+        raise ValueError(f"--emit: ZeRO-{lay.zero_stage} is an estimate only (DeepSpeed's pipeline "
+                         "engine, which runs llmlaunch's model, supports ZeRO 0 and 1); pin --zero 1 "
+                         "or leave --zero to the search to emit")
     name = job_name or (inputs.spec.name or "llmlaunch")
     config = run_config_for(inputs, candidate, name, time_limit, tokens)
     ds = deepspeed_config(config, inputs.options.precision)
-    lay = candidate.layout
     cluster = inputs.cluster
     on_gpu = cluster.gpu.name != "cpu"
     tasks_per_node = min(cluster.gpus, cluster.gpus_per_node)

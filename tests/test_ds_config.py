@@ -51,7 +51,7 @@ def parse(ds: dict, dp: int):
     return DeepSpeedConfig(ds, mpu=FakeMpu(dp))
 
 
-@pytest.mark.parametrize("pp, zero, precision", [(2, 1, "bf16"), (1, 2, "bf16"), (1, 3, "fp32"),
+@pytest.mark.parametrize("pp, zero, precision", [(2, 1, "bf16"), (1, 1, "bf16"), (1, 0, "fp32"),
                                                  (4, 0, "fp32")])
 def test_derived_config_is_accepted(pp, zero, precision):
     config = RunConfig()
@@ -67,11 +67,23 @@ def test_derived_config_is_accepted(pp, zero, precision):
         assert ds["data_types"]["grad_accum_dtype"] == "fp32"
 
 
-def test_zero2_with_pipeline_is_refused_with_the_reason():
+@pytest.mark.parametrize("pp, zero", [(2, 2), (1, 2), (1, 3)])
+def test_zero2_and_3_are_refused_with_the_reason(pp, zero):
+    # the model is a PipelineModule at any pp: DeepSpeed's PipelineEngine asserts ZeRO < 2
     config = RunConfig()
-    config.layout.pp, config.layout.zero_stage = 2, 2
+    config.layout.pp, config.layout.zero_stage = pp, zero
     with pytest.raises(ConfigError, match="ZeRO 0 and 1 only"):
         deepspeed_config(config, "bf16")
+
+
+def test_bf16_with_zero0_is_refused_with_the_fix():
+    # DeepSpeed raises "unsupported mix of model_dtype=bfloat16 and grad_accum_dtype=float32" at
+    # start-up for this combination
+    config = RunConfig()
+    config.layout.zero_stage = 0
+    with pytest.raises(ConfigError, match="use layout.zero_stage=1"):
+        deepspeed_config(config, "bf16")
+    assert deepspeed_config(config, "fp32")["zero_optimization"] == {"stage": 0}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "ds_configs").glob("*.json")), ids=lambda p: p.name)

@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass
 
 RECOMPUTE_MODES = ("none", "selective", "full")
 ZERO_STAGES = (0, 1, 2, 3)
+# What DeepSpeed's PipelineEngine accepts (see Layout.runnable); ZeRO-2/3 are estimates only.
+RUNNABLE_ZERO_STAGES = (0, 1)
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,11 @@ class Layout:
 
     @property
     def runnable(self) -> bool:
-        """Whether llmlaunch's model on DeepSpeed can run it (no SP, no interleaving)."""
-        return not self.sequence_parallel and self.virtual_stages == 1
+        """Whether llmlaunch's model on DeepSpeed can run it: no SP, no interleaving, and ZeRO 0 or 1
+        (llmlaunch's model is a PipelineModule even at pp = 1, and DeepSpeed's PipelineEngine, which
+        runs every PipelineModule, asserts ZeRO < 2)."""
+        return (not self.sequence_parallel and self.virtual_stages == 1
+                and self.zero_stage in RUNNABLE_ZERO_STAGES)
 
     @property
     def world_size(self) -> int:

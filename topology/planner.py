@@ -232,6 +232,15 @@ def rank_key(c: Candidate) -> tuple:
     return (bucket,) + _simplicity(c)
 
 
+def searched_zero_stages(precision: str) -> tuple[int, ...]:
+    """ZeRO stages the search tries: those llmlaunch can run (Layout.runnable: ZeRO 0 and 1), and in
+    bf16 only ZeRO-1: DeepSpeed accumulates bf16 gradients in fp32 only through ZeRO-1's
+    BF16_Optimizer path (ZeRO-0 with fp32 accumulation raises "unsupported mix"), and at dp = 1
+    ZeRO-1 holds exactly what ZeRO-0 would. ZeRO-2/3 are evaluated when pinned (--zero), as
+    estimates."""
+    return (1,) if precision.startswith("bf16") else RUNNABLE_ZERO_STAGES
+
+
 def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins = Pins()) -> SearchResult:
     """Evaluate every layout allowed by the pins; fitting ones ranked best first."""
     fitting, rejected, evaluated = [], [], 0
@@ -259,7 +268,9 @@ def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins =
             per_replica = options.global_batch // dp
             for micro_batch in ([pins.micro_batch] if pins.micro_batch else divisors(per_replica)):
                 grad_accum = max(1, per_replica // micro_batch)
-                for zero in ([pins.zero_stage] if pins.zero_stage is not None else (0, 1, 2, 3)):
+                zeros = ([pins.zero_stage] if pins.zero_stage is not None
+                         else searched_zero_stages(options.precision))
+                for zero in zeros:
                     for recompute in ([pins.recompute] if pins.recompute else RECOMPUTE_MODES):
                         layout = Layout(dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
                                         grad_accum=grad_accum, zero_stage=zero, recompute=recompute,
