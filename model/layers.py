@@ -54,7 +54,12 @@ class PositionEmbedding(nn.Module):
 
 
 class Norm(nn.Module):
-    """LayerNorm (weight, bias; gpt2) or RMSNorm (weight; llama), computed in fp32."""
+    """LayerNorm (weight, bias; gpt2) or RMSNorm (weight; llama), statistics in fp32.
+
+    LayerNorm takes the activation dtype as it is (PyTorch's kernel accumulates in fp32) and so
+    saves a 16-bit input for backward, as HF's GPT-2 and Megatron's fused kernel do; an explicit
+    fp32 upcast would save an fp32 copy instead (+4 sbh bytes a block in bf16). RMSNorm is HF's
+    LlamaRMSNorm op for op, for parity with HF checkpoints: it saves its fp32 upcast."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -64,8 +69,7 @@ class Norm(nn.Module):
 
     def forward(self, x):
         if self.bias is not None:
-            return F.layer_norm(x.float(), x.shape[-1:], self.weight.float(), self.bias.float(),
-                                self.eps).to(x.dtype)
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         # RMSNorm as HF's LlamaRMSNorm: normalise in fp32, cast back, then scale
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)

@@ -17,8 +17,28 @@ def test_zero_paper_figure1(stage, expected_gb):
 
 
 def test_bf16_and_fp32_bytes_per_parameter():
-    assert sum(model_state_bytes(1, 1, 0, PRECISIONS["bf16"]).values()) == 18  # 2 + 4 (fp32 acc) + 12
+    # DeepSpeed's BF16_Optimizer: 2 (bf16 weights) + 4 (fp32 accumulation) + 2 (bf16 .grad) + 12
+    assert sum(model_state_bytes(1, 1, 0, PRECISIONS["bf16"]).values()) == 20
+    # ZeRO-1 over 4 ranks shards only the 12: both gradient buffers stay whole (validate measures it)
+    assert model_state_bytes(1, 4, 1, PRECISIONS["bf16"]) == {"weights": 2, "gradients": 6,
+                                                             "optimizer": 3}
+    # Megatron-LM's accounting (the published runs): fp32 main gradients only
+    assert sum(model_state_bytes(1, 1, 0, PRECISIONS["bf16-megatron"]).values()) == 18
     assert sum(model_state_bytes(1, 1, 0, PRECISIONS["fp32"]).values()) == 16  # 4 + 4 + 8
+
+
+def test_llama_rmsnorm_saves_fp32_inputs_in_a_bf16_run():
+    # model/layers.py's RMSNorm (HF's) upcasts: each of a block's two norm inputs is saved at 4
+    # bytes, not 2 (4 sbh more); gpt2's LayerNorm saves its bf16 input, the paper's term
+    s, b, h = 2048, 1, 8192
+    llama = preset("llama2-70b")
+    ours = activation_bytes_per_layer(llama, b, 1, "none", 2, norm_bytes=4, seq_len=s)
+    fused = activation_bytes_per_layer(llama, b, 1, "none", 2, seq_len=s)
+    assert ours - fused == 4 * s * b * h
+    assert activation_bytes_per_layer(GPT, b, 1, "none", 2, norm_bytes=4) == \
+        activation_bytes_per_layer(GPT, b, 1, "none", 2)
+    assert PRECISIONS["bf16"].norm_bytes == 4 and PRECISIONS["fp32"].norm_bytes == 4
+    assert PRECISIONS["bf16-megatron"].norm_bytes == 2
 
 
 GPT = ModelSpec(arch="gpt2", layers=96, hidden=12288, heads=96, vocab=51200, seq_len=2048)

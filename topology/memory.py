@@ -37,13 +37,31 @@ class Precision:
     zero_master_bytes: int = 0
     """An fp32 master copy that DeepSpeed's ZeRO optimizer (stage 1/2) keeps on top of
     optimizer_bytes, partitioned like them: nonzero only where optimizer_bytes has no master copy."""
+    lp_grad_bytes: int = 0
+    """A low-precision gradient kept beside the grad_bytes accumulation buffer at ZeRO 0/1: DeepSpeed's
+    BF16_Optimizer adds each micro-batch's bf16 param.grad into its fp32 buffer and zeroes it, so
+    both stay allocated (measured by `llmlaunch validate`: 6 bytes per parameter, unpartitioned)."""
+    norm_input_bytes: int = 0
+    """Bytes per element of the input llama's RMSNorm saves for backward; 0 means activation_bytes
+    (fused kernels). model/layers.py's RMSNorm is HF's LlamaRMSNorm, which upcasts to fp32, so
+    autograd saves an fp32 copy in a bf16 run. (gpt2's LayerNorm saves its input as it is.)"""
+
+    @property
+    def norm_bytes(self) -> int:
+        return self.norm_input_bytes or self.activation_bytes
 
 
 PRECISIONS = {
     # bf16 mixed precision as DeepSpeed runs it with a pipeline (BF16_Optimizer, the config that
-    # `plan --emit` writes): bf16 weights, gradients accumulated in fp32 (grad_accum_dtype fp32),
-    # fp32 master weights + Adam m and v = 12 bytes (Rajbhandari et al. 2020, K = 12).
-    "bf16": Precision(weight_bytes=2, grad_bytes=4, optimizer_bytes=12, activation_bytes=2),
+    # `plan --emit` writes) on llmlaunch's model: bf16 weights, gradients accumulated in fp32
+    # (grad_accum_dtype fp32) next to the bf16 .grad, fp32 master weights + Adam m and v = 12 bytes
+    # (Rajbhandari et al. 2020, K = 12), llama's RMSNorm upcasting to fp32.
+    "bf16": Precision(weight_bytes=2, grad_bytes=4, optimizer_bytes=12, activation_bytes=2,
+                      lp_grad_bytes=2, norm_input_bytes=4),
+    # The accounting of the published runs' papers (Megatron-LM's mixed precision): fp32 main
+    # gradients and no 16-bit gradient kept, fused norm kernels that save the 16-bit input.
+    # Used for topology/data/published_runs.yaml, not offered by the CLI (llmlaunch runs "bf16").
+    "bf16-megatron": Precision(weight_bytes=2, grad_bytes=4, optimizer_bytes=12, activation_bytes=2),
     # plain fp32 AdamW (CPU runs): no master copy, Adam m and v. Under ZeRO >= 1,
     # DeepSpeedZeroOptimizer clones this rank's partition of the weights into an fp32 master
     # (single_partition_of_fp32_groups, runtime/zero/stage_1_and_2.py) even when the weights are
@@ -66,7 +84,8 @@ def model_state_bytes(params: float, dp: int, zero_stage: int, precision: Precis
     optimizer_bytes = precision.optimizer_bytes + master
     return {
         "weights": params * precision.weight_bytes / (dp if zero_stage >= 3 else 1),
-        "gradients": params * precision.grad_bytes / (dp if zero_stage >= 2 else 1),
+        "gradients": (params * precision.grad_bytes / (dp if zero_stage >= 2 else 1)
+                      + (params * precision.lp_grad_bytes if zero_stage <= 1 else 0)),
         "optimizer": params * optimizer_bytes / (dp if zero_stage >= 1 else 1),
     }
 
@@ -75,7 +94,7 @@ def model_state_bytes(params: float, dp: int, zero_stage: int, precision: Precis
 def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recompute: str,
                                act_bytes: int = 2, flash_attention: bool = True,
                                dropout: bool = False, seq_len: int | None = None,
-                               sequence_parallel: bool = False) -> float:
+                               sequence_parallel: bool = False, norm_bytes: int | None = None) -> float:
     """Bytes one block keeps for backward for one micro-batch, per TP rank.
 
     With sequence_parallel (Megatron-LM, Korthikanti et al. 2022 Section 4.2.2) the terms that tensor
@@ -105,7 +124,8 @@ def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recom
       the cos/sin tables that the rotary multiplies save: s x d each, fp32 (2 x 4 bytes), or their
       per-use casts for q and k in a 16-bit run (4 x 2 bytes): 8 s d bytes either way
     Per-token norm statistics (mean/rstd, 4-8 bytes a token per norm, under 8/h of the norm input)
-    are not counted for either arch.
+    are not counted for either arch. norm_bytes (default act_bytes) is the element size of the
+      two saved RMSNorm inputs (llama only): 4 in a bf16 run, HF's RMSNorm upcasting to fp32.
     """
     s = seq_len or spec.seq_len
     b, h, a, t = micro_batch, spec.hidden, spec.heads, tp
@@ -113,7 +133,8 @@ def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recom
     if recompute == "full":
         return act_bytes * sbh / (t if sequence_parallel else 1)
     seq_split = t if sequence_parallel else 1
-    replicated = act_bytes * 4 * sbh / seq_split
+    norm_b = act_bytes if norm_bytes is None or spec.arch != "llama" else norm_bytes
+    replicated = (2 * norm_b + 2 * act_bytes) * sbh / seq_split
     qkv = act_bytes * s * b * (h + 2 * spec.kv_hidden) / t
     attn_out = act_bytes * sbh / t
     mlp_terms = 4 if spec.gated_mlp else 2
@@ -153,27 +174,31 @@ def logits_saved_bytes(spec: ModelSpec, micro_batch: int, tp: int,
 
 def saved_activation_bytes(spec: ModelSpec, *, stage: int, pp: int, blocks: int, micro_batch: int,
                            tp: int, recompute: str, act_bytes: int, flash_attention: bool = True,
-                           seq_len: int | None = None, sequence_parallel: bool = False) -> float:
+                           seq_len: int | None = None, sequence_parallel: bool = False,
+                           norm_bytes: int | None = None) -> float:
     """Bytes that one micro-batch's forward on one GPU of `stage` leaves saved for backward (what
     `llmlaunch validate` measures with saved-tensor hooks): the stage's blocks, and on the last
     stage the final-norm input, the head input and the cross-entropy's fp32 softmax. A stage holds
     this once per micro-batch in flight (micro_batches_in_flight), plus transient_activation_bytes."""
     saved = blocks * activation_bytes_per_layer(spec, micro_batch, tp, recompute, act_bytes,
                                                 flash_attention, seq_len=seq_len,
-                                                sequence_parallel=sequence_parallel)
+                                                sequence_parallel=sequence_parallel,
+                                                norm_bytes=norm_bytes)
     if stage == pp - 1:
         s = seq_len or spec.seq_len
-        # the final norm's input and the head input; llama's RMSNorm also saves its normalised
-        # tensor (see activation_bytes_per_layer)
-        inputs = 3 if spec.arch == "llama" else 2
-        saved += inputs * act_bytes * s * micro_batch * spec.hidden
+        # the final norm's input (norm_bytes for llama) and the head input; llama's RMSNorm also
+        # saves its normalised tensor (see activation_bytes_per_layer)
+        norm_b = act_bytes if norm_bytes is None or spec.arch != "llama" else norm_bytes
+        inputs = 2 if spec.arch == "llama" else 1
+        saved += (norm_b + inputs * act_bytes) * s * micro_batch * spec.hidden
         saved += logits_saved_bytes(spec, micro_batch, tp, seq_len)
     return saved
 
 
 def transient_activation_bytes(spec: ModelSpec, *, stage: int, pp: int, micro_batch: int, tp: int,
                                recompute: str, act_bytes: int, flash_attention: bool = True,
-                               seq_len: int | None = None, sequence_parallel: bool = False) -> float:
+                               seq_len: int | None = None, sequence_parallel: bool = False,
+                               norm_bytes: int | None = None) -> float:
     """Activation memory beyond the saved tensors at a stage's peak, once (not per micro-batch in
     flight): with full recompute, the block being recomputed in backward holds its full activations;
     on the last stage, the logits in the compute dtype and their fp32 gradient in backward."""
@@ -181,7 +206,8 @@ def transient_activation_bytes(spec: ModelSpec, *, stage: int, pp: int, micro_ba
     if recompute == "full":
         extra += activation_bytes_per_layer(spec, micro_batch, tp, "none", act_bytes,
                                             flash_attention, seq_len=seq_len,
-                                            sequence_parallel=sequence_parallel)
+                                            sequence_parallel=sequence_parallel,
+                                            norm_bytes=norm_bytes)
     if stage == pp - 1:
         extra += (logits_bytes(spec, micro_batch, tp, act_bytes, seq_len)
                   - logits_saved_bytes(spec, micro_batch, tp, seq_len))
@@ -272,10 +298,11 @@ def stage_memory(spec: ModelSpec, *, stage: int, blocks: int, dp: int, pp: int, 
     activations = in_flight * saved_activation_bytes(
         spec, stage=stage, pp=pp, blocks=blocks, micro_batch=micro_batch, tp=tp, recompute=recompute,
         act_bytes=act, flash_attention=flash_attention, seq_len=seq_len,
-        sequence_parallel=sequence_parallel)
+        sequence_parallel=sequence_parallel, norm_bytes=precision.norm_bytes)
     activations += transient_activation_bytes(
         spec, stage=stage, pp=pp, micro_batch=micro_batch, tp=tp, recompute=recompute, act_bytes=act,
-        flash_attention=flash_attention, seq_len=seq_len, sequence_parallel=sequence_parallel)
+        flash_attention=flash_attention, seq_len=seq_len, sequence_parallel=sequence_parallel,
+        norm_bytes=precision.norm_bytes)
     buffers = buffer_bytes(params, zero_stage, precision, dp)
     allocated = sum(states.values()) + activations + buffers
     overhead = FRAGMENTATION_FRACTION * allocated + framework_bytes

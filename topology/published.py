@@ -12,6 +12,9 @@ from .model_spec import ModelSpec
 from .planner import Candidate, PlanOptions, evaluate
 
 _RUNS = Path(__file__).parent / "data" / "published_runs.yaml"
+# The runs trained with Megatron-LM's (or Megatron-DeepSpeed's) mixed precision and fused norm
+# kernels, and their papers count memory that way: see memory.PRECISIONS.
+PUBLISHED_PRECISION = "bf16-megatron"
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,5 +32,6 @@ def evaluate_run(run: dict) -> Candidate:
     grad_accum = run["global_batch"] // (lay["dp"] * lay["micro_batch"])
     layout = Layout(grad_accum=grad_accum, **lay)
     options = PlanOptions(global_batch=run["global_batch"], seq_len=spec.seq_len,
+                          precision=PUBLISHED_PRECISION,
                           flash_attention=run.get("flash_attention", True))
     return evaluate(spec, cluster, layout, options)
