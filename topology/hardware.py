@@ -28,6 +28,16 @@ class GpuSpec:
     tdp_watts: float
     precision: str = "bf16"
     """Training precision on this device: bf16 on GPUs, fp32 on CPU."""
+    op_overhead_us: float = 0.0
+    """Host time to dispatch one framework op (PyTorch eager dispatch and autograd bookkeeping, plus
+    the kernel launch on a GPU)."""
+    collective_latency_us: float = 0.0
+    """Fixed cost of one message of a collective or point-to-point transfer: a ring all-reduce
+    pays it 2 (n - 1) times, an all-gather n - 1 times, a send once (the alpha of Hockney's
+    alpha-beta model)."""
+    async_dispatch: bool = True
+    """True on a GPU: kernels run while the host queues the next ones, so a pass takes the longer of
+    host and device time. False on a CPU, which is its own host: the two add."""
 
     def __post_init__(self):
         for field in ("memory_gib", "peak_tflops", "matmul_efficiency", "hbm_gb_per_s",
@@ -35,6 +45,10 @@ class GpuSpec:
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"GPU {self.name}: {field} must be a positive number, got {value!r}")
+        for field in ("op_overhead_us", "collective_latency_us"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"GPU {self.name}: {field} must be a number >= 0, got {value!r}")
         if self.matmul_efficiency > 1:
             raise ValueError(f"GPU {self.name}: matmul_efficiency must be <= 1, got {self.matmul_efficiency}")
         if self.precision not in ("bf16", "fp32"):
@@ -47,6 +61,14 @@ class GpuSpec:
     @property
     def achievable_flops_per_s(self) -> float:
         return self.peak_tflops * 1e12 * self.matmul_efficiency
+
+    @property
+    def op_overhead_s(self) -> float:
+        return self.op_overhead_us * 1e-6
+
+    @property
+    def collective_latency_s(self) -> float:
+        return self.collective_latency_us * 1e-6
 
 
 @functools.lru_cache(maxsize=1)

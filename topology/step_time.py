@@ -14,8 +14,15 @@ Model (each term a pure function below):
   ZeRO-3:                      per micro-batch parameter all-gathers (forward, backward) and gradient
                                reduce-scatter, prefetched: only what exceeds compute is exposed
   optimizer:                   AdamW is memory-bound: bytes touched per local parameter / HBM bandwidth
-Collective costs follow the ring algorithms whose bus bandwidth NCCL reports (Thakur et al. 2005):
-all-reduce moves 2 (n-1)/n of the buffer per GPU, all-gather and reduce-scatter (n-1)/n.
+Collective costs follow the ring algorithms whose bus bandwidth NCCL reports (Thakur et al. 2005),
+with Hockney's alpha-beta cost per message: all-reduce takes 2 (n-1) steps and moves 2 (n-1)/n of the
+buffer per GPU, all-gather and reduce-scatter n-1 steps and (n-1)/n; a send is one message. Alpha is
+the device's collective_latency_us: it is what a small model's TP all-reduces and pipeline sends cost.
+
+Host overhead: every framework op costs the host op_overhead_us (op_counts.py counts the ops of one
+micro-batch). On a GPU the host queues kernels ahead of the device, so a micro-batch takes the longer
+of host and device time; on a CPU the host is the device and the two add (He 2022, the overhead
+regime).
 """
 from __future__ import annotations
 
@@ -27,27 +34,46 @@ from .flops import (BACKWARD_TO_FORWARD, attention_core_flops_per_token, block_f
 from .hardware import GpuSpec
 from .memory import FP32_BYTES, Precision
 from .model_spec import ModelSpec
+from .op_counts import stage_ops_per_micro_batch
 from .params import padded_vocab
 
 GB = 1e9
 
 
-def allreduce_time_s(nbytes: float, group_size: int, bus_gb_per_s: float) -> float:
-    """Ring all-reduce: each GPU sends and receives 2 (n-1)/n of the buffer."""
+def allreduce_time_s(nbytes: float, group_size: int, bus_gb_per_s: float,
+                     latency_s: float = 0.0) -> float:
+    """Ring all-reduce: 2 (n-1) steps (reduce-scatter, then all-gather), each GPU sending and
+    receiving 2 (n-1)/n of the buffer: 2 (n-1) alpha + 2 (n-1)/n N / B."""
     if group_size <= 1:
         return 0.0
-    return 2 * (group_size - 1) / group_size * nbytes / (bus_gb_per_s * GB)
+    n = group_size
+    return 2 * (n - 1) * latency_s + 2 * (n - 1) / n * nbytes / (bus_gb_per_s * GB)
 
 
-def allgather_time_s(nbytes: float, group_size: int, bus_gb_per_s: float) -> float:
-    """Ring all-gather (or reduce-scatter) of a buffer of nbytes in total: (n-1)/n of it per GPU."""
+def allgather_time_s(nbytes: float, group_size: int, bus_gb_per_s: float,
+                     latency_s: float = 0.0) -> float:
+    """Ring all-gather (or reduce-scatter) of a buffer of nbytes in total: n-1 steps, (n-1)/n of it
+    per GPU: (n-1) alpha + (n-1)/n N / B."""
     if group_size <= 1:
         return 0.0
-    return (group_size - 1) / group_size * nbytes / (bus_gb_per_s * GB)
+    n = group_size
+    return (n - 1) * latency_s + (n - 1) / n * nbytes / (bus_gb_per_s * GB)
 
 
-def p2p_time_s(nbytes: float, gb_per_s: float) -> float:
-    return nbytes / (gb_per_s * GB)
+def p2p_time_s(nbytes: float, gb_per_s: float, latency_s: float = 0.0) -> float:
+    """One send: alpha + N / B."""
+    return latency_s + nbytes / (gb_per_s * GB)
+
+
+def host_time_s(ops: float, op_overhead_s: float) -> float:
+    """Host time to dispatch `ops` framework ops."""
+    return ops * op_overhead_s
+
+
+def pass_time_s(device_s: float, host_s: float, async_dispatch: bool) -> float:
+    """A GPU computes while its host queues the next kernels: the longer of the two. A CPU is its
+    own host: the sum."""
+    return max(device_s, host_s) if async_dispatch else device_s + host_s
 
 
 def bubble_fraction(pp: int, micro_batches: int, virtual_stages: int = 1) -> float:
@@ -128,21 +154,30 @@ def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, 
         # fp32 gradient written
         elementwise += padded_vocab(spec.vocab, tp) / tp * (act + 3 * FP32_BYTES)
     memory_s = tokens * elementwise / (gpu.hbm_gb_per_s * GB)
+    ops = stage_ops_per_micro_batch(spec, blocks=blocks, first=first, last=last, recompute=recompute)
+    host_s = host_time_s(ops, gpu.op_overhead_s)
 
     # TP: two all-reduces of [s, b, h] per block forward, two in backward, two more when recomputed;
-    # the vocab-parallel embedding adds one in forward on the first stage. Sequence parallelism
-    # replaces each all-reduce by a reduce-scatter plus an all-gather: the same bytes on the wire.
+    # the vocab-parallel embedding adds one in forward on the first stage; on the last stage the
+    # column-parallel head's input gradient is one more [s, b, h] all-reduce (backward) and the
+    # vocab-parallel cross-entropy three of [s, b] (max, target logit, sum of exponentials). Sequence
+    # parallelism replaces each all-reduce by a reduce-scatter plus an all-gather: the same bytes.
     tp_bw = gpu.inter_node_gb_per_s if tp_spans_nodes else gpu.intra_node_gb_per_s
+    alpha = gpu.collective_latency_s
     allreduces = blocks * (4 + (2 if recompute == "full" else 0)) + (1 if first else 0)
-    tp_s = allreduces * allreduce_time_s(tokens * spec.hidden * act, tp, tp_bw)
+    allreduces += 1 if last else 0
+    tp_s = allreduces * allreduce_time_s(tokens * spec.hidden * act, tp, tp_bw, alpha)
+    if last:
+        tp_s += 3 * allreduce_time_s(tokens * FP32_BYTES, tp, tp_bw, alpha)
 
     # PP: activations sent forward and their gradients sent back, except past the ends; each of
     # the v interleaved chunks sends its own (Narayanan et al. 2021, Section 2.2.2); SP sends s/t
     pp_bw = gpu.inter_node_gb_per_s if pp_spans_nodes else gpu.intra_node_gb_per_s
     sends = ((0 if last else 1) + (0 if first else 1)) if virtual_stages == 1 else 2 * virtual_stages
-    sends /= tp if sequence_parallel else 1
-    pp_s = sends * p2p_time_s(tokens * spec.hidden * act, pp_bw) if pp > 1 else 0.0
-    return StageTime(compute_s=matmul_s + memory_s, tp_comm_s=tp_s, pp_comm_s=pp_s)
+    message_bytes = tokens * spec.hidden * act / (tp if sequence_parallel else 1)
+    pp_s = sends * p2p_time_s(message_bytes, pp_bw, alpha) if pp > 1 else 0.0
+    compute_s = pass_time_s(matmul_s + memory_s, host_s, gpu.async_dispatch)
+    return StageTime(compute_s=compute_s, tp_comm_s=tp_s, pp_comm_s=pp_s)
 
 
 def pipeline_time_s(stage_times: list[float], micro_batches: int, virtual_stages: int = 1) -> float:
@@ -189,13 +224,15 @@ def data_parallel_time_s(stage_params: float, precision: Precision, gpu: GpuSpec
     """Gradient reduction over dp once per step (all-reduce, or ZeRO-1/2's reduce-scatter plus
     all-gather of the updated weights: the same volume)."""
     bw = gpu.inter_node_gb_per_s if dp_spans_nodes else gpu.intra_node_gb_per_s
+    alpha = gpu.collective_latency_s
     if zero_stage == 3:
-        return allgather_time_s(stage_params * precision.grad_bytes, dp, bw)
-    return allreduce_time_s(stage_params * precision.grad_bytes, dp, bw)
+        return allgather_time_s(stage_params * precision.grad_bytes, dp, bw, alpha)
+    return allreduce_time_s(stage_params * precision.grad_bytes, dp, bw, alpha)
 
 
 def zero3_gather_time_s(stage_params: float, precision: Precision, gpu: GpuSpec, *, dp: int,
                         dp_spans_nodes: bool) -> float:
     """ZeRO-3 per micro-batch: weights all-gathered for forward and again for backward."""
     bw = gpu.inter_node_gb_per_s if dp_spans_nodes else gpu.intra_node_gb_per_s
-    return 2 * allgather_time_s(stage_params * precision.weight_bytes, dp, bw)
+    return 2 * allgather_time_s(stage_params * precision.weight_bytes, dp, bw,
+                                gpu.collective_latency_s)

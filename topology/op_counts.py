@@ -1,0 +1,40 @@
+"""Framework ops one micro-batch dispatches in llmlaunch's model/ (forward + backward, per rank).
+
+Each op costs the host a roughly fixed time (PyTorch's eager dispatch, autograd bookkeeping and, on
+a GPU, the kernel launch) whatever its size, so a small model or a small micro-batch can be bound by
+the host rather than the device (He 2022, "Making Deep Learning Go Brrrr From First Principles",
+the overhead regime). step_time.py multiplies these counts by the device's `op_overhead_us`.
+
+The counts are facts of this implementation, not of the architecture: every op that reaches
+PyTorch's dispatcher (views included - they cost host time though they launch no kernel) in one
+forward and backward at tp = 1, as `torch.utils._python_dispatch.TorchDispatchMode` sees them.
+tests/test_op_counts.py counts the real model/ modules and fails when these numbers drift, so a
+change to the model that adds or removes ops must update them. TP > 1 adds a few masking ops in the
+vocab-parallel embedding and cross-entropy (not counted) and its collectives (step_time.py times
+those with the collective latency).
+"""
+from __future__ import annotations
+
+from .model_spec import ModelSpec
+
+# One transformer block, forward + backward; with recompute the backward re-runs the recomputed part
+# (selective: the attention core; full: the whole block, under torch.utils.checkpoint).
+BLOCK_OPS = {
+    "gpt2": {"none": 102, "selective": 109, "full": 167},
+    "llama": {"none": 174, "selective": 181, "full": 285},
+}
+# Stage 0's embedding items (gpt2: token + learned positions; llama: token), forward + backward.
+EMBEDDING_OPS = {"gpt2": 18, "llama": 12}
+# The last stage's final norm, LM head and cross-entropy loss, forward + backward.
+HEAD_LOSS_OPS = {"gpt2": 57, "llama": 78}
+
+
+def stage_ops_per_micro_batch(spec: ModelSpec, *, blocks: int, first: bool, last: bool,
+                              recompute: str) -> int:
+    """Ops one rank of a stage dispatches for one micro-batch, forward and backward."""
+    ops = blocks * BLOCK_OPS[spec.arch][recompute]
+    if first:
+        ops += EMBEDDING_OPS[spec.arch]
+    if last:
+        ops += HEAD_LOSS_OPS[spec.arch]
+    return ops
