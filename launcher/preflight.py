@@ -93,6 +93,17 @@ def smoke_allreduce(world: int, timeout_s: float) -> Check:
                  f"{int(ones.item())} of {world} ranks answered in {elapsed:.2f} s (init included)")
 
 
+def build_lock_check() -> Check:
+    """No stale JIT build lock that would hang deepspeed.initialize (launcher/build_locks.py)."""
+    from .build_locks import check_build_locks, extension_build_root
+
+    try:
+        check_build_locks()
+    except RuntimeError as exc:
+        return Check("extension build locks", False, str(exc))
+    return Check("extension build locks", True, f"none stale under {extension_build_root()}")
+
+
 def run_checks(config: RunConfig, run_dir: Path) -> list[Check]:
     from .rank import rank_environment
 
@@ -106,6 +117,7 @@ def run_checks(config: RunConfig, run_dir: Path) -> list[Check]:
 
     precision = resolve_precision(config, torch.cuda.is_available())
     checks = memory_checks(config, world, local_world, precision)
+    checks.append(build_lock_check())
     checks.append(smoke_allreduce(world, config.train.collective_timeout_s))
     if int(os.environ["RANK"]) == 0:
         checks.append(disk_check(config, run_dir, precision))

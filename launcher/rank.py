@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from .atomic import write_text_atomic
+from .build_locks import check_build_locks
 from .checkpoint import check_layout, latest_good, mark_complete, prune, tag_for_step
 from .config import EFFECTIVE_CONFIG, RunConfig, dump_run_config, load_run_config
 from .ds_config import deepspeed_config, resolve_precision
@@ -225,6 +226,7 @@ class Trainer:
         model = build_pipeline_model(config.model_spec(), pp=lay.pp, tp=lay.tp, dp=lay.dp,
                                      recompute=lay.recompute, seed=config.train.seed, dtype=dtype,
                                      hf_dir=config.checkpoint.init_hf or None)
+        check_build_locks()
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=deepspeed_config(config, self.precision))

@@ -45,6 +45,7 @@ ranks' own output (DeepSpeed's messages) goes to stderr.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -52,6 +53,7 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .config import RunConfig
 
 ENV_STEPS = "LLMLAUNCH_VALIDATE_STEPS"
@@ -287,6 +289,8 @@ def measure(config: RunConfig, steps: int) -> tuple[dict, dict]:
     import deepspeed
     import torch
 
+    from .build_locks import check_build_locks
+    from .device_probe import probe_device
     from .ds_config import deepspeed_config, resolve_precision
     from .model import build_pipeline_model, init_distributed
 
@@ -299,11 +303,15 @@ def measure(config: RunConfig, steps: int) -> tuple[dict, dict]:
     model = build_pipeline_model(spec, pp=lay.pp, tp=lay.tp, dp=lay.dp, recompute=lay.recompute,
                                  seed=config.train.seed, dtype=dtype,
                                  hf_dir=config.checkpoint.init_hf or None)
+    check_build_locks()
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=deepspeed_config(config, precision))
     dp_rank = engine.grid.get_data_parallel_id()
     batches = token_batches(spec, lay.micro_batch, config.train.seed + dp_rank)
+    device_figures = probe_device(tokens=lay.micro_batch * spec.seq_len, hidden=spec.hidden,
+                                  mlp_cols=spec.ffn_hidden // lay.tp, dtype=dtype,
+                                  device=torch.device(engine.device))
 
     def timed_step() -> float:
         started = time.perf_counter()
@@ -330,7 +338,7 @@ def measure(config: RunConfig, steps: int) -> tuple[dict, dict]:
         measured["peak"] = peak
     record = {"rank": rank, "stage": engine.stage_id, "measured": measured,
               "params": sum(p.numel() for p in engine.module.parameters()),
-              "gradient_readings": probe.readings}
+              "gradient_readings": probe.readings, "device_figures": device_figures}
     facts = {"precision": precision, "world": world,
              "device": torch.cuda.get_device_name() if on_gpu else "cpu",
              "torch": torch.__version__, "deepspeed": deepspeed.__version__}
@@ -350,24 +358,39 @@ def gather_records(record: dict) -> list[dict] | None:
 # Predicting and reporting (rank 0)
 # ------------------------------------------------------------------------------------------------
 
-def predictions(config: RunConfig, world: int, precision: str) -> dict:
+def prediction_device(config: RunConfig, figures_by_rank: list[dict]):
+    """The device the step time is predicted for: run.yaml's cluster.gpu from the catalog, except
+    `cpu`, whose catalog entry is defined as this host's measured figures: there the ranks' probes
+    (launcher/device_probe.py) replace the catalog's placeholders. None when cluster.gpu is not in
+    the catalog."""
+    from .device_probe import device_from_figures
+    from .rank import catalog_device
+
+    device = catalog_device(config)
+    if device is not None and device.name == "cpu" and figures_by_rank:
+        device = device_from_figures(device, figures_by_rank)
+    return device
+
+
+def predictions(config: RunConfig, world: int, precision: str, device) -> dict:
     """{stage: {quantity: predicted}} from the planner for the run's layout; step_time_s only when
-    cluster.gpu is in the catalog."""
-    from .rank import catalog_device, predicted
+    `device` (see prediction_device) is known."""
+    from .rank import predicted
     from .topology.hardware import gpu
     from .topology.memory import PRECISIONS, saved_activation_bytes
 
-    device = catalog_device(config)
     estimate = predicted(config, world, precision, device if device is not None else gpu("cpu"))
     if not estimate.estimated:
         raise ValueError("the planner cannot estimate this layout: " + "; ".join(estimate.reasons))
     spec, lay = config.model_spec(), config.layout
     act = PRECISIONS[precision].activation_bytes
+    norm_bytes = PRECISIONS[precision].norm_bytes
     out = {}
     for st in estimate.stages:
         per_micro_batch = saved_activation_bytes(
             spec, stage=st.stage, pp=lay.pp, blocks=st.blocks, micro_batch=lay.micro_batch, tp=lay.tp,
-            recompute=lay.recompute, act_bytes=act, seq_len=config.model.seq_len)
+            recompute=lay.recompute, act_bytes=act, seq_len=config.model.seq_len,
+            norm_bytes=norm_bytes)
         out[st.stage] = {"weights": st.weights, "gradients": st.gradients, "optimizer": st.optimizer,
                          "activations": per_micro_batch, "peak": st.allocated}
         if device is not None:
@@ -409,23 +432,20 @@ def format_table(rows: list[dict]) -> str:
                     tablefmt="simple", colalign=("right", "right", "left", "right", "right", "right"))
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def report(config: RunConfig, run_dir: Path, records: list[dict], facts: dict, steps: int) -> dict:
     lay = config.layout
+    device = prediction_device(config, [r["device_figures"] for r in records])
     result = {
-        "rows": build_rows(records, predictions(config, facts["world"], facts["precision"])),
+        "rows": build_rows(records, predictions(config, facts["world"], facts["precision"], device)),
         "layout": {"dp": lay.dp, "pp": lay.pp, "tp": lay.tp, "micro_batch": lay.micro_batch,
                    "grad_accum": lay.grad_accum, "zero_stage": lay.zero_stage,
                    "recompute": lay.recompute},
         "steps": steps, **facts,
         "gradient_readings": {str(r["rank"]): r["gradient_readings"] for r in records},
+        "device_figures": {str(r["rank"]): r["device_figures"] for r in records},
+        "predicted_for": None if device is None else dataclasses.asdict(device),
     }
-    write_atomic(run_dir / RESULT_FILE, json.dumps(result, indent=1) + "\n")
+    write_text_atomic(run_dir / RESULT_FILE, json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -71,11 +71,22 @@ def session_pids(session_id: int) -> list[int]:
 
 
 def kill_session(session_id: int, grace_s: float = 5.0) -> list[int]:
-    """SIGKILL the job's process group, then wait until its session is empty; returns survivors."""
+    """SIGKILL the job's process group and every descendant of its leader (torch's elastic launcher
+    starts each rank in a session of its own, out of the group's reach), then wait until the
+    session is empty; returns survivors."""
+    try:
+        descendants = psutil.Process(session_id).children(recursive=True)
+    except psutil.Error:
+        descendants = []
     try:
         os.killpg(session_id, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    for proc in descendants:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
     deadline = time.monotonic() + grace_s
     while True:
         alive = session_pids(session_id)

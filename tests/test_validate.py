@@ -2,11 +2,11 @@
 
 Each layout is launched once (module-scoped cache) through `run_validate`, as the CLI calls it, in
 its own session; the whole process group is killed when the launch ends. Together the layouts cover
-pp > 1 (up to 4 stages), tp > 1, dp > 1, ZeRO 0 and 1, every recompute mode, gpt2 and llama (GQA).
+pp > 1 (up to 4 stages), tp > 1, dp > 1, ZeRO 0 and 1, every recompute mode, gpt2 and llama (GQA),
+fp32 and bf16.
 """
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from llmlaunch.validate import QUANTITIES, StorageCounter, build_rows
+
+sys.path.insert(0, str(Path(__file__).parent))
+from rank_harness import kill_session  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "launcher" / "configs" / "tiny-cpu.yaml"
@@ -33,6 +36,12 @@ LAYOUTS = {
                                           "layout.tp=2"], True),
     "dp1-pp4-tp1-zero0-full": (["layout.dp=1", "layout.pp=4", "layout.zero_stage=0",
                                 "layout.recompute=full"], True),
+    # bf16 on CPU runs DeepSpeed's BF16_Optimizer, the GPU path: bf16 .grad beside the fp32
+    # accumulation, fp32 master + Adam states sharded by ZeRO-1
+    "bf16-dp2-pp2-tp1-zero1-none": (["train.precision=bf16"], True),
+    "bf16-llama-dp1-pp2-tp2-zero1-selective": (["train.precision=bf16", "model.arch=llama",
+                                                "model.kv_heads=2", "layout.dp=1", "layout.tp=2",
+                                                "layout.recompute=selective"], True),
 }
 MODEL_STATES = ("weights", "gradients", "optimizer")
 ROW_KEYS = {"rank", "stage", "quantity", "predicted", "measured", "error_pct"}
@@ -51,10 +60,7 @@ def launch(run_dir: Path, sets: list[str], as_json: bool, steps: int = 3) -> dic
     try:
         stdout, stderr = proc.communicate(timeout=240)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_session(proc.pid)
     assert proc.returncode == 0, stderr[-3000:]
     return {"stdout": stdout, "file": json.loads((run_dir / "validate.json").read_text())}
 
@@ -122,7 +128,8 @@ def test_rows_schema_and_rank_coverage(validated, name):
     # CPU: no device peak (documented), every other quantity on every rank
     for quantities in per_rank.values():
         assert quantities == set(QUANTITIES) - {"peak"}
-    assert result["file"]["precision"] == "fp32" and result["file"]["device"] == "cpu"
+    expected_precision = "bf16" if name.startswith("bf16") else "fp32"
+    assert result["file"]["precision"] == expected_precision and result["file"]["device"] == "cpu"
     if LAYOUTS[name][1]:
         # --json: stdout is exactly one JSON object, the one written to RUN_DIR/validate.json
         assert json.loads(result["stdout"]) == result["file"]
@@ -130,17 +137,19 @@ def test_rows_schema_and_rank_coverage(validated, name):
 
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_zero_stage_shows_in_the_engine_tensors(validated, name):
-    """Independent of the planner: fp32 gradients are full-size (ZeRO 0 and 1 do not partition
-    them); the optimizer holds Adam's m and v (8 bytes a parameter), and under ZeRO-1 also an fp32
-    master copy, all partitioned over dp: 12 / dp."""
+    """Independent of the planner: gradients are full-size (ZeRO 0 and 1 do not partition them):
+    4 bytes a parameter in fp32, 2 + 4 in bf16 (BF16_Optimizer's bf16 .grad beside its fp32
+    accumulation); the optimizer holds Adam's m and v (8 bytes a parameter), and under ZeRO-1 also
+    an fp32 master copy, all partitioned over dp: 12 / dp."""
     dp, _, _ = layout_of(name)
     zero = int(name.split("zero")[1][0])
+    bf16 = name.startswith("bf16")
     by_rank = {}
     for row in rows_of(validated(name)):
         by_rank.setdefault(row["rank"], {})[row["quantity"]] = row["measured"]
     for measured in by_rank.values():
-        params = measured["weights"] / 4
-        assert measured["gradients"] == pytest.approx(4 * params, rel=1e-3)
+        params = measured["weights"] / (2 if bf16 else 4)
+        assert measured["gradients"] == pytest.approx((6 if bf16 else 4) * params, rel=1e-3)
         expected = 8 * params if zero == 0 else 12 * params / dp
         assert measured["optimizer"] == pytest.approx(expected, rel=1e-3)
 
@@ -197,3 +206,23 @@ def test_build_rows_pairs_measured_with_predicted():
                                                           (1, "weights"), (1, "step_time_s")]
     assert rows[2]["error_pct"] == pytest.approx(10.0)
     assert rows[3]["error_pct"] == pytest.approx(100.0)
+
+
+def test_cpu_step_time_is_predicted_from_the_ranks_probes(validated):
+    """On CPU the catalog entry is this host: the prediction uses every rank's measured GEMM rate,
+    memory bandwidth, op overhead and collective latency (launcher/device_probe.py), medians over
+    ranks, and says so in validate.json."""
+    import statistics
+
+    result = validated("dp2-pp2-tp1-zero1-none")["file"]
+    figures = result["device_figures"]
+    assert sorted(figures) == ["0", "1", "2", "3"]
+    used = result["predicted_for"]
+    assert used["name"] == "cpu" and used["matmul_efficiency"] == 1.0
+    for key in ("peak_tflops", "hbm_gb_per_s", "op_overhead_us", "collective_latency_us",
+                "intra_node_gb_per_s"):
+        values = [f[key] for f in figures.values()]
+        assert all(v > 0 for v in values)
+        assert used[key] == pytest.approx(statistics.median(values))
+    times = [r for r in result["rows"] if r["quantity"] == "step_time_s"]
+    assert len(times) == 4 and all(r["predicted"] > 0 and r["measured"] > 0 for r in times)
