@@ -62,7 +62,7 @@ class LayoutSection:
     grad_accum: int = 1
     """Micro-batches per optimizer step per replica (pipeline micro-batches)."""
     zero_stage: int = 0
-    """DeepSpeed ZeRO stage (0 or 1 with a pipeline)."""
+    """DeepSpeed ZeRO stage: 0 or 1 (DeepSpeed's pipeline engine runs no other); 1 for bf16."""
     recompute: str = "none"
     """Activation recomputation: none, selective, full."""
 
@@ -177,10 +177,10 @@ class RunConfig:
                               f" and kv_heads={spec.kv_heads}")
         if layout.pp > spec.layers:
             raise ConfigError(f"run.yaml: layout.pp={layout.pp} exceeds model.layers={spec.layers}")
-        if layout.pp > 1 and layout.zero_stage >= 2:
-            raise ConfigError(f"run.yaml: layout.zero_stage={layout.zero_stage} with layout.pp="
-                              f"{layout.pp}: DeepSpeed's pipeline engine supports ZeRO 0 and 1 only; "
-                              "use zero_stage 1, or pp 1 for ZeRO-2/3")
+        if layout.zero_stage not in (0, 1):
+            raise ConfigError(f"run.yaml: layout.zero_stage={layout.zero_stage}: DeepSpeed's pipeline "
+                              "engine, which runs llmlaunch's model at any pp, supports ZeRO 0 and 1 "
+                              "only; use zero_stage 1")
         if self.train.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"run.yaml: train.precision must be auto, bf16 or fp32, got "
                               f"{self.train.precision!r}")

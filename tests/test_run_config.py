@@ -49,6 +49,8 @@ def test_set_overrides_are_checked_the_same_way():
 def test_cross_field_checks():
     with pytest.raises(ConfigError, match="ZeRO 0 and 1 only"):
         from_dict({"layout": {"pp": 2, "zero_stage": 2}})
+    with pytest.raises(ConfigError, match="ZeRO 0 and 1 only"):   # no pipeline: the same engine
+        from_dict({"layout": {"pp": 1, "zero_stage": 3}})
     with pytest.raises(ConfigError, match="must divide model.heads"):
         from_dict({"model": {"heads": 4}, "layout": {"tp": 3}})
     with pytest.raises(ConfigError, match="min_lr"):
