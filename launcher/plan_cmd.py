@@ -50,6 +50,10 @@ def add_cluster_arguments(p: argparse.ArgumentParser, default_gpus: int | None =
     g.add_argument("--hbm-gb-per-s", type=float, help="override memory bandwidth")
     g.add_argument("--intra-node-gb-per-s", type=float, help="override NVLink all-reduce bandwidth")
     g.add_argument("--inter-node-gb-per-s", type=float, help="override per-GPU network bandwidth")
+    g.add_argument("--op-overhead-us", type=float,
+                   help="override host time per framework op (what validate's device_figures report)")
+    g.add_argument("--collective-latency-us", type=float,
+                   help="override the fixed cost per collective step or send")
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
@@ -155,7 +159,9 @@ def resolve_gpu(args) -> GpuSpec:
     return catalog_gpu(args.gpu, memory_gib=args.gpu_memory_gib, peak_tflops=args.peak_tflops,
                        matmul_efficiency=args.matmul_efficiency, hbm_gb_per_s=args.hbm_gb_per_s,
                        intra_node_gb_per_s=args.intra_node_gb_per_s,
-                       inter_node_gb_per_s=args.inter_node_gb_per_s)
+                       inter_node_gb_per_s=args.inter_node_gb_per_s,
+                       op_overhead_us=args.op_overhead_us,
+                       collective_latency_us=args.collective_latency_us)
 
 
 def resolve_inputs(args) -> PlanInputs:

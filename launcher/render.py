@@ -137,6 +137,10 @@ def candidate_report(c: Candidate, inputs, show_groups: bool = False) -> list[st
                         headers=["", "time", "share"], tablefmt="simple"))
     out.append(f"throughput {_fmt_count(c.tokens_per_s)} tokens/s, {c.tflops_per_gpu:.1f} TFLOP/s per GPU "
                f"(hardware FLOPs, recompute included), MFU {c.mfu:.1%} (model FLOPs / peak)")
+    if step.host_bound:
+        out.append(f"host-bound: dispatching each micro-batch's ops ({cluster.gpu.op_overhead_us:g} us "
+                   "each) takes longer than the GPU runs them; a larger micro-batch or fewer, fused "
+                   "kernels would raise throughput")
     out.append("")
     return out
 

@@ -209,3 +209,13 @@ def test_emitted_run_yaml_loads_with_the_plan_layout(tmp_path, capsys):
     assert config.model.layers == 32 and config.model.arch == "llama"
     lay = config.layout
     assert lay.dp * lay.pp * lay.tp == 16
+
+
+def test_plan_says_when_a_layout_is_host_bound(capsys):
+    # GPT-3 125M at micro-batch 1 on H100s: dispatch (1299 ops x 6 us) outlasts the GEMMs
+    args = ["--gpus", "8", "--gpu", "h100-80gb", "--model", "gpt3-125m", "--micro-batch", "1",
+            "--recompute", "none"]
+    assert plan_json(capsys, *args)["candidates"][0]["host_bound"] is True
+    assert main(["plan", *args]) == 0
+    assert "host-bound: dispatching each micro-batch's ops (6 us each)" in capsys.readouterr().out
+    assert plan_json(capsys, *args, "--op-overhead-us", "0")["candidates"][0]["host_bound"] is False

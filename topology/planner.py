@@ -71,6 +71,7 @@ class Candidate:
                 "tflops_per_gpu": self.tflops_per_gpu,
                 "mfu": self.mfu,
                 "step_time_breakdown_s": self.step.to_dict(),
+                "host_bound": self.step.host_bound,
                 "stages": [{"stage": m.stage, "blocks": m.blocks, "params": m.params,
                             "memory_gib": m.to_gib()} for m in self.stages],
             })
@@ -188,7 +189,8 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
     return StepTime(compute_s=m * slowest.compute_s, tp_comm_s=m * slowest.tp_comm_s,
                     pp_comm_s=m * slowest.pp_comm_s, bubble_s=pipeline_s - busy_s,
                     dp_comm_s=dp_s + exposed_zero3,
-                    optimizer_s=optimizer_time_s(optimizer_params, precision, gpu.hbm_gb_per_s))
+                    optimizer_s=optimizer_time_s(optimizer_params, precision, gpu.hbm_gb_per_s),
+                    host_bound=slowest.host_bound)
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,8 @@ class StageTime:
     compute_s: float
     tp_comm_s: float
     pp_comm_s: float
+    host_bound: bool = False
+    """Dispatching the micro-batch's ops takes the host longer than the device takes to run them."""
 
     @property
     def total_s(self) -> float:
@@ -177,7 +179,8 @@ def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, 
     message_bytes = tokens * spec.hidden * act / (tp if sequence_parallel else 1)
     pp_s = sends * p2p_time_s(message_bytes, pp_bw, alpha) if pp > 1 else 0.0
     compute_s = pass_time_s(matmul_s + memory_s, host_s, gpu.async_dispatch)
-    return StageTime(compute_s=compute_s, tp_comm_s=tp_s, pp_comm_s=pp_s)
+    return StageTime(compute_s=compute_s, tp_comm_s=tp_s, pp_comm_s=pp_s,
+                     host_bound=host_s > matmul_s + memory_s)
 
 
 def pipeline_time_s(stage_times: list[float], micro_batches: int, virtual_stages: int = 1) -> float:
@@ -206,6 +209,8 @@ class StepTime:
     bubble_s: float
     dp_comm_s: float
     optimizer_s: float
+    host_bound: bool = False
+    """The slowest stage's micro-batch is bound by host dispatch, not by the device."""
 
     @property
     def total_s(self) -> float:
