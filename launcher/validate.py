@@ -36,6 +36,11 @@ not depend on the token values), and measures (every storage counted once, by
   framework's memory outside the allocator). Not measured on CPU: the row is left out.
 - step_time_s: the median wall time of `engine.train_batch` over the steps after the first, against
   the planner's step time for the run's `cluster.gpu` (rows left out when it is not in the catalog).
+  Before training every rank probes its device (launcher/device_probe.py: GEMM rate at the model's
+  shape, memory bandwidth, host time per op, all-reduce alpha and bandwidth), all ranks at once;
+  the figures go into validate.json as `device_figures`. For `cluster.gpu: cpu`, whose catalog entry
+  is this host, their medians replace the catalog's placeholders in the prediction (`predicted_for`
+  is the device the step time was predicted for).
 
 Rank 0 gathers every rank's measurements (`dist.gather_object`), pairs them with the planner's
 predictions (`planner.evaluate` of the run's layout, the precision resolved as the trainer does:

@@ -91,6 +91,12 @@ def model_state_bytes(params: float, dp: int, zero_stage: int, precision: Precis
 
 
 @functools.lru_cache(maxsize=4096)
+def saved_norm_input_bytes(spec: ModelSpec, act_bytes: int, norm_bytes: int | None) -> int:
+    """Element size of a norm input saved for backward: norm_bytes for llama's RMSNorm (HF's form
+    upcasts to fp32), act_bytes otherwise (gpt2's LayerNorm saves its input as it is)."""
+    return norm_bytes if norm_bytes is not None and spec.arch == "llama" else act_bytes
+
+
 def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recompute: str,
                                act_bytes: int = 2, flash_attention: bool = True,
                                dropout: bool = False, seq_len: int | None = None,
@@ -133,7 +139,7 @@ def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recom
     if recompute == "full":
         return act_bytes * sbh / (t if sequence_parallel else 1)
     seq_split = t if sequence_parallel else 1
-    norm_b = act_bytes if norm_bytes is None or spec.arch != "llama" else norm_bytes
+    norm_b = saved_norm_input_bytes(spec, act_bytes, norm_bytes)
     replicated = (2 * norm_b + 2 * act_bytes) * sbh / seq_split
     qkv = act_bytes * s * b * (h + 2 * spec.kv_hidden) / t
     attn_out = act_bytes * sbh / t
@@ -188,9 +194,9 @@ def saved_activation_bytes(spec: ModelSpec, *, stage: int, pp: int, blocks: int,
         s = seq_len or spec.seq_len
         # the final norm's input (norm_bytes for llama) and the head input; llama's RMSNorm also
         # saves its normalised tensor (see activation_bytes_per_layer)
-        norm_b = act_bytes if norm_bytes is None or spec.arch != "llama" else norm_bytes
         inputs = 2 if spec.arch == "llama" else 1
-        saved += (norm_b + inputs * act_bytes) * s * micro_batch * spec.hidden
+        saved += ((saved_norm_input_bytes(spec, act_bytes, norm_bytes) + inputs * act_bytes)
+                  * s * micro_batch * spec.hidden)
         saved += logits_saved_bytes(spec, micro_batch, tp, seq_len)
     return saved
 
