@@ -219,3 +219,9 @@ def test_plan_says_when_a_layout_is_host_bound(capsys):
     assert main(["plan", *args]) == 0
     assert "host-bound: dispatching each micro-batch's ops (6 us each)" in capsys.readouterr().out
     assert plan_json(capsys, *args, "--op-overhead-us", "0")["candidates"][0]["host_bound"] is False
+
+
+def test_plan_on_cpu_searches_fp32_zero_0_and_1(capsys):
+    out = plan_json(capsys, "--gpus", "4", "--gpus-per-node", "4", "--gpu", "cpu", "--model",
+                    "gpt3-125m")
+    assert out["candidates"] and {c["zero_stage"] for c in out["candidates"]} <= {0, 1}

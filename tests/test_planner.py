@@ -110,3 +110,16 @@ def test_131072_gpu_search_finds_layouts():
     batch = default_global_batch(175e9, 2048, huge.gpus, 8)
     res = search(SPEC, huge, PlanOptions(batch, 2048))
     assert res.candidates
+
+
+def test_search_tries_only_the_zero_stages_deepspeed_runs():
+    """fp32: ZeRO 0 and 1; bf16: ZeRO-1 only (DeepSpeed has no bf16 ZeRO-0 path with fp32
+    accumulation); ZeRO-2/3 never unless pinned (the PipelineEngine asserts ZeRO < 2)."""
+    spec = preset("gpt3-125m")
+    cluster = Cluster(gpus=8, gpus_per_node=8, gpu=gpu("a100-80gb"))
+    for precision, expected in (("fp32", {0, 1}), ("bf16", {1})):
+        result = search(spec, cluster, PlanOptions(global_batch=64, seq_len=2048, precision=precision))
+        assert {c.layout.zero_stage for c in result.candidates} == expected
+    pinned = search(spec, cluster, PlanOptions(global_batch=64, seq_len=2048), Pins(zero_stage=2))
+    assert pinned.candidates and {c.layout.zero_stage for c in pinned.candidates} == {2}
+    assert not any(c.layout.runnable for c in pinned.candidates)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .flops import hardware_flops_per_token, model_flops_per_token
 from .hardware import GIB, Cluster
-from .layout import RECOMPUTE_MODES, Layout, axis_spans_nodes
+from .layout import RECOMPUTE_MODES, RUNNABLE_ZERO_STAGES, Layout, axis_spans_nodes
 from .memory import PRECISIONS, Precision, StageMemory, pipeline_memory
 from .model_spec import ModelSpec
 from .step_time import (StepTime, bubble_fraction, data_parallel_time_s, optimizer_time_s,
