@@ -13,8 +13,7 @@ DeepSpeed's traps it encodes:
 from __future__ import annotations
 
 from .config import ConfigError, RunConfig
-from .topology.memory import (ALLGATHER_BUCKET_ELEMENTS, REDUCE_BUCKET_ELEMENTS,
-                              ZERO3_MAX_LIVE_PARAMETERS)
+from .topology.memory import ALLGATHER_BUCKET_ELEMENTS, REDUCE_BUCKET_ELEMENTS
 
 ADAM_EPS = 1e-8
 
