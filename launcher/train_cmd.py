@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from .config import load_run_config, resolve_config_path
+from .ds_config import deepspeed_config
 from .rank import REQUEUE_EXIT_CODE, STOPPED_FILE, given_data_path
 
 
@@ -119,6 +120,8 @@ def run_train(args, module: str = "llmlaunch.rank") -> int:
         return entry(["--config", config_path, "--run-dir", run_dir,
                       *[x for item in args.set for x in ("--set", item)]])
     given_data_path(config, Path(run_dir))  # fail here, not in every rank
+    if config.train.precision != "auto":      # likewise a DeepSpeed config it would refuse
+        deepspeed_config(config, config.train.precision)
     nproc = args.nproc or world
     if nproc != world:
         raise ValueError(f"--nproc {nproc} but the layout needs dp*pp*tp = {config.layout.dp}*"

@@ -225,3 +225,13 @@ def test_plan_on_cpu_searches_fp32_zero_0_and_1(capsys):
     out = plan_json(capsys, "--gpus", "4", "--gpus-per-node", "4", "--gpu", "cpu", "--model",
                     "gpt3-125m")
     assert out["candidates"] and {c["zero_stage"] for c in out["candidates"]} <= {0, 1}
+
+
+@pytest.mark.parametrize("command", ["train", "validate"])
+def test_a_deepspeed_config_it_would_refuse_fails_before_any_rank_starts(command, tmp_path, capsys):
+    code = main([command, "--config", "tiny-cpu", "--run-dir", str(tmp_path / "run"),
+                 "--set", "train.precision=bf16", "--set", "layout.zero_stage=0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "use layout.zero_stage=1" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "logs").exists()
