@@ -346,7 +346,9 @@ def measure(config: RunConfig, steps: int) -> tuple[dict, dict]:
               "gradient_readings": probe.readings, "device_figures": device_figures}
     facts = {"precision": precision, "world": world,
              "device": torch.cuda.get_device_name() if on_gpu else "cpu",
-             "torch": torch.__version__, "deepspeed": deepspeed.__version__}
+             "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+             # the wrapper decides which buffers exist (topology.memory.buffer_bytes)
+             "optimizer_wrapper": type(engine.optimizer).__name__}
     return record, facts
 
 

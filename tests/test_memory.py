@@ -2,7 +2,8 @@
 import pytest
 
 from llmlaunch.topology.memory import (PRECISIONS, Precision, activation_bytes_per_layer,
-                                       micro_batches_in_flight, model_state_bytes, pipeline_memory)
+                                       buffer_bytes, micro_batches_in_flight, model_state_bytes,
+                                       pipeline_memory)
 from llmlaunch.topology.model_spec import ModelSpec, preset
 
 GB = 1e9
@@ -123,3 +124,15 @@ def test_interleaved_first_stage_holds_korthikantis_factor():
     assert micro_batches_in_flight(0, 4, 1000, 1) == 4
     # last stage, m = 2: (v - 1)p + 1 = 5 chunks, capped at m v = 4 chunks = 2 micro-batches of layers
     assert micro_batches_in_flight(3, 4, 2, 2) == pytest.approx(2.0)
+
+
+def test_buffers_follow_the_deepspeed_optimizer_that_runs():
+    # fp32 ZeRO-1 runs DeepSpeedZeroOptimizer: a 2e8-element reduce bucket (fp32 gradients) and a
+    # 2e8-element all-gather bucket (weights); Megatron's accounting keeps the same buckets
+    params = 1.3e9
+    assert buffer_bytes(params, 1, PRECISIONS["fp32"], 8) == 2e8 * 4 + 2e8 * 4
+    assert buffer_bytes(params, 1, PRECISIONS["bf16-megatron"], 8) == 2e8 * 4 + 2e8 * 2
+    # bf16 ZeRO 0/1 runs BF16_Optimizer: no buckets, the flat fp32 gradients reduced in place
+    assert buffer_bytes(params, 1, PRECISIONS["bf16"], 8) == 0
+    assert buffer_bytes(params, 0, PRECISIONS["bf16"], 8) == 0
+    assert buffer_bytes(1e5, 1, PRECISIONS["fp32"], 2) == 1e5 * 4 + 1e5 * 4

@@ -130,6 +130,12 @@ def test_rows_schema_and_rank_coverage(validated, name):
         assert quantities == set(QUANTITIES) - {"peak"}
     expected_precision = "bf16" if name.startswith("bf16") else "fp32"
     assert result["file"]["precision"] == expected_precision and result["file"]["device"] == "cpu"
+    # the wrapper the planner's buffer model assumes (topology.memory.buffer_bytes)
+    zero = int(name.split("zero")[1][0])
+    expected_wrapper = ("BF16_Optimizer" if expected_precision == "bf16" else
+                        "DeepSpeedZeroOptimizer" if zero == 1 else None)
+    if expected_wrapper:
+        assert result["file"]["optimizer_wrapper"] == expected_wrapper
     if LAYOUTS[name][1]:
         # --json: stdout is exactly one JSON object, the one written to RUN_DIR/validate.json
         assert json.loads(result["stdout"]) == result["file"]

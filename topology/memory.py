@@ -45,6 +45,11 @@ class Precision:
     """Bytes per element of the input llama's RMSNorm saves for backward; 0 means activation_bytes
     (fused kernels). model/layers.py's RMSNorm is HF's LlamaRMSNorm, which upcasts to fp32, so
     autograd saves an fp32 copy in a bf16 run. (gpt2's LayerNorm saves its input as it is.)"""
+    bf16_optimizer: bool = False
+    """At ZeRO 0/1 DeepSpeed runs this precision through BF16_Optimizer (bf16 with fp32 gradient
+    accumulation): it has none of ZeRO's communication buckets, and the pipeline engine all-reduces
+    its single flat fp32 gradient buffer in place (DeepSpeed's `buffered_allreduce_fallback`
+    flattens a one-tensor bucket to a view: no copy), so it needs no buffer beyond the states."""
 
     @property
     def norm_bytes(self) -> int:
@@ -57,7 +62,7 @@ PRECISIONS = {
     # (grad_accum_dtype fp32) next to the bf16 .grad, fp32 master weights + Adam m and v = 12 bytes
     # (Rajbhandari et al. 2020, K = 12), llama's RMSNorm upcasting to fp32.
     "bf16": Precision(weight_bytes=2, grad_bytes=4, optimizer_bytes=12, activation_bytes=2,
-                      lp_grad_bytes=2, norm_input_bytes=4),
+                      lp_grad_bytes=2, norm_input_bytes=4, bf16_optimizer=True),
     # The accounting of the published runs' papers (Megatron-LM's mixed precision): fp32 main
     # gradients and no 16-bit gradient kept, fused norm kernels that save the 16-bit input.
     # Used for topology/data/published_runs.yaml, not offered by the CLI (llmlaunch runs "bf16").
@@ -246,8 +251,9 @@ def stage_params(spec: ModelSpec, stage: int, pp: int, tp: int, blocks: int) -> 
 
 
 def buffer_bytes(stage_params_count: float, zero_stage: int, precision: Precision, dp: int) -> float:
-    """DeepSpeed's communication buckets for the ZeRO stage (sizes as `plan --emit` writes them)."""
-    if dp == 1 and zero_stage == 0:
+    """DeepSpeed's communication buckets for the ZeRO stage (sizes as `plan --emit` writes them);
+    none on BF16_Optimizer's path (see Precision.bf16_optimizer)."""
+    if dp == 1 and zero_stage == 0 or precision.bf16_optimizer and zero_stage <= 1:
         return 0.0
     if zero_stage == 3:
         return min(stage_params_count * dp, ZERO3_MAX_LIVE_PARAMETERS) * precision.weight_bytes
