@@ -1,9 +1,9 @@
 """Word n-gram repetition statistics of many documents at once (numpy).
 
 :func:`ngram_fractions` returns, for every document of a batch, exactly the numbers that
-``quality.top_ngram_chars_fraction`` and ``quality.duplicate_ngram_chars_fraction`` compute one
-document at a time (Gopher Table A1), with a few array operations per ``n`` for the whole batch
-instead of a Python dict or Counter per document and ``n``.
+``document_stats.top_ngram_chars_fraction`` and ``document_stats.duplicate_ngram_chars_fraction``
+compute one document at a time (Gopher Table A1), with a few array operations per ``n`` for the
+whole batch instead of a Python dict or Counter per document and ``n``.
 
 How: the words of all documents are laid end to end.  An n-gram occurrence is identified by
 ``first`` = the position of the first occurrence of the same n-gram in its document, so two

@@ -1,6 +1,6 @@
 """The fast paths of ``data prepare`` compute exactly what the plain definitions compute.
 
-* ``quality.Doc`` counts ASCII documents' words from their bytes; ``ngrams.ngram_fractions``
+* ``document_stats.Doc`` counts ASCII documents' words from their bytes; ``ngrams.ngram_fractions``
   computes the Gopher repetition fractions for a batch with numpy; ``first_failing_filters`` runs
   the filters on a batch.  Each is compared with the one-document definitions on random text.
 * ``tokenizer.encode_documents`` encodes ASCII text without the (no-op) Unicode normaliser.
@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from llmlaunch.data import default_corpus_path
+from llmlaunch.data import document_stats as docstats
 from llmlaunch.data import quality as q
 from llmlaunch.data.ngrams import ngram_fractions
 
@@ -35,9 +36,9 @@ def random_text(rng, pieces, length):
 
 def reference_counts(text):
     """The definitions: content words by stripping each word, letters by regex."""
-    content = [w.strip(q.EDGE_PUNCTUATION) for w in text.split()]
+    content = [w.strip(docstats.EDGE_PUNCTUATION) for w in text.split()]
     content = [w for w in content if w]
-    return len(content), sum(map(len, content)), len(q._WORD_WITH_LETTER_RE.findall(text))
+    return len(content), sum(map(len, content)), len(docstats._WORD_WITH_LETTER_RE.findall(text))
 
 
 def test_ascii_word_counts_equal_the_definitions():
@@ -46,12 +47,12 @@ def test_ascii_word_counts_equal_the_definitions():
     for trial in range(3000):
         pieces = ASCII_PIECES + (UNICODE_PIECES if trial % 4 == 0 else [])
         text = random_text(rng, pieces, rng.choice([1, 2, 5, 30, 120]))
-        doc = q.Doc(text)
+        doc = docstats.Doc(text)
         assert (doc.content_word_count, doc.content_word_chars, doc.alphabetic_word_count) == reference_counts(text), text
         checked_ascii += text.isascii()
     assert checked_ascii > 2000
     for text in ["", ".", "...", "a", "-a-", "'a'", "x" * 50, " ".join(string.punctuation)]:
-        doc = q.Doc(text)
+        doc = docstats.Doc(text)
         assert (doc.content_word_count, doc.content_word_chars, doc.alphabetic_word_count) == reference_counts(text)
 
 
@@ -73,8 +74,8 @@ def test_ngram_fractions_equal_the_one_document_definitions():
         top, duplicate = ngram_fractions(batch, ns, ns)
         for index, words in enumerate(batch):
             for n in ns:
-                assert top[n][index] == q.top_ngram_chars_fraction(words, n), (words, n)
-                assert duplicate[n][index] == q.duplicate_ngram_chars_fraction(words, n), (words, n)
+                assert top[n][index] == docstats.top_ngram_chars_fraction(words, n), (words, n)
+                assert duplicate[n][index] == docstats.duplicate_ngram_chars_fraction(words, n), (words, n)
     # the same word list in neighbouring documents never counts as a repeat across them
     top, duplicate = ngram_fractions([["a", "b", "c"]] * 3, [3], [3])
     assert top[3] == [0.0, 0.0, 0.0] and duplicate[3] == [0.0, 0.0, 0.0]
@@ -105,7 +106,7 @@ def test_batch_filters_equal_one_document_filters():
         assert q.first_failing_filters(texts, thresholds) == [q.first_failing_filter(t, thresholds) for t in texts]
         # ... and first_failing_filter itself matches a Doc whose n-gram fractions come from the definitions
         for text in texts[:60]:
-            doc = q.Doc(text)
+            doc = docstats.Doc(text)
             expected = next((name for name, passes in q.FILTERS.items()
                              if name not in thresholds.disabled and not passes(doc, thresholds)), None)
             assert q.first_failing_filter(text, thresholds) == expected

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from llmlaunch.data import DataError, default_corpus_path
+from llmlaunch.data import document_stats as docstats
 from llmlaunch.data import quality as q
 from llmlaunch.data.clean import eval_ngram_set, is_contaminated
 from llmlaunch.data.text import match_words, normalize_text
@@ -24,13 +25,13 @@ FILLER = " ".join(corpus_documents(6)[1:])  # plenty of ordinary prose
 
 def fails_only(text, name):
     """True if ``text`` fails filter ``name`` (checked directly, not via the chain)."""
-    return not q.FILTERS[name](q.Doc(text), T)
+    return not q.FILTERS[name](docstats.Doc(text), T)
 
 
 def test_good_document_passes_every_filter():
     assert q.first_failing_filter(GOOD, T) is None
     for name, passes in q.FILTERS.items():
-        assert passes(q.Doc(GOOD), T), name
+        assert passes(docstats.Doc(GOOD), T), name
 
 
 @pytest.mark.parametrize(
@@ -64,17 +65,17 @@ def test_filter_table_matches_removal_keys():
 
 def test_word_count_upper_bound_and_threshold_override():
     long_text = " ".join([GOOD] * 3)
-    assert q.passes_word_count(q.Doc(long_text), T)
-    assert not q.passes_word_count(q.Doc(long_text), q.QualityThresholds(max_words=100))
+    assert q.passes_word_count(docstats.Doc(long_text), T)
+    assert not q.passes_word_count(docstats.Doc(long_text), q.QualityThresholds(max_words=100))
 
 
 def test_repetition_metrics_on_known_input():
     words = "a b a b a b c d".split()
     # top 2-gram ("a","b") occurs 3 times, 2 chars each = 6 of 8 characters
-    assert q.top_ngram_chars_fraction(words, 2) == pytest.approx(6 / 8)
+    assert docstats.top_ngram_chars_fraction(words, 2) == pytest.approx(6 / 8)
     # 2-grams: ab ba ab(dup: covers 2,3) ba(dup: 3,4) ab(dup: 4,5) bc cd -> words 2..5 covered
-    assert q.duplicate_ngram_chars_fraction(words, 2) == pytest.approx(4 / 8)
-    assert q.duplicate_ngram_chars_fraction("x y z w".split(), 2) == 0.0
+    assert docstats.duplicate_ngram_chars_fraction(words, 2) == pytest.approx(4 / 8)
+    assert docstats.duplicate_ngram_chars_fraction("x y z w".split(), 2) == 0.0
 
 
 def test_duplicate_ngram_shortcut_agrees_with_checking_every_n():
@@ -83,9 +84,9 @@ def test_duplicate_ngram_shortcut_agrees_with_checking_every_n():
     rng = random.Random(0)
     for trial in range(300):
         words = [rng.choice("ab cd ef gh ij kl mn op".split()[: rng.randint(2, 8)]) for _ in range(rng.randint(5, 80))]
-        brute = all(q.duplicate_ngram_chars_fraction(words, n) <= limit for n, limit in T.max_duplicate_ngram_chars_fraction.items())
-        assert q.passes_duplicate_ngrams(q.Doc(" ".join(words)), T) == brute, words
-        fractions = [q.duplicate_ngram_chars_fraction(words, n) for n in range(5, 11)]
+        brute = all(docstats.duplicate_ngram_chars_fraction(words, n) <= limit for n, limit in T.max_duplicate_ngram_chars_fraction.items())
+        assert q.passes_duplicate_ngrams(docstats.Doc(" ".join(words)), T) == brute, words
+        fractions = [docstats.duplicate_ngram_chars_fraction(words, n) for n in range(5, 11)]
         assert fractions == sorted(fractions, reverse=True)
 
 
