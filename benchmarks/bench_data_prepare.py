@@ -40,7 +40,8 @@ from pathlib import Path
 
 from llmlaunch.data import default_corpus_path
 from llmlaunch.data.clean import NearDupConfig
-from llmlaunch.data.prepare import PrepareConfig, prepare
+from llmlaunch.data.prepare import prepare
+from llmlaunch.data.prepare_config import PrepareConfig
 from llmlaunch.data.text import normalize_text
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

@@ -144,7 +144,7 @@ def test_manifest_datasketch_version_without_importing_it():
 
     script = (
         "import sys\n"
-        "from llmlaunch.data.prepare import _datasketch_version\n"
+        "from llmlaunch.data.manifest import _datasketch_version\n"
         "version = _datasketch_version()\n"
         "assert 'datasketch' not in sys.modules\n"
         "import datasketch\n"
