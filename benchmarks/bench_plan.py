@@ -19,7 +19,7 @@ CASES = [
 
 def wall_seconds(args: list[str]) -> float:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "llmlaunch.cli", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "llmlaunch", *args], capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(args)} failed: {proc.stderr.strip()}")

@@ -17,18 +17,18 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_report import body_attrs, run_chromium  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "helpers"))
+from browser import body_attrs, run_chromium  # noqa: E402
 
 CASES = [("1024 GPUs, 175B", ["--gpus", "1024", "--params", "175e9"]),
          ("131072 GPUs, 175B", ["--gpus", "131072", "--params", "175e9"])]
 
 BUILD = """
 import sys, time
-from test_report import plan
-inputs, result, chosen = plan(*sys.argv[2:])
+from llmlaunch.cli.plan import plan_from_argv
+inputs, result, chosen = plan_from_argv(sys.argv[2:])
 start = time.perf_counter()
-from llmlaunch.report_html import write_plan_report  # plotly is imported inside, lazily
+from llmlaunch.report.plan_page import write_plan_report  # plotly is imported inside, lazily
 write_plan_report(sys.argv[1], inputs, result, chosen)
 print(time.perf_counter() - start)
 """
@@ -37,9 +37,8 @@ print(time.perf_counter() - start)
 def build_seconds(out: Path, cli_args: list[str]) -> float:
     """Import of the report module and plotly + building and writing the page, in a fresh process
     (the search before it is not counted: bench_plan.py times that)."""
-    tests = str(Path(__file__).resolve().parent.parent / "tests")
     proc = subprocess.run([sys.executable, "-c", BUILD, str(out), *cli_args], capture_output=True,
-                          text=True, cwd=tests, check=True)
+                          text=True, check=True)
     return float(proc.stdout.strip().splitlines()[-1])
 
 

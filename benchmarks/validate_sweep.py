@@ -4,7 +4,7 @@ On a machine with one GPU (H100/H200), from the repository root:
 
     python benchmarks/validate_sweep.py --out runs/validate-sweep
 
-runs `python -m llmlaunch.cli validate --json` once per micro-batch (default 1, 2, 4) and recompute
+runs `python -m llmlaunch validate --json` once per micro-batch (default 1, 2, 4) and recompute
 mode (default none, selective, full) of the built-in config `gpt-1b-gpu` (GPT-3 1.3B's shape, one
 GPU, bf16, ZeRO-1), each with `--set layout.micro_batch=B --set layout.recompute=R`, and prints a
 Markdown table for docs/validation.md: per (micro-batch, recompute, pipeline stage) the predicted
@@ -149,7 +149,7 @@ def sweep_sets(micro_batch: int, recompute: str) -> list[str]:
 
 def validate_command(config: str, nproc: int | None, steps: int, sets: list[str], micro_batch: int,
                      recompute: str, run_dir: str) -> list[str]:
-    cmd = [sys.executable, "-m", "llmlaunch.cli", "validate", "--config", config,
+    cmd = [sys.executable, "-m", "llmlaunch", "validate", "--config", config,
            "--run-dir", run_dir, "--steps", str(steps), "--json"]
     if nproc is not None:
         cmd += ["--nproc", str(nproc)]

@@ -16,7 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .atomic import write_text_atomic
+from llmlaunch.atomic import write_text_atomic
 
 MARKER = "llmlaunch_complete.json"
 LATEST = "latest"

@@ -12,17 +12,10 @@ DeepSpeed's traps it encodes:
 """
 from __future__ import annotations
 
-from .config import ConfigError, RunConfig
-from .topology.memory import ALLGATHER_BUCKET_ELEMENTS, REDUCE_BUCKET_ELEMENTS
+from llmlaunch.config import ConfigError, RunConfig
+from llmlaunch.topology.memory import ALLGATHER_BUCKET_ELEMENTS, REDUCE_BUCKET_ELEMENTS
 
 ADAM_EPS = 1e-8
-
-
-def resolve_precision(config: RunConfig, on_gpu: bool) -> str:
-    """train.precision auto: bf16 on GPU, fp32 on CPU."""
-    if config.train.precision == "auto":
-        return "bf16" if on_gpu else "fp32"
-    return config.train.precision
 
 
 def deepspeed_config(config: RunConfig, precision: str) -> dict:

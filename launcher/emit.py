@@ -12,10 +12,18 @@ import re
 import shlex
 from pathlib import Path
 
-from . import __version__
-from .atomic import atomic_directory
-from .config import RunConfig, dump_run_config
+from llmlaunch import __version__
+from llmlaunch.atomic import atomic_directory
+from llmlaunch.config import RunConfig, dump_run_config
+from llmlaunch.topology.plan_inputs import PlanInputs
+from llmlaunch.topology.planner import Candidate
+
 from .ds_config import deepspeed_config
+
+# The body of every Slurm job (package data of llmlaunch.launcher); train.sbatch and slurm/train.sh
+# find it through this name.
+JOB_BODY = Path(__file__).parent / "jobs" / "slurm_job.sh"
+FIND_JOB_BODY = "python3 -c 'from llmlaunch.launcher.emit import JOB_BODY; print(JOB_BODY)'"
 
 SLURM_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
 
@@ -26,7 +34,8 @@ def slurm_safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "llmlaunch"
 
 
-def run_config_for(inputs, candidate, job_name: str, time_limit: str, tokens: float | None = None) -> RunConfig:
+def run_config_for(inputs: PlanInputs, candidate: Candidate, job_name: str, time_limit: str,
+                   tokens: float | None = None) -> RunConfig:
     """run.yaml for a planned layout: model and layout from the plan, train defaults otherwise."""
     spec, lay = inputs.spec, candidate.layout
     config = RunConfig()
@@ -48,7 +57,7 @@ def run_config_for(inputs, candidate, job_name: str, time_limit: str, tokens: fl
 def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: int,
                   gpus_per_node: int) -> str:
     """A job-specific sbatch file: its #SBATCH lines, then the job body shipped with llmlaunch
-    (launcher/jobs/slurm_job.sh: one task per GPU, srun starts the ranks, USR1 before the time limit
+    (JOB_BODY: one task per GPU, srun starts the ranks, USR1 before the time limit
     checkpoints and requeues). User input is sanitised on #SBATCH lines (sbatch parses them, not the
     shell) and shell-quoted elsewhere."""
     s = config.slurm
@@ -76,16 +85,16 @@ def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: i
     lines += [
         f"RUN_DIR={shlex.quote(run_dir)}",
         "# the job body shipped with llmlaunch: preflight, srun of the ranks, checkpoint-and-requeue",
-        "JOB=\"$(python3 -c 'import os, llmlaunch; print(os.path.join(os.path.dirname("
-        "llmlaunch.__file__), \"jobs\", \"slurm_job.sh\"))')\" || exit 2",
+        f'JOB="$({FIND_JOB_BODY})" || exit 2',
         'exec bash "$JOB" "$RUN_DIR/run.yaml" "$RUN_DIR"',
         "",
     ]
     return "\n".join(lines)
 
 
-def emit_plan(out_dir: str, inputs, candidate, *, force: bool = False, job_name: str | None = None,
-              time_limit: str = "02:00:00", tokens: float | None = None) -> list[str]:
+def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: bool = False,
+              job_name: str | None = None, time_limit: str = "02:00:00",
+              tokens: float | None = None) -> list[str]:
     """Write the three files for a fitting candidate; returns their paths."""
     lay = candidate.layout
     if lay.sequence_parallel or lay.virtual_stages > 1:

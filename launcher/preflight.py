@@ -1,5 +1,6 @@
-"""Checks of an allocation before the expensive start: `python -m llmlaunch.preflight --config RUN.yaml`
-on every rank (slurm/train.sh runs it under srun), or `llmlaunch preflight --config RUN.yaml` locally.
+"""Checks of an allocation before the expensive start: `python -m llmlaunch.launcher.preflight --config
+RUN.yaml` on every rank (the Slurm job body runs it under srun), or `llmlaunch preflight --config
+RUN.yaml` locally.
 
 Each rank checks its accelerator and host memory against the plan; all ranks then run a timed
 all-reduce over the real backend (NCCL on GPUs, gloo on CPU), which proves every rank reachable; rank
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import RunConfig
+from llmlaunch.config import RunConfig
+
+from .entry import enter_rank, exit_process, run_rank
 
 GIB = 2**30
 
@@ -29,8 +31,8 @@ class Check:
 
 def checkpoint_bytes(config: RunConfig, precision: str) -> float:
     """One checkpoint, all ranks together: weights plus optimizer states (DeepSpeed saves both)."""
-    from .topology.memory import PRECISIONS
-    from .topology.params import total_params
+    from llmlaunch.topology.memory import PRECISIONS
+    from llmlaunch.topology.params import total_params
 
     bytes_per_param = PRECISIONS[precision].weight_bytes + PRECISIONS[precision].optimizer_bytes
     return total_params(config.model_spec()) * bytes_per_param
@@ -52,12 +54,13 @@ def memory_checks(config: RunConfig, world: int, local_world: int, precision: st
     import psutil
     import torch
 
-    from .rank import catalog_device, predicted
+    from llmlaunch.topology.plan_inputs import estimate_layout
 
     on_gpu = torch.cuda.is_available()
-    device = catalog_device(config)
-    estimate = predicted(config, world, precision, device) if device is not None else None
-    need = estimate.worst_stage.total if estimate is not None and estimate.estimated else 0.0
+    try:
+        need = estimate_layout(config.plan_inputs(precision), config.layout_obj()).worst_stage.total
+    except ValueError:  # no prediction (a cluster.gpu the catalog does not know)
+        need = 0.0
     checks = []
     if on_gpu:
         count = torch.cuda.device_count()
@@ -105,21 +108,18 @@ def build_lock_check() -> Check:
 
 
 def run_checks(config: RunConfig, run_dir: Path) -> list[Check]:
-    from .rank import rank_environment
-
-    os.environ.update(rank_environment())
-    world = int(os.environ["WORLD_SIZE"])
+    rank, world = enter_rank(config)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE")
                       or min(world, config.cluster.gpus_per_node))
     import torch
 
-    from .ds_config import resolve_precision
+    from .engine import run_precision
 
-    precision = resolve_precision(config, torch.cuda.is_available())
+    precision = run_precision(config, torch.cuda.is_available())
     checks = memory_checks(config, world, local_world, precision)
     checks.append(build_lock_check())
     checks.append(smoke_allreduce(world, config.train.collective_timeout_s))
-    if int(os.environ["RANK"]) == 0:
+    if rank == 0:
         checks.append(disk_check(config, run_dir, precision))
     return checks
 
@@ -142,20 +142,10 @@ def format_table(checks: list[Check]) -> str:
                     headers=["check", "", "detail"], tablefmt="simple")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .rank import parse_rank_arguments
-
-    try:
-        config, run_dir = parse_rank_arguments(argv, "llmlaunch.preflight", __doc__.split("\n")[0])
-        checks = run_checks(config, run_dir)
-        everyone_ok = gather_verdict(checks)
-        from .model.distributed import finish_distributed
-
-        finish_distributed()
-    except (ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"llmlaunch: preflight error on rank {os.environ.get('RANK', '?')}: {first}", file=sys.stderr)
-        return 1
+def preflight(config: RunConfig, run_dir: Path) -> int:
+    """This rank's checks, everyone's verdict, and the table (rank 0, and any rank that failed)."""
+    checks = run_checks(config, run_dir)
+    everyone_ok = gather_verdict(checks)
     rank = int(os.environ["RANK"])
     if rank == 0 or not all(c.ok for c in checks):
         print(f"preflight, rank {rank}:\n{format_table(checks)}", flush=True)
@@ -165,5 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if everyone_ok else 1
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_rank(preflight, argv, "llmlaunch.launcher.preflight", __doc__.split("\n")[0],
+                    role="preflight")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -1,10 +1,10 @@
 """`llmlaunch validate`: the planner's memory and step-time predictions against real training steps.
 
 `llmlaunch validate --config RUN.yaml [--nproc N] [--set k=v ...] [--steps K] [--json]` runs a few
-training steps of the run's layout on this machine (CPU with gloo, GPU with NCCL). `run_validate`
-starts the ranks the way `llmlaunch train` does (torch's elastic launcher locally, or this process as
-one rank under srun), each running `python -m llmlaunch.validate --config RUN.yaml --run-dir DIR
-[--set k=v ...]`. The two options that are not run.yaml values reach the ranks as environment
+training steps of the run's layout on this machine (CPU with gloo, GPU with NCCL). The command
+(llmlaunch/cli/validate.py) starts the ranks the way `llmlaunch train` does (torch's elastic launcher
+locally, or this process as one rank under srun), each running `python -m llmlaunch.launcher.validate
+--config RUN.yaml --run-dir DIR [--set k=v ...]`. The two options that are not run.yaml values reach the ranks as environment
 variables: LLMLAUNCH_VALIDATE_STEPS (steps to run, default 5) and LLMLAUNCH_VALIDATE_JSON ("1":
 print one JSON object instead of the table).
 
@@ -58,8 +58,12 @@ import sys
 import time
 from pathlib import Path
 
-from .atomic import write_text_atomic
-from .config import RunConfig
+from llmlaunch.atomic import write_text_atomic
+from llmlaunch.config import RunConfig
+
+from .entry import enter_rank, exit_process, run_rank
+from .memory_probe import (GradientProbe, optimizer_bytes,
+                           saved_activation_bytes_measured, weight_bytes)
 
 ENV_STEPS = "LLMLAUNCH_VALIDATE_STEPS"
 ENV_JSON = "LLMLAUNCH_VALIDATE_JSON"
@@ -68,210 +72,12 @@ RESULT_FILE = "validate.json"
 QUANTITIES = ("weights", "gradients", "optimizer", "activations", "peak", "step_time_s")
 
 
-# ------------------------------------------------------------------------------------------------
-# The command (`llmlaunch validate`)
-# ------------------------------------------------------------------------------------------------
-
-def add_validate_arguments(p) -> None:
-    from .train_cmd import add_train_arguments
-
-    add_train_arguments(p)
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                   help=f"training steps to run (at least 2: the first is not timed; default "
-                        f"{DEFAULT_STEPS})")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object (rows of rank, stage, quantity, predicted, measured, "
-                        "error_pct) instead of the table")
-
-
-def run_validate(args) -> int:
-    """Start the ranks `llmlaunch train` would start, running `llmlaunch.validate` instead."""
-    from .train_cmd import run_train
-
-    if args.steps < 2:
-        raise ValueError(f"--steps {args.steps}: at least 2 (the first step is not timed)")
-    saved = {key: os.environ.get(key) for key in (ENV_STEPS, ENV_JSON)}
-    os.environ[ENV_STEPS] = str(args.steps)
-    os.environ[ENV_JSON] = "1" if args.json else "0"
-    try:
-        return run_train(args, module="llmlaunch.validate")
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-# ------------------------------------------------------------------------------------------------
-# Measuring (one rank)
-# ------------------------------------------------------------------------------------------------
-
-class StorageCounter:
-    """Bytes of distinct storages: each `untyped_storage()` counted once (by data pointer), at its
-    full size; tensors on the meta device and empty storages count nothing."""
-
-    def __init__(self, exclude=()):
-        self.seen = set(exclude)
-        self.bytes = 0
-
-    def add(self, tensor) -> None:
-        import torch
-
-        if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
-            return
-        storage = tensor.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr == 0 or ptr in self.seen:
-            return
-        self.seen.add(ptr)
-        self.bytes += storage.nbytes()
-
-    def add_all(self, obj) -> None:
-        """Every tensor in obj: a tensor, or lists / tuples / dicts of them (nested)."""
-        import torch
-
-        if isinstance(obj, torch.Tensor):
-            self.add(obj)
-        elif isinstance(obj, dict):
-            for value in obj.values():
-                self.add_all(value)
-        elif isinstance(obj, (list, tuple)):
-            for value in obj:
-                self.add_all(value)
-            flat = getattr(obj, "flat_partition", None)     # ZeRO's GradPartitionBufferGroup
-            if flat is not None:
-                self.add(flat)
-
-
-def storage_ptrs(tensors) -> set:
-    return {t.untyped_storage().data_ptr() for t in tensors}
-
-
-def basic_optimizer(engine):
-    """The torch optimizer doing the update (inside ZeRO's or the bf16 wrapper, or the engine's
-    own)."""
-    outer = engine.optimizer
-    inner = getattr(outer, "optimizer", None)
-    return inner if inner is not None and inner is not outer else outer
-
-
-def weight_bytes(engine) -> int:
-    counter = StorageCounter()
-    for param in engine.module.parameters():
-        counter.add(param)
-        counter.add(getattr(param, "ds_tensor", None))      # a ZeRO-3 partition
-    return counter.bytes
-
-
-def gradient_bytes(engine) -> int:
-    """Gradient storages alive now (see the module docstring)."""
-    params = list(engine.module.parameters())
-    counter = StorageCounter(exclude=storage_ptrs(params))
-    for param in params:
-        for attr in ("grad", "grad_accum", "_hp_grad"):
-            counter.add(getattr(param, attr, None))
-    outer = engine.optimizer
-    for attr in ("averaged_gradients", "all_grad_tensors", "fp32_groups_gradients_flat"):
-        counter.add_all(getattr(outer, attr, None))
-    for master in getattr(outer, "single_partition_of_fp32_groups", None) or []:
-        counter.add(master.grad)
-    return counter.bytes
-
-
-def optimizer_bytes(engine) -> int:
-    """Optimizer state and fp32 master storages (see the module docstring)."""
-    params = list(engine.module.parameters())
-    counter = StorageCounter(exclude=storage_ptrs(params))
-    for state in basic_optimizer(engine).state.values():
-        counter.add_all(state)
-    outer = engine.optimizer
-    for attr in ("single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
-        counter.add_all(getattr(outer, attr, None))
-    return counter.bytes
-
-
-class GradientProbe:
-    """Records gradient_bytes at the end of the backward passes (before the pipeline's gradient
-    reduction), after the reduction, and inside the optimizer update, during one step."""
-
-    def __init__(self, engine):
-        self.engine = engine
-        self.readings = {}
-
-    def __enter__(self):
-        from deepspeed.runtime.pipe import schedule
-
-        engine = self.engine
-        original = type(engine)._INSTRUCTION_MAP
-        reduce_grads = original[schedule.ReduceGrads]
-
-        def probed_reduce(eng, *args, **kwargs):
-            self.readings["before_reduction"] = gradient_bytes(eng)
-            result = reduce_grads(eng, *args, **kwargs)
-            self.readings["after_reduction"] = gradient_bytes(eng)
-            return result
-
-        # the pipeline engine looks instructions up in self._INSTRUCTION_MAP: an instance copy
-        # overrides the class's table for this engine only
-        engine._INSTRUCTION_MAP = {**original, schedule.ReduceGrads: probed_reduce}
-        self.optimizer = basic_optimizer(engine)
-        step = self.optimizer.step
-
-        def probed_step(*args, **kwargs):
-            self.readings["in_update"] = gradient_bytes(engine)
-            return step(*args, **kwargs)
-
-        self.optimizer.step = probed_step
-        return self
-
-    def __exit__(self, *exc):
-        del self.engine._INSTRUCTION_MAP
-        del self.optimizer.step
-        return False
-
-    @property
-    def peak(self) -> int:
-        return max(self.readings.values(), default=0)
-
-
-def saved_activation_bytes_measured(engine, spec, micro_batch: int, dtype, generator) -> int:
-    """Storages saved for backward by one forward of this stage on one micro-batch (and the loss on
-    the last stage), parameters excluded. Every TP rank of a stage runs it together (the forward's
-    all-reduces); stages do not communicate."""
-    import torch
-
-    module = engine.module
-    device = engine.device
-    shape = (micro_batch, spec.seq_len)
-    if engine.is_first_stage():
-        inputs = torch.randint(0, spec.vocab, shape, generator=generator).to(device)
-    else:
-        # what the engine hands a later stage: the received activation, requiring grad
-        inputs = torch.randn(*shape, spec.hidden, generator=generator).to(device=device, dtype=dtype)
-        inputs.requires_grad_(True)
-    labels = torch.randint(0, spec.vocab, shape, generator=generator).to(device)
-    counter = StorageCounter(exclude=storage_ptrs(module.parameters()))
-
-    def pack(tensor):
-        counter.add(tensor)
-        return tensor
-
-    module.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        outputs = module(inputs)
-        if engine.is_last_stage():
-            outputs = module.loss_fn(outputs, labels)
-    del outputs
-    return counter.bytes
-
-
 def token_batches(spec, micro_batch: int, seed: int):
     """Endless (inputs, labels) micro-batches of seeded random tokens; the same sequence on every
     rank given the same seed (the TP ranks of a stage must read identical batches)."""
     import torch
 
-    from .model import next_token_batch
+    from llmlaunch.model import next_token_batch
 
     generator = torch.Generator().manual_seed(seed)
     while True:
@@ -281,38 +87,17 @@ def token_batches(spec, micro_batch: int, seed: int):
 
 def measure(config: RunConfig, steps: int) -> tuple[dict, dict]:
     """Train `steps` steps on this rank and measure it. Returns (this rank's record, run facts)."""
-    from .rank import rank_environment
-
-    env = rank_environment()
-    os.environ.update(env)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    lay = config.layout
-    if lay.dp * lay.pp * lay.tp != world:
-        raise ValueError(f"layout dp*pp*tp = {lay.dp}*{lay.pp}*{lay.tp} = {lay.dp * lay.pp * lay.tp} "
-                         f"but the job has {world} ranks")
-
+    rank, world = enter_rank(config)
     import deepspeed
     import torch
 
-    from .build_locks import check_build_locks
     from .device_probe import probe_device
-    from .ds_config import deepspeed_config, resolve_precision
-    from .model import build_pipeline_model, init_distributed
+    from .engine import build_engine
 
-    init_distributed(timeout_s=config.train.collective_timeout_s)
+    run = build_engine(config)
+    engine, spec, lay, dtype, precision = run.engine, run.spec, run.layout, run.dtype, run.precision
     on_gpu = torch.cuda.is_available()
-    precision = resolve_precision(config, on_gpu)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    spec = config.model_spec()
-    torch.manual_seed(config.train.seed)
-    model = build_pipeline_model(spec, pp=lay.pp, tp=lay.tp, dp=lay.dp, recompute=lay.recompute,
-                                 seed=config.train.seed, dtype=dtype,
-                                 hf_dir=config.checkpoint.init_hf or None)
-    check_build_locks()
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(config, precision))
-    dp_rank = engine.grid.get_data_parallel_id()
+    dp_rank = run.dp_rank
     batches = token_batches(spec, lay.micro_batch, config.train.seed + dp_rank)
     device_figures = probe_device(tokens=lay.micro_batch * spec.seq_len, hidden=spec.hidden,
                                   mlp_cols=spec.ffn_hidden // lay.tp, dtype=dtype,
@@ -361,34 +146,32 @@ def gather_records(record: dict) -> list[dict] | None:
     return records
 
 
-# ------------------------------------------------------------------------------------------------
-# Predicting and reporting (rank 0)
-# ------------------------------------------------------------------------------------------------
-
 def prediction_device(config: RunConfig, figures_by_rank: list[dict]):
-    """The device the step time is predicted for: run.yaml's cluster.gpu from the catalog, except
-    `cpu`, whose catalog entry is defined as this host's measured figures: there the ranks' probes
-    (launcher/device_probe.py) replace the catalog's placeholders. None when cluster.gpu is not in
-    the catalog."""
-    from .device_probe import device_from_figures
-    from .rank import catalog_device
+    """The device the step time is predicted for: run.yaml's cluster.gpu from the catalog, except an
+    entry that is this host (`cpu`): there the ranks' probes (device_probe.py) replace the catalog's
+    stand-ins. None when cluster.gpu is not in the catalog."""
+    from llmlaunch.topology.hardware import gpu
 
-    device = catalog_device(config)
-    if device is not None and device.name == "cpu" and figures_by_rank:
+    from .device_probe import device_from_figures
+
+    try:
+        device = gpu(config.cluster.gpu)
+    except ValueError:
+        return None
+    if device.host_measured and figures_by_rank:
         device = device_from_figures(device, figures_by_rank)
     return device
 
 
-def predictions(config: RunConfig, world: int, precision: str, device) -> dict:
+def predictions(config: RunConfig, precision: str, device) -> dict:
     """{stage: {quantity: predicted}} from the planner for the run's layout; step_time_s only when
     `device` (see prediction_device) is known."""
-    from .rank import predicted
-    from .topology.hardware import gpu
-    from .topology.memory import PRECISIONS, saved_activation_bytes
+    from llmlaunch.topology.hardware import gpu
+    from llmlaunch.topology.memory import PRECISIONS, saved_activation_bytes
+    from llmlaunch.topology.plan_inputs import estimate_layout
 
-    estimate = predicted(config, world, precision, device if device is not None else gpu("cpu"))
-    if not estimate.estimated:
-        raise ValueError("the planner cannot estimate this layout: " + "; ".join(estimate.reasons))
+    inputs = config.plan_inputs(precision, device=device if device is not None else gpu("cpu"))
+    estimate = estimate_layout(inputs, config.layout_obj())
     spec, lay = config.model_spec(), config.layout
     act = PRECISIONS[precision].activation_bytes
     norm_bytes = PRECISIONS[precision].norm_bytes
@@ -443,7 +226,7 @@ def report(config: RunConfig, run_dir: Path, records: list[dict], facts: dict, s
     lay = config.layout
     device = prediction_device(config, [r["device_figures"] for r in records])
     result = {
-        "rows": build_rows(records, predictions(config, facts["world"], facts["precision"], device)),
+        "rows": build_rows(records, predictions(config, facts["precision"], device)),
         "layout": {"dp": lay.dp, "pp": lay.pp, "tp": lay.tp, "micro_batch": lay.micro_batch,
                    "grad_accum": lay.grad_accum, "zero_stage": lay.zero_stage,
                    "recompute": lay.recompute},
@@ -471,33 +254,18 @@ def _restore_stdout(saved: int) -> None:
     os.close(saved)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .rank import parse_rank_arguments
-
+def validate_rank(config: RunConfig, run_dir: Path) -> int:
+    """Measure this rank; rank 0 prints the table (or JSON) and writes validate.json. Everything the
+    rank prints while measuring (DeepSpeed's messages) goes to stderr."""
     steps = int(os.environ.get(ENV_STEPS, DEFAULT_STEPS))
     as_json = os.environ.get(ENV_JSON, "0") == "1"
-    try:
-        config, run_dir = parse_rank_arguments(argv, "llmlaunch.validate", __doc__.split("\n")[0])
-    except ValueError as exc:
-        print(f"llmlaunch: error: {exc}", file=sys.stderr)
-        return 2
+    if steps < 2:
+        raise ValueError(f"{ENV_STEPS}={steps}: at least 2 steps (the first is not timed)")
     saved_stdout = _redirect_stdout()
     try:
-        if steps < 2:
-            raise ValueError(f"{ENV_STEPS}={steps}: at least 2 steps (the first is not timed)")
         record, facts = measure(config, steps)
         records = gather_records(record)
-        result = None
-        if records is not None:
-            result = report(config, run_dir, records, facts, steps)
-        from .model.distributed import finish_distributed
-
-        finish_distributed()
-    except (ValueError, RuntimeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"llmlaunch: validate error on rank {os.environ.get('RANK', '?')}: {first_line}",
-              file=sys.stderr)
-        return 1
+        result = report(config, run_dir, records, facts, steps) if records is not None else None
     finally:
         _restore_stdout(saved_stdout)
     if result is not None:
@@ -514,5 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_rank(validate_rank, argv, "llmlaunch.launcher.validate", __doc__.split("\n")[0],
+                    role="validate")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

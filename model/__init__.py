@@ -11,14 +11,15 @@ import importlib
 _EXPORTS = {
     "build_pipeline_model": "pipeline", "LMPipeline": "pipeline", "LMLoss": "pipeline",
     "LocalLM": "pipeline", "count_parameters": "pipeline", "check_layout": "pipeline",
-    "canonical_named_parameters": "pipeline",
+    "canonical_named_parameters": "sharding",
     "TensorParallelGroup": "tp", "ColumnParallelLinear": "tp", "RowParallelLinear": "tp",
     "VocabParallelEmbedding": "tp", "vocab_parallel_cross_entropy": "tp", "gather_logits": "tp",
     "next_token_batch": "batches", "replica_micro_batches": "batches",
     "init_distributed": "distributed",
-    "export_hf": "hf", "export_hf_from_checkpoint": "hf", "save_hf": "hf",
-    "gather_canonical_state": "hf", "local_canonical_state": "hf",
-    "read_checkpoint_canonical": "hf", "spec_from_hf_config": "hf", "hf_config": "hf",
+    "export_hf": "hf_export", "export_hf_from_checkpoint": "hf_export", "save_hf": "hf_export",
+    "gather_canonical_state": "hf_export", "local_canonical_state": "hf_export",
+    "read_checkpoint_canonical": "hf_export", "spec_from_hf_config": "hf_mapping",
+    "hf_config": "hf_mapping", "count_hf_params": "hf_mapping", "HFWeights": "hf_import",
 }
 
 __all__ = sorted(_EXPORTS)

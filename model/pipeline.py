@@ -13,7 +13,7 @@ the mean next-token cross-entropy without gathering the vocabulary.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -21,14 +21,16 @@ from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 from torch import nn
 
+from llmlaunch.topology.layout import Layout
 from llmlaunch.topology.model_spec import ModelSpec
 from llmlaunch.topology.stage_split import split_stages
 
 from .init import initial_tensor
 from .layers import (FinalNorm, LMHead, PositionEmbedding, TokenEmbedding, TransformerBlock,
                      tied_head_forward)
-from .sharding import canonical_shapes, pipeline_layer_prefixes, shard_tensor, tp_split
-from .tp import TensorParallelGroup, divide, vocab_parallel_cross_entropy
+from .sharding import (canonical_named_parameters, canonical_shapes, load_canonical,
+                       pipeline_layer_prefixes, tp_split)
+from .tp import TensorParallelGroup, vocab_parallel_cross_entropy
 
 TIED_KEY = "embed"
 
@@ -46,11 +48,9 @@ class LMLoss:
 
 
 def check_layout(spec: ModelSpec, pp: int, tp: int) -> None:
-    """Raise ValueError when tp does not divide the heads, KV heads and MLP width, or pp > L."""
-    divide(spec.heads, tp, "heads")
-    divide(spec.kv_heads, tp, "kv_heads")
-    divide(spec.ffn_hidden, tp, "ffn_hidden")
-    split_stages(spec, pp, tp)
+    """Raise ValueError when tp does not divide the heads, KV heads and MLP width, or pp > L
+    (topology.layout.Layout.check_model)."""
+    Layout(dp=1, pp=pp, tp=tp).check_model(spec)
 
 
 def layer_specs(spec: ModelSpec, tp: TensorParallelGroup, recompute: str) -> list[LayerSpec]:
@@ -87,32 +87,6 @@ def stage_boundaries(spec: ModelSpec, pp: int, tp: int) -> list[int]:
     return parts
 
 
-def canonical_named_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """(canonical name, parameter) for every parameter a rank holds, each once: layers carry a
-    `canonical_prefix` (model/layers.py) and their parameters' local names complete it."""
-    seen = set()
-    for layer in module.modules():
-        prefix = getattr(layer, "canonical_prefix", None)
-        if prefix is None:
-            continue
-        for local_name, param in layer.named_parameters():
-            if id(param) not in seen:
-                seen.add(id(param))
-                yield prefix + local_name, param
-
-
-def load_canonical(module: nn.Module, spec: ModelSpec, tp: TensorParallelGroup,
-                   full_tensor: Callable[[str], torch.Tensor]) -> None:
-    """Set each parameter to this TP rank's slice of `full_tensor(canonical name)`."""
-    with torch.no_grad():
-        for name, param in canonical_named_parameters(module):
-            shard = shard_tensor(full_tensor(name), tp_split(spec, name), tp.rank, tp.size)
-            if shard.shape != param.shape:
-                raise ValueError(f"{name}: the rank's slice has shape {tuple(shard.shape)}, "
-                                 f"the parameter {tuple(param.shape)}")
-            param.copy_(shard)
-
-
 def initialise(module: nn.Module, spec: ModelSpec, tp: TensorParallelGroup, seed: int) -> None:
     """Layout-independent initialisation (model/init.py)."""
     shapes = canonical_shapes(spec)
@@ -125,7 +99,7 @@ def load_weights(module: nn.Module, spec: ModelSpec, tp: TensorParallelGroup, se
     if hf_dir is None:
         initialise(module, spec, tp, seed)
     else:
-        from .hf import HFWeights  # transformers/safetensors only when importing a checkpoint
+        from .hf_import import HFWeights  # transformers/safetensors only when importing
         weights = HFWeights(hf_dir, spec)
         load_canonical(module, spec, tp, weights.canonical_tensor)
 
@@ -136,11 +110,9 @@ class LMPipeline(PipelineModule):
 
     def __init__(self, spec: ModelSpec, pp: int, tp: int, dp: int, recompute: str = "none",
                  seed: int = 1234, dtype: torch.dtype = torch.float32, hf_dir=None):
-        check_layout(spec, pp, tp)
-        world = dist.get_world_size()
-        if world != pp * tp * dp:
-            raise ValueError(f"layout pp={pp} x tp={tp} x dp={dp} needs {pp * tp * dp} ranks, "
-                             f"the job has {world}")
+        layout = Layout(dp=dp, pp=pp, tp=tp)
+        layout.check_model(spec)
+        layout.check_world_size(dist.get_world_size())
         topology = PipeModelDataParallelTopology(num_pp=pp, num_mp=tp, num_dp=dp)
         # layers are built inside PipelineModule.__init__, before the grid: TP coordinates come
         # from the topology and the process group is attached below

@@ -24,11 +24,15 @@ Names (L blocks, local names of model/layers.py prefixed by the layer's canonica
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
+from torch import nn
 
 from llmlaunch.topology.model_spec import ModelSpec
 from llmlaunch.topology.params import padded_vocab
+
+from .tp import TensorParallelGroup
 
 
 @dataclass(frozen=True)
@@ -141,3 +145,29 @@ def pipeline_layer_prefixes(spec: ModelSpec) -> list[str | None]:
     prefixes.append("final_norm.")
     prefixes.append(None if spec.tied_embeddings else "head.")
     return prefixes
+
+
+def canonical_named_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """(canonical name, parameter) for every parameter a rank holds, each once: layers carry a
+    `canonical_prefix` (model/layers.py) and their parameters' local names complete it."""
+    seen = set()
+    for layer in module.modules():
+        prefix = getattr(layer, "canonical_prefix", None)
+        if prefix is None:
+            continue
+        for local_name, param in layer.named_parameters():
+            if id(param) not in seen:
+                seen.add(id(param))
+                yield prefix + local_name, param
+
+
+def load_canonical(module: nn.Module, spec: ModelSpec, tp: TensorParallelGroup,
+                   full_tensor: Callable[[str], torch.Tensor]) -> None:
+    """Set each parameter to this TP rank's slice of `full_tensor(canonical name)`."""
+    with torch.no_grad():
+        for name, param in canonical_named_parameters(module):
+            shard = shard_tensor(full_tensor(name), tp_split(spec, name), tp.rank, tp.size)
+            if shard.shape != param.shape:
+                raise ValueError(f"{name}: the rank's slice has shape {tuple(shard.shape)}, "
+                                 f"the parameter {tuple(param.shape)}")
+            param.copy_(shard)

@@ -20,6 +20,6 @@
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out
-JOB="$(python3 -c 'import os, llmlaunch; print(os.path.join(os.path.dirname(llmlaunch.__file__), "jobs", "slurm_job.sh"))')" || {
+JOB="$(python3 -c 'from llmlaunch.launcher.emit import JOB_BODY; print(JOB_BODY)')" || {
   echo "llmlaunch: error: llmlaunch is not installed in this job's python3 (pip install llmlaunch)" >&2; exit 2; }
 exec bash "$JOB" "$@"

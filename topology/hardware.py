@@ -38,6 +38,9 @@ class GpuSpec:
     async_dispatch: bool = True
     """True on a GPU: kernels run while the host queues the next ones, so a pass takes the longer of
     host and device time. False on a CPU, which is its own host: the two add."""
+    host_measured: bool = False
+    """The entry describes the machine it runs on (`cpu`): its memory and peak are read from this
+    host when a caller asks for them (gpu(name, measure=True)), else the catalog's stand-ins hold."""
 
     def __post_init__(self):
         for field in ("memory_gib", "peak_tflops", "matmul_efficiency", "hbm_gb_per_s",
@@ -100,21 +103,22 @@ def host_memory_gib() -> float:
     return psutil.virtual_memory().total / GIB
 
 
-def gpu(name: str, **overrides) -> GpuSpec:
-    """The catalog entry `name` with any figure replaced by a non-None override."""
+def gpu(name: str, measure: bool = False, **overrides) -> GpuSpec:
+    """The catalog entry `name` with any figure replaced by a non-None override. A lookup has no side
+    effects: only with measure=True does an entry describing this host (`cpu`) read its memory and
+    time a GEMM (overrides still win)."""
     table = _catalog()
     key = name.lower()
     if key not in table:
         raise ValueError(f"--gpu {name!r} is not in the catalog; known: {', '.join(table)}")
     entry = {k: v for k, v in table[key].items() if k != "sources"}
-    entry.update({k: v for k, v in overrides.items() if v is not None})
-    if entry.get("memory_gib") == "measure":
-        entry["memory_gib"] = round(host_memory_gib(), 1)
-    if entry.get("peak_tflops") == "measure":
-        entry["peak_tflops"] = round(measure_cpu_peak_tflops(), 4)
     unknown = set(entry) - {f.name for f in dataclasses.fields(GpuSpec)}
     if unknown:
         raise ValueError(f"GPU catalog entry {name!r} has unknown keys: {', '.join(sorted(unknown))}")
+    if measure and entry.get("host_measured"):
+        entry["memory_gib"] = round(host_memory_gib(), 1)
+        entry["peak_tflops"] = round(measure_cpu_peak_tflops(), 4)
+    entry.update({k: v for k, v in overrides.items() if v is not None})
     return GpuSpec(name=key, **entry)
 
 

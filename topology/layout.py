@@ -1,12 +1,63 @@
-"""A 3D-parallel layout and the rank-to-group math of DeepSpeed's pipeline topology."""
+"""A 3D-parallel layout, validated once, and the rank-to-group maths every caller shares.
+
+`Layout` is the one description of how a job splits: the planner searches Layouts, run.yaml holds
+one, the model builds its process groups from one, the dry-run report and the rank map draw one.
+Its checks (world size, what tp and pp must divide) and its rank maths live here only.
+"""
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import asdict, dataclass
+from typing import Sequence
+
+from .model_spec import ModelSpec
 
 RECOMPUTE_MODES = ("none", "selective", "full")
 ZERO_STAGES = (0, 1, 2, 3)
 # What DeepSpeed's PipelineEngine accepts (see Layout.runnable); ZeRO-2/3 are estimates only.
 RUNNABLE_ZERO_STAGES = (0, 1)
+# Rank order, fastest-varying axis first, as DeepSpeed's PipeModelDataParallelTopology lays ranks
+# out (its axes pipe, data, model with the last fastest): rank = (pp_coord * dp + dp_coord) * tp
+# + tp_coord. A TP group is tp consecutive ranks, so it stays inside a node when tp divides it.
+AXES = ("tp", "dp", "pp")
+AXIS_NAMES = {"tp": "tensor", "dp": "data", "pp": "pipeline"}
+
+
+def rank_groups(sizes: Sequence[int], grouped: Sequence[bool]) -> list[list[int]]:
+    """The process groups of a mixed-radix rank layout (one generic function for every axis, as
+    Megatron-LM's RankGenerator builds its groups from an axis order).
+
+    `sizes` are the axis sizes, fastest-varying first, so a rank's coordinate on axis i is
+    (rank // prod(sizes[:i])) % sizes[i]. A group is the ranks that differ only on the axes with
+    `grouped[i]` set; groups are listed in the mixed-radix order of the other axes (fastest
+    first), members in the order of the grouped axes.
+
+    Worked example, 16 GPUs as tp=4, dp=2, pp=2 (sizes [4, 2, 2], strides 1, 4, 8):
+
+        grouped tp:      [0,1,2,3] [4,5,6,7] [8,9,10,11] [12,13,14,15]
+        grouped dp:      [0,4] [1,5] [2,6] [3,7] [8,12] [9,13] [10,14] [11,15]
+        grouped pp:      [0,8] [1,9] [2,10] [3,11] [4,12] [5,13] [6,14] [7,15]
+        grouped tp, dp:  [0..7] [8..15]   (a pipeline stage: DeepSpeed's model-parallel slice x dp)
+
+    On two nodes of 8, node 0 holds stage 0: pipeline sends cross the network, TP all-reduces never.
+    """
+    if len(sizes) != len(grouped):
+        raise ValueError(f"{len(sizes)} axis sizes but {len(grouped)} grouped flags")
+    if any(size < 1 for size in sizes):
+        raise ValueError(f"axis sizes must be positive, got {list(sizes)}")
+    strides = [math.prod(sizes[:i]) for i in range(len(sizes))]
+    inner = [i for i, g in enumerate(grouped) if g]
+    outer = [i for i, g in enumerate(grouped) if not g]
+
+    def offsets(axes: list[int]) -> list[int]:
+        # itertools.product varies its last argument fastest: pass the axes slowest first
+        ranges = [range(sizes[i]) for i in reversed(axes)]
+        return [sum(c * strides[i] for c, i in zip(combo, reversed(axes)))
+                for combo in itertools.product(*ranges)]
+
+    members = offsets(inner)
+    return [[base + m for m in members] for base in offsets(outer)]
 
 
 @dataclass(frozen=True)
@@ -35,20 +86,20 @@ class Layout:
     1F1B). Estimator only: DeepSpeed's pipeline engine runs plain 1F1B."""
 
     def __post_init__(self):
-        for field in ("dp", "pp", "tp", "micro_batch", "grad_accum"):
+        for field in ("dp", "pp", "tp", "micro_batch", "grad_accum", "virtual_stages"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"layout {field} must be a positive integer, got {value!r}")
         if self.zero_stage not in ZERO_STAGES:
             raise ValueError(f"layout zero_stage must be one of 0, 1, 2, 3, got {self.zero_stage!r}")
-        if isinstance(self.virtual_stages, bool) or not isinstance(self.virtual_stages, int) \
-                or self.virtual_stages < 1:
-            raise ValueError(f"layout virtual_stages must be a positive integer, got {self.virtual_stages!r}")
         if self.virtual_stages > 1 and self.pp == 1:
             raise ValueError("an interleaved schedule (virtual_stages > 1) needs a pipeline (pp > 1)")
         if self.recompute not in RECOMPUTE_MODES:
             raise ValueError(f"layout recompute must be one of {', '.join(RECOMPUTE_MODES)}, "
                              f"got {self.recompute!r}")
+
+    # ------------------------------------------------------------------------------------------
+    # sizes and what DeepSpeed runs
 
     @property
     def runnable(self) -> bool:
@@ -67,83 +118,122 @@ class Layout:
         """Sequences per optimizer step: micro_batch * grad_accum * dp (DeepSpeed's train_batch_size)."""
         return self.micro_batch * self.grad_accum * self.dp
 
-    @property
-    def tp_enabled(self) -> bool:
-        return self.tp > 1
+    def size(self, axis: str) -> int:
+        """The degree of one axis ('tp', 'dp' or 'pp')."""
+        if axis not in AXES:
+            raise ValueError(f"unknown axis {axis!r}; axes are {', '.join(AXES)}")
+        return getattr(self, axis)
+
+    def describe(self) -> str:
+        """'dp=2 pp=2 tp=1': the three degrees, as messages name them."""
+        return f"dp={self.dp} pp={self.pp} tp={self.tp}"
 
     @property
-    def pp_enabled(self) -> bool:
-        return self.pp > 1
+    def product(self) -> str:
+        """'dp*pp*tp = 2*2*1 = 4': the world size with its factors, as errors print it."""
+        return f"dp*pp*tp = {self.dp}*{self.pp}*{self.tp} = {self.world_size}"
 
-    @property
-    def dp_enabled(self) -> bool:
-        return self.dp > 1
+    # ------------------------------------------------------------------------------------------
+    # checks: every caller uses these instead of re-checking
 
     def check_world_size(self, world_size: int) -> None:
+        """Raise ValueError unless dp * pp * tp equals the job's ranks (it prints the product)."""
         if self.world_size != world_size:
-            raise ValueError(f"dp*pp*tp = {self.dp}*{self.pp}*{self.tp} = {self.world_size} "
-                             f"!= world size {world_size}")
+            raise ValueError(f"layout {self.product} but the job has {world_size} ranks")
+
+    def model_reasons(self, spec: ModelSpec) -> list[str]:
+        """Why this layout cannot split `spec` (empty when it can): tp must divide the query heads,
+        the KV heads and the MLP width (each rank holds whole heads and an equal MLP slice), and
+        every pipeline stage needs at least one block."""
+        reasons = []
+        checks = [("heads", spec.heads), ("ffn_hidden", spec.ffn_hidden)]
+        if spec.kv_heads != spec.heads:  # with multi-head attention the heads' check says it
+            checks.insert(1, ("kv_heads", spec.kv_heads))
+        for what, value in checks:
+            if value % self.tp:
+                reasons.append(f"tp={self.tp} does not divide {what}={value}")
+        if self.pp > spec.layers:
+            reasons.append(f"pp={self.pp} exceeds the {spec.layers} layers (every stage needs one)")
+        return reasons
+
+    def check_model(self, spec: ModelSpec) -> None:
+        """Raise ValueError with model_reasons when the layout cannot split `spec`."""
+        reasons = self.model_reasons(spec)
+        if reasons:
+            raise ValueError("; ".join(reasons))
+
+    # ------------------------------------------------------------------------------------------
+    # rank maths (AXES order; rank_groups does the work)
+
+    def sizes(self) -> tuple[int, ...]:
+        """Axis sizes in AXES order (fastest first)."""
+        return tuple(self.size(axis) for axis in AXES)
+
+    def coords(self, rank: int) -> dict[str, int]:
+        """{'tp': t, 'dp': d, 'pp': p} of a global rank."""
+        if not 0 <= rank < self.world_size:
+            raise ValueError(f"rank {rank} outside world size {self.world_size}")
+        out, rest = {}, rank
+        for axis in AXES:
+            rest, out[axis] = divmod(rest, self.size(axis))
+        return out
+
+    def rank_of(self, *, tp: int = 0, dp: int = 0, pp: int = 0) -> int:
+        """The global rank at these coordinates."""
+        coords = {"tp": tp, "dp": dp, "pp": pp}
+        rank, stride = 0, 1
+        for axis in AXES:
+            if not 0 <= coords[axis] < self.size(axis):
+                raise ValueError(f"{axis} coordinate {coords[axis]} outside 0..{self.size(axis) - 1}")
+            rank += coords[axis] * stride
+            stride *= self.size(axis)
+        return rank
+
+    def groups(self, *axes: str) -> list[list[int]]:
+        """The groups of ranks that differ only along `axes` (one axis: its TP/DP/PP groups)."""
+        unknown = set(axes) - set(AXES)
+        if unknown or not axes:
+            raise ValueError(f"axes must be some of {', '.join(AXES)}, got {axes!r}")
+        return rank_groups(self.sizes(), [axis in axes for axis in AXES])
+
+    def group_index(self, rank: int, axis: str) -> int:
+        """Which of groups(axis) holds `rank` (their mixed-radix index over the other axes)."""
+        coords = self.coords(rank)
+        index, stride = 0, 1
+        for other in AXES:
+            if other != axis:
+                index += coords[other] * stride
+                stride *= self.size(other)
+        return index
+
+    def group_span(self, rank: int, axis: str) -> tuple[int, int]:
+        """The first and last rank of the `axis` group that holds `rank`."""
+        stride = self.strides()[axis]
+        first = rank - self.coords(rank)[axis] * stride
+        return first, first + (self.size(axis) - 1) * stride
+
+    def strides(self) -> dict[str, int]:
+        """Rank distance between neighbours along each axis."""
+        out, stride = {}, 1
+        for axis in AXES:
+            out[axis] = stride
+            stride *= self.size(axis)
+        return out
+
+    def spans_nodes(self, axis: str, gpus_per_node: int) -> bool:
+        """Whether any group of `axis` crosses a node boundary (nodes hold consecutive ranks).
+
+        A group is start + k * stride (k < size) inside an aligned block of stride * size ranks.
+        When the node size is a multiple of the block, no group crosses; when the block is a
+        multiple of the node size (and size > 1), every group does; otherwise (odd node sizes) the
+        groups are listed and checked one by one."""
+        size, stride = self.size(axis), self.strides()[axis]
+        block = stride * size
+        if size == 1 or gpus_per_node % block == 0:
+            return False
+        if block % gpus_per_node == 0:
+            return True
+        return any(min(g) // gpus_per_node != max(g) // gpus_per_node for g in self.groups(axis))
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def rank_coords(rank: int, dp: int, pp: int, tp: int) -> tuple[int, int, int]:
-    """(pipe, data, tensor) coordinates of a global rank, in the order of DeepSpeed's
-    PipeModelDataParallelTopology (axes pipe, data, model; model fastest):
-    rank = (pipe * dp + data) * tp + tensor.
-    """
-    if not 0 <= rank < dp * pp * tp:
-        raise ValueError(f"rank {rank} outside world size {dp * pp * tp}")
-    tensor = rank % tp
-    data = (rank // tp) % dp
-    pipe = rank // (tp * dp)
-    return pipe, data, tensor
-
-
-def parallel_groups(dp: int, pp: int, tp: int) -> dict[str, list[list[int]]]:
-    """The global ranks of every TP, PP and DP group.
-
-    Ranks are laid out tensor-fastest, then data, then pipe, as DeepSpeed's
-    PipeModelDataParallelTopology does, so a TP group is tp consecutive ranks and stays inside a
-    node whenever tp divides gpus_per_node. Worked example, 16 GPUs as dp=2, pp=2, tp=4 on two
-    nodes of 8:
-
-        tp groups: [0,1,2,3] [4,5,6,7] [8,9,10,11] [12,13,14,15]    (4 consecutive ranks)
-        dp groups: [0,4] [1,5] [2,6] [3,7] [8,12] [9,13] [10,14] [11,15]   (stride tp)
-        pp groups: [0,8] [1,9] [2,10] [3,11] [4,12] [5,13] [6,14] [7,15]   (stride tp*dp)
-
-    Node 0 holds stage 0 (ranks 0-7), node 1 stage 1: pipeline sends cross the network, TP
-    all-reduces never do.
-    """
-    world = dp * pp * tp
-    tp_groups = [list(range(start, start + tp)) for start in range(0, world, tp)]
-    dp_groups = [[(p * dp + d) * tp + t for d in range(dp)] for p in range(pp) for t in range(tp)]
-    pp_groups = [[(p * dp + d) * tp + t for p in range(pp)] for d in range(dp) for t in range(tp)]
-    return {"tp": tp_groups, "pp": pp_groups, "dp": dp_groups}
-
-
-def node_of(rank: int, gpus_per_node: int) -> int:
-    return rank // gpus_per_node
-
-
-def group_spans_nodes(group: list[int], gpus_per_node: int) -> bool:
-    return node_of(min(group), gpus_per_node) != node_of(max(group), gpus_per_node)
-
-
-def axis_spans_nodes(axis: str, dp: int, pp: int, tp: int, gpus_per_node: int) -> bool:
-    """Whether any group of one axis ('tp', 'pp', 'dp') crosses a node boundary.
-
-    A group is the ranks start + k*stride (k < size) inside an aligned block of stride*size ranks.
-    When the node size is a multiple of the block, blocks are node-aligned: no group crosses. When
-    the block is a multiple of the node size (and size > 1), every group crosses. Otherwise (odd
-    node sizes) the groups are listed and checked one by one.
-    """
-    stride = {"tp": 1, "dp": tp, "pp": tp * dp}[axis]
-    size = {"tp": tp, "dp": dp, "pp": pp}[axis]
-    block = stride * size
-    if size == 1 or gpus_per_node % block == 0:
-        return False
-    if block % gpus_per_node == 0:
-        return True
-    return any(group_spans_nodes(g, gpus_per_node) for g in parallel_groups(dp, pp, tp)[axis])

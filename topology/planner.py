@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 
 from .flops import hardware_flops_per_token, model_flops_per_token
 from .hardware import GIB, Cluster
-from .layout import RECOMPUTE_MODES, RUNNABLE_ZERO_STAGES, Layout, axis_spans_nodes
+from .layout import RECOMPUTE_MODES, RUNNABLE_ZERO_STAGES, Layout
 from .memory import PRECISIONS, Precision, StageMemory, pipeline_memory
 from .model_spec import ModelSpec
-from .step_time import (StepTime, bubble_fraction, data_parallel_time_s, optimizer_time_s,
-                        pipeline_time_s, stage_micro_batch_time, zero3_gather_time_s)
+from .step_time import (StageTime, StepTime, bubble_fraction, data_parallel_time_s,
+                        optimizer_time_s, pipeline_time_s, stage_micro_batch_time,
+                        zero3_gather_time_s)
 
 # GPT-3's batch sizes in sequences of 2048 tokens by model size (Brown et al. 2020, Table 2.1).
 GPT3_BATCH_BY_PARAMS = ((125e6, 256), (350e6, 256), (760e6, 256), (1.3e9, 512), (2.7e9, 512),
@@ -41,6 +42,9 @@ class Candidate:
     reasons: list = field(default_factory=list)
     stages: list = field(default_factory=list)  # StageMemory per pipeline stage
     step: StepTime | None = None
+    stage_times: list = field(default_factory=list)
+    """StageTime per pipeline stage: one micro-batch's forward + backward, what the step time and
+    the drawn 1F1B schedule (schedule.py) are made of."""
     bubble_fraction: float = 0.0
     tokens_per_s: float = 0.0
     tflops_per_gpu: float = 0.0
@@ -92,21 +96,16 @@ def default_global_batch(params: float, seq_len: int, gpus: int, gpus_per_node: 
 
 
 def structural_reasons(spec: ModelSpec, cluster: Cluster, dp: int, pp: int, tp: int) -> list[str]:
-    """Why a (dp, pp, tp) cannot be built at all (no estimate is possible)."""
-    reasons = []
-    if dp * pp * tp != cluster.gpus:
-        reasons.append(f"dp*pp*tp = {dp}*{pp}*{tp} = {dp * pp * tp} != {cluster.gpus} GPUs")
-    if spec.heads % tp or spec.kv_heads % tp:
-        reasons.append(f"heads {spec.heads} (kv {spec.kv_heads}) not divisible by tp={tp}")
-    if pp > spec.layers:
-        reasons.append(f"pp={pp} exceeds the {spec.layers} layers")
-    return reasons
+    """Why a (dp, pp, tp) cannot be built at all (no estimate is possible): Layout's own checks."""
+    layout = Layout(dp=dp, pp=pp, tp=tp)
+    reasons = [] if layout.world_size == cluster.gpus else [f"{layout.product} != {cluster.gpus} GPUs"]
+    return reasons + layout.model_reasons(spec)
 
 
 def layout_reasons(spec: ModelSpec, cluster: Cluster, layout: Layout, global_batch: int) -> list[str]:
     """Why an estimable layout is still ruled out (besides memory)."""
     reasons = []
-    if axis_spans_nodes("tp", layout.dp, layout.pp, layout.tp, cluster.gpus_per_node):
+    if layout.spans_nodes("tp", cluster.gpus_per_node):
         reasons.append(f"TP would straddle nodes (tp={layout.tp}, {cluster.gpus_per_node} GPUs per node)")
     if layout.pp > 1 and layout.zero_stage >= 2:
         reasons.append(f"ZeRO-{layout.zero_stage} with a pipeline: DeepSpeed's pipeline engine "
@@ -116,6 +115,10 @@ def layout_reasons(spec: ModelSpec, cluster: Cluster, layout: Layout, global_bat
                        f"{layout.dp} = {layout.global_batch} != global batch {global_batch}")
     if layout.pp > 1 and layout.grad_accum < layout.pp:
         reasons.append(f"fewer micro-batches ({layout.grad_accum}) than pipeline stages ({layout.pp})")
+    if layout.virtual_stages > 1 and layout.grad_accum % layout.pp:
+        # Megatron-LM's interleaved schedule runs micro-batches in groups of pp (and asserts it)
+        reasons.append(f"interleaved 1F1B needs micro-batches ({layout.grad_accum}) divisible by "
+                       f"pp={layout.pp}")
     return reasons
 
 
@@ -144,7 +147,7 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
         cand.reasons.append(f"worst stage (stage {cand.worst_stage.stage}) over memory by "
                             f"{over / GIB:.1f} GiB ({cand.worst_stage.total / GIB:.1f} of "
                             f"{gpu.memory_gib:g} GiB)")
-    cand.step = step_time(spec, cluster, layout, options, precision, cand.stages)
+    cand.step, cand.stage_times = step_time(spec, cluster, layout, options, precision, cand.stages)
     cand.fits = not cand.reasons
     tokens_per_step = layout.global_batch * options.seq_len
     seconds = cand.step.total_s
@@ -158,13 +161,14 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
 
 
 def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOptions,
-              precision: Precision, stages: list[StageMemory]) -> StepTime:
-    """Step time of a layout, broken down by cause (see step_time.py for the model)."""
+              precision: Precision, stages: list[StageMemory]) -> tuple[StepTime, list[StageTime]]:
+    """Step time of a layout, broken down by cause, and the per-stage micro-batch times it is made
+    of (see step_time.py for the model)."""
     gpu, gpn = cluster.gpu, cluster.gpus_per_node
     dp, pp, tp, m = layout.dp, layout.pp, layout.tp, layout.grad_accum
-    tp_spans = axis_spans_nodes("tp", dp, pp, tp, gpn)
-    pp_spans = axis_spans_nodes("pp", dp, pp, tp, gpn)
-    dp_spans = axis_spans_nodes("dp", dp, pp, tp, gpn)
+    tp_spans = layout.spans_nodes("tp", gpn)
+    pp_spans = layout.spans_nodes("pp", gpn)
+    dp_spans = layout.spans_nodes("dp", gpn)
     per_stage = [stage_micro_batch_time(
         spec, gpu, precision, blocks=st.blocks, first=st.stage == 0, last=st.stage == pp - 1,
         tp=tp, pp=pp, micro_batch=layout.micro_batch, recompute=layout.recompute,
@@ -186,11 +190,12 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
         # overlapped with the backward (2/3 of compute) of the last micro-batch
         dp_s = max(0.0, dp_s - slowest.compute_s * 2 / 3)
     optimizer_params = max_params / (dp if layout.zero_stage >= 1 else 1)
-    return StepTime(compute_s=m * slowest.compute_s, tp_comm_s=m * slowest.tp_comm_s,
+    step = StepTime(compute_s=m * slowest.compute_s, tp_comm_s=m * slowest.tp_comm_s,
                     pp_comm_s=m * slowest.pp_comm_s, bubble_s=pipeline_s - busy_s,
                     dp_comm_s=dp_s + exposed_zero3,
                     optimizer_s=optimizer_time_s(optimizer_params, precision, gpu.hbm_gb_per_s),
                     host_bound=slowest.host_bound)
+    return step, per_stage
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ echo "llmlaunch: job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_
 
 if [ "${LLMLAUNCH_PREFLIGHT:-1}" != 0 ]; then
   if ! srun --kill-on-bad-exit=1 --output="$RUN_DIR/logs/preflight-%j-%t.out" \
-       python3 -m llmlaunch.preflight --config "$CONFIG" --run-dir "$RUN_DIR" "${SETS[@]}"; then
+       python3 -m llmlaunch.launcher.preflight --config "$CONFIG" --run-dir "$RUN_DIR" "${SETS[@]}"; then
     echo "llmlaunch: error: preflight failed; see $RUN_DIR/logs/preflight-${SLURM_JOB_ID}-*.out" >&2
     exit 1
   fi
@@ -56,7 +56,7 @@ fi
 # The payload runs in the background so that this shell can run its trap at once (bash runs traps
 # only between foreground commands); srun forwards USR1/TERM to every task.
 srun --kill-on-bad-exit=1 --output="$RUN_DIR/logs/train-%j-%t.out" \
-  python3 -m llmlaunch.rank --config "$CONFIG" --run-dir "$RUN_DIR" "${SETS[@]}" &
+  python3 -m llmlaunch.launcher.rank --config "$CONFIG" --run-dir "$RUN_DIR" "${SETS[@]}" &
 SRUN_PID=$!
 forward() { echo "llmlaunch: $1 received: asking the ranks to checkpoint and stop"; kill -"$1" "$SRUN_PID" 2>/dev/null; }
 trap 'forward USR1' USR1

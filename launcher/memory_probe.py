@@ -1,0 +1,166 @@
+"""What a running rank holds, measured: the storages of weights, gradients, optimizer states and
+saved activations (validate.py compares them with the planner; its docstring says what each counts).
+
+Every storage is counted once (by `untyped_storage().data_ptr()`), at its full `nbytes()`; tensors on
+the meta device count nothing.
+"""
+from __future__ import annotations
+
+
+class StorageCounter:
+    """Bytes of distinct storages: each `untyped_storage()` counted once (by data pointer), at its
+    full size; tensors on the meta device and empty storages count nothing."""
+
+    def __init__(self, exclude=()):
+        self.seen = set(exclude)
+        self.bytes = 0
+
+    def add(self, tensor) -> None:
+        import torch
+
+        if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+            return
+        storage = tensor.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr == 0 or ptr in self.seen:
+            return
+        self.seen.add(ptr)
+        self.bytes += storage.nbytes()
+
+    def add_all(self, obj) -> None:
+        """Every tensor in obj: a tensor, or lists / tuples / dicts of them (nested)."""
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            self.add(obj)
+        elif isinstance(obj, dict):
+            for value in obj.values():
+                self.add_all(value)
+        elif isinstance(obj, (list, tuple)):
+            for value in obj:
+                self.add_all(value)
+            flat = getattr(obj, "flat_partition", None)     # ZeRO's GradPartitionBufferGroup
+            if flat is not None:
+                self.add(flat)
+
+
+def storage_ptrs(tensors) -> set:
+    return {t.untyped_storage().data_ptr() for t in tensors}
+
+
+def basic_optimizer(engine):
+    """The torch optimizer doing the update (inside ZeRO's or the bf16 wrapper, or the engine's
+    own)."""
+    outer = engine.optimizer
+    inner = getattr(outer, "optimizer", None)
+    return inner if inner is not None and inner is not outer else outer
+
+
+def weight_bytes(engine) -> int:
+    counter = StorageCounter()
+    for param in engine.module.parameters():
+        counter.add(param)
+        counter.add(getattr(param, "ds_tensor", None))      # a ZeRO-3 partition
+    return counter.bytes
+
+
+def gradient_bytes(engine) -> int:
+    """Gradient storages alive now (see the module docstring)."""
+    params = list(engine.module.parameters())
+    counter = StorageCounter(exclude=storage_ptrs(params))
+    for param in params:
+        for attr in ("grad", "grad_accum", "_hp_grad"):
+            counter.add(getattr(param, attr, None))
+    outer = engine.optimizer
+    for attr in ("averaged_gradients", "all_grad_tensors", "fp32_groups_gradients_flat"):
+        counter.add_all(getattr(outer, attr, None))
+    for master in getattr(outer, "single_partition_of_fp32_groups", None) or []:
+        counter.add(master.grad)
+    return counter.bytes
+
+
+def optimizer_bytes(engine) -> int:
+    """Optimizer state and fp32 master storages (see the module docstring)."""
+    params = list(engine.module.parameters())
+    counter = StorageCounter(exclude=storage_ptrs(params))
+    for state in basic_optimizer(engine).state.values():
+        counter.add_all(state)
+    outer = engine.optimizer
+    for attr in ("single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
+        counter.add_all(getattr(outer, attr, None))
+    return counter.bytes
+
+
+class GradientProbe:
+    """Records gradient_bytes at the end of the backward passes (before the pipeline's gradient
+    reduction), after the reduction, and inside the optimizer update, during one step."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.readings = {}
+
+    def __enter__(self):
+        from deepspeed.runtime.pipe import schedule
+
+        engine = self.engine
+        original = type(engine)._INSTRUCTION_MAP
+        reduce_grads = original[schedule.ReduceGrads]
+
+        def probed_reduce(eng, *args, **kwargs):
+            self.readings["before_reduction"] = gradient_bytes(eng)
+            result = reduce_grads(eng, *args, **kwargs)
+            self.readings["after_reduction"] = gradient_bytes(eng)
+            return result
+
+        # the pipeline engine looks instructions up in self._INSTRUCTION_MAP: an instance copy
+        # overrides the class's table for this engine only
+        engine._INSTRUCTION_MAP = {**original, schedule.ReduceGrads: probed_reduce}
+        self.optimizer = basic_optimizer(engine)
+        step = self.optimizer.step
+
+        def probed_step(*args, **kwargs):
+            self.readings["in_update"] = gradient_bytes(engine)
+            return step(*args, **kwargs)
+
+        self.optimizer.step = probed_step
+        return self
+
+    def __exit__(self, *exc):
+        del self.engine._INSTRUCTION_MAP
+        del self.optimizer.step
+        return False
+
+    @property
+    def peak(self) -> int:
+        return max(self.readings.values(), default=0)
+
+
+def saved_activation_bytes_measured(engine, spec, micro_batch: int, dtype, generator) -> int:
+    """Storages saved for backward by one forward of this stage on one micro-batch (and the loss on
+    the last stage), parameters excluded. Every TP rank of a stage runs it together (the forward's
+    all-reduces); stages do not communicate."""
+    import torch
+
+    module = engine.module
+    device = engine.device
+    shape = (micro_batch, spec.seq_len)
+    if engine.is_first_stage():
+        inputs = torch.randint(0, spec.vocab, shape, generator=generator).to(device)
+    else:
+        # what the engine hands a later stage: the received activation, requiring grad
+        inputs = torch.randn(*shape, spec.hidden, generator=generator).to(device=device, dtype=dtype)
+        inputs.requires_grad_(True)
+    labels = torch.randint(0, spec.vocab, shape, generator=generator).to(device)
+    counter = StorageCounter(exclude=storage_ptrs(module.parameters()))
+
+    def pack(tensor):
+        counter.add(tensor)
+        return tensor
+
+    module.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        outputs = module(inputs)
+        if engine.is_last_stage():
+            outputs = module.loss_fn(outputs, labels)
+    del outputs
+    return counter.bytes

@@ -1,0 +1,48 @@
+"""`llmlaunch cost`: C = 6 N D training FLOPs, GPU-hours, wall time, cost and energy at a given MFU."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from llmlaunch.topology.cost import DEFAULT_PUE, cost_from_params
+from llmlaunch.topology.hardware import gpu
+
+from .common import DEFAULTS
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cost", help="FLOPs (6ND), GPU-days, wall time, cost and energy of a run",
+                       description="C = 6 N D training FLOPs at a given model-FLOPs utilisation.")
+    p.add_argument("--params", type=float, required=True, help="parameters N, e.g. 175e9")
+    p.add_argument("--tokens", type=float, required=True, help="training tokens D, e.g. 300e9")
+    p.add_argument("--gpu", default=DEFAULTS["gpu"], help=f"catalog GPU (default {DEFAULTS['gpu']})")
+    p.add_argument("--gpus", type=int, default=DEFAULTS["gpus"], help=f"for wall time (default {DEFAULTS['gpus']})")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (default 0.4)")
+    p.add_argument("--peak-tflops", type=float, help="override the GPU's peak")
+    p.add_argument("--usd-per-gpu-hour", type=float, default=DEFAULTS["usd_per_gpu_hour"])
+    p.add_argument("--pue", type=float, default=DEFAULT_PUE)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_cost)
+
+
+def run_cost(args: argparse.Namespace) -> int:
+
+    for name in ("params", "tokens", "usd_per_gpu_hour", "pue"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.gpus < 1:
+        raise ValueError(f"--gpus must be a positive integer, got {args.gpus}")
+    device = gpu(args.gpu, measure=True, peak_tflops=args.peak_tflops)
+    result = cost_from_params(params=args.params, tokens=args.tokens, peak_tflops=device.peak_tflops,
+                              mfu=args.mfu, gpus=args.gpus, usd_per_gpu_hour=args.usd_per_gpu_hour,
+                              watts_per_gpu=device.tdp_watts, pue=args.pue)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"{args.params:.3g} parameters x {args.tokens:.3g} tokens x 6 = {result.flops:.3g} FLOPs")
+    print(f"at MFU {args.mfu:.0%} of {device.peak_tflops:g} TFLOP/s ({device.name}): "
+          f"{result.gpu_hours:,.0f} GPU-hours = {result.gpu_days:,.0f} GPU-days")
+    print(f"on {args.gpus} GPUs: {result.wall_days:,.1f} days wall clock")
+    print(f"cost ${result.cost_usd:,.0f} at ${args.usd_per_gpu_hour:g}/GPU-hour; energy "
+          f"{result.energy_mwh:,.1f} MWh ({device.tdp_watts:g} W x PUE {args.pue:g}, an upper bound)")
+    return 0

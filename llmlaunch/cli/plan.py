@@ -1,0 +1,283 @@
+"""`llmlaunch plan`: resolve the inputs, search, print, emit. A thin layer over llmlaunch.topology
+(the search), llmlaunch.report (what is printed and drawn) and llmlaunch.launcher.emit (--emit)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from llmlaunch.topology import planner
+from llmlaunch.topology.cost import DEFAULT_PUE, cost_from_throughput
+from llmlaunch.topology.flops import hardware_flops_per_token
+from llmlaunch.topology.hardware import GpuSpec, gpu as catalog_gpu
+from llmlaunch.topology.layout import RECOMPUTE_MODES, Layout
+from llmlaunch.topology.model_spec import ModelSpec
+from llmlaunch.topology.params import total_params
+from llmlaunch.topology.plan_inputs import PlanInputs, cluster_for, resolve_precision
+from llmlaunch.topology.shapes import preset, spec_from_params
+
+from .common import DEFAULTS, add_cluster_arguments, add_model_arguments
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="rank 3D-parallel layouts for N GPUs and a model",
+                       description="Search dp x pp x tp layouts, estimate memory per pipeline stage and "
+                                   "step time, rank by throughput; --emit writes the run's files.")
+    add_plan_arguments(p)
+    p.set_defaults(func=run_plan)
+
+
+def add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    add_cluster_arguments(p)
+    g = p.add_argument_group("pins (fix a dimension; all pinned evaluates exactly that layout)")
+    g.add_argument("--tp", type=int)
+    g.add_argument("--pp", type=int)
+    g.add_argument("--dp", type=int)
+    g.add_argument("--micro-batch", type=int)
+    g.add_argument("--zero", type=int, choices=(0, 1, 2, 3))
+    g.add_argument("--recompute", choices=RECOMPUTE_MODES)
+    g.add_argument("--precision", choices=("bf16", "fp32"),
+                   help="default: bf16 on GPUs, fp32 on --gpu cpu")
+    g.add_argument("--no-flash", action="store_true",
+                   help="attention without a fused kernel (materialised s x s scores)")
+    g.add_argument("--sequence-parallel", action="store_true",
+                   help="estimate with Megatron-LM sequence parallelism (estimate only: llmlaunch's "
+                        "model does not run it; --emit refuses)")
+    g.add_argument("--virtual-stages", type=int, default=1, metavar="V",
+                   help="estimate Megatron-LM's interleaved 1F1B with V chunks per pipeline rank "
+                        "(estimate only: DeepSpeed runs plain 1F1B; --emit refuses)")
+    h = p.add_argument_group("horizon")
+    h.add_argument("--tokens", type=float, help="training tokens, e.g. 300e9: adds time, cost, energy")
+    h.add_argument("--usd-per-gpu-hour", type=float, default=DEFAULTS["usd_per_gpu_hour"])
+    h.add_argument("--pue", type=float, default=DEFAULT_PUE, help="datacenter PUE for energy")
+    o = p.add_argument_group("output")
+    o.add_argument("--top", type=int, default=10, help="candidates to show (default 10)")
+    o.add_argument("--show-rejected", action="store_true", help="list ruled-out layouts and why")
+    o.add_argument("--show-groups", action="store_true", help="list every TP/PP/DP group")
+    o.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    o.add_argument("--report", metavar="FILE.html|FILE.png",
+                   help="a self-contained page (rank map, 1F1B schedule, memory per stage, "
+                        "candidates), or a PNG of the rank map and schedule")
+    o.add_argument("--emit", metavar="DIR", help="write ds_config.json, run.yaml, train.sbatch")
+    o.add_argument("--force", action="store_true", help="let --emit replace an existing DIR")
+    o.add_argument("--job-name", help="Slurm job name for --emit (default: the model name)")
+    o.add_argument("--time", default="02:00:00", help="Slurm time limit for --emit")
+
+
+def resolve_model(args: argparse.Namespace) -> tuple[ModelSpec, int, str, list[str]]:
+    """The ModelSpec, its parameter count, where the count came from, and defaulting notes."""
+    notes = []
+    for flag in ("seq_len", "vocab", "layers", "hidden", "heads", "kv_heads", "ffn_hidden"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    explicit = [args.layers, args.hidden, args.heads]
+    chosen = [name for name, given in (("--params", args.params is not None), ("--model", args.model),
+                                       ("--hf-config", args.hf_config),
+                                       ("--layers/--hidden/--heads", any(v is not None for v in explicit)))
+              if given]
+    if len(chosen) > 1:
+        raise ValueError(f"give one model source, not {' and '.join(chosen)}")
+    if args.hf_config:
+        from llmlaunch.model.hf_mapping import count_hf_params
+        from llmlaunch.topology.hf_config import read_hf_config, spec_from_hf_config
+
+        cfg = read_hf_config(args.hf_config, label="--hf-config")
+        spec = spec_from_hf_config(cfg, args.seq_len, source=args.hf_config, label="--hf-config")
+        return spec, count_hf_params(cfg), "exact, from the HF model on the meta device", notes
+    if any(v is not None for v in explicit):
+        if None in explicit:
+            raise ValueError("--layers, --hidden and --heads go together (with optional --kv-heads, "
+                             "--ffn-hidden, --vocab, --arch)")
+        arch = args.arch or "gpt2"
+        if args.arch is None:
+            notes.append("arch gpt2 (default)")
+        spec = ModelSpec(arch=arch, layers=args.layers, hidden=args.hidden, heads=args.heads,
+                         kv_heads=args.kv_heads or 0, ffn_hidden=args.ffn_hidden or 0,
+                         vocab=args.vocab or 50257, seq_len=args.seq_len or 2048, name="explicit shape")
+        if args.vocab is None:
+            notes.append("vocab 50257 (default, GPT-2's)")
+        if args.seq_len is None:
+            notes.append("seq_len 2048 (default)")
+    elif args.params is not None:
+        spec = spec_from_params(args.params, arch=args.arch or "gpt2", seq_len=args.seq_len,
+                                vocab=args.vocab)
+        notes.append(f"shape for --params {args.params:.3g}: {spec.name}")
+    else:
+        name = args.model or DEFAULTS["model"]
+        if args.model is None:
+            notes.append(f"model {name} (default)")
+        spec = preset(name)
+        changes = {k: v for k, v in (("seq_len", args.seq_len), ("vocab", args.vocab)) if v}
+        if args.arch and args.arch != spec.arch:
+            raise ValueError(f"--arch {args.arch} conflicts with --model {name} (arch {spec.arch})")
+        spec = spec.replace(**changes) if changes else spec
+    return spec, total_params(spec), "formula: topology/params.py", notes
+
+
+def resolve_gpu(args: argparse.Namespace) -> GpuSpec:
+    """--gpu from the catalog (`cpu`: this host, measured), with every override flag given."""
+    return catalog_gpu(args.gpu, measure=True, memory_gib=args.gpu_memory_gib,
+                       peak_tflops=args.peak_tflops,
+                       matmul_efficiency=args.matmul_efficiency, hbm_gb_per_s=args.hbm_gb_per_s,
+                       intra_node_gb_per_s=args.intra_node_gb_per_s,
+                       inter_node_gb_per_s=args.inter_node_gb_per_s,
+                       op_overhead_us=args.op_overhead_us,
+                       collective_latency_us=args.collective_latency_us)
+
+
+def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
+    """Everything `plan` was asked, resolved: the model, the cluster, the batch, the pins."""
+    spec, params, source, notes = resolve_model(args)
+    gpu = resolve_gpu(args)
+    if args.gpus is None or args.gpus < 1:
+        raise ValueError(f"--gpus must be a positive integer, got {args.gpus}")
+    if args.gpus_per_node is None or args.gpus_per_node < 1:
+        raise ValueError(f"--gpus-per-node must be a positive integer, got {args.gpus_per_node}")
+    cluster = cluster_for(args.gpus, args.gpus_per_node, gpu)
+    if args.global_batch_tokens:
+        batch = round(args.global_batch_tokens / spec.seq_len)
+        if batch < 1:
+            raise ValueError(f"--global-batch-tokens {args.global_batch_tokens:g} is less than one "
+                             f"sequence of {spec.seq_len}")
+        notes.append(f"global batch {batch} sequences = {args.global_batch_tokens:g} tokens / {spec.seq_len}")
+    elif args.global_batch is not None:
+        batch = args.global_batch
+    else:
+        batch = planner.default_global_batch(params, spec.seq_len, cluster.gpus, cluster.gpus_per_node)
+        notes.append(f"global batch {batch} sequences ({batch * spec.seq_len / 1e6:.2f}M tokens; "
+                     "default: GPT-3's batch for this size, at least gpus/gpus_per_node)")
+    if batch < 1:
+        raise ValueError(f"--global-batch must be a positive integer, got {batch}")
+    precision = resolve_precision(args.precision or "auto", gpu.precision)
+    options = planner.PlanOptions(global_batch=batch, seq_len=spec.seq_len, precision=precision,
+                                  flash_attention=not args.no_flash)
+    if args.virtual_stages < 1:
+        raise ValueError(f"--virtual-stages must be a positive integer, got {args.virtual_stages}")
+    pins = planner.Pins(dp=args.dp, pp=args.pp, tp=args.tp, micro_batch=args.micro_batch,
+                        zero_stage=args.zero, recompute=args.recompute,
+                        sequence_parallel=args.sequence_parallel, virtual_stages=args.virtual_stages)
+    check_pins(pins, cluster.gpus)
+    for flag, default in (("gpus", DEFAULTS["gpus"]), ("gpu", DEFAULTS["gpu"])):
+        if getattr(args, flag) == default:
+            notes.append(f"{flag} {default} (default)")
+    if args.gpus_per_node == DEFAULTS["gpus_per_node"]:
+        notes.append(f"gpus per node {cluster.gpus_per_node} (default)")
+    notes.append(f"precision {precision}, attention {'flash (fused SDPA)' if options.flash_attention else 'materialised'}")
+    return PlanInputs(spec=spec, cluster=cluster, options=options, pins=pins, params=params,
+                      defaults=notes, params_source=source)
+
+
+def check_pins(pins: planner.Pins, gpus: int) -> None:
+    """Pinned degrees must be positive and divide the GPU count (together, too)."""
+    product = 1
+    for name in ("dp", "pp", "tp", "micro_batch"):
+        value = getattr(pins, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if value is not None and name != "micro_batch":
+            if gpus % value:
+                raise ValueError(f"--{name} {value} does not divide --gpus {gpus}")
+            product *= value
+    if gpus % product:
+        pinned = " x ".join(f"{n}={getattr(pins, n)}" for n in ("dp", "pp", "tp") if getattr(pins, n))
+        raise ValueError(f"{pinned} = {product} does not divide --gpus {gpus}")
+    if all(getattr(pins, n) for n in ("dp", "pp", "tp")) and product != gpus:
+        raise ValueError(f"{Layout(dp=pins.dp, pp=pins.pp, tp=pins.tp).product} != --gpus {gpus}")
+
+
+def pinned_layout(inputs: PlanInputs) -> Layout | None:
+    """The exact layout when every dimension is pinned (grad_accum follows from the batch)."""
+    p = inputs.pins
+    if None in (p.dp, p.pp, p.tp, p.micro_batch, p.zero_stage, p.recompute):
+        return None
+    per_replica, rest = divmod(inputs.options.global_batch, p.dp * p.micro_batch)
+    if rest or per_replica < 1:
+        raise ValueError(f"global batch {inputs.options.global_batch} is not a multiple of "
+                         f"dp*micro_batch = {p.dp}*{p.micro_batch}; pass a --global-batch that is")
+    return Layout(dp=p.dp, pp=p.pp, tp=p.tp, micro_batch=p.micro_batch, grad_accum=per_replica,
+                  zero_stage=p.zero_stage, recompute=p.recompute,
+                  sequence_parallel=p.sequence_parallel,
+                  virtual_stages=p.virtual_stages if p.pp > 1 else 1)
+
+
+def no_fit_message(inputs: PlanInputs, result: planner.SearchResult) -> str:
+    """One line: why nothing fits and what would."""
+    size = f"{inputs.params / 1e9:.1f}B"
+    cl = inputs.cluster
+    where = f"{size} does not fit on {cl.gpus} x {cl.gpu.name}"
+    defaults = {"sequence_parallel": False, "virtual_stages": 1}
+    pinned = [f"{k}={v}" for k, v in vars(inputs.pins).items()
+              if v is not None and defaults.get(k, None) != v]
+    if pinned:
+        nearest = min((c for c in result.rejected if c.stages), default=None,
+                      key=lambda c: (len(c.reasons), c.worst_stage.total))
+        why = f": {nearest.reasons[0]}" if nearest and nearest.reasons else (
+            f": {result.rejected[0].reasons[0]}" if result.rejected and result.rejected[0].reasons else "")
+        return f"{where} with {', '.join(pinned)}{why}; drop a pin or use --show-rejected"
+    needed = planner.minimum_gpus(inputs.spec, cl, inputs.options)
+    if needed:
+        return f"{where} under any layout; needs at least {needed} GPUs"
+    return (f"{where} under any layout at any GPU count: with full recompute and micro-batch 1 a "
+            f"stage still needs more than {cl.gpu.memory_gib:g} GiB for {inputs.spec.seq_len}-token "
+            "sequences; shorten --seq-len or allow more tensor parallelism (--gpus-per-node)")
+
+
+def plan(inputs: PlanInputs) -> tuple[planner.SearchResult, planner.Candidate | None]:
+    """The search (or, with every dimension pinned, the one layout) and the layout to report: the
+    best fitting one, or the pinned one when it can be estimated."""
+    layout = pinned_layout(inputs)
+    if layout is not None:
+        cand = planner.evaluate(inputs.spec, inputs.cluster, layout, inputs.options)
+        result = planner.SearchResult(candidates=[cand] if cand.fits else [],
+                                      rejected=[] if cand.fits else [cand], evaluated=1)
+        return result, cand if cand.estimated else None
+    result = planner.search(inputs.spec, inputs.cluster, inputs.options, inputs.pins)
+    return result, result.candidates[0] if result.candidates else None
+
+
+def plan_from_argv(argv: list[str]) -> tuple[PlanInputs, planner.SearchResult,
+                                              planner.Candidate | None]:
+    """(inputs, result, chosen) as `llmlaunch plan ARGV` computes them (tests, benchmarks)."""
+    parser = argparse.ArgumentParser(prog="llmlaunch plan")
+    add_plan_arguments(parser)
+    inputs = resolve_inputs(parser.parse_args(list(argv)))
+    return (inputs, *plan(inputs))
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from llmlaunch.report import plan_json, text
+
+    inputs = resolve_inputs(args)
+    result, chosen = plan(inputs)
+    horizon = None
+    if args.tokens is not None:
+        if not args.tokens > 0:
+            raise ValueError(f"--tokens must be positive, got {args.tokens}")
+        if chosen is not None:
+            horizon = cost_from_throughput(
+                tokens=args.tokens, tokens_per_s=chosen.tokens_per_s,
+                flops_per_token=hardware_flops_per_token(inputs.spec, chosen.layout.recompute,
+                                                         inputs.spec.seq_len),
+                gpus=inputs.cluster.gpus, usd_per_gpu_hour=args.usd_per_gpu_hour,
+                watts_per_gpu=inputs.cluster.gpu.tdp_watts, pue=args.pue)
+    if args.json:
+        print(json.dumps(plan_json.plan_json(inputs, result, chosen, horizon, args.tokens), indent=2))
+    else:
+        sys.stdout.write(text.plan_text(inputs, result, chosen, horizon, args))
+    if args.report:
+        from llmlaunch.report.plan_page import write_plan_report
+
+        write_plan_report(args.report, inputs, result, chosen)
+        print(f"wrote {args.report}", file=sys.stderr if args.json else sys.stdout)
+    if chosen is None or not chosen.fits:
+        print(f"llmlaunch: error: {no_fit_message(inputs, result)}", file=sys.stderr)
+        return 1
+    if args.emit:
+        from llmlaunch.launcher.emit import emit_plan
+
+        written = emit_plan(args.emit, inputs, chosen, force=args.force, job_name=args.job_name,
+                            time_limit=args.time, tokens=args.tokens)
+        print(f"wrote {', '.join(written)}", file=sys.stderr if args.json else sys.stdout)
+    return 0

@@ -1,0 +1,155 @@
+"""Hugging Face names and configs for llmlaunch's canonical state (model/sharding.py).
+
+Name and layout mapping: GPT-2's Conv1D stores [in, out], the transpose of our [out, in]; its fused
+c_attn is [q | k | v], as ours. Llama's q/k/v and gate/up projections are separate matrices that we
+fuse, in that order; heads are in HF's order (query head j uses KV head j // (a/a_kv)) and RoPE uses
+HF's rotate_half convention, so no permutation is needed. Vocabulary padding is dropped on export;
+GPT-2's head stays tied to wte. The shape of an HF config is read by topology/hf_config.py, the one
+reader that `plan --hf-config` uses too.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from llmlaunch.topology.hf_config import spec_from_hf_config as _spec_from_config_dict
+from llmlaunch.topology.hf_config import training_differences
+from llmlaunch.topology.model_spec import ModelSpec
+
+from .sharding import canonical_shapes, tp_split
+
+SAME, TRANSPOSE, CONCAT = "same", "transpose", "concat"
+
+_GPT2_BLOCK = {
+    "ln1.weight": (["ln_1.weight"], SAME), "ln1.bias": (["ln_1.bias"], SAME),
+    "attn.qkv.weight": (["attn.c_attn.weight"], TRANSPOSE),
+    "attn.qkv.bias": (["attn.c_attn.bias"], SAME),
+    "attn.out.weight": (["attn.c_proj.weight"], TRANSPOSE),
+    "attn.out.bias": (["attn.c_proj.bias"], SAME),
+    "ln2.weight": (["ln_2.weight"], SAME), "ln2.bias": (["ln_2.bias"], SAME),
+    "mlp.fc1.weight": (["mlp.c_fc.weight"], TRANSPOSE), "mlp.fc1.bias": (["mlp.c_fc.bias"], SAME),
+    "mlp.fc2.weight": (["mlp.c_proj.weight"], TRANSPOSE),
+    "mlp.fc2.bias": (["mlp.c_proj.bias"], SAME),
+}
+_GPT2_OTHER = {
+    "embed.token.weight": (["transformer.wte.weight"], SAME),
+    "embed.position.weight": (["transformer.wpe.weight"], SAME),
+    "final_norm.weight": (["transformer.ln_f.weight"], SAME),
+    "final_norm.bias": (["transformer.ln_f.bias"], SAME),
+}
+_LLAMA_BLOCK = {
+    "ln1.weight": (["input_layernorm.weight"], SAME),
+    "attn.qkv.weight": (["self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                         "self_attn.v_proj.weight"], CONCAT),
+    "attn.out.weight": (["self_attn.o_proj.weight"], SAME),
+    "ln2.weight": (["post_attention_layernorm.weight"], SAME),
+    "mlp.gate_up.weight": (["mlp.gate_proj.weight", "mlp.up_proj.weight"], CONCAT),
+    "mlp.down.weight": (["mlp.down_proj.weight"], SAME),
+}
+_LLAMA_OTHER = {
+    "embed.token.weight": (["model.embed_tokens.weight"], SAME),
+    "final_norm.weight": (["model.norm.weight"], SAME),
+    "head.weight": (["lm_head.weight"], SAME),
+}
+
+
+def hf_mapping(spec: ModelSpec) -> dict[str, tuple[list[str], str]]:
+    """canonical name -> (HF names, how they combine) for every canonical parameter."""
+    block_map, other, block_prefix = ((_GPT2_BLOCK, _GPT2_OTHER, "transformer.h.{}.")
+                                      if spec.arch == "gpt2" else
+                                      (_LLAMA_BLOCK, _LLAMA_OTHER, "model.layers.{}."))
+    mapping = {}
+    for name in canonical_shapes(spec):
+        if name.startswith("blocks."):
+            _, index, local = name.split(".", 2)
+            hf_names, kind = block_map[local]
+            mapping[name] = ([block_prefix.format(index) + n for n in hf_names], kind)
+        else:
+            mapping[name] = other[name]
+    return mapping
+
+
+def canonical_to_hf(spec: ModelSpec, canonical: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF state dict (without GPT-2's tied lm_head) from the canonical tensors."""
+    hf = {}
+    for name, (hf_names, kind) in hf_mapping(spec).items():
+        tensor = canonical[name]
+        if kind == TRANSPOSE:
+            hf[hf_names[0]] = tensor.t().contiguous()
+        elif kind == CONCAT:
+            for hf_name, part in zip(hf_names, tensor.split(list(tp_split(spec, name).segments))):
+                hf[hf_name] = part.contiguous()
+        else:
+            hf[hf_names[0]] = tensor.contiguous()
+    return hf
+
+
+def hf_config(spec: ModelSpec, bos_token_id: int | None = None, eos_token_id: int | None = None):
+    """GPT2Config or LlamaConfig describing `spec` (no dropout)."""
+    from transformers import GPT2Config, LlamaConfig
+
+    if spec.arch == "gpt2":
+        return GPT2Config(vocab_size=spec.vocab, n_positions=spec.seq_len, n_embd=spec.hidden,
+                          n_layer=spec.layers, n_head=spec.heads, n_inner=spec.ffn_hidden,
+                          activation_function="gelu_new", layer_norm_epsilon=spec.norm_eps,
+                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                          tie_word_embeddings=True, bos_token_id=bos_token_id,
+                          eos_token_id=eos_token_id)
+    return LlamaConfig(vocab_size=spec.vocab, hidden_size=spec.hidden,
+                       intermediate_size=spec.ffn_hidden, num_hidden_layers=spec.layers,
+                       num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
+                       head_dim=spec.head_dim, max_position_embeddings=spec.seq_len,
+                       rms_norm_eps=spec.norm_eps, tie_word_embeddings=False,
+                       rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+                       attention_bias=False, mlp_bias=False, hidden_act="silu",
+                       bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+
+
+def spec_from_hf_config(config) -> ModelSpec:
+    """The ModelSpec of a PretrainedConfig (or a local directory holding one), through
+    topology/hf_config.py; ValueError when llmlaunch's model would compute something else
+    (training_differences), so an HF checkpoint is never imported into a different model."""
+    if isinstance(config, (str, Path)):
+        from transformers import AutoConfig
+        config = AutoConfig.from_pretrained(str(config), local_files_only=True)
+    cfg = config.to_dict()
+    spec = _spec_from_config_dict(cfg, seq_len=cfg.get("n_positions") or cfg.get(
+        "max_position_embeddings"))
+    differences = training_differences(cfg, spec)
+    if differences:
+        raise ValueError(f"HF model type {cfg.get('model_type')!r} with {', '.join(differences)}: "
+                         "llmlaunch's model does not compute that")
+    return spec
+
+
+def count_hf_params(cfg: dict) -> int:
+    """Exact parameter count of the HF model of a config.json dict (tied weights counted once),
+    built on the meta device: no memory, no weights, no hub access."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = {k: v for k, v in cfg.items() if k != "model_type"}
+    config = AutoConfig.for_model(cfg["model_type"], **fields)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    # transformers 5 does not tie input and output embeddings under init_empty_weights: tie them
+    # as loading a checkpoint would, so a tied table is counted once
+    model.tie_weights()
+    seen, total = set(), 0
+    for param in model.parameters():  # parameters() yields a tied tensor once
+        if id(param) not in seen:
+            seen.add(id(param))
+            total += param.numel()
+    return total
+
+
+def check_compatible(spec: ModelSpec, hf_spec: ModelSpec) -> None:
+    """Raise ValueError unless the HF model has our spec's shape (llama may have a longer
+    max_position_embeddings: it holds no parameters)."""
+    fields = ["arch", "layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "norm_eps"]
+    fields += ["seq_len"] if spec.arch == "gpt2" else ["rope_theta"]
+    diffs = [f"{f}: run {getattr(spec, f)!r}, HF {getattr(hf_spec, f)!r}" for f in fields
+             if getattr(spec, f) != getattr(hf_spec, f)]
+    if diffs:
+        raise ValueError("the HF model does not match the run's model: " + "; ".join(diffs))

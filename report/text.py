@@ -1,0 +1,186 @@
+"""The plan as text: the report `llmlaunch plan` prints (candidates, the chosen layout's dry-run
+topology, memory per stage, step-time breakdown, horizon, ruled-out layouts)."""
+from __future__ import annotations
+
+import argparse
+
+from tabulate import tabulate
+
+from llmlaunch.topology.cost import RunCost
+from llmlaunch.topology.layout import AXIS_NAMES, Layout
+from llmlaunch.topology.plan_inputs import PlanInputs
+from llmlaunch.topology.planner import Candidate, SearchResult
+# Rank-level listings are shown in full up to this many GPUs (--show-groups lifts it).
+GROUP_LISTING_LIMIT = 16
+
+
+def _fmt_count(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def candidate_rows(cands: list[Candidate]) -> list[list]:
+    rows = []
+    for i, c in enumerate(cands, 1):
+        lay = c.layout
+        rows.append([i, lay.dp, lay.pp, lay.tp, lay.micro_batch, lay.grad_accum, lay.zero_stage,
+                     lay.recompute, f"{c.worst_stage.total / 2**30:.1f}", f"{c.step.total_s:.3g}",
+                     _fmt_count(c.tokens_per_s), f"{c.tflops_per_gpu:.1f}", f"{c.mfu:.1%}",
+                     f"{c.bubble_fraction:.1%}"])
+    return rows
+
+
+CANDIDATE_HEADERS = ["#", "dp", "pp", "tp", "mb", "accum", "zero", "recompute", "mem GiB",
+                     "step s", "tokens/s", "TFLOP/s/GPU", "MFU", "bubble"]
+
+
+def plan_text(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None,
+              horizon: RunCost | None, args: argparse.Namespace) -> str:
+    spec, cluster, gpu = inputs.spec, inputs.cluster, inputs.cluster.gpu
+    lines = []
+    lines.append(f"model    {spec.name or spec.arch}: {inputs.params / 1e9:.2f}B parameters "
+                 f"({inputs.params_source}), arch {spec.arch}")
+    lines.append(f"         L={spec.layers} h={spec.hidden} heads={spec.heads} kv_heads={spec.kv_heads} "
+                 f"ffn={spec.ffn_hidden} vocab={spec.vocab} seq_len={spec.seq_len}")
+    lines.append(f"cluster  {cluster.gpus} x {gpu.name} in {cluster.nodes} node(s) of "
+                 f"{cluster.gpus_per_node}: {gpu.memory_gib:g} GiB, {gpu.peak_tflops:g} TFLOP/s peak "
+                 f"x {gpu.matmul_efficiency:g} achievable, NVLink {gpu.intra_node_gb_per_s:g} GB/s, "
+                 f"network {gpu.inter_node_gb_per_s:g} GB/s per GPU")
+    lines.append(f"batch    {inputs.options.global_batch} sequences x {spec.seq_len} = "
+                 f"{_fmt_count(inputs.options.global_batch * spec.seq_len)} tokens per step")
+    lines.append("defaults " + "; ".join(inputs.defaults))
+    lines.append("")
+    if result.candidates:
+        shown = result.candidates[:max(1, args.top)]
+        lines.append(f"{len(result.candidates)} of {result.evaluated} evaluated layouts fit; "
+                     f"top {len(shown)} by estimated throughput:")
+        lines.append(tabulate(candidate_rows(shown), headers=CANDIDATE_HEADERS, tablefmt="simple"))
+        lines.append("")
+    if chosen is not None and chosen.estimated:
+        lines.extend(candidate_report(chosen, inputs, show_groups=args.show_groups))
+    if horizon is not None:
+        lines.append(f"horizon  {args.tokens:.3g} tokens: {horizon.wall_days:.1f} days on "
+                     f"{cluster.gpus} GPUs, {horizon.gpu_hours:,.0f} GPU-hours, "
+                     f"${horizon.cost_usd:,.0f} at ${args.usd_per_gpu_hour:g}/GPU-hour, "
+                     f"{horizon.energy_mwh:,.0f} MWh at TDP x PUE {args.pue:g}, "
+                     f"{horizon.flops:.3g} FLOPs executed")
+        lines.append("")
+    if args.show_rejected or not result.candidates:
+        lines.extend(rejected_report(result.rejected, limit=None if args.show_rejected else 10))
+    return "\n".join(lines) + "\n"
+
+
+def candidate_report(c: Candidate, inputs: PlanInputs, show_groups: bool = False) -> list[str]:
+    lay, cluster = c.layout, inputs.cluster
+    title = "best layout" if c.fits else "pinned layout (does NOT fit)"
+    out = [f"{title}: dp={lay.dp} x pp={lay.pp} x tp={lay.tp} = {lay.world_size} GPUs, micro-batch "
+           f"{lay.micro_batch} x {lay.grad_accum} accumulation x dp {lay.dp} = {lay.global_batch} "
+           f"sequences, ZeRO-{lay.zero_stage}, recompute {lay.recompute}"
+           + (", sequence parallel" if lay.sequence_parallel else "")
+           + (f", interleaved x{lay.virtual_stages}" if lay.virtual_stages > 1 else "")]
+    for reason in c.reasons:
+        out.append(f"  ruled out: {reason}")
+    out.append("")
+    out.extend(topology_report(lay, cluster.gpus_per_node, show_groups))
+    out.append("")
+    out.append(f"memory per GPU by pipeline stage (GiB; capacity {cluster.gpu.memory_gib:g}; buffers = "
+               "DeepSpeed buckets + framework + 5% allocator fragmentation):")
+    rows = []
+    stages = c.stages if len(c.stages) <= 12 else [*c.stages[:6], None, *c.stages[-5:]]
+    for st in stages:
+        if st is None:
+            rows.append(["..."] + [""] * 8)
+            continue
+        g = st.to_gib()
+        rows.append([st.stage, st.blocks, f"{g['weights']:.2f}", f"{g['gradients']:.2f}",
+                     f"{g['optimizer']:.2f}", f"{g['activations']:.2f}", f"{g['buffers']:.2f}",
+                     f"{g['total']:.2f}", f"{cluster.gpu.memory_gib - g['total']:.2f}"])
+    out.append(tabulate(rows, headers=["stage", "blocks", "weights", "grads", "optimizer",
+                                       "activations", "buffers", "total", "headroom"], tablefmt="simple"))
+    out.append("")
+    step = c.step
+    out.append(f"step time {_fmt_seconds(step.total_s)} (bubble fraction {c.bubble_fraction:.1%} = "
+               f"(p-1)/(m+p-1) with m={lay.grad_accum}):")
+    parts = [("compute", step.compute_s), ("TP all-reduce", step.tp_comm_s),
+             ("PP send/recv", step.pp_comm_s), ("pipeline bubble", step.bubble_s),
+             ("DP gradient reduce (exposed)", step.dp_comm_s), ("optimizer step", step.optimizer_s)]
+    out.append(tabulate([[name, _fmt_seconds(sec), f"{sec / step.total_s:.1%}"] for name, sec in parts],
+                        headers=["", "time", "share"], tablefmt="simple"))
+    out.append(f"throughput {_fmt_count(c.tokens_per_s)} tokens/s, {c.tflops_per_gpu:.1f} TFLOP/s per GPU "
+               f"(hardware FLOPs, recompute included), MFU {c.mfu:.1%} (model FLOPs / peak)")
+    if step.host_bound:
+        out.append(f"host-bound: dispatching each micro-batch's ops ({cluster.gpu.op_overhead_us:g} us "
+                   "each) takes longer than the GPU runs them; a larger micro-batch or fewer, fused "
+                   "kernels would raise throughput")
+    out.append("")
+    return out
+
+
+def topology_report(lay: Layout, gpus_per_node: int, show_groups: bool) -> list[str]:
+    """Which ranks form each group and where they land (dry run: nothing is launched); the groups
+    are the layout's own (Layout.groups), the ones the job's process groups are built from."""
+    world = lay.world_size
+    strides = lay.strides()
+    out = ["dry-run topology (DeepSpeed PipeModelDataParallelTopology: rank = (pipe*dp + data)*tp + tensor):"]
+    list_all = show_groups or world <= GROUP_LISTING_LIMIT
+    for axis in ("tp", "pp", "dp"):
+        size, stride = lay.size(axis), strides[axis]
+        count = world // size
+        where = "crosses nodes" if lay.spans_nodes(axis, gpus_per_node) else "inside a node"
+        if size == 1:
+            out.append(f"  {AXIS_NAMES[axis]:8s} groups: none ({axis}=1)")
+            continue
+        head = f"  {AXIS_NAMES[axis]:8s} groups: {count} of {size} ranks, stride {stride}, {where}"
+        if list_all:
+            out.append(head + ": " + " ".join("[" + ",".join(map(str, g)) + "]"
+                                              for g in lay.groups(axis)))
+        else:
+            first = [stride * k for k in range(size)]
+            last = [world - 1 - stride * (size - 1 - k) for k in range(size)]
+            out.append(head + f": first {_short(first)} ... last {_short(last)}")
+    nodes = max(1, world // gpus_per_node)
+    shown = range(nodes) if list_all or nodes <= 8 else [0, 1, 2, None, nodes - 1]
+    for node in shown:
+        if node is None:
+            out.append("  ...")
+            continue
+        lo, hi = node * gpus_per_node, min(world, (node + 1) * gpus_per_node) - 1
+        coords = [lay.coords(r) for r in range(lo, hi + 1)]
+        stages = sorted({c["pp"] for c in coords})
+        replicas = sorted({c["dp"] for c in coords})
+        out.append(f"  node {node}: ranks {lo}-{hi}, stage {_span(stages)}, data replica {_span(replicas)}")
+    return out
+
+
+def _short(ranks: list[int]) -> str:
+    if len(ranks) <= 6:
+        return "[" + ",".join(map(str, ranks)) + "]"
+    return "[" + ",".join(map(str, ranks[:3])) + ",...," + ",".join(map(str, ranks[-2:])) + "]"
+
+
+def _span(values: list[int]) -> str:
+    """Sorted distinct values as 'a' or 'a-b' when contiguous, else a list."""
+    if values == list(range(values[0], values[-1] + 1)):
+        return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+    return ",".join(map(str, values))
+
+
+def rejected_report(rejected: list[Candidate], limit: int | None) -> list[str]:
+    if not rejected:
+        return []
+    shown = rejected if limit is None else rejected[:limit]
+    out = [f"ruled out ({len(rejected)} layouts" + ("" if limit is None or len(rejected) <= limit
+                                                    else f", first {limit}; --show-rejected lists all") + "):"]
+    for c in shown:
+        lay = c.layout
+        detail = (f" mb={lay.micro_batch} zero={lay.zero_stage} recompute={lay.recompute}"
+                  if c.stages else "")
+        out.append(f"  dp={lay.dp} pp={lay.pp} tp={lay.tp}{detail}: {'; '.join(c.reasons)}")
+    out.append("")
+    return out

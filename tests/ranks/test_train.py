@@ -1,0 +1,146 @@
+"""`llmlaunch train --nproc`: real DeepSpeed ranks on CPU (gloo) with the tiny config.
+
+Each test starts the job in its own session and kills the whole process group when it ends, so no
+rank outlives its test."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "llmlaunch" / "configs" / "tiny-cpu.yaml"
+
+
+class Job:
+    """A `llmlaunch train` process group."""
+
+    def __init__(self, run_dir, *sets, config=TINY, nproc=None):
+        self.run_dir = Path(run_dir)
+        cmd = [sys.executable, "-m", "llmlaunch", "train", "--config", str(config),
+               "--run-dir", str(run_dir)]
+        if nproc:
+            cmd += ["--nproc", str(nproc)]
+        for item in sets:
+            cmd += ["--set", item]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        self.log = open(self.run_dir.parent / f"{self.run_dir.name}.out", "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+
+    def wait(self, timeout):
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.kill()
+
+    def kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.log.close()
+
+    def output(self):
+        return (self.run_dir.parent / f"{self.run_dir.name}.out").read_text()
+
+    def steps_logged(self):
+        path = self.run_dir / "metrics.jsonl"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    def wait_for_steps(self, count, timeout=240):
+        deadline = time.monotonic() + timeout
+        while self.steps_logged() < count:
+            assert self.proc.poll() is None, self.output()[-3000:]
+            assert time.monotonic() < deadline, "job made no progress"
+            time.sleep(0.05)
+
+    def ranks(self):
+        return [p for p in psutil.Process(self.proc.pid).children(recursive=True)
+                if "llmlaunch.launcher.rank" in " ".join(p.cmdline())]
+
+
+def losses(run_dir):
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("full") / "run"
+    job = Job(run_dir, "train.steps=40", "checkpoint.every=10")
+    assert job.wait(timeout=400) == 0, job.output()[-3000:]
+    return run_dir
+
+
+def test_tiny_run_learns_and_checkpoints(uninterrupted):
+    curve = losses(uninterrupted)
+    assert [s for s, _ in curve] == list(range(1, 41))
+    first, last = curve[0][1], curve[-1][1]
+    assert last < first - 0.5, curve
+    record = json.loads((uninterrupted / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(record) >= {"step", "loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_gpu", "mfu",
+                           "step_time_s", "memory_gib"}
+    ckpt = uninterrupted / "checkpoints"
+    assert (ckpt / "latest").read_text() == "step00000040"
+    assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["step00000030", "step00000040"]
+    assert (uninterrupted / "data" / "manifest.json").is_file()
+    assert list((uninterrupted / "logs").glob("rank*.log"))
+
+
+def test_signal_checkpoints_and_resume_equals_uninterrupted(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    job = Job(run_dir, "train.steps=40", "checkpoint.every=10")
+    job.wait_for_steps(13)
+    os.kill(job.proc.pid, signal.SIGUSR1)  # to `llmlaunch train`, which forwards it to the ranks
+    assert job.wait(timeout=120) == 75, job.output()[-3000:]  # EX_TEMPFAIL: stopped, resumable
+    assert "run the same command again to resume" in job.output()
+    stopped = losses(run_dir)[-1][0]
+    assert 13 <= stopped < 40
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step{stopped:08d}"
+    resumed = Job(run_dir, "train.steps=40", "checkpoint.every=10")
+    assert resumed.wait(timeout=400) == 0, resumed.output()[-3000:]
+    assert "resumed from" in (run_dir / "logs" / "rank00000.log").read_text()
+    got, want = losses(run_dir), losses(uninterrupted)
+    assert [s for s, _ in got] == [s for s, _ in want]
+    for (step, a), (_, b) in zip(got, want):
+        assert a == pytest.approx(b, rel=1e-5), step
+
+
+def test_resume_with_another_layout_is_refused(tmp_path, uninterrupted):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    job = Job(run_dir, "train.steps=50", "layout.dp=4", "layout.pp=1")
+    assert job.wait(timeout=300) != 0
+    assert "universal checkpoint" in job.output()
+
+
+def test_killed_rank_ends_the_job_fast(tmp_path):
+    job = Job(tmp_path / "run", "train.steps=100000", "checkpoint.every=0")
+    job.wait_for_steps(3)
+    victim = job.ranks()[-1]
+    killed_at = time.monotonic()
+    victim.send_signal(signal.SIGKILL)
+    rc = job.wait(timeout=90)
+    assert rc != 0
+    assert time.monotonic() - killed_at < 60
+
+
+def test_stalled_rank_ends_the_job_after_the_collective_timeout(tmp_path):
+    timeout_s = 15
+    job = Job(tmp_path / "run", "train.steps=100000", "checkpoint.every=0",
+              f"train.collective_timeout_s={timeout_s}")
+    job.wait_for_steps(3)
+    victim = job.ranks()[-1]
+    stalled_at = time.monotonic()
+    victim.send_signal(signal.SIGSTOP)
+    rc = job.wait(timeout=timeout_s + 100)
+    assert rc != 0
+    assert time.monotonic() - stalled_at < timeout_s + 60

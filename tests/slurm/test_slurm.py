@@ -1,0 +1,153 @@
+"""slurm/train.sh on a real single-node Slurm controller (slurm/local-cluster.sh starts it).
+
+Needs root and Debian's slurmctld, slurmd, slurm-client and munge, which tests/setup.sh
+installs. Jobs are tiny CPU runs of the tiny-cpu config; each test cancels its jobs when it ends."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_SH = REPO / "slurm" / "train.sh"
+TINY = REPO / "llmlaunch" / "configs" / "tiny-cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    missing = [tool for tool in ("slurmctld", "slurmd", "sbatch", "munged") if not shutil.which(tool)
+               and not Path(f"/usr/sbin/{tool}").exists()]
+    if missing or os.geteuid() != 0:
+        pytest.fail(f"Slurm tests need root and {', '.join(missing) or 'the Slurm packages'}: run "
+                    "tests/setup.sh, which installs them")
+    state = tmp_path_factory.mktemp("slurm")
+    env = dict(os.environ, SLURM_CONF=str(state / "slurm.conf"), OMP_NUM_THREADS="1",
+               PYTHONWARNINGS="ignore")
+    env.pop("SLURM_JOB_ID", None)
+    subprocess.run([str(REPO / "slurm" / "local-cluster.sh"), "start", str(state)], check=True,
+                   env=env, timeout=60)
+    try:
+        yield env
+    finally:
+        subprocess.run(["scancel", "--user", "root"], env=env, timeout=30)
+        subprocess.run([str(REPO / "slurm" / "local-cluster.sh"), "stop", str(state)], env=env,
+                       timeout=60)
+
+
+def submit(env, cwd, *args, wait=True):
+    """sbatch [--wait] slurm/train.sh ARGS; returns (Popen, job id)."""
+    cmd = ["sbatch", "--wait"] if wait else ["sbatch"]
+    proc = subprocess.Popen(cmd + [str(TRAIN_SH), *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    assert first.startswith("Submitted batch job"), first + proc.stderr.read()
+    return proc, first.split()[-1]
+
+
+def metrics(run_dir):
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for_steps(run_dir, count, proc, timeout=240):
+    deadline = time.monotonic() + timeout
+    while len(metrics(run_dir)) < count:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.1)
+
+
+def rank_processes(run_dir):
+    return [p for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"] and "llmlaunch.launcher.rank" in " ".join(p.info["cmdline"])
+            and str(run_dir) in " ".join(p.info["cmdline"])]
+
+
+def job_log(cwd):
+    return "\n".join(p.read_text() for p in Path(cwd).glob("slurm-*.out"))
+
+
+@pytest.fixture(scope="module")
+def default_run(slurm, tmp_path_factory):
+    """`sbatch --wait slurm/train.sh` as it is: the tiny CPU run, 4 ranks, dp 2 x pp 2."""
+    cwd = tmp_path_factory.mktemp("submit")
+    proc, _ = submit(slurm, cwd)
+    assert proc.wait(timeout=600) == 0, job_log(cwd)
+    return cwd / "runs" / "tiny-cpu", cwd
+
+
+def test_default_job_trains_with_four_ranks(default_run):
+    run_dir, cwd = default_run
+    steps = metrics(run_dir)
+    assert [m["step"] for m in steps] == list(range(1, 31))
+    assert steps[-1]["loss"] < steps[0]["loss"] - 0.5
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step00000030"
+    assert len(list((run_dir / "logs").glob("rank*.log"))) == 4
+    assert "preflight: all ranks passed" in (run_dir / "logs").joinpath(
+        next(p.name for p in (run_dir / "logs").glob("preflight-*-0.out"))).read_text()
+    assert "training finished" in job_log(cwd)
+
+
+def test_tensor_parallel_job(slurm, tmp_path):
+    run_dir = tmp_path / "tp2"
+    proc, _ = submit(slurm, tmp_path, str(TINY), str(run_dir), "layout.dp=2", "layout.pp=1",
+                     "layout.tp=2", "train.steps=12", "checkpoint.every=6")
+    assert proc.wait(timeout=600) == 0, job_log(tmp_path)
+    steps = metrics(run_dir)
+    assert len(steps) == 12 and steps[-1]["loss"] < steps[0]["loss"]
+    assert (run_dir / "checkpoints" / "step00000012").is_dir()
+
+
+def test_preemption_requeues_and_resumes_to_the_same_curve(slurm, tmp_path, default_run):
+    run_dir = tmp_path / "preempted"
+    proc, job = submit(slurm, tmp_path, str(TINY), str(run_dir))
+    wait_for_steps(run_dir, 8, proc)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True, timeout=30)
+    assert proc.wait(timeout=600) == 0, job_log(tmp_path)
+    log = job_log(tmp_path)
+    assert "requeueing job" in log and "restart 1" in log
+    assert "resumed from" in (run_dir / "logs" / "rank00000.log").read_text()
+    got = [(m["step"], m["loss"]) for m in metrics(run_dir)]
+    want = [(m["step"], m["loss"]) for m in metrics(default_run[0])]
+    assert [s for s, _ in got] == [s for s, _ in want]
+    for (step, a), (_, b) in zip(got, want):
+        assert a == pytest.approx(b, rel=1e-5), step
+
+
+def test_killed_rank_ends_the_job_within_a_minute(slurm, tmp_path):
+    run_dir = tmp_path / "killed"
+    proc, _ = submit(slurm, tmp_path, str(TINY), str(run_dir), "train.steps=100000",
+                     "checkpoint.every=0")
+    wait_for_steps(run_dir, 3, proc)
+    victim = rank_processes(run_dir)[-1]
+    killed_at = time.monotonic()
+    victim.send_signal(signal.SIGKILL)
+    rc = proc.wait(timeout=120)
+    assert rc != 0
+    assert time.monotonic() - killed_at < 60
+    assert not rank_processes(run_dir)
+
+
+def test_stalled_rank_ends_the_job_after_the_timeout(slurm, tmp_path):
+    timeout_s = 15
+    run_dir = tmp_path / "stalled"
+    proc, _ = submit(slurm, tmp_path, str(TINY), str(run_dir), "train.steps=100000",
+                     "checkpoint.every=0", f"train.collective_timeout_s={timeout_s}")
+    wait_for_steps(run_dir, 3, proc)
+    victim = rank_processes(run_dir)[-1]
+    stalled_at = time.monotonic()
+    victim.send_signal(signal.SIGSTOP)
+    try:
+        rc = proc.wait(timeout=timeout_s + 120)
+    finally:
+        try:
+            victim.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    assert rc != 0
+    assert time.monotonic() - stalled_at < timeout_s + 60

@@ -1,0 +1,73 @@
+"""run.yaml: schema, validation, --set overrides."""
+import pytest
+
+from llmlaunch.config import (ConfigError, RunConfig, apply_overrides, dump_run_config, from_dict,
+                              load_run_config)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    config = RunConfig()
+    config.layout.dp, config.train.lr = 2, 1e-3
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_run_config(config, "# header"))
+    loaded = load_run_config(path)
+    assert loaded.to_dict() == config.to_dict()
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"unknown key 'train.lrr'.*known in train: steps, lr"):
+        from_dict({"train": {"lrr": 0.1}})
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(ConfigError, match="unknown section 'optim'"):
+        from_dict({"optim": {}})
+
+
+def test_ill_typed_value_is_named():
+    with pytest.raises(ConfigError, match=r"layout.dp must be int, got 'two'"):
+        from_dict({"layout": {"dp": "two"}})
+    with pytest.raises(ConfigError, match=r"train.steps must be int, got True"):
+        from_dict({"train": {"steps": True}})
+
+
+def test_yaml11_exponent_strings_are_floats():
+    assert from_dict({"train": {"lr": "3e-4"}}).train.lr == 3e-4
+
+
+def test_set_overrides_are_checked_the_same_way():
+    config = apply_overrides(RunConfig(), ["train.steps=20", "layout.recompute=full", "model.arch=llama"])
+    assert config.train.steps == 20 and config.layout.recompute == "full" and config.model.arch == "llama"
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        apply_overrides(RunConfig(), ["train.steps"])
+    with pytest.raises(ConfigError, match="unknown key 'train.step'"):
+        apply_overrides(RunConfig(), ["train.step=3"])
+    with pytest.raises(ConfigError, match="recompute"):
+        apply_overrides(RunConfig(), ["layout.recompute=sometimes"])
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="ZeRO 0 and 1 only"):
+        from_dict({"layout": {"pp": 2, "zero_stage": 2}})
+    with pytest.raises(ConfigError, match="ZeRO 0 and 1 only"):   # no pipeline: the same engine
+        from_dict({"layout": {"pp": 1, "zero_stage": 3}})
+    with pytest.raises(ConfigError, match="tp=3 does not divide heads=4"):
+        from_dict({"model": {"heads": 4}, "layout": {"tp": 3}})
+    with pytest.raises(ConfigError, match="min_lr"):
+        from_dict({"train": {"lr": 1e-4, "min_lr": 1e-3}})
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_run_config(bad)
+    with pytest.raises(ConfigError, match="cannot read run config"):
+        load_run_config(tmp_path / "missing.yaml")
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("train: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_run_config(evil)
