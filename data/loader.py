@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import DataError
+from .vocab_check import check_batch
 
 MANIFEST_FILE = "manifest.json"
 FLAT_DTYPES = ("uint16", "uint32")
@@ -228,6 +229,7 @@ class ShardSampler:
 
 class TokenWindowLoader:
     """Yields this rank's micro-batches, int64 ``[micro_batch_size, seq_len + 1]``, from prepared shards.
+    With ``vocab`` every batch is checked to hold only ids below it (vocab_check.check_batch).
 
     Resume by passing ``consumed_samples`` (all ranks together), or ``ShardSampler.from_state``.
     """
@@ -246,8 +248,11 @@ class TokenWindowLoader:
         shuffle: bool = True,
         max_epochs: int | None = None,
         dtype: str | None = None,
+        vocab: int | None = None,
     ) -> None:
         self.dataset = TokenWindowDataset(path, seq_len, split=split, dtype=dtype)
+        self.path = Path(path)
+        self.vocab = vocab
         self.sampler = ShardSampler(
             len(self.dataset),
             micro_batch_size=micro_batch_size,
@@ -259,13 +264,18 @@ class TokenWindowLoader:
             max_epochs=max_epochs,
         )
 
+    def _checked(self, batch: np.ndarray) -> np.ndarray:
+        if self.vocab is not None:
+            check_batch(batch, self.path, self.vocab)
+        return batch
+
     def next_batch(self) -> np.ndarray:
-        """The next micro-batch of this rank."""
-        return self.dataset.get_batch(self.sampler.next_indices())
+        """The next micro-batch of this rank (with `vocab`: every id checked below it)."""
+        return self._checked(self.dataset.get_batch(self.sampler.next_indices()))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for indices in self.sampler:
-            yield self.dataset.get_batch(indices)
+            yield self._checked(self.dataset.get_batch(indices))
 
     def state_dict(self) -> dict[str, int]:
         """``{"epoch", "position", "consumed_samples"}`` -- plain ints, safe to put in a checkpoint."""

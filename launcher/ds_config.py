@@ -9,6 +9,14 @@ DeepSpeed's traps it encodes:
   ZeRO-1 runs DeepSpeed's BF16 optimizer, as BLOOM trained: bf16 accumulation over many
   micro-batches loses precision. ZeRO-0 has no such path ("unsupported mix of model_dtype and
   grad_accum_dtype" at start-up): bf16 with ZeRO-0 is refused here, with the fix.
+- On a CPU the optimizer is torch's AdamW (`torch_adam`), not DeepSpeed's FusedAdam: the CPU build
+  of FusedAdam keeps Adam's bias-correction products beta^t as a running product in a C++ object
+  that no checkpoint holds, and recomputes them with pow() after a restart, so a resumed run
+  differed from an uninterrupted one in the last bits. torch's AdamW (and the CUDA FusedAdam)
+  compute them from the step count, which the checkpoint holds: resume is bit-exact.
+- No `scheduler` section: the learning-rate schedule is llmlaunch's (launcher/lr_schedule.py,
+  passed to deepspeed.initialize), because DeepSpeed's WarmupCosineLR trains its first two steps
+  at lr 0 and never applies the peak.
 """
 from __future__ import annotations
 
@@ -18,8 +26,8 @@ from llmlaunch.topology.memory import ALLGATHER_BUCKET_ELEMENTS, REDUCE_BUCKET_E
 ADAM_EPS = 1e-8
 
 
-def deepspeed_config(config: RunConfig, precision: str) -> dict:
-    """The ds_config.json dict for a run."""
+def deepspeed_config(config: RunConfig, precision: str, on_gpu: bool = True) -> dict:
+    """The ds_config.json dict for a run (on_gpu: the ranks run on GPUs, else on CPUs)."""
     lay, train = config.layout, config.train
     if lay.zero_stage >= 2:
         raise ConfigError(f"ZeRO-{lay.zero_stage}: DeepSpeed's pipeline engine, which runs llmlaunch's "
@@ -42,11 +50,7 @@ def deepspeed_config(config: RunConfig, precision: str) -> dict:
         "gradient_clipping": train.grad_clip,
         "optimizer": {"type": "AdamW", "params": {
             "lr": train.lr, "betas": [train.beta1, train.beta2], "eps": ADAM_EPS,
-            "weight_decay": train.weight_decay}},
-        "scheduler": {"type": "WarmupCosineLR", "params": {
-            "total_num_steps": train.steps, "warmup_num_steps": train.warmup_steps,
-            "warmup_min_ratio": 0.0, "cos_min_ratio": train.min_lr / train.lr if train.lr else 0.0,
-            "warmup_type": "linear"}},
+            "weight_decay": train.weight_decay, **({} if on_gpu else {"torch_adam": True})}},
         "zero_optimization": zero,
         "steps_per_print": 10 ** 9,  # llmlaunch logs itself
         "wall_clock_breakdown": False,

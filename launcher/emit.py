@@ -24,6 +24,9 @@ from .ds_config import deepspeed_config
 # find it through this name.
 JOB_BODY = Path(__file__).parent / "jobs" / "slurm_job.sh"
 FIND_JOB_BODY = "python3 -c 'from llmlaunch.launcher.emit import JOB_BODY; print(JOB_BODY)'"
+# A stop signal before the body runs (while python finds it) is recorded for the body, not lost:
+# the body starts with STOP=$LLMLAUNCH_EARLY_STOP.
+EARLY_SIGNAL_LINES = ["trap 'LLMLAUNCH_EARLY_STOP=USR1' USR1", "trap 'LLMLAUNCH_EARLY_STOP=TERM' TERM"]
 
 SLURM_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
 
@@ -84,12 +87,19 @@ def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: i
         lines.append(f"#SBATCH --account={slurm_safe_name(s.account)}")
     lines += [
         f"RUN_DIR={shlex.quote(run_dir)}",
-        "# the job body shipped with llmlaunch: preflight, srun of the ranks, checkpoint-and-requeue",
+        *EARLY_SIGNAL_LINES,
+        "# the job body shipped with llmlaunch: checks, preflight, srun of the ranks, requeue",
         f'JOB="$({FIND_JOB_BODY})" || exit 2',
+        'export LLMLAUNCH_EARLY_STOP="${LLMLAUNCH_EARLY_STOP:-}"',
         'exec bash "$JOB" "$RUN_DIR/run.yaml" "$RUN_DIR"',
         "",
     ]
     return "\n".join(lines)
+
+
+def cluster_is_cpu(inputs: PlanInputs) -> bool:
+    """The planned accelerators are this kind of host (the catalog's `cpu`), not GPUs."""
+    return inputs.cluster.gpu.host_measured
 
 
 def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: bool = False,
@@ -107,9 +117,9 @@ def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: 
                          "or leave --zero to the search to emit")
     name = job_name or (inputs.spec.name or "llmlaunch")
     config = run_config_for(inputs, candidate, name, time_limit, tokens)
-    ds = deepspeed_config(config, inputs.options.precision)
+    ds = deepspeed_config(config, inputs.options.precision, on_gpu=not cluster_is_cpu(inputs))
     cluster = inputs.cluster
-    on_gpu = cluster.gpu.name != "cpu"
+    on_gpu = not cluster_is_cpu(inputs)
     tasks_per_node = min(cluster.gpus, cluster.gpus_per_node)
     run_dir = str(Path(out_dir).resolve())
     with atomic_directory(out_dir, force=force) as tmp:

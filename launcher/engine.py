@@ -17,6 +17,8 @@ from llmlaunch.topology.plan_inputs import resolve_precision
 
 from .build_locks import check_build_locks
 from .ds_config import deepspeed_config
+from .entry import start_heartbeat
+from .lr_schedule import lr_scheduler_factory
 
 
 def run_precision(config: RunConfig, on_gpu: bool) -> str:
@@ -73,6 +75,7 @@ def build_engine(config: RunConfig) -> RunEngine:
     layout = config.layout_obj()
     spec = config.model_spec()
     init_distributed(timeout_s=config.train.collective_timeout_s)
+    start_heartbeat()   # from here a failed collective names the ranks that stopped answering
     precision = run_precision(config, torch.cuda.is_available())
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     torch.manual_seed(config.train.seed)
@@ -82,5 +85,6 @@ def build_engine(config: RunConfig) -> RunEngine:
     check_build_locks()
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(config, precision))
+        config=deepspeed_config(config, precision, on_gpu=torch.cuda.is_available()),
+        lr_scheduler=lr_scheduler_factory(config.train))
     return RunEngine(engine=engine, precision=precision, dtype=dtype, spec=spec, layout=layout)

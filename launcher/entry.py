@@ -69,6 +69,22 @@ def rank_arguments(argv: list[str] | None, module: str,
     return config, run_dir
 
 
+_HEARTBEAT = []
+
+
+def start_heartbeat() -> None:
+    """Beat this rank's liveness counter (liveness.py) from now on: call once the process group
+    exists (the store is up)."""
+    from .liveness import Heartbeat
+
+    if not _HEARTBEAT:
+        _HEARTBEAT.append(Heartbeat(int(os.environ["RANK"])).start())
+
+
+def _heartbeats_started() -> bool:
+    return bool(_HEARTBEAT)
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -93,8 +109,14 @@ def run_rank(work: Callable[[RunConfig, Path], int], argv: list[str] | None, mod
         if logging.getLogger().handlers:  # the rank's log file (never the console: one line there)
             log.exception("%s failed", role or "the rank")
         where = f"{role} error" if role else "error"
-        print(f"llmlaunch: {where} on rank {os.environ.get('RANK', '?')}: {first_line(exc)}",
-              file=sys.stderr)
+        cause = first_line(exc)
+        if "WORLD_SIZE" in os.environ and _heartbeats_started():
+            from .liveness import describe_silent, is_communication_failure, short_cause
+
+            if is_communication_failure(exc):
+                silent = describe_silent(int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]))
+                cause = f"{silent} ({short_cause(cause)})" if silent else short_cause(cause)
+        print(f"llmlaunch: {where} on rank {os.environ.get('RANK', '?')}: {cause}", file=sys.stderr)
         return 1
 
 

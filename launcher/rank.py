@@ -3,11 +3,16 @@ rank (srun starts one per task; `llmlaunch train` starts them through torch's el
 See entry.py for what every rank process shares and trainer.py for what it does."""
 from __future__ import annotations
 
-from .entry import exit_process, run_rank
-from .trainer import train
+from llmlaunch.launcher.signals import STOP
+
+STOP.hold()  # first: a stop signal during start-up waits for the first step boundary (signals.py)
+
+from .entry import exit_process, run_rank  # noqa: E402
+from .trainer import train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    STOP.hold()  # also when called in-process (`llmlaunch train` under srun)
     return run_rank(train, argv, "llmlaunch.launcher.rank", "one llmlaunch training rank")
 
 

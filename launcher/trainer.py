@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import signal
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from .checkpoint import check_layout, latest_good, mark_complete, prune, tag_for
 from .entry import enter_rank
 from .metrics import METRICS_FILE, MetricsLog
 from .run_data import ensure_data
+from .signals import STOP, mark_held
 
 # Written by rank 0 into the run directory when the ranks stopped for a signal with a checkpoint of
 # the last finished step. The ranks then exit 0 (srun's --kill-on-bad-exit would cut short the others'
@@ -32,24 +32,6 @@ from .run_data import ensure_data
 STOPPED_FILE = "stopped.json"
 REQUEUE_EXIT_CODE = 75
 log = logging.getLogger("llmlaunch.rank")
-
-
-class StopRequest:
-    """Set by SIGUSR1/SIGTERM (Slurm's warning before the time limit, scancel, preemption)."""
-
-    def __init__(self):
-        self.signal_name = ""
-
-    def install(self) -> None:
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handler)
-
-    def _handler(self, signum, frame):
-        self.signal_name = signal.Signals(signum).name
-
-    @property
-    def requested(self) -> bool:
-        return bool(self.signal_name)
 
 
 def measured_memory_gib(torch) -> float:
@@ -82,8 +64,9 @@ class Trainer:
         ckpt_dir = Path(config.checkpoint.dir)
         self.ckpt_dir = ckpt_dir if ckpt_dir.is_absolute() else run_dir / ckpt_dir
         setup_logging(run_dir, self.rank)
-        self.stop = StopRequest()
-        self.stop.install()
+        self.stop = STOP
+        self.stop.hold()   # held since the process started (rank.py); again for in-process callers
+        mark_held(run_dir, self.rank)
 
     def resume(self) -> int:
         """Load the newest complete checkpoint, if any; returns the step it finished."""
@@ -107,7 +90,9 @@ class Trainer:
         loader = TokenWindowLoader(data_path, self.config.model.seq_len, lay.micro_batch,
                                    dp_size=lay.dp, dp_rank=self.run.dp_rank,
                                    seed=self.config.train.seed,
-                                   consumed_samples=start_step * lay.global_batch)
+                                   consumed_samples=start_step * lay.global_batch,
+                                   dtype=self.config.data.dtype or None,
+                                   vocab=self.config.model.vocab)
         return (next_token_batch(torch.from_numpy(tokens)) for tokens in loader)
 
     def save(self, step: int) -> None:
@@ -134,6 +119,20 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return flag.item() > 0
 
+    def record_stop(self, step: int, checkpoint: str | None) -> None:
+        """Log the agreed stop and (rank 0) write RUN_DIR/stopped.json: {step, signal, checkpoint}
+        (the tag the next start resumes from; null when there is none)."""
+        signal_name = self.stop.signal_name or "another rank"
+        if checkpoint:
+            log.info("stop requested (%s): stopped after step %d, checkpoint %s; run again to "
+                     "resume", signal_name, step, checkpoint)
+        else:
+            log.info("stop requested (%s) before the first step: nothing to checkpoint; run again "
+                     "to start", signal_name)
+        if self.rank == 0:
+            write_text_atomic(self.run_dir / STOPPED_FILE, json.dumps(
+                {"step": step, "signal": signal_name, "checkpoint": checkpoint}) + "\n")
+
     def write_effective_config(self) -> None:
         """RUN_DIR/run.effective.yaml: run.yaml with the --set overrides and train.precision
         resolved, what this run used (the report reads it)."""
@@ -154,6 +153,7 @@ class Trainer:
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)
         data_path = ensure_data(config, self.run_dir, rank)
         self.run = build_engine(config)
+        self.stop.release()   # a signal that came during start-up is acted on at step 0
         if rank == 0:
             self.write_effective_config()
         start_step = self.resume()
@@ -167,12 +167,8 @@ class Trainer:
                 if self.stop_agreed(flag):
                     if step > last_saved:
                         self.save(step)
-                    signal_name = self.stop.signal_name or "another rank"
-                    log.info("stop requested (%s): stopped after step %d with a checkpoint; run "
-                             "again to resume", signal_name, step)
-                    if rank == 0:
-                        write_text_atomic(self.run_dir / STOPPED_FILE,
-                                          json.dumps({"step": step, "signal": signal_name}) + "\n")
+                        last_saved = step
+                    self.record_stop(step, tag_for_step(last_saved) if last_saved else None)
                     return 0
                 lr = self.run.lr  # the rate this step applies
                 started = time.perf_counter()

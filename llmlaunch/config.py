@@ -104,6 +104,9 @@ class DataSection:
     path: str = ""
     """A directory written by `llmlaunch data prepare`, or a flat token file; empty: the corpus
     shipped with llmlaunch."""
+    dtype: str = ""
+    """Token dtype of a flat .bin file: uint16 or uint32 (empty: uint16; a prepared directory and a
+    .npy file say their own)."""
 
 
 @dataclass
@@ -188,30 +191,33 @@ class RunConfig:
             spec = self.model_spec()
             layout = self.layout_obj()
         except ValueError as exc:
-            raise ConfigError(f"run.yaml: {exc}") from None
+            raise ConfigError(str(exc)) from None
         reasons = layout.model_reasons(spec)
         if reasons:
-            raise ConfigError(f"run.yaml: the layout does not fit the model: {'; '.join(reasons)} "
+            raise ConfigError(f"the layout does not fit the model: {'; '.join(reasons)} "
                               "(layout.tp, layout.pp against the model section)")
         if layout.zero_stage not in (0, 1):
-            raise ConfigError(f"run.yaml: layout.zero_stage={layout.zero_stage}: DeepSpeed's pipeline "
+            raise ConfigError(f"layout.zero_stage={layout.zero_stage}: DeepSpeed's pipeline "
                               "engine, which runs llmlaunch's model at any pp, supports ZeRO 0 and 1 "
                               "only; use zero_stage 1")
         if self.train.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"run.yaml: train.precision must be auto, bf16 or fp32, got "
+            raise ConfigError(f"train.precision must be auto, bf16 or fp32, got "
                               f"{self.train.precision!r}")
         for key in ("steps",):
             if getattr(self.train, key) < 1:
-                raise ConfigError(f"run.yaml: train.{key} must be >= 1")
+                raise ConfigError(f"train.{key} must be >= 1")
         if self.train.collective_timeout_s < 1:
-            raise ConfigError("run.yaml: train.collective_timeout_s must be >= 1")
+            raise ConfigError("train.collective_timeout_s must be >= 1")
         for key in ("warmup_steps", "log_every"):
             if getattr(self.train, key) < 0:
-                raise ConfigError(f"run.yaml: train.{key} must be >= 0")
+                raise ConfigError(f"train.{key} must be >= 0")
+        if self.data.dtype not in ("", "uint16", "uint32"):
+            raise ConfigError(f"data.dtype must be uint16 or uint32 (or empty), got "
+                              f"{self.data.dtype!r}")
         if not 0 <= self.train.min_lr <= self.train.lr:
-            raise ConfigError("run.yaml: need 0 <= train.min_lr <= train.lr")
+            raise ConfigError("need 0 <= train.min_lr <= train.lr")
         if self.checkpoint.every < 0 or self.checkpoint.keep < 1:
-            raise ConfigError("run.yaml: checkpoint.every must be >= 0 and checkpoint.keep >= 1")
+            raise ConfigError("checkpoint.every must be >= 0 and checkpoint.keep >= 1")
         return self
 
     def to_dict(self) -> dict:
@@ -242,24 +248,32 @@ def _coerce(where: str, value, kind):
     elif kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ConfigError(f"run.yaml: {where} must be {kind.__name__}, got {value!r}")
+    raise ConfigError(f"{where} must be {kind.__name__}, got {value!r}")
 
 
-def from_dict(raw: dict) -> RunConfig:
-    """Build and validate a RunConfig from plain data (sections may be partial)."""
+def from_dict(raw: dict, source: str = "run.yaml") -> RunConfig:
+    """Build and validate a RunConfig from plain data (sections may be partial); errors name
+    `source` (the file the data came from)."""
+    try:
+        return _from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _from_dict(raw: dict) -> RunConfig:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError("run.yaml: the top level must be a mapping of sections")
+        raise ConfigError("the top level must be a mapping of sections")
     config = RunConfig()
     for section_name, values in raw.items():
         if section_name not in _SECTIONS:
-            raise ConfigError(f"run.yaml: unknown section {section_name!r} "
+            raise ConfigError(f"unknown section {section_name!r} "
                               f"(known: {', '.join(_SECTIONS)})")
         if values is None:
             continue
         if not isinstance(values, dict):
-            raise ConfigError(f"run.yaml: section {section_name!r} must be a mapping")
+            raise ConfigError(f"section {section_name!r} must be a mapping")
         for key, value in values.items():
             set_value(config, f"{section_name}.{key}", value)
     return config.validate()
@@ -269,17 +283,18 @@ def set_value(config: RunConfig, dotted: str, value) -> None:
     """Assign section.key = value with the schema's checks."""
     section_name, _, key = dotted.partition(".")
     if section_name not in _SECTIONS or not key:
-        raise ConfigError(f"run.yaml: unknown key {dotted!r} (sections: {', '.join(_SECTIONS)})")
+        raise ConfigError(f"unknown key {dotted!r} (sections: {', '.join(_SECTIONS)})")
     section = getattr(config, section_name)
     hints = typing.get_type_hints(type(section))
     if key not in hints:
-        raise ConfigError(f"run.yaml: unknown key {dotted!r} (known in {section_name}: "
+        raise ConfigError(f"unknown key {dotted!r} (known in {section_name}: "
                           f"{', '.join(hints)})")
     setattr(section, key, _coerce(dotted, value, hints[key]))
 
 
-def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply `--set section.key=value` strings (values parsed as YAML scalars)."""
+def apply_overrides(config: RunConfig, overrides: list[str], source: str = "run.yaml") -> RunConfig:
+    """Apply `--set section.key=value` strings (values parsed as YAML scalars); errors name the
+    --set item, or `source` with the overrides when they only clash together."""
     for item in overrides or []:
         dotted, sep, text = item.partition("=")
         if not sep:
@@ -288,8 +303,15 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
-        set_value(config, dotted.strip(), value)
-    return config.validate()
+        try:
+            set_value(config, dotted.strip(), value)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item!r}: {exc}") from None
+    try:
+        return config.validate()
+    except ConfigError as exc:
+        given = " with --set " + " ".join(overrides) if overrides else ""
+        raise ConfigError(f"{source}{given}: {exc}") from None
 
 
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
@@ -307,6 +329,11 @@ def load_run_dir_config(run_dir: str | os.PathLike) -> RunConfig:
                       "writes)")
 
 
+def builtin_config_names() -> list[str]:
+    """The configs shipped with llmlaunch, by the name --config takes."""
+    return sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml"))
+
+
 def resolve_config_path(name: str | os.PathLike) -> Path:
     """A run.yaml path, or the name of a config shipped with llmlaunch (e.g. `tiny-cpu`)."""
     path = Path(name)
@@ -317,18 +344,27 @@ def resolve_config_path(name: str | os.PathLike) -> Path:
 
 def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
     """Read run.yaml (or a built-in config by name) safely, check it, apply --set overrides."""
+    given = str(path)
     path = resolve_config_path(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read run config {str(path)!r}: {exc.strerror}") from None
+        hint = ""
+        if not path.exists() and path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
+            hint = f"; built-in configs: {', '.join(builtin_config_names())}"
+        raise ConfigError(f"cannot read run config {given!r}: {exc.strerror}{hint}") from None
     try:
         raw = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: YAML tags are not allowed{where}: run.yaml holds plain "
+                          "values only") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
-    return apply_overrides(from_dict(raw), overrides or [])
+    return apply_overrides(from_dict(raw, source=str(path)), overrides or [], source=str(path))
 
 
 def dump_run_config(config: RunConfig, header: str = "") -> str:

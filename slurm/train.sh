@@ -20,6 +20,10 @@
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out
+# a stop signal while python3 finds the body is handed to the body (it starts stopped), not lost
+trap 'LLMLAUNCH_EARLY_STOP=USR1' USR1
+trap 'LLMLAUNCH_EARLY_STOP=TERM' TERM
 JOB="$(python3 -c 'from llmlaunch.launcher.emit import JOB_BODY; print(JOB_BODY)')" || {
   echo "llmlaunch: error: llmlaunch is not installed in this job's python3 (pip install llmlaunch)" >&2; exit 2; }
+export LLMLAUNCH_EARLY_STOP="${LLMLAUNCH_EARLY_STOP:-}"
 exec bash "$JOB" "$@"

@@ -4,11 +4,74 @@
 #
 # - MASTER_ADDR is the first host of the allocation, MASTER_PORT a free port on it; srun starts one
 #   rank per task (no ssh, no hostfile), RANK/LOCAL_RANK/WORLD_SIZE come from SLURM_* variables.
-# - preflight runs first unless LLMLAUNCH_PREFLIGHT=0.
+# - Before any rank starts, the data is checked against the model (one process, this host), then
+#   preflight runs on every rank unless LLMLAUNCH_PREFLIGHT=0.
 # - USR1 (sent by --signal=B:USR1@S before the time limit, or scancel --signal=USR1 --batch) and TERM
-#   are forwarded to the ranks, which agree on a step, checkpoint it, write RUN_DIR/stopped.json and
-#   exit; the job then requeues itself and the ranks resume from that checkpoint.
+#   are handled from the first line to the last (docs/launch.md, "Signals"): before the ranks start,
+#   the job stops and requeues without starting them (a preflight under way is ended); once they
+#   run, the signal is forwarded to them: they agree on a step, checkpoint it (when there is a step
+#   to save), write RUN_DIR/stopped.json and exit; the job then requeues itself and the ranks resume.
 set -uo pipefail
+
+STOP="${LLMLAUNCH_EARLY_STOP:-}"   # a signal the sbatch script caught before exec'ing this body
+unset LLMLAUNCH_EARLY_STOP
+CHILD=""
+# bash runs a trap only between foreground commands: every long phase runs in the background and
+# this shell waits for it (run_phase), so a signal is acted on at once
+RESENDER=""
+PHASE=start
+forward_stop() {  # pass $STOP to the running phase
+  [ -n "$STOP" ] && [ -n "$CHILD" ] || return 0
+  if [ "$PHASE" != ranks ]; then
+    kill -"$STOP" "$CHILD" 2>/dev/null
+    return 0
+  fi
+  [ -z "$RESENDER" ] || return 0
+  # A rank takes the signal from the moment it holds it (it then writes RUN_DIR/.signals/held-RANK:
+  # a signal in its first milliseconds would kill it), and srun drops a signal sent before its
+  # tasks are launched: wait until every rank holds it, then send it, and send USR1 again every
+  # 2 s until srun is gone (a rank acts on the first and ignores the rest; not TERM, on which
+  # srun ends the step when repeated)
+  ( sig="$STOP"; ntasks="${SLURM_NTASKS:-1}"
+    while kill -0 "$CHILD" 2>/dev/null; do
+      if [ "$(ls "$RUN_DIR/.signals" 2>/dev/null | wc -l)" -ge "$ntasks" ]; then
+        kill -"$sig" "$CHILD" 2>/dev/null
+        [ "$sig" = USR1 ] || break
+        sleep 2
+      else
+        sleep 0.2
+      fi
+    done ) &
+  RESENDER=$!
+}
+on_signal() {
+  [ -n "$STOP" ] || STOP="$1"
+  echo "llmlaunch: $1 received"
+  forward_stop
+}
+trap 'on_signal USR1' USR1
+trap 'on_signal TERM' TERM
+
+run_phase() {  # run "$@" in the background, wait for it through signals; its exit code
+  "$@" &
+  CHILD=$!
+  forward_stop   # a signal that came while it was being started
+  local rc
+  while true; do
+    wait "$CHILD"
+    rc=$?
+    kill -0 "$CHILD" 2>/dev/null || break   # wait returned for a trap: keep waiting
+  done
+  CHILD=""
+  return "$rc"
+}
+
+requeue_unstarted() {  # a stop signal before the ranks ran: nothing to save, come back later
+  echo "llmlaunch: stopped ($STOP) before training started: no new checkpoint; requeueing job" \
+       "${SLURM_JOB_ID:-?}"
+  scontrol requeue "${SLURM_JOB_ID:-0}" || echo "llmlaunch: error: scontrol requeue failed" >&2
+  exit 0
+}
 
 SUBMIT_DIR="${SLURM_SUBMIT_DIR:-$PWD}"
 if [ $# -ge 1 ]; then
@@ -44,30 +107,39 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
 export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
 echo "llmlaunch: job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_NTASKS} ranks on" \
      "${SLURM_JOB_NUM_NODES} node(s), master ${MASTER_ADDR}:${MASTER_PORT}, run dir ${RUN_DIR}"
+rm -f "$RUN_DIR/stopped.json"
+[ -z "$STOP" ] || requeue_unstarted
+
+# the data against the model: one line, here, instead of an error from every rank
+if ! run_phase python3 -m llmlaunch.launcher.run_data --config "$CONFIG" --run-dir "$RUN_DIR" "${SETS[@]}"; then
+  [ -z "$STOP" ] || requeue_unstarted
+  echo "llmlaunch: error: the data does not fit the model (above); nothing was started" >&2
+  exit 2
+fi
+[ -z "$STOP" ] || requeue_unstarted
 
 if [ "${LLMLAUNCH_PREFLIGHT:-1}" != 0 ]; then
-  if ! srun --kill-on-bad-exit=1 --output="$RUN_DIR/logs/preflight-%j-%t.out" \
+  if ! run_phase srun --kill-on-bad-exit=1 --output="$RUN_DIR/logs/preflight-%j-%t.out" \
        python3 -m llmlaunch.launcher.preflight --config "$CONFIG" --run-dir "$RUN_DIR" "${SETS[@]}"; then
+    [ -z "$STOP" ] || requeue_unstarted
     echo "llmlaunch: error: preflight failed; see $RUN_DIR/logs/preflight-${SLURM_JOB_ID}-*.out" >&2
     exit 1
   fi
+  [ -z "$STOP" ] || requeue_unstarted
 fi
 
-# The payload runs in the background so that this shell can run its trap at once (bash runs traps
-# only between foreground commands); srun forwards USR1/TERM to every task.
-srun --kill-on-bad-exit=1 --output="$RUN_DIR/logs/train-%j-%t.out" \
-  python3 -m llmlaunch.launcher.rank --config "$CONFIG" --run-dir "$RUN_DIR" "${SETS[@]}" &
-SRUN_PID=$!
-forward() { echo "llmlaunch: $1 received: asking the ranks to checkpoint and stop"; kill -"$1" "$SRUN_PID" 2>/dev/null; }
-trap 'forward USR1' USR1
-trap 'forward TERM' TERM
-while true; do
-  wait "$SRUN_PID"
-  rc=$?
-  kill -0 "$SRUN_PID" 2>/dev/null || break   # wait returned for a trap: keep waiting
-done
+# srun forwards USR1/TERM (from on_signal) to every task; the ranks hold them until their first
+# step boundary, so a signal during their start-up is acted on, and their children (DeepSpeed's
+# extension builds) are shielded from it
+PHASE=ranks
+rm -rf "$RUN_DIR/.signals"
+run_phase srun --kill-on-bad-exit=1 --output="$RUN_DIR/logs/train-%j-%t.out" \
+  python3 -m llmlaunch.launcher.rank --config "$CONFIG" --run-dir "$RUN_DIR" "${SETS[@]}"
+rc=$?
+[ -z "$RESENDER" ] || kill "$RESENDER" 2>/dev/null
 if [ "$rc" -eq 0 ] && [ -f "$RUN_DIR/stopped.json" ]; then
-  echo "llmlaunch: stopped with a checkpoint ($(cat "$RUN_DIR/stopped.json")); requeueing job ${SLURM_JOB_ID}"
+  summary="$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(f"after step {r[\"step\"]}, checkpoint {r[\"checkpoint\"]}" if r.get("checkpoint") else "before the first step, nothing to checkpoint")' "$RUN_DIR/stopped.json")"
+  echo "llmlaunch: stopped (${STOP:-signal}) $summary; requeueing job ${SLURM_JOB_ID}"
   scontrol requeue "$SLURM_JOB_ID"
   exit 0
 fi

@@ -1,16 +1,22 @@
 """The `llmlaunch` command: one module per subcommand, each a thin layer over importable functions
 (`register(sub)` adds its parser). Heavy libraries (torch, deepspeed, transformers) are imported
-only by the subcommands that need them, when they run."""
+only by the subcommands that need them, when they run.
+
+The commands that start ranks (train, preflight, validate) hold the stop signals from main's first
+line, before any import of theirs: a SIGUSR1, SIGTERM or Ctrl-C in the first second is then acted
+on, not lost (llmlaunch/launcher/local.py)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from llmlaunch import __version__
 
-from . import cost, data, plan, report, scale, train, validate
-
-COMMANDS = (plan, cost, scale, train, validate, report, data)
+COMMANDS = ("plan", "cost", "scale", "train", "validate", "report", "data")
+# commands whose module registers more than one subcommand
+SUBCOMMANDS = {"preflight": "train"}
+STARTS_RANKS = ("train", "preflight", "validate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,12 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      "pre-training with DeepSpeed and Slurm.")
     parser.add_argument("--version", action="version", version=f"llmlaunch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        command.register(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in STARTS_RANKS:
+        from llmlaunch.launcher.signals import hold_for_launch
+
+        hold_for_launch()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

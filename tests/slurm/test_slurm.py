@@ -114,9 +114,48 @@ def test_preemption_requeues_and_resumes_to_the_same_curve(slurm, tmp_path, defa
     assert "resumed from" in (run_dir / "logs" / "rank00000.log").read_text()
     got = [(m["step"], m["loss"]) for m in metrics(run_dir)]
     want = [(m["step"], m["loss"]) for m in metrics(default_run[0])]
-    assert [s for s, _ in got] == [s for s, _ in want]
-    for (step, a), (_, b) in zip(got, want):
-        assert a == pytest.approx(b, rel=1e-5), step
+    assert got == want   # bit for bit
+
+
+def processes(module, run_dir):
+    """The tasks (python3 processes, not the srun that started them) running `module`."""
+    return [p for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"] and Path(p.info["cmdline"][0]).name.startswith("python")
+            and module in " ".join(p.info["cmdline"]) and str(run_dir) in " ".join(p.info["cmdline"])]
+
+
+@pytest.mark.parametrize("phase", ["preflight", "start-up"])
+def test_usr1_before_training_requeues_and_the_job_finishes(slurm, tmp_path, phase):
+    """USR1 while preflight runs, or while the ranks start (before their first step): the job stops
+    without a new checkpoint, requeues itself, and the requeued job trains to the end."""
+    run_dir = tmp_path / phase
+    proc, job = submit(slurm, tmp_path, str(TINY), str(run_dir), "train.steps=4",
+                       "checkpoint.every=2")
+    module = "llmlaunch.launcher.preflight" if phase == "preflight" else "llmlaunch.launcher.rank"
+    deadline = time.monotonic() + 120
+    while not processes(module, run_dir):
+        assert proc.poll() is None and time.monotonic() < deadline, job_log(tmp_path)
+        time.sleep(0.02)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True, timeout=30)
+    assert proc.wait(timeout=600) == 0, job_log(tmp_path)
+    log = job_log(tmp_path)
+    assert "restart 1" in log, log
+    assert ("before training started: no new checkpoint" in log
+            or "before the first step, nothing to checkpoint" in log), log
+    assert "training finished" in log
+    assert [m["step"] for m in metrics(run_dir)] == [1, 2, 3, 4]
+    assert "died with SIGUSR1" not in log and "Traceback" not in log
+
+
+def test_data_that_does_not_fit_fails_before_any_rank_starts(slurm, tmp_path):
+    (tmp_path / "empty").mkdir()
+    run_dir = tmp_path / "nodata"
+    proc, _ = submit(slurm, tmp_path, str(TINY), str(run_dir), f"data.path={tmp_path / 'empty'}")
+    assert proc.wait(timeout=300) != 0
+    log = job_log(tmp_path)
+    assert "is a directory without manifest.json" in log
+    assert log.count("llmlaunch: error:") == 2, log   # the check's line and the body's
+    assert not list((run_dir / "logs").glob("preflight-*")) and not list((run_dir / "logs").glob("train-*"))
 
 
 def test_killed_rank_ends_the_job_within_a_minute(slurm, tmp_path):

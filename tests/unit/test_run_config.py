@@ -62,12 +62,34 @@ def test_bad_yaml_and_missing_file(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML at line"):
         load_run_config(bad)
-    with pytest.raises(ConfigError, match="cannot read run config"):
+    with pytest.raises(ConfigError, match="cannot read run config") as missing:
         load_run_config(tmp_path / "missing.yaml")
+    assert "built-in" not in str(missing.value)      # a path: no list of names
+
+
+def test_an_unknown_config_name_lists_the_built_in_ones():
+    with pytest.raises(ConfigError, match=r"cannot read run config 'tiny-gpu': .*; built-in "
+                                          r"configs: gpt-1b-gpu, tiny-cpu"):
+        load_run_config("tiny-gpu")
 
 
 def test_yaml_is_loaded_safely(tmp_path):
     evil = tmp_path / "evil.yaml"
-    evil.write_text("train: !!python/object/apply:os.system ['echo pwned']\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    evil.write_text("model: {arch: gpt2}\ntrain: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match=r"evil.yaml: YAML tags are not allowed \(line 2\)"):
         load_run_config(evil)
+
+
+def test_errors_name_the_file_they_come_from(tmp_path):
+    mine = tmp_path / "my-experiment.yaml"
+    mine.write_text("layout: {tp: 3}\n")
+    with pytest.raises(ConfigError, match=r"^\S*my-experiment.yaml: the layout does not fit the model: tp=3 does not divide heads=4"):
+        load_run_config(mine)
+    mine.write_text("train: {stepz: 3}\n")
+    with pytest.raises(ConfigError, match=r"my-experiment.yaml: unknown key 'train.stepz'"):
+        load_run_config(mine)
+    mine.write_text("layout: {tp: 1}\n")
+    with pytest.raises(ConfigError, match=r"--set 'train.steps=x': train.steps must be int"):
+        load_run_config(mine, ["train.steps=x"])
+    with pytest.raises(ConfigError, match=r"my-experiment.yaml with --set layout.tp=3: the layout does not fit the model: tp=3 "):
+        load_run_config(mine, ["layout.tp=3"])
