@@ -17,9 +17,8 @@ def hf_config_object(cfg: dict, label: str = "HF config"):
     except (ValueError, KeyError, TypeError) as exc:
         import transformers
 
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{label}: transformers {transformers.__version__} cannot read model_type "
-                         f"{model_type!r}: {reason[:200]}") from None
+                         f"{model_type!r}: {_first_sentence(exc)}") from None
 
 
 def normalised_hf_config(cfg: dict, label: str = "HF config") -> dict:
@@ -39,9 +38,8 @@ def count_hf_params(cfg: dict, label: str = "HF config") -> int:
         with init_empty_weights():
             model = AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{label}: transformers cannot build a causal language model of "
-                         f"model_type {cfg.get('model_type')!r}: {reason[:200]}") from None
+                         f"model_type {cfg.get('model_type')!r}: {_first_sentence(exc)}") from None
     # transformers 5 does not tie input and output embeddings under init_empty_weights: tie them
     # as loading a checkpoint would, so a tied table is counted once
     model.tie_weights()
@@ -51,3 +49,12 @@ def count_hf_params(cfg: dict, label: str = "HF config") -> int:
             seen.add(id(param))
             total += param.numel()
     return total
+
+
+def _first_sentence(exc: Exception) -> str:
+    """An exception's message cut to its first line and sentence (transformers lists every model
+    type it knows in some of them), at most 200 characters."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    return text.splitlines()[0].split(". ")[0][:200]

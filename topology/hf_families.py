@@ -181,7 +181,12 @@ def _decoder(cfg, seq_len):
     spec["sliding_window"], spec["sliding_window_layers"] = sliding_layers(cfg, spec["layers"], True)
     if spec["sliding_window_layers"] == spec["layers"]:
         spec["sliding_window_layers"] = 0
-    spec["qkv_bias"] = bool(first(cfg, "attention_bias", "qkv_bias", "bias", default=False))
+    spec["qkv_bias"] = bool(first(cfg, "attention_bias", "qkv_bias", "bias", "use_bias",
+                                  default=False))
+    if cfg.get("multi_query") and not cfg.get("new_decoder_architecture"):
+        spec["kv_heads"] = 1                                 # Falcon's multi-query attention
+    spec["parallel_residual"] = bool(first(cfg, "parallel_attn", "use_parallel_residual",
+                                           default=False))
     spec["rotary_fraction"] = float(rope(cfg)["partial_rotary_factor"])
     experts = first(cfg, "num_local_experts", "num_experts", "n_routed_experts", default=0)
     if experts:
