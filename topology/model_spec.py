@@ -262,6 +262,14 @@ class ModelSpec:
         return self.arch in RUNNABLE_ARCHS
 
     def replace(self, **changes) -> "ModelSpec":
+        """A copy with `changes`; a new arch takes its own family defaults for the fields that held
+        the old family's (those given in `changes` stay as given)."""
+        new_arch = changes.get("arch", self.arch)
+        if new_arch != self.arch and new_arch in FAMILY_DEFAULTS:
+            for field, default in FAMILY_DEFAULTS[self.arch].items():
+                if field not in changes and getattr(self, field) == default:
+                    changes[field] = 0 if field == "block_norms" else (
+                        "" if isinstance(default, str) else None)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:

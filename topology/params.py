@@ -1,7 +1,7 @@
 """Parameter counts: whole model and per tensor-parallel rank, total and active per token.
 
 These are the counts the model builder (model/) must reproduce exactly; tests/torch/
-test_model_params.py compares them with the real module, and tests/torch/test_hf_families.py with
+test_model_params.py compares them with the real module, and tests/torch/test_hf_counts.py with
 transformers' own models of each family. Symbols as in model_spec: L, h, a, a_kv, d, f, V, s, E, k,
 f_e, f_s, t (TP degree); q = a d (h unless head_dim is set).
 

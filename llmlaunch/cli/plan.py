@@ -121,9 +121,9 @@ def spec_and_count_from_hf(path: str, seq_len: int | None = None) -> tuple[Model
 
     cfg = read_hf_config(path, label="--hf-config")
     label = f"--hf-config {path!r}"
+    exact = count_hf_params(cfg, label)         # transformers first: what it builds is planned
     spec = spec_from_hf_config(normalised_hf_config(cfg, label), seq_len, source=path,
                                label="--hf-config")
-    exact = count_hf_params(cfg, label)
     return fit_to_count(spec, exact), exact
 
 

@@ -5,7 +5,7 @@ tests (transformers' meta-device count).
 
 PUBLISHED: the count the family publishes (model card or paper, in billions, as rounded there), so
 a formula or count far from it fails; the exact integers the tests pin are transformers' own
-meta-device counts (tests/torch/test_hf_families.py checks them)."""
+meta-device counts (tests/torch/test_hf_counts.py checks them)."""
 from __future__ import annotations
 
 _ROPE = {"rope_type": "default"}
@@ -90,3 +90,10 @@ CONFIGS = {
 PUBLISHED = {"gpt2": 0.124, "llama2-7b": 6.7, "mistral-7b-v0.1": 7.24, "qwen2-7b": 7.6,
              "qwen2-0.5b": 0.49, "qwen2.5-14b": 14.7, "qwen3-8b": 8.2, "qwen3-0.6b": 0.6,
              "phi3-mini-4k": 3.8, "gemma2-9b": 9.24, "gpt-neox-20b": 20.6, "mixtral-8x7b": 46.7}
+
+# transformers' meta-device counts of CONFIGS (tests/torch/test_hf_counts.py measures them)
+EXACT = {"gpt2": 124_439_808, "llama2-7b": 6_738_415_616, "mistral-7b-v0.1": 7_241_732_096,
+         "qwen2-7b": 7_615_616_512, "qwen2-0.5b": 494_032_768, "qwen2.5-14b": 14_770_033_664,
+         "qwen3-8b": 8_190_735_360, "qwen3-0.6b": 596_049_920, "phi3-mini-4k": 3_821_079_552,
+         "gemma2-9b": 9_241_705_984, "gpt-neox-20b": 20_554_567_680,
+         "mixtral-8x7b": 46_702_792_704}
