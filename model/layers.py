@@ -25,7 +25,7 @@ from llmlaunch.topology.model_spec import ModelSpec
 from llmlaunch.topology.params import padded_vocab
 
 from .tp import (ColumnParallelLinear, RowParallelLinear, TensorParallelGroup,
-                 VocabParallelEmbedding, divide)
+                 VocabParallelEmbedding, copy_to_tensor_parallel_region, divide)
 
 
 class TokenEmbedding(VocabParallelEmbedding):
@@ -73,12 +73,30 @@ class Norm(nn.Module):
         self.bias = nn.Parameter(torch.empty(width)) if spec.norm == "layernorm" else None
 
     def forward(self, x):
+        weight = self.scale()
         if self.bias is not None:
-            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+            return F.layer_norm(x, x.shape[-1:], weight, self.bias, self.eps)
         # RMSNorm as HF's LlamaRMSNorm: normalise in fp32, cast back, then scale
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        return weight * normed.to(x.dtype)
+
+    def scale(self):
+        return self.weight
+
+
+class HeadNorm(Norm):
+    """Qwen3's QK-norm: an RMSNorm over each head's d features, one weight for every head. Each TP
+    rank applies it to its own heads only, so its gradient there is a partial sum over those heads:
+    the weight enters through copy_to_tensor_parallel_region (forward: itself; backward: the
+    all-reduce of the ranks' partial gradients), which keeps the replicas equal."""
+
+    def __init__(self, spec: ModelSpec, tp: TensorParallelGroup):
+        super().__init__(spec, spec.head_dim)
+        self.tp = tp
+
+    def scale(self):
+        return copy_to_tensor_parallel_region(self.weight, self.tp)
 
 
 class FinalNorm(Norm):
@@ -138,8 +156,8 @@ class Attention(nn.Module):
                                         bias=spec.qkv_bias)
         self.out = RowParallelLinear(spec.q_width, spec.hidden, tp, bias=spec.biases)
         if spec.qk_norm:
-            self.q_norm = Norm(spec, spec.head_dim)
-            self.k_norm = Norm(spec, spec.head_dim)
+            self.q_norm = HeadNorm(spec, tp)
+            self.k_norm = HeadNorm(spec, tp)
         else:
             self.q_norm = self.k_norm = None
 

@@ -130,3 +130,13 @@ def test_cost_and_scale_use_the_active_parameters(capsys):
     assert "at most --params" in capsys.readouterr().err
     assert main(["scale", "--params", "46.7e9", "--active-params", "12.9e9"]) == 2
     assert "exactly one of --tokens or --compute" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset_name, config", [("mistral-7b", "mistral-7b-v0.1"),
+                                                 ("qwen3-8b", "qwen3-8b"),
+                                                 ("mixtral-8x7b", "mixtral-8x7b")])
+def test_family_presets_count_as_transformers(preset_name, config):
+    from llmlaunch.topology.shapes import preset
+
+    assert total_params(preset(preset_name)) == EXACT[config]
+    assert total_params(preset("qwen2.5-7b")) == EXACT["qwen2-7b"]      # the same shape
