@@ -107,6 +107,10 @@ def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: 
               tokens: float | None = None) -> list[str]:
     """Write the three files for a fitting candidate; returns their paths."""
     lay = candidate.layout
+    if inputs.spec.moe:
+        raise ValueError(f"--emit: MoE layouts are estimates until the model runs them "
+                         f"({inputs.spec.arch}: {inputs.spec.experts} experts per layer); "
+                         "llmlaunch's model trains dense models only")
     if lay.sequence_parallel or lay.virtual_stages > 1:
         raise ValueError("--emit: sequence parallelism and interleaved pipelines are estimates only "
                          "(DeepSpeed's pipeline engine runs plain 1F1B, llmlaunch's model has no "

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from llmlaunch.topology.layout import Layout
-from llmlaunch.topology.model_spec import MODEL_KEYS, ModelSpec
+from llmlaunch.topology.model_spec import MODEL_KEYS, ModelSpec, untrainable_reasons
 
 
 class ConfigError(ValueError):
@@ -23,10 +23,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelSection:
-    """The transformer's shape (see llmlaunch.topology.model_spec.ModelSpec)."""
+    """The transformer's shape (see llmlaunch.topology.model_spec.ModelSpec), written out or read
+    from a Hugging Face config.json (hf_config)."""
 
     arch: str = "gpt2"
-    """gpt2 or llama."""
+    """gpt2, llama, mistral, qwen2 or qwen3 (the families llmlaunch's model runs)."""
     layers: int = 4
     """Transformer blocks."""
     hidden: int = 128
@@ -45,6 +46,15 @@ class ModelSection:
     """RoPE base (llama)."""
     norm_eps: float = 1e-5
     """LayerNorm / RMSNorm epsilon."""
+    head_dim: int = 0
+    """Width of one attention head (0: hidden/heads); Qwen3 sets it."""
+    tied_embeddings: typing.Optional[bool] = None
+    """The LM head reuses the token table (null: the family's default, tied for gpt2 only)."""
+    sliding_window: int = 0
+    """mistral, qwen2, qwen3: each query attends to the last N keys, on every layer (0: all)."""
+    hf_config: str = ""
+    """A Hugging Face config.json (or the directory holding one) that sets every key above except
+    seq_len (the training length, still this section's); keys given as well must agree with it."""
 
 
 @dataclass
@@ -165,6 +175,34 @@ class RunConfig:
     def model_spec(self) -> ModelSpec:
         return ModelSpec(**{k: getattr(self.model, k) for k in MODEL_KEYS})
 
+    def _resolve_hf_config(self) -> None:
+        """Fill the model section from model.hf_config; ConfigError when the config cannot be
+        read, names a family or feature the model does not train, or disagrees with a key given."""
+        from llmlaunch.topology.hf_config import (read_hf_config, spec_from_hf_config,
+                                                  training_differences)
+
+        label = "model.hf_config"
+        path = self.model.hf_config
+        try:
+            cfg = read_hf_config(path, label=label)
+            spec = spec_from_hf_config(cfg, self.model.seq_len, source=path, label=label)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        problems = untrainable_reasons(spec) + training_differences(cfg, spec)
+        if problems:
+            raise ConfigError(f"{label} {path!r} (model_type {cfg.get('model_type')!r}): "
+                              f"{'; '.join(problems)}: llmlaunch's model does not train that")
+        resolved = spec.to_dict()
+        given = getattr(self.model, "_given", set())
+        clashes = [f"model.{k} {getattr(self.model, k)!r} (the config has {resolved[k]!r})"
+                   for k in sorted(given) if k in resolved and k != "seq_len"
+                   and getattr(self.model, k) != resolved[k]]
+        if clashes:
+            raise ConfigError(f"{', '.join(clashes)} disagrees with model.hf_config "
+                              f"{path!r}; drop the key (the config sets it)")
+        for key, value in resolved.items():
+            setattr(self.model, key, value)
+
     def layout_obj(self) -> Layout:
         return Layout(**dataclasses.asdict(self.layout))
 
@@ -187,11 +225,16 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Cross-field checks; raises ConfigError naming the offending keys."""
+        if self.model.hf_config:
+            self._resolve_hf_config()
         try:
             spec = self.model_spec()
             layout = self.layout_obj()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        untrainable = untrainable_reasons(spec)
+        if untrainable:
+            raise ConfigError(f"model: {'; '.join(untrainable)}")
         reasons = layout.model_reasons(spec)
         if reasons:
             raise ConfigError(f"the layout does not fit the model: {'; '.join(reasons)} "
@@ -228,7 +271,12 @@ _SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
 
 
 def _coerce(where: str, value, kind):
-    """Check (and for numbers written as strings, convert) one value against its field type."""
+    """Check (and for numbers written as strings, convert) one value against its field type
+    (Optional[T]: None, or a T)."""
+    if typing.get_origin(kind) is typing.Union:
+        if value is None:
+            return None
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -290,6 +338,8 @@ def set_value(config: RunConfig, dotted: str, value) -> None:
         raise ConfigError(f"unknown key {dotted!r} (known in {section_name}: "
                           f"{', '.join(hints)})")
     setattr(section, key, _coerce(dotted, value, hints[key]))
+    if section_name == "model":   # keys given (not defaulted): checked against model.hf_config
+        section.__dict__.setdefault("_given", set()).add(key)
 
 
 def apply_overrides(config: RunConfig, overrides: list[str], source: str = "run.yaml") -> RunConfig:

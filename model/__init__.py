@@ -19,7 +19,8 @@ _EXPORTS = {
     "export_hf": "hf_export", "export_hf_from_checkpoint": "hf_export", "save_hf": "hf_export",
     "gather_canonical_state": "hf_export", "local_canonical_state": "hf_export",
     "read_checkpoint_canonical": "hf_export", "spec_from_hf_config": "hf_mapping",
-    "hf_config": "hf_mapping", "count_hf_params": "hf_mapping", "HFWeights": "hf_import",
+    "hf_config": "hf_mapping", "count_hf_params": "hf_count", "HFWeights": "hf_import",
+    "normalised_hf_config": "hf_count",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -22,18 +22,18 @@ from .sharding import (canonical_named_parameters, canonical_shapes, merge_shard
 
 def save_hf(spec: ModelSpec, canonical: dict[str, torch.Tensor], out_dir,
             tokenizer=None) -> Path:
-    """Write a GPT2LMHeadModel / LlamaForCausalLM directory from canonical tensors
+    """Write the family's HF model directory (GPT2LMHeadModel, LlamaForCausalLM,
+    MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM) from canonical tensors
     (save_pretrained), plus the tokenizer when given: an object with save_pretrained, a tokenizer
     file, or a directory of tokenizer files."""
-    from transformers import GPT2LMHeadModel, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bos, eos = _special_token_ids(tokenizer)
     config = hf_config(spec, bos_token_id=bos, eos_token_id=eos)
-    model_class = GPT2LMHeadModel if spec.arch == "gpt2" else LlamaForCausalLM
     with torch.device("meta"):           # no random init of a model we overwrite anyway
-        model = model_class(config)
+        model = AutoModelForCausalLM.from_config(config)
     state = canonical_to_hf(spec, canonical)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     allowed_missing = {"lm_head.weight"} if spec.tied_embeddings else set()
@@ -41,7 +41,7 @@ def save_hf(spec: ModelSpec, canonical: dict[str, torch.Tensor], out_dir,
         raise RuntimeError(f"HF state mismatch: missing {sorted(set(missing) - allowed_missing)}, "
                            f"unexpected {sorted(unexpected)}")
     if spec.tied_embeddings:
-        model.lm_head.weight = model.transformer.wte.weight
+        model.lm_head.weight = model.get_input_embeddings().weight
     model.save_pretrained(str(out))
     _save_tokenizer(tokenizer, out)
     return out

@@ -1,21 +1,24 @@
 """Hugging Face names and configs for llmlaunch's canonical state (model/sharding.py).
 
 Name and layout mapping: GPT-2's Conv1D stores [in, out], the transpose of our [out, in]; its fused
-c_attn is [q | k | v], as ours. Llama's q/k/v and gate/up projections are separate matrices that we
-fuse, in that order; heads are in HF's order (query head j uses KV head j // (a/a_kv)) and RoPE uses
-HF's rotate_half convention, so no permutation is needed. Vocabulary padding is dropped on export;
-GPT-2's head stays tied to wte. The shape of an HF config is read by topology/hf_config.py, the one
-reader that `plan --hf-config` uses too.
+c_attn is [q | k | v], as ours. The llama family's (llama, mistral, qwen2, qwen3) q/k/v and gate/up
+projections are separate matrices that we fuse, in that order (Qwen2's q/k/v biases likewise);
+heads are in HF's order (query head j uses KV head j // (a/a_kv)) and RoPE uses HF's rotate_half
+convention, so no permutation is needed; Qwen3's q_norm / k_norm map one to one. Vocabulary padding
+is dropped on export; a tied head stays tied to the token table. The shape of an HF config is read
+by topology/hf_config.py, the one reader that `plan --hf-config` uses too; the exact parameter count
+of a config is hf_count.py's.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
 from llmlaunch.topology.hf_config import spec_from_hf_config as _spec_from_config_dict
 from llmlaunch.topology.hf_config import training_differences
-from llmlaunch.topology.model_spec import ModelSpec
+from llmlaunch.topology.model_spec import ModelSpec, untrainable_reasons
 
 from .sharding import canonical_shapes, tp_split
 
@@ -42,6 +45,10 @@ _LLAMA_BLOCK = {
     "ln1.weight": (["input_layernorm.weight"], SAME),
     "attn.qkv.weight": (["self_attn.q_proj.weight", "self_attn.k_proj.weight",
                          "self_attn.v_proj.weight"], CONCAT),
+    "attn.qkv.bias": (["self_attn.q_proj.bias", "self_attn.k_proj.bias",
+                       "self_attn.v_proj.bias"], CONCAT),                       # qwen2
+    "attn.q_norm.weight": (["self_attn.q_norm.weight"], SAME),                  # qwen3
+    "attn.k_norm.weight": (["self_attn.k_norm.weight"], SAME),
     "attn.out.weight": (["self_attn.o_proj.weight"], SAME),
     "ln2.weight": (["post_attention_layernorm.weight"], SAME),
     "mlp.gate_up.weight": (["mlp.gate_proj.weight", "mlp.up_proj.weight"], CONCAT),
@@ -86,8 +93,9 @@ def canonical_to_hf(spec: ModelSpec, canonical: dict[str, torch.Tensor]) -> dict
 
 
 def hf_config(spec: ModelSpec, bos_token_id: int | None = None, eos_token_id: int | None = None):
-    """GPT2Config or LlamaConfig describing `spec` (no dropout)."""
-    from transformers import GPT2Config, LlamaConfig
+    """The transformers config (GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config)
+    describing `spec` (no dropout)."""
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     if spec.arch == "gpt2":
         return GPT2Config(vocab_size=spec.vocab, n_positions=spec.seq_len, n_embd=spec.hidden,
@@ -96,59 +104,53 @@ def hf_config(spec: ModelSpec, bos_token_id: int | None = None, eos_token_id: in
                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                           tie_word_embeddings=True, bos_token_id=bos_token_id,
                           eos_token_id=eos_token_id)
-    return LlamaConfig(vocab_size=spec.vocab, hidden_size=spec.hidden,
-                       intermediate_size=spec.ffn_hidden, num_hidden_layers=spec.layers,
-                       num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
-                       head_dim=spec.head_dim, max_position_embeddings=spec.seq_len,
-                       rms_norm_eps=spec.norm_eps, tie_word_embeddings=False,
-                       rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
-                       attention_bias=False, mlp_bias=False, hidden_act="silu",
-                       bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    common = dict(vocab_size=spec.vocab, hidden_size=spec.hidden,
+                  intermediate_size=spec.ffn_hidden, num_hidden_layers=spec.layers,
+                  num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
+                  max_position_embeddings=spec.seq_len, rms_norm_eps=spec.norm_eps,
+                  tie_word_embeddings=spec.tied_embeddings,
+                  rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+                  hidden_act="silu", bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    window = spec.sliding_window or None
+    if spec.arch == "llama":
+        return LlamaConfig(**common, head_dim=spec.head_dim, attention_bias=False, mlp_bias=False)
+    if spec.arch == "mistral":
+        return MistralConfig(**common, head_dim=spec.head_dim, sliding_window=window)
+    qwen_window = dict(use_sliding_window=window is not None, sliding_window=window,
+                       max_window_layers=0)          # the window, when set, on every layer
+    if spec.arch == "qwen2":
+        extra = {} if spec.head_dim * spec.heads == spec.hidden else {"head_dim": spec.head_dim}
+        return Qwen2Config(**common, **qwen_window, **extra)
+    if spec.arch == "qwen3":
+        return Qwen3Config(**common, **qwen_window, head_dim=spec.head_dim, attention_bias=False)
+    raise ValueError(f"arch {spec.arch} has no Hugging Face export: "
+                     f"{'; '.join(untrainable_reasons(spec))}")
 
 
 def spec_from_hf_config(config) -> ModelSpec:
     """The ModelSpec of a PretrainedConfig (or a local directory holding one), through
     topology/hf_config.py; ValueError when llmlaunch's model would compute something else
-    (training_differences), so an HF checkpoint is never imported into a different model."""
+    (training_differences, untrainable_reasons), so an HF checkpoint is never imported into a
+    different model."""
     if isinstance(config, (str, Path)):
         from transformers import AutoConfig
         config = AutoConfig.from_pretrained(str(config), local_files_only=True)
     cfg = config.to_dict()
     spec = _spec_from_config_dict(cfg, seq_len=cfg.get("n_positions") or cfg.get(
         "max_position_embeddings"))
-    differences = training_differences(cfg, spec)
+    differences = untrainable_reasons(spec) + training_differences(cfg, spec)
     if differences:
         raise ValueError(f"HF model type {cfg.get('model_type')!r} with {', '.join(differences)}: "
                          "llmlaunch's model does not compute that")
     return spec
 
 
-def count_hf_params(cfg: dict) -> int:
-    """Exact parameter count of the HF model of a config.json dict (tied weights counted once),
-    built on the meta device: no memory, no weights, no hub access."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    fields = {k: v for k, v in cfg.items() if k != "model_type"}
-    config = AutoConfig.for_model(cfg["model_type"], **fields)
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config)
-    # transformers 5 does not tie input and output embeddings under init_empty_weights: tie them
-    # as loading a checkpoint would, so a tied table is counted once
-    model.tie_weights()
-    seen, total = set(), 0
-    for param in model.parameters():  # parameters() yields a tied tensor once
-        if id(param) not in seen:
-            seen.add(id(param))
-            total += param.numel()
-    return total
-
-
 def check_compatible(spec: ModelSpec, hf_spec: ModelSpec) -> None:
-    """Raise ValueError unless the HF model has our spec's shape (llama may have a longer
+    """Raise ValueError unless the HF model has our spec's shape (a rotary model may have a longer
     max_position_embeddings: it holds no parameters)."""
-    fields = ["arch", "layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "norm_eps"]
-    fields += ["seq_len"] if spec.arch == "gpt2" else ["rope_theta"]
+    fields = [f.name for f in dataclasses.fields(ModelSpec) if f.name not in ("name", "seq_len")]
+    if spec.learned_positions:
+        fields.append("seq_len")
     diffs = [f"{f}: run {getattr(spec, f)!r}, HF {getattr(hf_spec, f)!r}" for f in fields
              if getattr(spec, f) != getattr(hf_spec, f)]
     if diffs:

@@ -19,7 +19,7 @@ from llmlaunch.topology.model_spec import ModelSpec
 
 INIT_STD = 0.02
 RESIDUAL_OUTPUTS = ("attn.out.weight", "mlp.fc2.weight", "mlp.down.weight")
-NORMS = ("ln1", "ln2", "final_norm")
+NORMS = ("ln1", "ln2", "final_norm", "q_norm", "k_norm")
 
 
 def parameter_seed(seed: int, name: str) -> int:

@@ -7,8 +7,11 @@ canonical names (model/sharding.py) are that prefix plus their local names.
 
 gpt2: pre-LayerNorm blocks, GELU (tanh approximation, HF's gelu_new) MLP of width f, learned
 positions, biases. llama: pre-RMSNorm blocks, SwiGLU MLP, rotary positions (HF's rotate_half
-convention), grouped-query attention, no biases. No dropout. Causal attention via
-F.scaled_dot_product_attention(is_causal=True).
+convention), grouped-query attention, no biases. mistral: llama's block, with a sliding-window
+mask when spec.sliding_window is set. qwen2: llama + biases on Q, K and V. qwen3: llama + an RMSNorm
+over each head's d features of Q and K (before RoPE), head dim set apart from h/a. Any of the
+llama family may tie its head to the token table. No dropout. Causal attention via
+F.scaled_dot_product_attention (is_causal=True, or a banded boolean mask for a sliding window).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from llmlaunch.topology.model_spec import ModelSpec
 from llmlaunch.topology.params import padded_vocab
 
 from .tp import (ColumnParallelLinear, RowParallelLinear, TensorParallelGroup,
-                 VocabParallelEmbedding, divide)
+                 VocabParallelEmbedding, copy_to_tensor_parallel_region, divide)
 
 
 class TokenEmbedding(VocabParallelEmbedding):
@@ -54,26 +57,46 @@ class PositionEmbedding(nn.Module):
 
 
 class Norm(nn.Module):
-    """LayerNorm (weight, bias; gpt2) or RMSNorm (weight; llama), statistics in fp32.
+    """LayerNorm (weight, bias; gpt2) or RMSNorm (weight; the llama family) over `width` features
+    (h; Qwen3's QK-norm: d), statistics in fp32.
 
     LayerNorm takes the activation dtype as it is (PyTorch's kernel accumulates in fp32) and so
     saves a 16-bit input for backward, as HF's GPT-2 and Megatron's fused kernel do; an explicit
     fp32 upcast would save an fp32 copy instead (+4 sbh bytes a block in bf16). RMSNorm is HF's
     LlamaRMSNorm op for op, for parity with HF checkpoints: it saves its fp32 upcast."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, width: int | None = None):
         super().__init__()
+        width = spec.hidden if width is None else width
         self.eps = spec.norm_eps
-        self.weight = nn.Parameter(torch.empty(spec.hidden))
-        self.bias = nn.Parameter(torch.empty(spec.hidden)) if spec.arch == "gpt2" else None
+        self.weight = nn.Parameter(torch.empty(width))
+        self.bias = nn.Parameter(torch.empty(width)) if spec.norm == "layernorm" else None
 
     def forward(self, x):
+        weight = self.scale()
         if self.bias is not None:
-            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+            return F.layer_norm(x, x.shape[-1:], weight, self.bias, self.eps)
         # RMSNorm as HF's LlamaRMSNorm: normalise in fp32, cast back, then scale
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        return weight * normed.to(x.dtype)
+
+    def scale(self):
+        return self.weight
+
+
+class HeadNorm(Norm):
+    """Qwen3's QK-norm: an RMSNorm over each head's d features, one weight for every head. Each TP
+    rank applies it to its own heads only, so its gradient there is a partial sum over those heads:
+    the weight enters through copy_to_tensor_parallel_region (forward: itself; backward: the
+    all-reduce of the ranks' partial gradients), which keeps the replicas equal."""
+
+    def __init__(self, spec: ModelSpec, tp: TensorParallelGroup):
+        super().__init__(spec, spec.head_dim)
+        self.tp = tp
+
+    def scale(self):
+        return copy_to_tensor_parallel_region(self.weight, self.tp)
 
 
 class FinalNorm(Norm):
@@ -83,7 +106,7 @@ class FinalNorm(Norm):
 
 
 class LMHead(ColumnParallelLinear):
-    """llama's untied output projection, column-parallel over the padded vocabulary:
+    """The llama family's untied output projection, column-parallel over the padded vocabulary:
     hidden [b, s, h] -> this rank's logits [b, s, V_p/t]."""
 
     canonical_prefix = "head."
@@ -114,10 +137,11 @@ def apply_rotary(x, cos, sin):
 
 
 class Attention(nn.Module):
-    """Causal self-attention with this rank's a/t query heads and a_kv/t KV heads.
+    """Causal self-attention with this rank's a/t query heads and a_kv/t KV heads of width d.
 
-    qkv is column-parallel (rank i's q, k and v rows are its heads), out is row-parallel: one
-    all-reduce in forward, one in backward (Megatron's f/g pair).
+    qkv is column-parallel (rank i's q, k and v rows are its heads; with QKV biases their slices
+    too), out is row-parallel: one all-reduce in forward, one in backward (Megatron's f/g pair).
+    QK-norm weights act on each head's d features, so every rank holds them whole.
     """
 
     def __init__(self, spec: ModelSpec, tp: TensorParallelGroup, recompute_core: bool):
@@ -125,19 +149,29 @@ class Attention(nn.Module):
         self.head_dim = spec.head_dim
         self.local_heads = divide(spec.heads, tp.size, "heads")
         self.local_kv_heads = divide(spec.kv_heads, tp.size, "kv_heads")
-        self.rope_theta = spec.rope_theta if spec.arch == "llama" else None
+        self.rope_theta = spec.rope_theta if spec.rotary else None
+        self.window = spec.sliding_window if spec.windowed_layers else 0
         self.recompute_core = recompute_core
-        self.qkv = ColumnParallelLinear(spec.hidden, spec.hidden + 2 * spec.kv_hidden, tp,
-                                        bias=spec.biases)
-        self.out = RowParallelLinear(spec.hidden, spec.hidden, tp, bias=spec.biases)
+        self.qkv = ColumnParallelLinear(spec.hidden, spec.q_width + 2 * spec.kv_hidden, tp,
+                                        bias=spec.qkv_bias)
+        self.out = RowParallelLinear(spec.q_width, spec.hidden, tp, bias=spec.biases)
+        if spec.qk_norm:
+            self.q_norm = HeadNorm(spec, tp)
+            self.k_norm = HeadNorm(spec, tp)
+        else:
+            self.q_norm = self.k_norm = None
 
     def forward(self, x):
         b, s, _ = x.shape
         q_width = self.local_heads * self.head_dim
         kv_width = self.local_kv_heads * self.head_dim
         q, k, v = self.qkv(x).split([q_width, kv_width, kv_width], dim=-1)   # [b, s, .../t]
-        q = q.view(b, s, self.local_heads, self.head_dim).transpose(1, 2)     # [b, a/t, s, d]
-        k = k.view(b, s, self.local_kv_heads, self.head_dim).transpose(1, 2)  # [b, a_kv/t, s, d]
+        q = q.view(b, s, self.local_heads, self.head_dim)
+        k = k.view(b, s, self.local_kv_heads, self.head_dim)
+        if self.q_norm is not None:                                           # per head, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.transpose(1, 2)                                                 # [b, a/t, s, d]
+        k = k.transpose(1, 2)                                                 # [b, a_kv/t, s, d]
         v = v.view(b, s, self.local_kv_heads, self.head_dim).transpose(1, 2)
         if self.rope_theta is not None:
             cos, sin = rotary_cos_sin(s, self.head_dim, self.rope_theta, x.device)
@@ -150,9 +184,21 @@ class Attention(nn.Module):
         return self.out(context)                                              # [b, s, h]
 
     def core(self, q, k, v):
-        """softmax(q k^T / sqrt(d)) v, causal; query head j reads KV head j // (a/a_kv)."""
-        return F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.local_heads != self.local_kv_heads)
+        """softmax(q k^T / sqrt(d)) v, causal; query head j reads KV head j // (a/a_kv). With a
+        sliding window w, query i sees keys j with i - w < j <= i (transformers' mask)."""
+        gqa = self.local_heads != self.local_kv_heads
+        s = q.shape[-2]
+        if not self.window or self.window >= s:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(
+            s, self.window, q.device), enable_gqa=gqa)
+
+
+def sliding_window_mask(seq_len: int, window: int, device) -> torch.Tensor:
+    """[s, s] boolean, True where query i may attend key j: i - window < j <= i."""
+    i = torch.arange(seq_len, device=device).unsqueeze(1)
+    j = torch.arange(seq_len, device=device).unsqueeze(0)
+    return (j <= i) & (j > i - window)
 
 
 class MLP(nn.Module):

@@ -10,16 +10,20 @@ Names (L blocks, local names of model/layers.py prefixed by the layer's canonica
   embed.token.weight [V, h]              vocab-parallel (rows, padded to padded_vocab(V, t))
   embed.position.weight [s, h]           gpt2; replicated
   blocks.i.ln1.weight / .bias            replicated (bias: gpt2)
-  blocks.i.attn.qkv.weight [h+2kv, h]    column-parallel; q, k and v rows split separately
-  blocks.i.attn.qkv.bias                 gpt2; split like the weight rows
-  blocks.i.attn.out.weight [h, h]        row-parallel (columns); .bias (gpt2) replicated
+  blocks.i.attn.qkv.weight [q+2kv, h]    column-parallel; q, k and v rows split separately
+                                         (q = a*d: h unless head_dim is set; kv = a_kv*d)
+  blocks.i.attn.qkv.bias [q+2kv]         gpt2, qwen2; split like the weight rows
+  blocks.i.attn.q_norm.weight [d]        qwen3 (QK-norm, per head dim); replicated
+  blocks.i.attn.k_norm.weight [d]        qwen3; replicated
+  blocks.i.attn.out.weight [h, q]        row-parallel (columns); .bias (gpt2) replicated
   blocks.i.ln2.weight / .bias            replicated
   blocks.i.mlp.fc1.weight [f, h], .bias  gpt2; column-parallel
   blocks.i.mlp.fc2.weight [h, f]         gpt2; row-parallel; .bias replicated
   blocks.i.mlp.gate_up.weight [2f, h]    llama; column-parallel, gate and up rows split separately
   blocks.i.mlp.down.weight [h, f]        llama; row-parallel
   final_norm.weight / .bias              replicated (bias: gpt2)
-  head.weight [V, h]                     llama (gpt2 ties the head to embed.token.weight)
+  head.weight [V, h]                     untied models (gpt2, and any tied llama-family model,
+                                         use embed.token.weight as the head)
 """
 from __future__ import annotations
 
@@ -52,15 +56,27 @@ class TPSplit:
 
 def block_parameter_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Full shapes of one block's parameters, by local name (see the module docstring)."""
-    h, f, kv = spec.hidden, spec.ffn_hidden, spec.kv_hidden
-    shapes = {"ln1.weight": (h,), "attn.qkv.weight": (h + 2 * kv, h), "attn.out.weight": (h, h),
-              "ln2.weight": (h,)}
-    if spec.arch == "gpt2":
-        shapes.update({"ln1.bias": (h,), "attn.qkv.bias": (h + 2 * kv,), "attn.out.bias": (h,),
-                       "ln2.bias": (h,), "mlp.fc1.weight": (f, h), "mlp.fc1.bias": (f,),
-                       "mlp.fc2.weight": (h, f), "mlp.fc2.bias": (h,)})
-    else:
+    h, f, q, kv = spec.hidden, spec.ffn_hidden, spec.q_width, spec.kv_hidden
+    layernorm = spec.norm == "layernorm"
+    shapes = {"ln1.weight": (h,)}
+    if layernorm:
+        shapes["ln1.bias"] = (h,)
+    shapes["attn.qkv.weight"] = (q + 2 * kv, h)
+    if spec.qkv_bias:
+        shapes["attn.qkv.bias"] = (q + 2 * kv,)
+    if spec.qk_norm:
+        shapes.update({"attn.q_norm.weight": (spec.head_dim,), "attn.k_norm.weight": (spec.head_dim,)})
+    shapes["attn.out.weight"] = (h, q)
+    if spec.biases:
+        shapes["attn.out.bias"] = (h,)
+    shapes["ln2.weight"] = (h,)
+    if layernorm:
+        shapes["ln2.bias"] = (h,)
+    if spec.gated_mlp:
         shapes.update({"mlp.gate_up.weight": (2 * f, h), "mlp.down.weight": (h, f)})
+    else:
+        shapes.update({"mlp.fc1.weight": (f, h), "mlp.fc1.bias": (f,), "mlp.fc2.weight": (h, f),
+                       "mlp.fc2.bias": (h,)})
     return shapes
 
 
@@ -74,7 +90,7 @@ def canonical_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
         for name, shape in block_parameter_shapes(spec).items():
             shapes[f"blocks.{block}.{name}"] = shape
     shapes["final_norm.weight"] = (h,)
-    if spec.arch == "gpt2":
+    if spec.norm == "layernorm":
         shapes["final_norm.bias"] = (h,)
     if not spec.tied_embeddings:
         shapes["head.weight"] = (spec.vocab, h)
@@ -83,16 +99,16 @@ def canonical_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
 
 def tp_split(spec: ModelSpec, name: str) -> TPSplit | None:
     """How canonical parameter `name` is split over TP ranks; None when every rank holds it all."""
-    h, f, kv = spec.hidden, spec.ffn_hidden, spec.kv_hidden
+    q, f, kv = spec.q_width, spec.ffn_hidden, spec.kv_hidden
     if name in ("embed.token.weight", "head.weight"):
         return TPSplit(dim=0, segments=(spec.vocab,), vocab=spec.vocab)
     if not name.startswith("blocks."):
         return None
     local = name.split(".", 2)[2]
     return {
-        "attn.qkv.weight": TPSplit(0, (h, kv, kv)),
-        "attn.qkv.bias": TPSplit(0, (h, kv, kv)),
-        "attn.out.weight": TPSplit(1, (h,)),
+        "attn.qkv.weight": TPSplit(0, (q, kv, kv)),
+        "attn.qkv.bias": TPSplit(0, (q, kv, kv)),
+        "attn.out.weight": TPSplit(1, (q,)),
         "mlp.fc1.weight": TPSplit(0, (f,)),
         "mlp.fc1.bias": TPSplit(0, (f,)),
         "mlp.fc2.weight": TPSplit(1, (f,)),

@@ -46,8 +46,7 @@ def plan_text(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
     lines = []
     lines.append(f"model    {spec.name or spec.arch}: {inputs.params / 1e9:.2f}B parameters "
                  f"({inputs.params_source}), arch {spec.arch}")
-    lines.append(f"         L={spec.layers} h={spec.hidden} heads={spec.heads} kv_heads={spec.kv_heads} "
-                 f"ffn={spec.ffn_hidden} vocab={spec.vocab} seq_len={spec.seq_len}")
+    lines.extend(model_lines(inputs))
     lines.append(f"cluster  {cluster.gpus} x {gpu.name} in {cluster.nodes} node(s) of "
                  f"{cluster.gpus_per_node}: {gpu.memory_gib:g} GiB, {gpu.peak_tflops:g} TFLOP/s peak "
                  f"x {gpu.matmul_efficiency:g} achievable, NVLink {gpu.intra_node_gb_per_s:g} GB/s, "
@@ -74,6 +73,38 @@ def plan_text(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
     if args.show_rejected or not result.candidates:
         lines.extend(rejected_report(result.rejected, limit=None if args.show_rejected else 10))
     return "\n".join(lines) + "\n"
+
+
+def model_lines(inputs: PlanInputs) -> list[str]:
+    """The shape under the plan's first line: dimensions, what the family adds (head dim, biases,
+    QK-norm, tying, window, experts), active parameters of an MoE model, and one `approx` line per
+    feature the planner approximates (topology/approximations.py)."""
+    spec = inputs.spec
+    out = [f"         L={spec.layers} h={spec.hidden} heads={spec.heads} kv_heads={spec.kv_heads} "
+           f"ffn={spec.ffn_hidden} vocab={spec.vocab} seq_len={spec.seq_len}"]
+    features = []
+    if spec.head_dim * spec.heads != spec.hidden:
+        features.append(f"head_dim={spec.head_dim}")
+    if spec.arch != "gpt2":
+        features += [name for name, on in (
+            ("QKV bias", spec.qkv_bias and not spec.biases), ("biases", spec.biases),
+            ("QK-norm", spec.qk_norm), ("tied embeddings", spec.tied_embeddings),
+            ("parallel residual", spec.parallel_residual)) if on]
+        features.append(f"{spec.norm}, {spec.mlp}, {spec.positions} positions"
+                        + (f" on {spec.rotary_fraction:.0%} of d" if spec.rotary_fraction < 1 else ""))
+    if spec.sliding_window:
+        features.append(f"sliding window {spec.sliding_window} on {spec.windowed_layers} layers")
+    if features:
+        out.append("         " + "; ".join(features))
+    if spec.moe:
+        shared = f" + shared expert f={spec.shared_expert_ffn_hidden}" if spec.shared_expert_ffn_hidden else ""
+        dense = f", first {spec.dense_layers} layers dense" if spec.dense_layers else ""
+        out.append(f"experts  {spec.experts} per layer of f={spec.expert_ffn_hidden}, "
+                   f"{spec.experts_per_token} per token{shared}{dense}: {inputs.active_params / 1e9:.2f}B "
+                   f"of {inputs.params / 1e9:.2f}B parameters active per token (FLOPs and cost "
+                   "use the active count)")
+    out += [f"approx   {note}" for note in inputs.approximations]
+    return out
 
 
 def candidate_report(c: Candidate, inputs: PlanInputs, show_groups: bool = False) -> list[str]:

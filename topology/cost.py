@@ -47,9 +47,11 @@ def run_cost(*, flops: float, gpu_hours: float, gpus: int, usd_per_gpu_hour: flo
 
 
 def cost_from_params(*, params: float, tokens: float, peak_tflops: float, mfu: float, gpus: int,
-                     usd_per_gpu_hour: float, watts_per_gpu: float, pue: float = DEFAULT_PUE) -> RunCost:
-    """`llmlaunch cost`: C = 6 N D FLOPs at a given MFU."""
-    flops = training_flops(params, tokens)
+                     usd_per_gpu_hour: float, watts_per_gpu: float, pue: float = DEFAULT_PUE,
+                     active_params: float | None = None) -> RunCost:
+    """`llmlaunch cost`: C = 6 N D FLOPs at a given MFU. For a Mixture-of-Experts model N is the
+    active parameter count (`active_params`, when given): C = 6 N_active D."""
+    flops = training_flops(active_params or params, tokens)
     return run_cost(flops=flops, gpu_hours=gpu_hours_for(flops, peak_tflops, mfu), gpus=gpus,
                     usd_per_gpu_hour=usd_per_gpu_hour, watts_per_gpu=watts_per_gpu, pue=pue)
 

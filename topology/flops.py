@@ -1,18 +1,22 @@
 """Floating-point operations of a training step, exact per matrix multiply.
 
-A multiply of [n, k] by [k, m] costs 2nkm FLOPs. Per token and per block, forward:
-  QKV projection     2 h (h + 2 a_kv d)
-  attention scores   2 s h      (Q K^T over all s keys: causal masking is counted in full, as
-  attention values   2 s h       Megatron-LM and PaLM count it, although flash kernels skip half)
-  output projection  2 h^2
-  MLP                2 h f * (3 for SwiGLU's gate/up/down, 2 for GELU's fc1/fc2)
+A multiply of [n, k] by [k, m] costs 2nkm FLOPs. Per token and per block, forward (q = a d, the
+query width, h unless head_dim is set):
+  QKV projection     2 h (q + 2 a_kv d)
+  attention scores   2 s q      (Q K^T over all s keys: causal masking is counted in full, as
+  attention values   2 s q       Megatron-LM and PaLM count it, although flash kernels skip half;
+                                 with a sliding window w, over min(s, w) keys on the windowed layers)
+  output projection  2 q h
+  MLP                2 h f * (3 for SwiGLU's / GeGLU's gate/up/down, 2 for GELU's fc1/fc2)
+  MoE instead        k x one expert's 2 h f_e * (3 or 2), the shared expert's 2 h f_s * (3 or 2)
+                     and the router 2 h E: the FLOPs of the active parameters
 and the LM head 2 h V per token. Backward is twice the forward (gradients w.r.t. inputs and
 weights). Recomputation adds one more forward of what it recomputes.
 
-For gpt2 with f = 4h and full recomputation this is exactly Narayanan et al. 2021, eq. (3):
+For gpt2 with f = 4h and full recompute this is exactly Narayanan et al. 2021, eq. (3):
   F = 96 B s L h^2 (1 + s/(6h) + V/(16 L h)) per iteration.
 Model FLOPs (no recompute) per token equal PaLM's 6N + 12 L h s (Chowdhery et al. 2022, App. B)
-where N counts the matmul parameters.
+where N counts the matmul parameters (for an MoE model: the active ones).
 """
 from __future__ import annotations
 
@@ -21,22 +25,53 @@ from .model_spec import ModelSpec
 BACKWARD_TO_FORWARD = 2
 
 
+def mlp_matmul_flops_per_token(spec: ModelSpec, width: int) -> int:
+    """Forward FLOPs per token of one MLP of inner width `width`: 2 h width per matrix."""
+    return 2 * spec.hidden * width * (3 if spec.gated_mlp else 2)
+
+
+def moe_matmul_flops_per_token(spec: ModelSpec) -> int:
+    """Forward FLOPs per token of an MoE layer's MLP: k routed experts, the shared expert, the
+    router's logits 2 h E (Qwen2-MoE's shared gate 2h)."""
+    flops = spec.experts_per_token * mlp_matmul_flops_per_token(spec, spec.expert_ffn_hidden)
+    flops += 2 * spec.hidden * spec.experts
+    if spec.shared_expert_ffn_hidden:
+        flops += mlp_matmul_flops_per_token(spec, spec.shared_expert_ffn_hidden)
+        flops += 2 * spec.hidden if spec.shared_expert_gate else 0
+    return flops
+
+
 def block_matmul_flops_per_token(spec: ModelSpec) -> int:
-    """Forward FLOPs per token of one block's weight GEMMs (QKV, out-proj, MLP)."""
-    h, f = spec.hidden, spec.ffn_hidden
-    qkv = 2 * h * (h + 2 * spec.kv_hidden)
-    out_proj = 2 * h * h
-    mlp = 2 * h * f * (3 if spec.gated_mlp else 2)
+    """Forward FLOPs per token of one block's weight GEMMs (QKV, out-proj, MLP or the active
+    experts). For an MoE model, an MoE block (what every block is planned as)."""
+    h, q = spec.hidden, spec.q_width
+    qkv = 2 * h * (q + 2 * spec.kv_hidden)
+    out_proj = 2 * q * h
+    mlp = moe_matmul_flops_per_token(spec) if spec.moe else mlp_matmul_flops_per_token(
+        spec, spec.ffn_hidden)
     return qkv + out_proj + mlp
 
 
-def attention_core_flops_per_token(spec: ModelSpec, seq_len: int | None = None) -> int:
-    """Forward FLOPs per token of softmax(Q K^T) V: 2 s h for the scores, 2 s h for the values."""
+def attended_keys(spec: ModelSpec, seq_len: int | None = None) -> float:
+    """Keys each query is scored against, averaged over the L layers: s, or min(s, w) on the
+    layers with a sliding window w (Mistral v0.1 all layers, Gemma-2 every other one)."""
     s = seq_len or spec.seq_len
-    return 4 * s * spec.hidden
+    windowed = spec.windowed_layers
+    if not windowed or spec.sliding_window >= s:
+        return s
+    return (windowed * spec.sliding_window + (spec.layers - windowed) * s) / spec.layers
 
 
-def block_forward_flops_per_token(spec: ModelSpec, seq_len: int | None = None) -> int:
+def attention_core_flops_per_token(spec: ModelSpec, seq_len: int | None = None) -> float:
+    """Forward FLOPs per token and block of softmax(Q K^T) V: 2 s q for the scores, 2 s q for the
+    values (s: attended_keys, the layers' average under a sliding window)."""
+    keys = attended_keys(spec, seq_len)
+    if keys == int(keys):
+        keys = int(keys)
+    return 4 * keys * spec.q_width
+
+
+def block_forward_flops_per_token(spec: ModelSpec, seq_len: int | None = None) -> float:
     return block_matmul_flops_per_token(spec) + attention_core_flops_per_token(spec, seq_len)
 
 
@@ -45,23 +80,33 @@ def head_forward_flops_per_token(spec: ModelSpec) -> int:
     return 2 * spec.hidden * spec.vocab
 
 
-def recompute_flops_per_token(spec: ModelSpec, recompute: str, seq_len: int | None = None) -> int:
+def blocks_forward_flops_per_token(spec: ModelSpec, seq_len: int | None = None) -> float:
+    """All L blocks' forward FLOPs per token, each of its kind (DeepSeek's first dense layers run
+    a dense MLP of width f, the rest the active experts)."""
+    total = spec.layers * block_forward_flops_per_token(spec, seq_len)
+    if spec.moe and spec.dense_layers:
+        dense_mlp = mlp_matmul_flops_per_token(spec, spec.ffn_hidden)
+        total += spec.dense_layers * (dense_mlp - moe_matmul_flops_per_token(spec))
+    return total
+
+
+def recompute_flops_per_token(spec: ModelSpec, recompute: str, seq_len: int | None = None) -> float:
     """Extra forward FLOPs per token over all blocks that recomputation re-executes in backward:
     full recomputes the whole block, selective only the attention core (Korthikanti et al. 2022)."""
     if recompute == "full":
-        return spec.layers * block_forward_flops_per_token(spec, seq_len)
+        return blocks_forward_flops_per_token(spec, seq_len)
     if recompute == "selective":
         return spec.layers * attention_core_flops_per_token(spec, seq_len)
     return 0
 
 
-def model_flops_per_token(spec: ModelSpec, seq_len: int | None = None) -> int:
+def model_flops_per_token(spec: ModelSpec, seq_len: int | None = None) -> float:
     """Forward + backward FLOPs per token of the model itself (MFU's numerator, no recompute)."""
-    forward = spec.layers * block_forward_flops_per_token(spec, seq_len) + head_forward_flops_per_token(spec)
+    forward = blocks_forward_flops_per_token(spec, seq_len) + head_forward_flops_per_token(spec)
     return (1 + BACKWARD_TO_FORWARD) * forward
 
 
-def hardware_flops_per_token(spec: ModelSpec, recompute: str, seq_len: int | None = None) -> int:
+def hardware_flops_per_token(spec: ModelSpec, recompute: str, seq_len: int | None = None) -> float:
     """FLOPs per token the hardware executes: model FLOPs plus recomputation (the FLOPs that
     Megatron-LM's and BLOOM's reported TFLOP/s count)."""
     return model_flops_per_token(spec, seq_len) + recompute_flops_per_token(spec, recompute, seq_len)
@@ -75,5 +120,7 @@ def megatron_iteration_flops(batch: int, seq_len: int, layers: int, hidden: int,
 
 
 def training_flops(params: float, tokens: float) -> float:
-    """C = 6 N D: forward 2 and backward 4 FLOPs per parameter per token (Kaplan et al. 2020)."""
+    """C = 6 N D: forward 2 and backward 4 FLOPs per parameter per token (Kaplan et al. 2020). For
+    a Mixture-of-Experts model N is the active parameter count (params.active_params): each token
+    goes through k of the E experts only."""
     return 6 * params * tokens

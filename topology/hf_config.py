@@ -1,6 +1,14 @@
-"""A Hugging Face config.json as a ModelSpec: the one reader of HF shapes (plan --hf-config, a run's
-checkpoint.init_hf, HF import and export all use it). Pure Python on the JSON's keys; the exact
-parameter count from the model built on the meta device is model/hf_mapping.py's count_hf_params.
+"""A Hugging Face config.json as a ModelSpec: the one reader of HF shapes (plan --hf-config, run.yaml's
+model.hf_config, HF import and export all use it). Pure Python on the JSON's keys; the per-family
+key readers are hf_families.py; the exact parameter count from the model built on the meta device
+is model/hf_count.py's count_hf_params.
+
+Two questions, two functions (what the planner approximates for a shape, and by how much, is
+topology/approximations.py's planning_notes):
+- spec_from_hf_config: the planner's shape of any decoder-only config (every family reads;
+  model_types without a reader of their own are read with llama's keys and the common aliases);
+- training_differences: what in the config llmlaunch's model would compute differently (empty: the
+  model runs it exactly; only meaningful for the runnable families).
 """
 from __future__ import annotations
 
@@ -8,15 +16,14 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from .model_spec import ModelSpec
+from .hf_families import MAX_DEFAULT_SEQ_LEN, READERS, reader, rope
+from .model_spec import MLPS, ModelSpec
+from .params import total_params
 
-# HF model types that map onto our two architectures.
-LLAMA_TYPES = ("llama", "mistral")
-GPT2_TYPES = ("gpt2",)
-SUPPORTED_TYPES = GPT2_TYPES + LLAMA_TYPES
-# A config whose max_position_embeddings is longer than this plans and trains at this length unless
-# a sequence length is given (Llama 3.1's 131072 would make every activation estimate enormous).
-MAX_DEFAULT_SEQ_LEN = 8192
+__all__ = ["MAX_DEFAULT_SEQ_LEN", "read_hf_config", "spec_from_hf_config", "fit_to_count",
+           "training_differences", "KNOWN_TYPES"]
+KNOWN_TYPES = tuple(READERS)
+"""model_types with a reader of their own (every other decoder-only type is read generically)."""
 
 
 def read_hf_config(path: str | Path, label: str = "HF config") -> dict:
@@ -36,59 +43,56 @@ def read_hf_config(path: str | Path, label: str = "HF config") -> dict:
     return cfg
 
 
-def _rope(cfg: Mapping) -> dict:
-    """rope_parameters (transformers 5) or the older rope_theta / rope_scaling keys."""
-    rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
-    rope.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
-    rope.setdefault("rope_type", rope.get("type", "default"))
-    return rope
-
-
 def spec_from_hf_config(cfg: Mapping, seq_len: int | None = None, source: str = "",
                         label: str = "HF config") -> ModelSpec:
-    """The shape of a gpt2, llama or mistral config.json (a dict, or a PretrainedConfig's to_dict());
-    errors name `label` and `source` (e.g. --hf-config and its path)."""
+    """The shape of a decoder-only config.json (a dict, or a PretrainedConfig's to_dict()); errors
+    name `label` and `source` (e.g. --hf-config and its path)."""
     model_type = cfg.get("model_type", "")
     where = f"{label} {source!r}" if source else label
+    if cfg.get("is_encoder_decoder"):
+        raise ValueError(f"{where}: model_type {model_type!r} is an encoder-decoder model; llmlaunch "
+                         "plans decoder-only language models")
     try:
-        if model_type in GPT2_TYPES:
-            return ModelSpec(arch="gpt2", layers=cfg["n_layer"], hidden=cfg["n_embd"],
-                             heads=cfg["n_head"], ffn_hidden=cfg.get("n_inner") or 0,
-                             vocab=cfg["vocab_size"], seq_len=seq_len or cfg.get("n_positions", 1024),
-                             norm_eps=cfg.get("layer_norm_epsilon", 1e-5), name=source)
-        if model_type in LLAMA_TYPES:
-            max_pos = cfg.get("max_position_embeddings", 4096)
-            return ModelSpec(arch="llama", layers=cfg["num_hidden_layers"], hidden=cfg["hidden_size"],
-                             heads=cfg["num_attention_heads"],
-                             kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-                             ffn_hidden=cfg["intermediate_size"], vocab=cfg["vocab_size"],
-                             seq_len=seq_len or min(max_pos, MAX_DEFAULT_SEQ_LEN),
-                             rope_theta=float(_rope(cfg)["rope_theta"]),
-                             norm_eps=cfg.get("rms_norm_eps", 1e-5), name=source)
+        fields = reader(model_type)(cfg, seq_len)
+        return ModelSpec(name=source, **fields)
     except KeyError as exc:
         raise ValueError(f"{where}: missing key {exc.args[0]!r} for model_type {model_type!r}") from None
-    raise ValueError(f"{where}: model_type {model_type!r} is not supported; supported: "
-                     f"{', '.join(SUPPORTED_TYPES)}")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: model_type {model_type!r}: {exc}") from None
+
+
+def fit_to_count(spec: ModelSpec, exact: int) -> ModelSpec:
+    """A generically read config (arch decoder) does not say whether its MLP is gated: take the MLP
+    kind whose parameter formula comes closest to transformers' exact count."""
+    if spec.arch != "decoder":
+        return spec
+    candidates = [spec.replace(mlp=mlp) for mlp in MLPS if mlp != "geglu"]
+    return min(candidates, key=lambda s: abs(total_params(s) - exact))
 
 
 def training_differences(cfg: Mapping, spec: ModelSpec) -> list[str]:
     """What in the config llmlaunch's model would compute differently (empty: it runs the model
     exactly). The planner plans such configs anyway: their shape, and so their memory and FLOPs,
-    are the spec's."""
+    are the spec's. Features the spec itself holds are untrainable_reasons' business."""
     out = []
-    if spec.arch != "llama":
+    if not spec.runnable:
         return out
-    rope = _rope(cfg)
-    if rope["rope_type"] != "default":
-        out.append(f"RoPE scaling {rope['rope_type']!r}")
-    head_dim = cfg.get("head_dim")
-    if head_dim is not None and head_dim != spec.head_dim:
-        out.append(f"head_dim {head_dim} other than hidden/heads = {spec.head_dim}")
+    if spec.arch == "gpt2":
+        act = cfg.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            out.append(f"activation {act!r} (the model runs the tanh GELU, gelu_new)")
+        for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+            if cfg.get(key):
+                out.append(key)
+        if cfg.get("scale_attn_weights") is False:
+            out.append("unscaled attention (scale_attn_weights false)")
+        return out
+    kind = rope(cfg)["rope_type"]
+    if kind != "default":
+        out.append(f"RoPE scaling {kind!r}")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        out.append("attention or MLP biases")
-    window = cfg.get("sliding_window")
-    if window and cfg.get("use_sliding_window", True) and window < spec.seq_len:
-        out.append(f"sliding-window attention ({window} tokens) shorter than seq_len {spec.seq_len}")
-    if cfg.get("hidden_act", "silu") != "silu":
-        out.append(f"activation {cfg.get('hidden_act')!r} (the model runs SwiGLU)")
+        out.append("attention output or MLP biases")
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+        out.append(f"activation {act!r} (the model runs SwiGLU)")
     return out

@@ -97,9 +97,23 @@ def model_state_bytes(params: float, dp: int, zero_stage: int, precision: Precis
 
 @functools.lru_cache(maxsize=4096)
 def saved_norm_input_bytes(spec: ModelSpec, act_bytes: int, norm_bytes: int | None) -> int:
-    """Element size of a norm input saved for backward: norm_bytes for llama's RMSNorm (HF's form
-    upcasts to fp32), act_bytes otherwise (gpt2's LayerNorm saves its input as it is)."""
-    return norm_bytes if norm_bytes is not None and spec.arch == "llama" else act_bytes
+    """Element size of a norm input saved for backward: norm_bytes for RMSNorm (HF's form upcasts
+    to fp32), act_bytes otherwise (gpt2's LayerNorm saves its input as it is)."""
+    return norm_bytes if norm_bytes is not None and spec.rms_norm else act_bytes
+
+
+def mlp_activation_elements(spec: ModelSpec, tokens: float, tp: int) -> float:
+    """Elements one block's MLP saves for `tokens` tokens, per TP rank: GELU input and output
+    2 f, or the gated MLP's gate, activation(gate), up and their product 4 f, per token; an MoE layer
+    saves that for each of the k experts a token is routed to (f_e wide) and for the shared expert
+    (f_s), plus the router's logits and probabilities (2E, replicated). The routing's own buffers
+    (token permutation, the expert inputs gathered k times) are not counted: see moe_note."""
+    per_width = 4 if spec.gated_mlp else 2
+    if not spec.moe:
+        return per_width * tokens * spec.ffn_hidden / tp
+    elements = per_width * tokens * spec.experts_per_token * spec.expert_ffn_hidden / tp
+    elements += per_width * tokens * spec.shared_expert_ffn_hidden / tp
+    return elements + 2 * tokens * spec.experts
 
 
 def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recompute: str,
@@ -114,29 +128,33 @@ def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recom
     sbh(34/t + 5as/(ht)) for gpt2 with dropout and no flash attention.
 
     Korthikanti et al. 2022 (Reducing Activation Recomputation), Section 4.1, eq. (1) and Table 2,
-    term by term, generalised to GQA and SwiGLU; with gpt2, dropout, no flash attention and 2-byte
-    activations it is exactly sbh(10 + 24/t + 5as/(ht)). Terms (elements, x act_bytes):
+    term by term, generalised to GQA, an explicit head dim (q = a d), gated MLPs and MoE; with gpt2,
+    dropout, no flash attention and 2-byte activations it is exactly sbh(10 + 24/t + 5as/(ht)).
+    Terms (elements, x act_bytes):
       replicated over TP:  2 norm inputs 2sbh, QKV input sbh, MLP input sbh
-      sharded over TP:     Q, K, V  sb(h + 2 a_kv d)/t, attention output sbh/t,
-                           MLP: GELU input + output 2sbf/t; SwiGLU gate, silu(gate), up, product 4sbf/t
+      sharded over TP:     Q, K, V  sb(q + 2 a_kv d)/t, attention output sbq/t,
+                           MLP: mlp_activation_elements (GELU 2sbf/t, gated 4sbf/t, MoE per expert)
       attention core:      without flash, softmax probabilities a s^2 b/t (and the dropout output
                            another a s^2 b/t); flash kernels keep only the log-sum-exp (fp32, asb/t)
       dropout masks (1 byte each): attention probs a s^2 b/t, after attention sbh, after MLP sbh
     selective recompute drops the attention core (recomputed in backward); full recompute keeps only
     the block input, 2sbh at 2 bytes (the per-stage function adds back one block being recomputed).
 
-    llama as model/layers.py builds it saves more than the paper's terms (found by `llmlaunch
-    validate`: +20% at the tiny shape before these terms), all selected by the arch, so the gpt2 form
-    above is untouched:
+    The RMSNorm + RoPE families as model/layers.py builds them save more than the paper's terms
+    (found by `llmlaunch validate`: +20% at the tiny shape before these terms), all selected by the
+    spec's features, so the gpt2 form above is untouched:
       RMSNorm, written as HF's LlamaRMSNorm in plain ops: the weight multiply saves the normalised
       tensor, act sbh per norm, 2 per block (replicated over TP)
       RoPE: the rotated q and k are new tensors that attention saves while the QKV output stays saved
-      (v is a view of it): sb(h + a_kv d)/t more
+      (v is a view of it): sb(q + a_kv d)/t more
       the cos/sin tables that the rotary multiplies save: s x d each, fp32 (2 x 4 bytes), or their
       per-use casts for q and k in a 16-bit run (4 x 2 bytes): 8 s d bytes either way
+      QK-norm (Qwen3): each of the two RMSNorms saves its input (norm_bytes) and its normalised
+      tensor (act): sb(q + a_kv d)/t x (norm_bytes + act_bytes)
+    Norms beyond two per block (Gemma-2's post-norms) save their input and normalised tensor too.
     Per-token norm statistics (mean/rstd, 4-8 bytes a token per norm, under 8/h of the norm input)
-    are not counted for either arch. norm_bytes (default act_bytes) is the element size of the
-      two saved RMSNorm inputs (llama only): 4 in a bf16 run, HF's RMSNorm upcasting to fp32.
+    are not counted. norm_bytes (default act_bytes) is the element size of the saved RMSNorm
+    inputs: 4 in a bf16 run, HF's RMSNorm upcasting to fp32.
     """
     s = seq_len or spec.seq_len
     b, h, a, t = micro_batch, spec.hidden, spec.heads, tp
@@ -145,11 +163,11 @@ def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recom
         return act_bytes * sbh / (t if sequence_parallel else 1)
     seq_split = t if sequence_parallel else 1
     norm_b = saved_norm_input_bytes(spec, act_bytes, norm_bytes)
-    replicated = (2 * norm_b + 2 * act_bytes) * sbh / seq_split
-    qkv = act_bytes * s * b * (h + 2 * spec.kv_hidden) / t
-    attn_out = act_bytes * sbh / t
-    mlp_terms = 4 if spec.gated_mlp else 2
-    mlp = act_bytes * mlp_terms * s * b * spec.ffn_hidden / t
+    norms = spec.block_norms
+    replicated = (norms * norm_b + 2 * act_bytes) * sbh / seq_split
+    qkv = act_bytes * s * b * (spec.q_width + 2 * spec.kv_hidden) / t
+    attn_out = act_bytes * s * b * spec.q_width / t
+    mlp = act_bytes * mlp_activation_elements(spec, s * b, t)
     masks = 2 * sbh / seq_split if dropout else 0
     if flash_attention:
         core = FP32_BYTES * a * s * b / t
@@ -158,9 +176,12 @@ def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recom
     if recompute == "selective":
         core = 0
     ours = 0.0
-    if spec.arch == "llama":
-        ours = (act_bytes * 2 * sbh / seq_split + act_bytes * s * b * (h + spec.kv_hidden) / t
-                + 8 * s * spec.head_dim)
+    if spec.rms_norm:
+        ours += act_bytes * norms * sbh / seq_split
+    if spec.rotary:
+        ours += act_bytes * s * b * (spec.q_width + spec.kv_hidden) / t + 8 * s * spec.head_dim
+    if spec.qk_norm:
+        ours += (norm_b + act_bytes) * s * b * (spec.q_width + spec.kv_hidden) / t
     return replicated + qkv + attn_out + mlp + masks + core + ours
 
 
@@ -197,9 +218,9 @@ def saved_activation_bytes(spec: ModelSpec, *, stage: int, pp: int, blocks: int,
                                                 norm_bytes=norm_bytes)
     if stage == pp - 1:
         s = seq_len or spec.seq_len
-        # the final norm's input (norm_bytes for llama) and the head input; llama's RMSNorm also
+        # the final norm's input (norm_bytes for RMSNorm) and the head input; RMSNorm also
         # saves its normalised tensor (see activation_bytes_per_layer)
-        inputs = 2 if spec.arch == "llama" else 1
+        inputs = 2 if spec.rms_norm else 1
         saved += ((saved_norm_input_bytes(spec, act_bytes, norm_bytes) + inputs * act_bytes)
                   * s * micro_batch * spec.hidden)
         saved += logits_saved_bytes(spec, micro_batch, tp, seq_len)

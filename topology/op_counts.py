@@ -21,22 +21,40 @@ from .model_spec import ModelSpec
 
 # One transformer block, forward + backward; with recompute the backward re-runs the recomputed part
 # (selective: the attention core; full: the whole block, under torch.utils.checkpoint).
+# mistral's block is llama's; qwen2 adds the QKV bias, qwen3 the two QK-norms.
 BLOCK_OPS = {
     "gpt2": {"none": 102, "selective": 109, "full": 167},
     "llama": {"none": 174, "selective": 181, "full": 285},
+    "qwen2": {"none": 177, "selective": 184, "full": 288},
+    "qwen3": {"none": 224, "selective": 231, "full": 367},
 }
-# Stage 0's embedding items (gpt2: token + learned positions; llama: token), forward + backward.
+# A sliding window shorter than the sequence builds its [s, s] mask in the attention core (twice
+# when the core or the block is recomputed).
+WINDOW_MASK_OPS = {"none": 11, "selective": 22, "full": 22}
+# Stage 0's embedding items (gpt2: token + learned positions; the llama family: token), forward +
+# backward; the same tied or not.
 EMBEDDING_OPS = {"gpt2": 18, "llama": 12}
 # The last stage's final norm, LM head and cross-entropy loss, forward + backward.
 HEAD_LOSS_OPS = {"gpt2": 57, "llama": 78}
 
 
+def counted_arch(spec: ModelSpec) -> str:
+    """The BLOCK_OPS row of a spec: its own for gpt2, llama, qwen2, qwen3; llama's for mistral and
+    for the families llmlaunch's model does not run (approximations.py says so)."""
+    return spec.arch if spec.arch in BLOCK_OPS else "llama"
+
+
 def stage_ops_per_micro_batch(spec: ModelSpec, *, blocks: int, first: bool, last: bool,
                               recompute: str) -> int:
     """Ops one rank of a stage dispatches for one micro-batch, forward and backward."""
-    ops = blocks * BLOCK_OPS[spec.arch][recompute]
+    arch = counted_arch(spec)
+    per_block = BLOCK_OPS[arch][recompute]
+    if spec.runnable and spec.windowed_layers and spec.sliding_window < spec.seq_len:
+        per_block += WINDOW_MASK_OPS[recompute]
+    ops = blocks * per_block
+    outer = "gpt2" if arch == "gpt2" else "llama"
     if first:
-        ops += EMBEDDING_OPS[spec.arch]
+        ops += EMBEDDING_OPS[outer]
     if last:
-        ops += HEAD_LOSS_OPS[spec.arch]
+        ops += HEAD_LOSS_OPS[outer]
     return ops

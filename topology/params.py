@@ -1,12 +1,19 @@
-"""Parameter counts: whole model and per tensor-parallel rank.
+"""Parameter counts: whole model and per tensor-parallel rank, total and active per token.
 
-These are the counts the model builder (model/) must reproduce exactly; tests/test_model_params.py
-compares them with the real module. Symbols as in model_spec: L, h, a_kv, d, f, V, s, t (TP degree).
+These are the counts the model builder (model/) must reproduce exactly; tests/torch/
+test_model_params.py compares them with the real module, and tests/torch/test_hf_counts.py with
+transformers' own models of each family. Symbols as in model_spec: L, h, a, a_kv, d, f, V, s, E, k,
+f_e, f_s, t (TP degree); q = a d (h unless head_dim is set).
 
 gpt2 block (Radford et al. 2019; 12h^2 + 13h with f = 4h, Kaplan et al. 2020 Table 1 gives 12 L h^2):
-  LN1, LN2 (2h each) + QKV h(h + 2 a_kv d) + its bias + out-proj h^2 + h + fc1 hf + f + fc2 fh + h
+  LN1, LN2 (2h each) + QKV h(q + 2 a_kv d) + its bias + out-proj q h + h + fc1 hf + f + fc2 fh + h
 llama block (Touvron et al. 2023):
-  2 RMSNorm (h each) + q h^2 + k, v h*a_kv*d each + o h^2 + gate, up, down 3hf (no biases)
+  2 RMSNorm (h each) + q h q + k, v h a_kv d each + o q h + gate, up, down 3hf (no biases)
+The other families change terms: QKV bias q + 2 a_kv d (Qwen2), QK-norm 2d (Qwen3), four norms per
+block (Gemma-2), biases on every linear (GPT-NeoX). An MoE layer (Mixtral, Qwen2-MoE, DeepSeek)
+replaces the MLP by E experts of width f_e, a router Linear(h, E) and optionally a shared expert of
+width f_s (with a gate Linear(h, 1) in Qwen2-MoE). Under TP every expert is split like a dense MLP
+(no expert parallelism), the router is replicated.
 """
 from __future__ import annotations
 
@@ -34,27 +41,77 @@ class LayerParams:
     sharded: int
     """Parameters divided across the t ranks (this rank's slice)."""
     replicated: int
-    """Parameters every TP rank holds in full (norms, row-parallel biases)."""
+    """Parameters every TP rank holds in full (norms, row-parallel biases, routers)."""
 
     @property
     def total(self) -> int:
         return self.sharded + self.replicated
 
 
-@functools.lru_cache(maxsize=1024)
-def layer_params(spec: ModelSpec, tp: int = 1) -> LayerParams:
-    """One block's parameters on one of `tp` ranks (tp=1: the full block)."""
-    h, f, kv = spec.hidden, spec.ffn_hidden, spec.kv_hidden
-    qkv_out = h + 2 * kv
-    if spec.arch == "gpt2":
-        sharded = qkv_out * h + qkv_out + h * h + h * f + f + f * h  # QKV w+b, out w, fc1 w+b, fc2 w
-        replicated = 4 * h + 2 * h  # two LayerNorms (weight+bias), out-proj and fc2 biases
-    else:
-        sharded = qkv_out * h + h * h + 3 * h * f
-        replicated = 2 * h  # two RMSNorm weights
+def norm_params(spec: ModelSpec, width: int | None = None) -> int:
+    """One norm over `width` features (h by default): LayerNorm weight + bias, RMSNorm weight."""
+    width = spec.hidden if width is None else width
+    return 2 * width if spec.norm == "layernorm" else width
+
+
+def mlp_params(spec: ModelSpec, width: int) -> tuple[int, int]:
+    """(sharded, replicated) of one MLP of inner width `width`: 2 or 3 matrices h x width, and with
+    biases (gpt2, GPT-NeoX) the column-parallel biases (sharded) and the output bias (replicated)."""
+    matrices = (3 if spec.gated_mlp else 2) * spec.hidden * width
+    if spec.biases:
+        return matrices + (2 if spec.gated_mlp else 1) * width, spec.hidden
+    return matrices, 0
+
+
+def attention_params(spec: ModelSpec) -> tuple[int, int]:
+    """(sharded, replicated) of one attention sub-layer: QKV h(q + 2 a_kv d), its bias, out-proj
+    q h and its bias (replicated, row-parallel), QK-norm weights 2d (replicated)."""
+    h, q, kv = spec.hidden, spec.q_width, spec.kv_hidden
+    sharded = (q + 2 * kv) * h + q * h
+    if spec.qkv_bias:
+        sharded += q + 2 * kv
+    replicated = h if spec.biases else 0
+    if spec.qk_norm:
+        replicated += 2 * norm_params(spec, spec.head_dim)
+    return sharded, replicated
+
+
+def moe_mlp_params(spec: ModelSpec) -> tuple[int, int]:
+    """(sharded, replicated) of an MoE layer's MLP: E experts of width f_e, the shared expert of
+    width f_s, the router h E and Qwen2-MoE's shared-expert gate h (replicated)."""
+    expert_sharded, expert_replicated = mlp_params(spec, spec.expert_ffn_hidden)
+    sharded = spec.experts * expert_sharded
+    replicated = spec.experts * expert_replicated + spec.hidden * spec.experts
+    if spec.shared_expert_ffn_hidden:
+        shared_sharded, shared_replicated = mlp_params(spec, spec.shared_expert_ffn_hidden)
+        sharded += shared_sharded
+        replicated += shared_replicated + (spec.hidden if spec.shared_expert_gate else 0)
+    return sharded, replicated
+
+
+def _split(sharded: int, replicated: int, tp: int) -> LayerParams:
     if sharded % tp:
         raise ValueError(f"layer parameters {sharded} do not split over tp={tp}")
     return LayerParams(sharded=sharded // tp, replicated=replicated)
+
+
+@functools.lru_cache(maxsize=1024)
+def layer_params(spec: ModelSpec, tp: int = 1) -> LayerParams:
+    """One block's parameters on one of `tp` ranks (tp=1: the full block). For an MoE model, an MoE
+    block (the larger kind: the planner holds every block as one, see dense_layer_params)."""
+    attn_sharded, attn_replicated = attention_params(spec)
+    mlp_sharded, mlp_replicated = (moe_mlp_params(spec) if spec.moe
+                                   else mlp_params(spec, spec.ffn_hidden))
+    norms = spec.block_norms * norm_params(spec)
+    return _split(attn_sharded + mlp_sharded, attn_replicated + mlp_replicated + norms, tp)
+
+
+def dense_layer_params(spec: ModelSpec, tp: int = 1) -> LayerParams:
+    """A block with a dense MLP of width f: every block of a dense model, the first dense_layers
+    blocks of an MoE model."""
+    return layer_params(spec.replace(experts=0, experts_per_token=0, expert_ffn_hidden=0,
+                                     shared_expert_ffn_hidden=0, shared_expert_gate=False,
+                                     dense_layers=0), tp)
 
 
 def embedding_params(spec: ModelSpec, tp: int = 1, pad: bool = True) -> int:
@@ -69,15 +126,37 @@ def head_params(spec: ModelSpec, tp: int = 1, pad: bool = True, separate_stage: 
     """Final norm and LM head on one TP rank. With tied embeddings the head reuses the token table,
     so it adds no parameters to the model; a last pipeline stage that is not the first one still
     holds its own copy (separate_stage=True) for memory purposes."""
-    norm = 2 * spec.hidden if spec.arch == "gpt2" else spec.hidden
+    norm = norm_params(spec)
     if spec.tied_embeddings and not separate_stage:
         return norm
     vocab = padded_vocab(spec.vocab, tp) if pad else spec.vocab
     return norm + vocab // (tp if pad else 1) * spec.hidden
 
 
+def blocks_params(spec: ModelSpec) -> int:
+    """All L blocks, each of its kind (MoE blocks and the dense ones before them)."""
+    if not spec.moe:
+        return spec.layers * layer_params(spec).total
+    return (spec.moe_layers * layer_params(spec).total
+            + spec.dense_layers * dense_layer_params(spec).total)
+
+
 def total_params(spec: ModelSpec) -> int:
     """Parameters of the published (unpadded) model: what papers and HF report."""
-    return (spec.layers * layer_params(spec).total + embedding_params(spec, pad=False)
-            + head_params(spec, pad=False))
+    return blocks_params(spec) + embedding_params(spec, pad=False) + head_params(spec, pad=False)
 
+
+def inactive_expert_params(spec: ModelSpec) -> int:
+    """Parameters a token does not go through: in each MoE layer the E - k routed experts it is not
+    sent to (0 for a dense model)."""
+    if not spec.moe:
+        return 0
+    expert = sum(mlp_params(spec, spec.expert_ffn_hidden))
+    return spec.moe_layers * (spec.experts - spec.experts_per_token) * expert
+
+
+def active_params(spec: ModelSpec, total: int | None = None) -> int:
+    """Parameters used per token, N_active = N - inactive experts (Fedus et al. 2022's "activated
+    parameters"; Mixtral-8x7B: 12.9B of 46.7B). `total`: an exact count to start from (transformers'
+    meta-device count), else total_params(spec). Equal to the total for a dense model."""
+    return (total_params(spec) if total is None else total) - inactive_expert_params(spec)

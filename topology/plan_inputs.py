@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from .hardware import Cluster, GpuSpec
 from .layout import Layout
 from .model_spec import ModelSpec
-from .params import total_params
+from .approximations import planning_notes
+from .params import active_params, total_params
 from .planner import Candidate, Pins, PlanOptions, evaluate
 
 PRECISIONS_OFFERED = ("bf16", "fp32")
@@ -34,11 +35,21 @@ class PlanInputs:
     """Human lines: what was defaulted or derived, and how (printed in the plan's `defaults` line)."""
     params_source: str = "formula: topology/params.py"
     """Where `params` came from."""
+    approximations: tuple[str, ...] | None = None
+    """What the planner approximates for this model and by how much (approximations.py; None:
+    planning_notes of the spec)."""
 
     def __post_init__(self):
         if not self.params:
             object.__setattr__(self, "params", total_params(self.spec))
         object.__setattr__(self, "defaults", tuple(self.defaults))
+        notes = planning_notes(self.spec) if self.approximations is None else self.approximations
+        object.__setattr__(self, "approximations", tuple(notes))
+
+    @property
+    def active_params(self) -> int:
+        """Parameters a token goes through (params for a dense model; MoE: params.active_params)."""
+        return active_params(self.spec, self.params)
 
 
 def resolve_precision(requested: str, device_precision: str) -> str:

@@ -10,6 +10,11 @@ Two published fits are offered:
               agrees with Approach 1 and the ~20 tokens per parameter rule (the default).
 Minimising L under C = 6 N D gives (Hoffmann et al. 2022, eq. (4)):
   N_opt = G (C/6)^a,  D_opt = (C/6) / N_opt,  a = beta / (alpha + beta),  G = (alpha A / (beta B))^(1/(alpha+beta))
+
+Mixture-of-Experts (moe_point): compute is C = 6 N_active D (each token goes through k of the E
+experts), and no loss is predicted: both fits are of dense models, and an MoE's loss is that of
+neither a dense model of its total nor of its active size (Clark et al. 2022, "Unified Scaling Laws
+for Routed Language Models", fit routed models with a law of their own).
 """
 from __future__ import annotations
 
@@ -58,9 +63,12 @@ class ScalePoint:
     compute_flops: float
     params: float
     tokens: float
-    loss: float
+    loss: float | None
+    """Predicted loss; None for an MoE model (moe_point)."""
     inference_tokens: float = 0.0
     total_flops: float = 0.0
+    active_params: float = 0.0
+    """MoE: parameters a token goes through (0: a dense model, all of them)."""
 
     @property
     def tokens_per_param(self) -> float:
@@ -71,11 +79,23 @@ class ScalePoint:
                "tokens_per_param": self.tokens_per_param, "loss": self.loss}
         if self.inference_tokens:
             out.update({"inference_tokens": self.inference_tokens, "total_flops": self.total_flops})
+        if self.active_params:
+            out["active_params"] = self.active_params
         return out
 
 
 def point(fit: LossFit, params: float, tokens: float) -> ScalePoint:
     return ScalePoint(training_flops(params, tokens), params, tokens, fit.loss(params, tokens))
+
+
+def moe_point(params: float, active_params: float, tokens: float) -> ScalePoint:
+    """An MoE model of `params` parameters, `active_params` of them per token, trained on `tokens`:
+    C = 6 N_active D; no loss prediction (see the module docstring)."""
+    if not 0 < active_params <= params:
+        raise ValueError(f"--active-params {active_params:.3g} must be positive and at most --params "
+                         f"{params:.3g}")
+    return ScalePoint(training_flops(active_params, tokens), params, tokens, None,
+                      active_params=active_params)
 
 
 def optimal_point(fit: LossFit, compute_flops: float) -> ScalePoint:

@@ -4,16 +4,19 @@ parameter count. A ModelSpec (model_spec.py) is the shape itself; counting its p
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from pathlib import Path
 
 import yaml
 
-from .model_spec import MODEL_KEYS, ModelSpec
+from .model_spec import ModelSpec
 from .params import total_params
 
 _DATA_DIR = Path(__file__).parent / "data"
+# models.yaml keys that are ModelSpec fields (the others: params, source, family)
+SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(ModelSpec) if f.name != "name")
 # --params snaps to a published shape when within this relative distance of its count.
 SNAP_TOLERANCE = 0.05
 # A derived shape must land this close to the requested count (integer layers and a width in steps
@@ -41,7 +44,7 @@ def preset(name: str) -> ModelSpec:
 
 
 def _spec_from_entry(name: str, entry: dict) -> ModelSpec:
-    fields = {k: entry[k] for k in MODEL_KEYS if k in entry}
+    fields = {k: entry[k] for k in SPEC_FIELDS if k in entry}
     return ModelSpec(name=name, **fields)
 
 

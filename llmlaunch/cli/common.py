@@ -18,7 +18,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--params", type=float, help="parameter count, e.g. 175e9 (a shape is derived)")
     g.add_argument("--model", help=f"preset: {', '.join(preset_names())}")
     g.add_argument("--hf-config", help="a local Hugging Face config.json (or its directory)")
-    g.add_argument("--arch", choices=ARCHS, help="gpt2 or llama (presets set it; default gpt2)")
+    g.add_argument("--arch", choices=ARCHS, help="model family: gpt2, llama, mistral, qwen2, qwen3 "
+                   "(run by llmlaunch's model) or a planned-only one (presets and --hf-config set "
+                   "it; default gpt2)")
     g.add_argument("--layers", type=int)
     g.add_argument("--hidden", type=int)
     g.add_argument("--heads", type=int)

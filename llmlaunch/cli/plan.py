@@ -11,6 +11,7 @@ from llmlaunch.topology.cost import DEFAULT_PUE, cost_from_throughput
 from llmlaunch.topology.flops import hardware_flops_per_token
 from llmlaunch.topology.hardware import GpuSpec, gpu as catalog_gpu
 from llmlaunch.topology.layout import RECOMPUTE_MODES, Layout
+from llmlaunch.topology.approximations import planning_notes
 from llmlaunch.topology.model_spec import ModelSpec
 from llmlaunch.topology.params import total_params
 from llmlaunch.topology.plan_inputs import PlanInputs, cluster_for, resolve_precision
@@ -80,12 +81,8 @@ def resolve_model(args: argparse.Namespace) -> tuple[ModelSpec, int, str, list[s
     if len(chosen) > 1:
         raise ValueError(f"give one model source, not {' and '.join(chosen)}")
     if args.hf_config:
-        from llmlaunch.model.hf_mapping import count_hf_params
-        from llmlaunch.topology.hf_config import read_hf_config, spec_from_hf_config
-
-        cfg = read_hf_config(args.hf_config, label="--hf-config")
-        spec = spec_from_hf_config(cfg, args.seq_len, source=args.hf_config, label="--hf-config")
-        return spec, count_hf_params(cfg), "exact, from the HF model on the meta device", notes
+        spec, params = spec_and_count_from_hf(args.hf_config, args.seq_len)
+        return spec, params, "exact, from the HF model on the meta device", notes
     if any(v is not None for v in explicit):
         if None in explicit:
             raise ValueError("--layers, --hidden and --heads go together (with optional --kv-heads, "
@@ -114,6 +111,20 @@ def resolve_model(args: argparse.Namespace) -> tuple[ModelSpec, int, str, list[s
             raise ValueError(f"--arch {args.arch} conflicts with --model {name} (arch {spec.arch})")
         spec = spec.replace(**changes) if changes else spec
     return spec, total_params(spec), "formula: topology/params.py", notes
+
+
+def spec_and_count_from_hf(path: str, seq_len: int | None = None) -> tuple[ModelSpec, int]:
+    """--hf-config: the planner's shape of a config.json as transformers reads it (its defaults
+    filled in) and the exact parameter count of the model transformers builds from it."""
+    from llmlaunch.model.hf_count import count_hf_params, normalised_hf_config
+    from llmlaunch.topology.hf_config import fit_to_count, read_hf_config, spec_from_hf_config
+
+    cfg = read_hf_config(path, label="--hf-config")
+    label = f"--hf-config {path!r}"
+    exact = count_hf_params(cfg, label)         # transformers first: what it builds is planned
+    spec = spec_from_hf_config(normalised_hf_config(cfg, label), seq_len, source=path,
+                               label="--hf-config")
+    return fit_to_count(spec, exact), exact
 
 
 def resolve_gpu(args: argparse.Namespace) -> GpuSpec:
@@ -166,7 +177,8 @@ def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
         notes.append(f"gpus per node {cluster.gpus_per_node} (default)")
     notes.append(f"precision {precision}, attention {'flash (fused SDPA)' if options.flash_attention else 'materialised'}")
     return PlanInputs(spec=spec, cluster=cluster, options=options, pins=pins, params=params,
-                      defaults=notes, params_source=source)
+                      defaults=notes, params_source=source,
+                      approximations=planning_notes(spec, params if args.hf_config else None))
 
 
 def check_pins(pins: planner.Pins, gpus: int) -> None:

@@ -16,6 +16,10 @@ def register(sub) -> None:
     p.add_argument("--compute", type=float, help="training FLOPs budget C, e.g. 5.76e23")
     p.add_argument("--params", type=float, help="fix N")
     p.add_argument("--tokens", type=float, help="fix D")
+    p.add_argument("--active-params", type=float,
+                   help="Mixture-of-Experts: parameters per token N_active (with --params and one of "
+                        "--tokens, --compute): C = 6 N_active D, no loss predicted (the fits are "
+                        "of dense models)")
     p.add_argument("--fit", choices=sorted(FITS), default=DEFAULT_FIT,
                    help=f"parametric loss fit (default {DEFAULT_FIT})")
     p.add_argument("--inference-tokens", type=float,
@@ -28,10 +32,12 @@ def register(sub) -> None:
 
 def run_scale(args: argparse.Namespace) -> int:
     fit = scaling.FITS[args.fit]
-    for name in ("compute", "params", "tokens", "inference_tokens", "target_loss"):
+    for name in ("compute", "params", "tokens", "inference_tokens", "target_loss", "active_params"):
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.active_params is not None:
+        return run_moe(args)
     if args.params and args.tokens:
         if args.compute:
             raise ValueError("--params and --tokens fix the compute; drop --compute")
@@ -67,4 +73,24 @@ def run_scale(args: argparse.Namespace) -> int:
     if args.inference_tokens:
         print(f"training + inference ({args.inference_tokens:.3g} tokens served): "
               f"{result.total_flops:.3g} FLOPs")
+    return 0
+
+
+def run_moe(args: argparse.Namespace) -> int:
+    """--active-params: an MoE model's compute C = 6 N_active D, given N and one of D or C."""
+    if not args.params or bool(args.tokens) == bool(args.compute) or args.inference_tokens \
+            or args.target_loss:
+        raise ValueError("--active-params goes with --params and exactly one of --tokens or "
+                         "--compute (compute-optimal sizing and inference targets use the dense "
+                         "fits, which do not describe an MoE model)")
+    tokens = args.tokens or args.compute / (6 * args.active_params)
+    result = scaling.moe_point(args.params, args.active_params, tokens)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"Mixture-of-Experts: {result.params / 1e9:.2f}B parameters, {result.active_params / 1e9:.2f}B "
+          f"active per token x {result.tokens / 1e9:,.0f}B tokens = {result.compute_flops:.3g} training "
+          "FLOPs (C = 6 N_active D)")
+    print("no loss prediction: the Chinchilla fits are of dense models, and an MoE's loss is that of "
+          "neither a dense model of its total nor of its active size")
     return 0

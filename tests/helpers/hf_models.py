@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2LMHeadModel, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from llmlaunch.model import hf_config
 from llmlaunch.topology.model_spec import ModelSpec
@@ -15,8 +15,7 @@ def make_random_hf_model(spec: ModelSpec, out_dir: Path, seed: int = 7) -> Path:
     """A randomly initialised HF model of `spec` (standing in for a published checkpoint), with
     biases and norm weights drawn too so that mixing them up would show."""
     torch.manual_seed(seed)
-    model_class = GPT2LMHeadModel if spec.arch == "gpt2" else LlamaForCausalLM
-    model = model_class(hf_config(spec))
+    model = AutoModelForCausalLM.from_config(hf_config(spec))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("bias") or "norm" in name or ".ln_" in name:

@@ -20,6 +20,14 @@ SPECS = {
     "gpt2": ModelSpec(arch="gpt2", layers=2, hidden=64, heads=4, vocab=VOCAB, seq_len=16),
     "llama": ModelSpec(arch="llama", layers=2, hidden=64, heads=8, kv_heads=4, vocab=VOCAB,
                        seq_len=16),
+    # QKV biases split like the QKV rows; a tied head
+    "qwen2": ModelSpec(arch="qwen2", layers=2, hidden=64, heads=8, kv_heads=4, vocab=VOCAB,
+                       seq_len=16, tied_embeddings=True),
+    # QK-norm weights replicated; q = 8 x 16 = 128 wider than h
+    "qwen3": ModelSpec(arch="qwen3", layers=2, hidden=64, heads=8, kv_heads=4, head_dim=16,
+                       vocab=VOCAB, seq_len=16),
+    "mistral": ModelSpec(arch="mistral", layers=2, hidden=64, heads=8, kv_heads=4, vocab=VOCAB,
+                         seq_len=16, sliding_window=5),
 }
 TOLERANCE = 1e-5
 
@@ -109,7 +117,8 @@ def model_errors(tp: TensorParallelGroup, arch: str, recompute: str) -> dict[str
 def all_errors(tp: TensorParallelGroup) -> dict[str, float]:
     errors = {**cross_entropy_errors(tp), **embedding_errors(tp)}
     for arch, recompute in (("gpt2", "none"), ("llama", "none"), ("gpt2", "full"),
-                            ("llama", "selective")):
+                            ("llama", "selective"), ("qwen2", "none"), ("qwen3", "selective"),
+                            ("mistral", "full")):
         errors.update(model_errors(tp, arch, recompute))
     return errors
 

@@ -29,6 +29,12 @@ SPECS = {
     "gpt2": ModelSpec(arch="gpt2", layers=4, hidden=64, heads=4, vocab=200, seq_len=16),
     "llama": ModelSpec(arch="llama", layers=4, hidden=64, heads=4, kv_heads=2, vocab=200,
                        seq_len=16, rope_theta=500000.0),
+    # the llama family's variants: QKV biases and a tied head (Qwen2-0.5B's), QK-norm with a head
+    # dim other than h/a (Qwen3's)
+    "qwen2": ModelSpec(arch="qwen2", layers=4, hidden=64, heads=4, kv_heads=2, vocab=200,
+                       seq_len=16, rope_theta=1e6, norm_eps=1e-6, tied_embeddings=True),
+    "qwen3": ModelSpec(arch="qwen3", layers=4, hidden=64, heads=4, kv_heads=2, head_dim=32,
+                       vocab=200, seq_len=16, rope_theta=1e6, norm_eps=1e-6),
 }
 SEED = 1234
 STEPS = 10
@@ -37,7 +43,7 @@ MICRO_BATCH = 2
 LR = 1e-3
 # the baseline's pre-clip norms range over about 1.5-2.2 (gpt2) and 1.4-1.8 (llama): with these
 # thresholds some steps clip and some do not
-CLIP = {"gpt2": 1.9, "llama": 1.5}
+CLIP = {"gpt2": 1.9, "llama": 1.5, "qwen2": 1.5, "qwen3": 1.98}
 RTOL = 1e-4
 # bf16 (the GPU setting; DeepSpeed runs it on CPU too) only has to track fp32 loosely
 BF16_RTOL = 2e-2
@@ -45,13 +51,15 @@ BF16_RTOL = 2e-2
 # logs the global grad norm; ZeRO-0's fp32 path (runtime/utils.clip_grad_norm_) is recorded by
 # the driver.
 LAYOUTS = {
-    (1, 1, 1): [("gpt2", 1, "none", "fp32"), ("llama", 1, "none", "fp32")],
+    (1, 1, 1): [("gpt2", 1, "none", "fp32"), ("llama", 1, "none", "fp32"),
+                ("qwen2", 1, "none", "fp32"), ("qwen3", 1, "none", "fp32")],
     (2, 1, 1): [("gpt2", 1, "none", "fp32"), ("llama", 0, "selective", "fp32")],
     (1, 2, 1): [("gpt2", 0, "full", "fp32"), ("llama", 1, "none", "fp32"),
                 ("gpt2", 1, "none", "bf16")],
     (1, 1, 2): [("gpt2", 1, "selective", "fp32"), ("llama", 0, "full", "fp32")],
     (2, 2, 2): [("gpt2", 1, "selective", "fp32"), ("llama", 1, "full", "fp32"),
-                ("gpt2", 0, "none", "fp32"), ("llama", 0, "none", "fp32")],
+                ("gpt2", 0, "none", "fp32"), ("llama", 0, "none", "fp32"),
+                ("qwen2", 1, "selective", "fp32"), ("qwen3", 1, "full", "fp32")],
 }
 EXPORT_LAYOUT = (2, 2, 2)
 LAUNCH_TIMEOUT_S = 280

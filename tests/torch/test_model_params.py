@@ -21,6 +21,11 @@ SPECS = [
     # a 128-row vocabulary pad only from tp=2 on; 8 layers over 4 stages; an uneven split
     ModelSpec(arch="gpt2", layers=8, hidden=96, heads=8, ffn_hidden=256, vocab=1000, seq_len=32),
     ModelSpec(arch="llama", layers=7, hidden=128, heads=8, kv_heads=4, vocab=5000, seq_len=32),
+    # the llama family's variants: QKV bias and a tied head; QK-norm and q wider than h
+    ModelSpec(arch="qwen2", layers=5, hidden=64, heads=4, kv_heads=4, vocab=200, seq_len=16,
+              tied_embeddings=True),
+    ModelSpec(arch="qwen3", layers=4, hidden=64, heads=8, kv_heads=4, head_dim=32, vocab=200,
+              seq_len=16),
 ]
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2), (4, 2), (3, 1), (4, 4)]
 

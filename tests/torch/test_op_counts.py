@@ -6,15 +6,16 @@ import torch
 from llmlaunch.launcher.device_probe import count_dispatched_ops
 from llmlaunch.model.pipeline import LocalLM, leading_items
 from llmlaunch.topology.model_spec import ModelSpec
-from llmlaunch.topology.op_counts import BLOCK_OPS, EMBEDDING_OPS, HEAD_LOSS_OPS
+from llmlaunch.topology.op_counts import (BLOCK_OPS, EMBEDDING_OPS, HEAD_LOSS_OPS,
+                                          stage_ops_per_micro_batch)
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
-def tiny(arch: str, layers: int) -> ModelSpec:
-    extra = {"kv_heads": 2} if arch == "llama" else {}
+def tiny(arch: str, layers: int, **fields) -> ModelSpec:
+    extra = {"kv_heads": 2} if arch != "gpt2" else {}
     return ModelSpec(name="t", arch=arch, layers=layers, hidden=32, heads=4, vocab=128, seq_len=16,
-                     **extra)
+                     **extra, **fields)
 
 
 def model_ops(spec: ModelSpec, recompute: str) -> tuple[int, int]:
@@ -37,12 +38,29 @@ def model_ops(spec: ModelSpec, recompute: str) -> tuple[int, int]:
     return count_dispatched_ops(whole), count_dispatched_ops(embedding)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("recompute", ["none", "selective", "full"])
 def test_op_counts_match_the_model(arch, recompute):
     one, embedding = model_ops(tiny(arch, 1), recompute)
     two, _ = model_ops(tiny(arch, 2), recompute)
     block = two - one
     assert block == BLOCK_OPS[arch][recompute]
-    assert embedding == EMBEDDING_OPS[arch]
-    assert one - block - embedding == HEAD_LOSS_OPS[arch]
+    outer = "gpt2" if arch == "gpt2" else "llama"
+    assert embedding == EMBEDDING_OPS[outer]
+    assert one - block - embedding == HEAD_LOSS_OPS[outer]
+
+
+@pytest.mark.parametrize("fields", [dict(arch="mistral"), dict(arch="mistral", sliding_window=4),
+                                    dict(arch="qwen2", tied_embeddings=True, sliding_window=8),
+                                    dict(arch="qwen3", head_dim=16, tied_embeddings=True)],
+                         ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()))
+@pytest.mark.parametrize("recompute", ["none", "selective", "full"])
+def test_stage_op_counts_match_variants(fields, recompute):
+    """Whole-model counts of the variants (window mask, tying, head_dim) equal what the planner
+    counts for a one-stage model of two blocks."""
+    fields = dict(fields)
+    arch = fields.pop("arch")
+    spec = tiny(arch, 2, **fields)
+    whole, _ = model_ops(spec, recompute)
+    assert whole == stage_ops_per_micro_batch(spec, blocks=2, first=True, last=True,
+                                              recompute=recompute)

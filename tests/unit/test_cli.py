@@ -115,7 +115,9 @@ def test_cost_json_matches_the_lecture(capsys):
     assert main(["cost", "--params", "175e9", "--tokens", "300e9", "--gpu", "a100-80gb", "--mfu", "1",
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"flops", "gpu_hours", "gpu_days", "wall_days", "cost_usd", "energy_mwh"}
+    assert set(out) == {"flops", "gpu_hours", "gpu_days", "wall_days", "cost_usd", "energy_mwh",
+                        "params", "active_params"}
+    assert out["params"] == out["active_params"] == 175e9          # dense: every parameter active
     assert out["flops"] == pytest.approx(3.15e23)
     assert out["gpu_days"] == pytest.approx(11_500, rel=0.02)
 
