@@ -21,6 +21,7 @@ tile model (sm_count 0): q = 1.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 from .gemms import Gemm
@@ -56,10 +57,11 @@ def memory_time_s(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
     return elem_bytes * gemm.operand_elements() / gpu.hbm_bytes_per_s
 
 
+@functools.lru_cache(maxsize=65536)
 def gemm_time_s(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
     """Seconds of one GEMM: its measured rate if this device was measured at its shape, else the
     larger of compute and memory time."""
-    measured = gpu.measured_tflops(gemm.shape)
+    measured = gpu.measured_tflops(gemm.shape) if gpu.measured_gemm_tflops else None
     if measured:
         return gemm.executed_flops / (measured * 1e12)
     return max(compute_time_s(gemm, gpu), memory_time_s(gemm, gpu, elem_bytes))

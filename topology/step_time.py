@@ -38,7 +38,7 @@ import functools
 from dataclasses import dataclass
 
 from .engines import DEFAULT_ENGINE, ENGINES, Engine, instructions_per_micro_batch
-from .gemm_model import gemm_time_s, gemms_time_s
+from .gemm_model import gemm_time_s
 from .gemms import stage_gemms
 from .hardware import GpuSpec
 from .kernels import block_kernel_bytes, block_kernels, embedding_kernel_bytes, head_kernel_bytes
@@ -196,26 +196,23 @@ def grad_accumulation_bytes(engine: Engine, precision: Precision) -> float:
 
 
 @functools.lru_cache(maxsize=8192)
-def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, *, blocks: int,
-                           first: bool, last: bool, tp: int, pp: int, micro_batch: int,
-                           recompute: str, tp_spans_nodes: bool, pp_spans_nodes: bool,
-                           flash_attention: bool = True, seq_len: int | None = None,
-                           sequence_parallel: bool = False, virtual_stages: int = 1,
-                           engine: Engine = ENGINES[DEFAULT_ENGINE],
-                           params_local: float = 0.0) -> StageTime:
-    """Forward + backward of one micro-batch on one GPU of a stage, under `engine`; params_local,
-    the stage's parameters on this GPU, prices the engine's gradient accumulation pass."""
-    s = seq_len or spec.seq_len
-    tokens = micro_batch * s
+def _stage_parts(spec: ModelSpec, gpu: GpuSpec, precision: Precision, blocks: int, first: bool,
+                 last: bool, tp: int, pp: int, micro_batch: int, recompute: str,
+                 tp_spans_nodes: bool, pp_spans_nodes: bool, flash_attention: bool, seq_len: int,
+                 sequence_parallel: bool, virtual_stages: int,
+                 engine: Engine) -> tuple[float, float, float, float, float]:
+    """(GEMM, memory-bound, host, TP, PP) seconds of one micro-batch on one GPU of a stage."""
+    tokens = micro_batch * seq_len
     act = precision.activation_bytes
 
-    # GEMMs, each priced at its shape (gemms.py, gemm_model.py)
-    gemms = stage_gemms(spec, blocks=blocks, last=last, micro_batch=micro_batch, seq_len=s, tp=tp,
-                        recompute=recompute, causal_skip=flash_attention)
-    matmul_s = gemms_time_s(gemms, gpu, act)
+    # GEMMs, each priced at its shape (gemms.py, gemm_model.py), each distinct one once
+    gemms = stage_gemms(spec, blocks=blocks, last=last, micro_batch=micro_batch, seq_len=seq_len,
+                        tp=tp, recompute=recompute, causal_skip=flash_attention)
+    gemm_s = {g: gemm_time_s(g, gpu, act) for g, _ in gemms}
+    matmul_s = sum(gemm_s[g] * count for g, count in gemms)
 
     # memory-bound kernels (kernels.py)
-    kernels = block_kernels(spec, kernels=engine.kernels, tp=tp, seq_len=s, act=act,
+    kernels = block_kernels(spec, kernels=engine.kernels, tp=tp, seq_len=seq_len, act=act,
                             flash_attention=flash_attention, dropout=engine.dropout,
                             sequence_parallel=sequence_parallel)
     per_token = blocks * block_kernel_bytes(kernels, recompute)
@@ -224,8 +221,7 @@ def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, 
     if last:
         per_token += head_kernel_bytes(spec, kernels=engine.kernels, tp=tp, act=act,
                                        sequence_parallel=sequence_parallel)
-    memory_s = (tokens * per_token + params_local * grad_accumulation_bytes(engine, precision)) \
-        / gpu.hbm_bytes_per_s
+    memory_s = tokens * per_token / gpu.hbm_bytes_per_s
 
     # host: the model's dispatched ops and, under DeepSpeed, the pipeline's instructions
     ops = stage_ops_per_micro_batch(spec, blocks=blocks, first=first, last=last, recompute=recompute)
@@ -233,8 +229,8 @@ def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, 
     if engine.instruction_us:
         host_s += instructions_per_micro_batch(first, last, pp) * engine.instruction_us * 1e-6
 
-    gemm_s = {(g.name, g.phase): gemm_time_s(g, gpu, act) for g, _ in gemms}
-    overlap_s = tuple(gemm_s.get((name, phase), 0.0) for name in ("qkv", "mlp-up")
+    by_name = {(g.name, g.phase): t for g, t in gemm_s.items()}
+    overlap_s = tuple(by_name.get((name, phase), 0.0) for name in ("qkv", "mlp-up")
                       for phase in ("backward-data", "backward-weight"))
     tp_s = tp_collective_time_s(blocks=blocks, first=first, last=last, tp=tp, tokens=tokens,
                                 hidden=spec.hidden, act=act, recompute=recompute,
@@ -244,6 +240,23 @@ def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, 
                                 hidden=spec.hidden, act=act, virtual_stages=virtual_stages,
                                 sequence_parallel=sequence_parallel, engine=engine, gpu=gpu,
                                 pp_spans_nodes=pp_spans_nodes)
+    return matmul_s, memory_s, host_s, tp_s, pp_s
+
+
+def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, *, blocks: int,
+                           first: bool, last: bool, tp: int, pp: int, micro_batch: int,
+                           recompute: str, tp_spans_nodes: bool, pp_spans_nodes: bool,
+                           flash_attention: bool = True, seq_len: int | None = None,
+                           sequence_parallel: bool = False, virtual_stages: int = 1,
+                           engine: Engine = ENGINES[DEFAULT_ENGINE],
+                           params_local: float = 0.0) -> StageTime:
+    """Forward + backward of one micro-batch on one GPU of a stage, under `engine`; params_local,
+    the stage's parameters on this GPU, prices the engine's gradient accumulation pass."""
+    matmul_s, memory_s, host_s, tp_s, pp_s = _stage_parts(
+        spec, gpu, precision, blocks, first, last, tp, pp, micro_batch, recompute, tp_spans_nodes,
+        pp_spans_nodes, flash_attention, seq_len or spec.seq_len, sequence_parallel,
+        virtual_stages, engine)
+    memory_s += params_local * grad_accumulation_bytes(engine, precision) / gpu.hbm_bytes_per_s
     device_s = matmul_s + memory_s
     compute_s = pass_time_s(device_s, host_s, gpu.async_dispatch)
     return StageTime(compute_s=compute_s, tp_comm_s=tp_s, pp_comm_s=pp_s,
