@@ -21,16 +21,17 @@ under each:
   instructions (LoadMicroBatch, ForwardPass, BackwardPass, Send/RecvActivation, Send/RecvGrad) in
   Python, `instructions_per_micro_batch` of them, and ends each step with its own bookkeeping. Both
   are host time, measured on this project's host by benchmarks/pipe_overhead.py (DeepSpeed 0.19.8,
-  torch 2.13 CPU, 2-core VM, one rank, 8x8 layers so the device time is nil): 31 us per
-  instruction, 8.5 ms per step beyond the same forward/backward/Adam loop without the engine. On a
-  GPU the per-instruction time overlaps the device like any host time; the step's is serial.
+  torch 2.13 CPU, 2-core VM, one rank, 8x8 layers so the device time is nil): beyond the same
+  forward/backward/Adam loop without the engine, medians of six runs 96 us per instruction (72 to
+  146) and 1.2 ms per step (0.7 to 2.6; the VM's load was 3 to 6 on 2 cores). On a GPU the
+  per-instruction time overlaps the device like any host time; the step's is serial.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEEPSPEED_INSTRUCTION_US = 31.0
-DEEPSPEED_STEP_OVERHEAD_US = 8500.0
+DEEPSPEED_INSTRUCTION_US = 96.0
+DEEPSPEED_STEP_OVERHEAD_US = 1200.0
 # DeepSpeed's BF16_Optimizer (runtime/bf16_optimizer.py): each micro-batch `_update_hp_grad` runs
 # hp_grad.add_(lp.grad.to(fp32)) and lp.grad.zero_(): read 2 + write 4 (the cast), read 4 + 4 and
 # write 4 (the add), write 2 (the zero) = 20 bytes a parameter. Its step: the norm (read 4), Adam,
