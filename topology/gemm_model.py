@@ -72,11 +72,6 @@ def gemm_efficiency(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
     return gemm.flops / gemm_time_s(gemm, gpu, elem_bytes) / (gpu.peak_tflops * 1e12)
 
 
-def gemms_time_s(gemms: list[tuple[Gemm, int]], gpu: GpuSpec, elem_bytes: int) -> float:
-    """Seconds of a (GEMM, count) list run one after another."""
-    return sum(gemm_time_s(g, gpu, elem_bytes) * count for g, count in gemms)
-
-
 def fitted_matmul_efficiency(measured_tflops: dict, gemms, gpu: GpuSpec, elem_bytes: int) -> float | None:
     """The matmul_efficiency that reproduces measured rates ({shape: TFLOP/s}) of `gemms`: for each
     GEMM the model calls compute-bound, measured / (peak x q); their median. None when no measured

@@ -139,7 +139,7 @@ def tp_collective_time_s(*, blocks: int, first: bool, last: bool, tp: int, token
     message = tokens * hidden * act
     allreduce = allreduce_time_s(message, tp, bw, alpha)
     half = allgather_time_s(message, tp, bw, alpha)       # one reduce-scatter or all-gather
-    qkv_data, qkv_weight, mlp_data, mlp_weight = overlap_s
+    qkv_weight, mlp_weight = overlap_s[1], overlap_s[3]
     if sequence_parallel:
         forward = 4 * half
         backward = 2 * half

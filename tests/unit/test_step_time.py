@@ -158,3 +158,23 @@ def test_unknown_engine_is_one_line():
 
     with pytest.raises(ValueError, match="engine 'jax' is unknown; use one of deepspeed"):
         engine("jax")
+
+
+def test_tied_embedding_and_data_parallel_gradient_bytes():
+    """gpt2's tied table, 51200 x 12288 / 8 on this rank, fp32 gradients between the first and last
+    stages across nodes: a two-rank ring all-reduce, 2 alpha + N / B; the data-parallel reduction
+    sends the engine's gradient bytes (Megatron-LM's fp16: 2) instead of the precision's 4."""
+    from llmlaunch.topology.hardware import gpu
+    from llmlaunch.topology.memory import PRECISIONS
+    from llmlaunch.topology.step_time import data_parallel_time_s, tied_embedding_time_s
+
+    a100 = gpu("a100-80gb")
+    params = 51200 * 12288 / 8
+    assert tied_embedding_time_s(params, PRECISIONS["bf16-megatron"], a100, spans_nodes=True) == \
+        pytest.approx(2 * 2e-6 + params * 4 / 22e9)
+    fp32 = data_parallel_time_s(1e9, PRECISIONS["bf16-megatron"], a100, dp=8, zero_stage=0,
+                                dp_spans_nodes=True)
+    fp16 = data_parallel_time_s(1e9, PRECISIONS["bf16-megatron"], a100, dp=8, zero_stage=0,
+                                dp_spans_nodes=True, grad_bytes=2)
+    assert fp32 == pytest.approx(14 * 2e-6 + 2 * 7 / 8 * 4e9 / 22e9)
+    assert fp16 == pytest.approx(14 * 2e-6 + 2 * 7 / 8 * 2e9 / 22e9)
