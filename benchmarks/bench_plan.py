@@ -1,6 +1,7 @@
 """Wall time of `llmlaunch plan` as a user runs it (a fresh process each time), and of the search alone.
 
-Goals (issue 2): under 1 s for `--gpus 1024 --params 175e9`, under 5 s for 131072 GPUs.
+Goals: under 1 s as a whole process for 1024 and for 131072 GPUs (issue 17; issue 2 allowed 5 s at
+131072 GPUs).
 Run: python benchmarks/bench_plan.py [--repeats 5]
 """
 import argparse
@@ -11,9 +12,9 @@ import time
 
 CASES = [
     ("1024 GPUs, 175B", ["plan", "--gpus", "1024", "--params", "175e9"], 1.0),
-    ("131072 GPUs, 175B", ["plan", "--gpus", "131072", "--params", "175e9"], 5.0),
+    ("131072 GPUs, 175B", ["plan", "--gpus", "131072", "--params", "175e9"], 1.0),
     ("131072 GPUs, llama3-405b on H100", ["plan", "--gpus", "131072", "--model", "llama3-405b",
-                                          "--gpu", "h100-80gb"], 5.0),
+                                          "--gpu", "h100-80gb"], 1.0),
 ]
 
 

@@ -7,6 +7,11 @@ of the same name (topology/data/gpus.yaml):
 
 - peak_tflops: GEMM throughput at the model's own MLP shape, [b s, h] x [h, f/t] (2 m k n FLOPs
   per product), with matmul_efficiency then 1: the GEMM reaches what it reaches.
+- gemm_tflops: the rate of every distinct GEMM shape of one block, forward, backward-data and
+  backward-weight (topology/gemms.py's list at the run's micro-batch and TP split), keyed by its
+  shape "MxNxK[xB]" (GpuSpec.measured_gemm_tflops takes them), with gemm_shapes naming which
+  GEMM has which shape. On a GPU, topology.gemm_model.fitted_matmul_efficiency turns them into the
+  catalog's matmul_efficiency (validate.json's `fitted`).
 - hbm_gb_per_s: an out-of-place add of two tensors of at least 4 Mi elements (read 2, write 1),
   large enough that dispatch time is negligible beside the traffic.
 - op_overhead_us: a chain of small autograd ops (elementwise, view, matmul on 8 x 8 tensors)
@@ -67,6 +72,24 @@ def gemm_tflops(rows: int, inner: int, cols: int, dtype, device, synchronize, re
     return 2 * rows * inner * cols / seconds / 1e12
 
 
+def gemm_list_tflops(gemms, dtype, device, synchronize, repeats: int = 10) -> dict:
+    """{shape: TFLOP/s} of each distinct (m, n, k, batch) of `gemms` (topology.gemms.Gemm), timed
+    as torch.matmul of [batch, m, k] by [batch, k, n] (2 m n k batch FLOPs)."""
+    import torch
+
+    rates = {}
+    for g in gemms:
+        if g.shape in rates:
+            continue
+        m, n, k = (max(1, int(round(v))) for v in (g.m, g.n, g.k))
+        shape = (g.batch, m, k) if g.batch > 1 else (m, k)
+        a = torch.randn(*shape, dtype=dtype, device=device)
+        b = torch.randn(*((g.batch, k, n) if g.batch > 1 else (k, n)), dtype=dtype, device=device)
+        seconds = _timed(lambda: torch.matmul(a, b), repeats, synchronize)
+        rates[g.shape] = 2 * m * n * k * g.batch / seconds / 1e12
+    return rates
+
+
 def memory_gb_per_s(elements: int, dtype, device, synchronize, repeats: int = 10) -> float:
     import torch
 
@@ -114,8 +137,9 @@ def allreduce_alpha_beta(device, synchronize, group=None,
     return alpha_s * 1e6, bus_gb_per_s
 
 
-def probe_device(*, tokens: int, hidden: int, mlp_cols: int, dtype, device) -> dict:
-    """Every figure above, measured on this rank; all ranks must call it together."""
+def probe_device(*, tokens: int, hidden: int, mlp_cols: int, dtype, device, gemms=()) -> dict:
+    """Every figure above, measured on this rank; all ranks must call it together. `gemms`: the
+    block's GEMM list (topology.gemms.block_gemms) to time one by one."""
     import torch
     import torch.distributed as dist
 
@@ -125,6 +149,9 @@ def probe_device(*, tokens: int, hidden: int, mlp_cols: int, dtype, device) -> d
 
     dist.barrier()
     figures = {"peak_tflops": gemm_tflops(tokens, hidden, mlp_cols, dtype, device, synchronize)}
+    if gemms:
+        figures["gemm_tflops"] = gemm_list_tflops(gemms, dtype, device, synchronize)
+        figures["gemm_shapes"] = {f"{g.name}.{g.phase}": g.shape for g in gemms}
     dist.barrier()
     figures["hbm_gb_per_s"] = memory_gb_per_s(tokens * hidden, dtype, device, synchronize)
     dist.barrier()
@@ -136,14 +163,29 @@ def probe_device(*, tokens: int, hidden: int, mlp_cols: int, dtype, device) -> d
     return figures
 
 
+SCALAR_FIGURES = ("peak_tflops", "hbm_gb_per_s", "op_overhead_us", "collective_latency_us",
+                  "intra_node_gb_per_s")
+
+
+def median_gemm_tflops(figures_by_rank: list[dict]) -> dict:
+    """{shape: median TFLOP/s over the ranks that measured it}."""
+    shapes = sorted({s for f in figures_by_rank for s in f.get("gemm_tflops", {})})
+    return {s: statistics.median(f["gemm_tflops"][s] for f in figures_by_rank
+                                 if s in f.get("gemm_tflops", {})) for s in shapes}
+
+
 def device_from_figures(base, figures_by_rank: list[dict]):
     """`base` (a topology.hardware.GpuSpec) with every probed figure replaced by its median over the
-    ranks; GEMM throughput is measured at the model's shape, so matmul_efficiency becomes 1, and
-    all ranks share one host, so the inter-node bandwidth is the measured one too."""
+    ranks; GEMM throughput is measured at the model's shapes (the list's rates price those shapes,
+    the MLP one the rest), so matmul_efficiency becomes 1 and the tile model is off; the measured
+    add is what memory-bound kernels get (hbm_efficiency 1); all ranks share one host, so the
+    inter-node bandwidth is the measured one too."""
     import dataclasses
 
-    keys = sorted({key for figures in figures_by_rank for key in figures})
+    keys = [k for k in SCALAR_FIGURES if any(k in f for f in figures_by_rank)]
     medians = {key: statistics.median(f[key] for f in figures_by_rank if key in f) for key in keys}
     if "intra_node_gb_per_s" in medians:
         medians["inter_node_gb_per_s"] = medians["intra_node_gb_per_s"]
-    return dataclasses.replace(base, matmul_efficiency=1.0, **medians)
+    measured = tuple(sorted(median_gemm_tflops(figures_by_rank).items()))
+    return dataclasses.replace(base, matmul_efficiency=1.0, hbm_efficiency=1.0, sm_count=0,
+                               measured_gemm_tflops=measured, **medians)

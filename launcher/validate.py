@@ -40,7 +40,10 @@ not depend on the token values), and measures (every storage counted once, by
   shape, memory bandwidth, host time per op, all-reduce alpha and bandwidth), all ranks at once;
   the figures go into validate.json as `device_figures`. For `cluster.gpu: cpu`, whose catalog entry
   is this host, their medians replace the catalog's placeholders in the prediction (`predicted_for`
-  is the device the step time was predicted for).
+  is the device the step time was predicted for; each GEMM of the block list is priced at its
+  measured rate). `gemm_rates` pairs every GEMM of one block (forward, backward-data,
+  backward-weight) with its measured rate and the shape model's for the catalog entry, and the
+  matmul_efficiency the measurements fit (on a GPU, the catalog figure to replace).
 
 Rank 0 gathers every rank's measurements (`dist.gather_object`), pairs them with the planner's
 predictions (`planner.evaluate` of the run's layout, the precision resolved as the trainer does:
@@ -91,6 +94,8 @@ def measure(config: RunConfig, steps: int) -> tuple[dict, dict]:
     import deepspeed
     import torch
 
+    from llmlaunch.topology.gemms import block_gemms
+
     from .device_probe import probe_device
     from .engine import build_engine
 
@@ -99,9 +104,11 @@ def measure(config: RunConfig, steps: int) -> tuple[dict, dict]:
     on_gpu = torch.cuda.is_available()
     dp_rank = run.dp_rank
     batches = token_batches(spec, lay.micro_batch, config.train.seed + dp_rank)
+    gemms = block_gemms(spec, micro_batch=lay.micro_batch, seq_len=spec.seq_len, tp=lay.tp,
+                        recompute="none")
     device_figures = probe_device(tokens=lay.micro_batch * spec.seq_len, hidden=spec.hidden,
                                   mlp_cols=spec.ffn_hidden // lay.tp, dtype=dtype,
-                                  device=torch.device(engine.device))
+                                  device=torch.device(engine.device), gemms=gemms)
 
     def timed_step() -> float:
         started = time.perf_counter()
@@ -222,6 +229,36 @@ def format_table(rows: list[dict]) -> str:
                     tablefmt="simple", colalign=("right", "right", "left", "right", "right", "right"))
 
 
+def gemm_rates(config: RunConfig, precision: str, figures_by_rank: list[dict]) -> dict:
+    """Per GEMM of one block (forward, backward-data, backward-weight): its shape, the median
+    measured TFLOP/s over the ranks and what the shape model predicts for run.yaml's cluster.gpu
+    from the catalog; and `fitted`, the catalog's matmul_efficiency that the measured rates imply
+    (topology.gemm_model.fitted_matmul_efficiency). Empty when no rank timed the list."""
+    from llmlaunch.topology.gemm_model import fitted_matmul_efficiency, gemm_time_s
+    from llmlaunch.topology.gemms import block_gemms
+    from llmlaunch.topology.hardware import gpu
+    from llmlaunch.topology.memory import PRECISIONS
+
+    from .device_probe import median_gemm_tflops
+
+    measured = median_gemm_tflops(figures_by_rank)
+    if not measured:
+        return {}
+    try:
+        catalog = gpu(config.cluster.gpu)
+    except ValueError:
+        return {"measured_tflops": measured}
+    spec, lay = config.model_spec(), config.layout
+    act = PRECISIONS[precision].activation_bytes
+    gemms = block_gemms(spec, micro_batch=lay.micro_batch, seq_len=spec.seq_len, tp=lay.tp,
+                        recompute="none")
+    rows = {f"{g.name}.{g.phase}": {"shape": g.shape, "measured_tflops": measured.get(g.shape),
+                                     "model_tflops": g.flops / gemm_time_s(g, catalog, act) / 1e12}
+            for g in gemms}
+    return {"gemms": rows, "catalog": catalog.name,
+            "fitted": {"matmul_efficiency": fitted_matmul_efficiency(measured, gemms, catalog, act)}}
+
+
 def report(config: RunConfig, run_dir: Path, records: list[dict], facts: dict, steps: int) -> dict:
     lay = config.layout
     device = prediction_device(config, [r["device_figures"] for r in records])
@@ -234,6 +271,7 @@ def report(config: RunConfig, run_dir: Path, records: list[dict], facts: dict, s
         "gradient_readings": {str(r["rank"]): r["gradient_readings"] for r in records},
         "device_figures": {str(r["rank"]): r["device_figures"] for r in records},
         "predicted_for": None if device is None else dataclasses.asdict(device),
+        "gemm_rates": gemm_rates(config, facts["precision"], [r["device_figures"] for r in records]),
     }
     write_text_atomic(run_dir / RESULT_FILE, json.dumps(result, indent=1) + "\n")
     return result

@@ -41,6 +41,20 @@ class GpuSpec:
     host_measured: bool = False
     """The entry describes the machine it runs on (`cpu`): its memory and peak are read from this
     host when a caller asks for them (gpu(name, measure=True)), else the catalog's stand-ins hold."""
+    sm_count: int = 0
+    """Streaming multiprocessors: one GEMM output tile runs on one SM at a time, so a GEMM runs in
+    ceil(tiles / sm_count) waves (wave quantisation). 0: no tile model (a CPU)."""
+    gemm_tile_m: int = 0
+    gemm_tile_n: int = 0
+    """The GEMM library's output tile (M x N per thread block) on large matrices: M and N are padded
+    up to multiples of it (tile quantisation). Either orientation is taken, whichever wastes less."""
+    hbm_efficiency: float = 1.0
+    """Fraction of hbm_gb_per_s a streaming kernel (copy, saxpy) sustains: what memory-bound
+    kernels and the memory side of the GEMM roofline get."""
+    measured_gemm_tflops: tuple = ()
+    """((shape, TFLOP/s), ...) measured on this device at given GEMM shapes ("MxNxK" or
+    "MxNxKxB", launcher/device_probe.py): a GEMM of a measured shape is priced at its measured rate
+    instead of the shape model (validate's CPU prediction)."""
 
     def __post_init__(self):
         for field in ("memory_gib", "peak_tflops", "matmul_efficiency", "hbm_gb_per_s",
@@ -52,8 +66,16 @@ class GpuSpec:
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"GPU {self.name}: {field} must be a number >= 0, got {value!r}")
+        if not 0 < self.hbm_efficiency <= 1:
+            raise ValueError(f"GPU {self.name}: hbm_efficiency must be in (0, 1], got {self.hbm_efficiency}")
         if self.matmul_efficiency > 1:
             raise ValueError(f"GPU {self.name}: matmul_efficiency must be <= 1, got {self.matmul_efficiency}")
+        for field in ("sm_count", "gemm_tile_m", "gemm_tile_n"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"GPU {self.name}: {field} must be an integer >= 0, got {value!r}")
+        if self.sm_count and not (self.gemm_tile_m and self.gemm_tile_n):
+            raise ValueError(f"GPU {self.name}: sm_count needs gemm_tile_m and gemm_tile_n")
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"GPU {self.name}: precision must be bf16 or fp32, got {self.precision!r}")
 
@@ -63,7 +85,21 @@ class GpuSpec:
 
     @property
     def achievable_flops_per_s(self) -> float:
+        """What a GEMM of a shape that fills every tile and wave reaches: peak x matmul_efficiency
+        (topology/gemm_model.py prices other shapes)."""
         return self.peak_tflops * 1e12 * self.matmul_efficiency
+
+    def measured_tflops(self, shape: str) -> float | None:
+        """The measured rate of a GEMM of `shape` on this device, if one was measured."""
+        for key, tflops in self.measured_gemm_tflops:
+            if key == shape:
+                return tflops
+        return None
+
+    @property
+    def hbm_bytes_per_s(self) -> float:
+        """What a streaming kernel sustains: hbm_gb_per_s x hbm_efficiency."""
+        return self.hbm_gb_per_s * 1e9 * self.hbm_efficiency
 
     @property
     def op_overhead_s(self) -> float:

@@ -10,9 +10,11 @@ from .hardware import GIB, Cluster
 from .layout import RECOMPUTE_MODES, RUNNABLE_ZERO_STAGES, Layout
 from .memory import PRECISIONS, Precision, StageMemory, pipeline_memory
 from .model_spec import ModelSpec
+from .engines import DEFAULT_ENGINE, engine as engine_named
+from .params import padded_vocab
 from .step_time import (StageTime, StepTime, bubble_fraction, data_parallel_time_s,
                         optimizer_time_s, pipeline_time_s, stage_micro_batch_time,
-                        zero3_gather_time_s)
+                        tied_embedding_time_s, zero3_gather_time_s)
 
 # GPT-3's batch sizes in sequences of 2048 tokens by model size (Brown et al. 2020, Table 2.1).
 GPT3_BATCH_BY_PARAMS = ((125e6, 256), (350e6, 256), (760e6, 256), (1.3e9, 512), (2.7e9, 512),
@@ -31,6 +33,9 @@ class PlanOptions:
     precision: str = "bf16"
     flash_attention: bool = True
     """Attention through a fused kernel (SDPA/flash): no s^2 activations, no softmax traffic."""
+    engine: str = DEFAULT_ENGINE
+    """The training engine the step is priced for (topology/engines.py): llmlaunch runs
+    `deepspeed`; the published runs name theirs."""
 
 
 @dataclass
@@ -163,9 +168,10 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
 def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOptions,
               precision: Precision, stages: list[StageMemory]) -> tuple[StepTime, list[StageTime]]:
     """Step time of a layout, broken down by cause, and the per-stage micro-batch times it is made
-    of (see step_time.py for the model)."""
+    of (see step_time.py for the model), under options.engine."""
     gpu, gpn = cluster.gpu, cluster.gpus_per_node
     dp, pp, tp, m = layout.dp, layout.pp, layout.tp, layout.grad_accum
+    eng = engine_named(options.engine)
     tp_spans = layout.spans_nodes("tp", gpn)
     pp_spans = layout.spans_nodes("pp", gpn)
     dp_spans = layout.spans_nodes("dp", gpn)
@@ -174,7 +180,8 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
         tp=tp, pp=pp, micro_batch=layout.micro_batch, recompute=layout.recompute,
         tp_spans_nodes=tp_spans, pp_spans_nodes=pp_spans, flash_attention=options.flash_attention,
         seq_len=options.seq_len, sequence_parallel=layout.sequence_parallel,
-        virtual_stages=layout.virtual_stages) for st in stages]
+        virtual_stages=layout.virtual_stages, engine=eng, params_local=st.params)
+        for st in stages]
     totals = [t.total_s for t in per_stage]
     slowest = per_stage[totals.index(max(totals))]
     pipeline_s = pipeline_time_s(totals, m, layout.virtual_stages)
@@ -185,15 +192,20 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
         gather = zero3_gather_time_s(max_params, precision, gpu, dp=dp, dp_spans_nodes=dp_spans)
         exposed_zero3 = m * max(0.0, gather - slowest.compute_s)
     dp_s = data_parallel_time_s(max_params, precision, gpu, dp=dp, zero_stage=layout.zero_stage,
-                                dp_spans_nodes=dp_spans)
+                                dp_spans_nodes=dp_spans, grad_bytes=eng.dp_grad_bytes)
     if pp == 1 and layout.zero_stage < 3:
         # overlapped with the backward (2/3 of compute) of the last micro-batch
         dp_s = max(0.0, dp_s - slowest.compute_s * 2 / 3)
+    if pp > 1 and spec.tied_embeddings:
+        dp_s += tied_embedding_time_s(padded_vocab(spec.vocab, tp) // tp * spec.hidden, precision, gpu,
+                                      spans_nodes=pp_spans)
     optimizer_params = max_params / (dp if layout.zero_stage >= 1 else 1)
+    optimizer_s = (optimizer_time_s(optimizer_params, precision, gpu.hbm_bytes_per_s,
+                                    eng.optimizer_extra_bytes)
+                   + eng.step_overhead_us * 1e-6)
     step = StepTime(compute_s=m * slowest.compute_s, tp_comm_s=m * slowest.tp_comm_s,
                     pp_comm_s=m * slowest.pp_comm_s, bubble_s=pipeline_s - busy_s,
-                    dp_comm_s=dp_s + exposed_zero3,
-                    optimizer_s=optimizer_time_s(optimizer_params, precision, gpu.hbm_gb_per_s),
+                    dp_comm_s=dp_s + exposed_zero3, optimizer_s=optimizer_s,
                     host_bound=slowest.host_bound)
     return step, per_stage
 

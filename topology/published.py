@@ -1,11 +1,15 @@
 """Published training runs (data/published_runs.yaml) evaluated with their layout pinned."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from pathlib import Path
 
 import yaml
 
+from .engines import engine
+from .flops import hardware_flops_per_token
 from .hardware import gpu
 from .layout import Layout
 from .model_spec import ModelSpec
@@ -21,13 +25,38 @@ PUBLISHED_PRECISION = "bf16-megatron"
 @functools.lru_cache(maxsize=1)
 def load_runs() -> list[dict]:
     with open(_RUNS) as f:
-        return yaml.safe_load(f)
+        runs = yaml.safe_load(f)
+    for run in runs:
+        engine(run["engine"])    # an unknown engine is one clear line, at load
+    return runs
+
+
+def run_spec(run: dict) -> ModelSpec:
+    return ModelSpec(name=run["name"], **run["model"])
+
+
+def fully_sourced(run: dict) -> bool:
+    """Every layout figure read off the authors' artifacts: nothing `assumed`."""
+    return not run.get("assumed")
+
+
+def published_tflops(run: dict) -> float:
+    """The run's TFLOP/s per GPU: from its published iteration time when there is one (hardware
+    FLOPs per step, flops.py: Narayanan et al. 2021 eq. 3 with full recompute, / time / GPUs: the
+    estimate's own count, so the error is the time's), else as published."""
+    if "iteration_time_s" not in run:
+        return float(run["tflops_per_gpu"])
+    spec = run_spec(run)
+    tokens = run["global_batch"] * spec.seq_len
+    flops = hardware_flops_per_token(spec, run["layout"]["recompute"]) * tokens
+    return flops / run["iteration_time_s"] / run["gpus"] / 1e12
 
 
 def evaluate_run(run: dict) -> Candidate:
     """The planner's estimate for one published run, exactly as published (layout pinned), through
-    the same adapter as a training run's prediction (plan_inputs.layout_inputs)."""
-    spec = ModelSpec(name=run["name"], **run["model"])
+    the same adapter as a training run's prediction (plan_inputs.layout_inputs), priced for the
+    engine that ran it."""
+    spec = run_spec(run)
     device = gpu(run["gpu"], **run.get("gpu_overrides", {}))
     lay = run["layout"]
     grad_accum = run["global_batch"] // (lay["dp"] * lay["micro_batch"])
@@ -39,4 +68,26 @@ def evaluate_run(run: dict) -> Candidate:
     inputs = layout_inputs(spec, layout, gpu=device, gpus_per_node=run.get("gpus_per_node", 8),
                            precision=PUBLISHED_PRECISION,
                            flash_attention=run.get("flash_attention", True))
-    return estimate_layout(inputs, layout)
+    options = dataclasses.replace(inputs.options, engine=run["engine"])
+    return estimate_layout(dataclasses.replace(inputs, options=options), layout)
+
+
+def error(run: dict, cand: Candidate) -> float:
+    """Estimated over published TFLOP/s, minus 1 (positive: the estimate is too fast)."""
+    return cand.tflops_per_gpu / published_tflops(run) - 1
+
+
+def summary(errors: list[float]) -> dict:
+    """MAPE, the worst error by magnitude, and the count, of relative errors."""
+    worst = max(errors, key=abs)
+    return {"runs": len(errors), "mape": sum(abs(e) for e in errors) / len(errors), "worst": worst}
+
+
+def pearson(xs: list[float], ys: list[float]) -> float:
+    """Pearson's correlation coefficient of two equal-length samples."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    cov = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sx = math.sqrt(sum((x - mx) ** 2 for x in xs))
+    sy = math.sqrt(sum((y - my) ** 2 for y in ys))
+    return cov / (sx * sy)

@@ -1,19 +1,27 @@
 """Time of one training step: compute, tensor/pipeline/data-parallel communication, bubble, optimizer.
 
-Model (each term a pure function below):
-  per micro-batch on a stage:  GEMM FLOPs / (peak * matmul_efficiency)
-                               + memory-bound element-wise traffic / HBM bandwidth
-                               + TP all-reduces (not overlapped, as in Megatron-LM without SP)
+Model (each term a pure function below or in the module named):
+  per micro-batch on a stage:  each GEMM priced at its shape after the TP split (gemms.py lists
+                                 them, gemm_model.py prices them: tile and wave quantisation, a
+                                 roofline against HBM)
+                               + memory-bound kernels: the bytes each reads and writes / HBM
+                                 bandwidth, per kernel set (kernels.py: fused Megatron kernels or
+                                 llmlaunch's eager ops)
+                               + TP collectives, exposed or overlapped as the engine runs them
                                + pipeline send/recv of activations and their gradients (blocking in
-                                 DeepSpeed's PipelineEngine)
+                                 DeepSpeed's PipelineEngine and Megatron-LM; scatter/gather in
+                                 Megatron-LM, Narayanan et al. 2021 §4.1)
   1F1B pipeline:               (m - 1) * T_slowest + sum_i T_i   (fill and drain cross each stage once;
                                equal stages give (m + p - 1) T, Narayanan et al. 2021 Section 2.2)
   data parallel:               ring all-reduce of the stage's gradients after the flush when p > 1
-                               (DeepSpeed's pipeline reduces after the schedule); with p = 1 DeepSpeed
-                               overlaps it with the last micro-batch's backward (overlap_comm)
+                               (DeepSpeed's pipeline and Megatron-LM's local DDP reduce after the
+                               schedule); with p = 1 it overlaps the last micro-batch's backward
   ZeRO-3:                      per micro-batch parameter all-gathers (forward, backward) and gradient
                                reduce-scatter, prefetched: only what exceeds compute is exposed
-  optimizer:                   AdamW is memory-bound: bytes touched per local parameter / HBM bandwidth
+  optimizer:                   AdamW is memory-bound: bytes touched per local parameter / HBM bandwidth,
+                               plus the engine's fixed host time per step
+The engine (engines.py) says which kernels run, whether dropout does, how sends and collectives
+overlap, and what the pipeline interpreter costs the host.
 Collective costs follow the ring algorithms whose bus bandwidth NCCL reports (Thakur et al. 2005),
 with Hockney's alpha-beta cost per message: all-reduce takes 2 (n-1) steps and moves 2 (n-1)/n of the
 buffer per GPU, all-gather and reduce-scatter n-1 steps and (n-1)/n; a send is one message. Alpha is
@@ -29,13 +37,14 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from .flops import (BACKWARD_TO_FORWARD, attention_core_flops_per_token, block_forward_flops_per_token,
-                    head_forward_flops_per_token)
+from .engines import DEFAULT_ENGINE, ENGINES, Engine, instructions_per_micro_batch
+from .gemm_model import gemm_time_s
+from .gemms import stage_gemms
 from .hardware import GpuSpec
+from .kernels import block_kernel_bytes, block_kernels, embedding_kernel_bytes, head_kernel_bytes
 from .memory import FP32_BYTES, Precision
 from .model_spec import ModelSpec
 from .op_counts import stage_ops_per_micro_batch
-from .params import padded_vocab
 
 GB = 1e9
 
@@ -89,26 +98,6 @@ def bubble_ratio(pp: int, micro_batches: int, virtual_stages: int = 1) -> float:
     return (pp - 1) / (virtual_stages * micro_batches)
 
 
-def elementwise_elements_per_token(spec: ModelSpec, tp: int, flash_attention: bool = True,
-                                   seq_len: int | None = None,
-                                   sequence_parallel: bool = False) -> float:
-    """Elements one block's memory-bound forward ops read and write per token, per TP rank.
-    Norms: 2 x (read h, write h); residual adds: 2 x (read 2h, write h); GELU read f, write f, or
-    SwiGLU read 2f, write f, plus RoPE read/write of Q and K; softmax over a*s scores (read, write)
-    when the attention matrix is materialised (no flash kernel). Sequence parallelism splits the
-    norms and residual adds over the TP ranks too."""
-    s = seq_len or spec.seq_len
-    h, f, t = spec.hidden, spec.ffn_hidden, tp
-    replicated = (4 * h + 6 * h) / (t if sequence_parallel else 1)
-    if spec.gated_mlp:
-        sharded = 3 * f + 2 * (h + spec.kv_hidden)
-    else:
-        sharded = 2 * f
-    if not flash_attention:
-        sharded += 2 * spec.heads * s
-    return replicated + sharded / t
-
-
 @dataclass(frozen=True)
 class StageTime:
     """Seconds one GPU of a stage spends on one micro-batch (forward + backward, recompute included)."""
@@ -118,69 +107,160 @@ class StageTime:
     pp_comm_s: float
     host_bound: bool = False
     """Dispatching the micro-batch's ops takes the host longer than the device takes to run them."""
+    matmul_s: float = 0.0
+    """Of compute_s: the GEMMs (topology/gemm_model.py), the rest memory-bound kernels."""
 
     @property
     def total_s(self) -> float:
         return self.compute_s + self.tp_comm_s + self.pp_comm_s
 
 
+def tp_collective_time_s(*, blocks: int, first: bool, last: bool, tp: int, tokens: int,
+                         hidden: int, act: int, recompute: str, sequence_parallel: bool,
+                         overlap_s: tuple[float, float, float, float], gpu: GpuSpec,
+                         spans_nodes: bool, overlap: bool) -> float:
+    """Exposed tensor-parallel communication of one micro-batch (Megatron-LM's f/g pairs).
+
+    Per block, each of T h A bytes: without SP, two all-reduces forward (after the out-projection
+    and the MLP), two backward (the input gradients of QKV and MLP-in), two more forward under full
+    recompute. With SP each all-reduce is a reduce-scatter plus an all-gather (the same bytes):
+    forward all-gathers before QKV and MLP-in and reduce-scatters after the row-parallel GEMMs;
+    backward the row-parallel layers all-gather their output gradient. With `overlap` (Megatron-LM
+    2022) the column-parallel layers' backward collectives run beside GEMMs: the input-gradient
+    all-reduce (SP: reduce-scatter) during the weight-gradient GEMM, and under SP the input's
+    all-gather, re-run in backward, during the input-gradient GEMM; only what exceeds the GEMM
+    shows. overlap_s: the (QKV data, QKV weight, MLP-in data, MLP-in weight) backward GEMM times.
+    The first stage's vocab-parallel embedding reduces its output (SP: reduce-scatter); the last
+    stage's head all-reduces its input gradient and the cross-entropy three fp32 [T] vectors."""
+    if tp <= 1:
+        return 0.0
+    bw = gpu.inter_node_gb_per_s if spans_nodes else gpu.intra_node_gb_per_s
+    alpha = gpu.collective_latency_s
+    message = tokens * hidden * act
+    allreduce = allreduce_time_s(message, tp, bw, alpha)
+    half = allgather_time_s(message, tp, bw, alpha)       # one reduce-scatter or all-gather
+    qkv_weight, mlp_weight = overlap_s[1], overlap_s[3]
+    if sequence_parallel:
+        forward = 4 * half
+        backward = 2 * half
+        if overlap:
+            backward += sum(max(0.0, half - g) for g in overlap_s)
+        else:
+            backward += 2 * half
+    else:
+        forward = 2 * allreduce
+        if overlap:
+            backward = max(0.0, allreduce - qkv_weight) + max(0.0, allreduce - mlp_weight)
+        else:
+            backward = 2 * allreduce
+    per_block = forward + backward + (forward if recompute == "full" else 0.0)
+    total = blocks * per_block
+    if first:
+        total += half if sequence_parallel else allreduce
+    if last:
+        total += (half if sequence_parallel else allreduce)
+        total += 3 * allreduce_time_s(tokens * FP32_BYTES, tp, bw, alpha)
+    return total
+
+
+def pipeline_send_time_s(*, first: bool, last: bool, pp: int, tp: int, tokens: int, hidden: int,
+                         act: int, virtual_stages: int, sequence_parallel: bool, engine: Engine,
+                         gpu: GpuSpec, pp_spans_nodes: bool) -> float:
+    """Exposed pipeline communication of one micro-batch: the activation sent forward and its
+    gradient sent back, except past the ends; each of v interleaved chunks sends its own
+    (Narayanan et al. 2021, Section 2.2.2). The message is T h A bytes, T h A / t under SP
+    (already split). Megatron-LM's scatter/gather (§4.1) sends 1/t of it from each tensor rank and
+    all-gathers it over NVLink. Blocking engines wait for it; asynchronous ones hide it."""
+    if pp <= 1 or engine.pipeline_sends == "async":
+        return 0.0
+    sends = ((0 if last else 1) + (0 if first else 1)) if virtual_stages == 1 else 2 * virtual_stages
+    pp_bw = gpu.inter_node_gb_per_s if pp_spans_nodes else gpu.intra_node_gb_per_s
+    alpha = gpu.collective_latency_s
+    message = tokens * hidden * act
+    if sequence_parallel:
+        one = p2p_time_s(message / tp, pp_bw, alpha)
+    elif engine.scatter_gather and tp > 1:
+        one = (p2p_time_s(message / tp, pp_bw, alpha)
+               + allgather_time_s(message, tp, gpu.intra_node_gb_per_s, alpha))
+    else:
+        one = p2p_time_s(message, pp_bw, alpha)
+    return sends * one
+
+
+def grad_accumulation_bytes(engine: Engine, precision: Precision) -> float:
+    """Bytes per parameter each micro-batch's gradient accumulation moves: the engine's bf16/fp16
+    path, or in fp32 autograd's in-place add into .grad (read 4 + 4, write 4)."""
+    if precision.activation_bytes == FP32_BYTES:
+        return 3 * FP32_BYTES
+    return engine.grad_accumulation_bytes
+
+
 @functools.lru_cache(maxsize=8192)
+def _stage_parts(spec: ModelSpec, gpu: GpuSpec, precision: Precision, blocks: int, first: bool,
+                 last: bool, tp: int, pp: int, micro_batch: int, recompute: str,
+                 tp_spans_nodes: bool, pp_spans_nodes: bool, flash_attention: bool, seq_len: int,
+                 sequence_parallel: bool, virtual_stages: int,
+                 engine: Engine) -> tuple[float, float, float, float, float]:
+    """(GEMM, memory-bound, host, TP, PP) seconds of one micro-batch on one GPU of a stage."""
+    tokens = micro_batch * seq_len
+    act = precision.activation_bytes
+
+    # GEMMs, each priced at its shape (gemms.py, gemm_model.py), each distinct one once
+    gemms = stage_gemms(spec, blocks=blocks, last=last, micro_batch=micro_batch, seq_len=seq_len,
+                        tp=tp, recompute=recompute, causal_skip=flash_attention)
+    gemm_s = {g: gemm_time_s(g, gpu, act) for g, _ in gemms}
+    matmul_s = sum(gemm_s[g] * count for g, count in gemms)
+
+    # memory-bound kernels (kernels.py)
+    kernels = block_kernels(spec, kernels=engine.kernels, tp=tp, seq_len=seq_len, act=act,
+                            flash_attention=flash_attention, dropout=engine.dropout,
+                            sequence_parallel=sequence_parallel)
+    per_token = blocks * block_kernel_bytes(kernels, recompute)
+    if first:
+        per_token += embedding_kernel_bytes(spec, act=act)
+    if last:
+        per_token += head_kernel_bytes(spec, kernels=engine.kernels, tp=tp, act=act,
+                                       sequence_parallel=sequence_parallel)
+    memory_s = tokens * per_token / gpu.hbm_bytes_per_s
+
+    # host: the model's dispatched ops and, under DeepSpeed, the pipeline's instructions
+    ops = stage_ops_per_micro_batch(spec, blocks=blocks, first=first, last=last, recompute=recompute)
+    host_s = host_time_s(ops, gpu.op_overhead_s)
+    if engine.instruction_us:
+        host_s += instructions_per_micro_batch(first, last, pp) * engine.instruction_us * 1e-6
+
+    by_name = {(g.name, g.phase): t for g, t in gemm_s.items()}
+    overlap_s = tuple(by_name.get((name, phase), 0.0) for name in ("qkv", "mlp-up")
+                      for phase in ("backward-data", "backward-weight"))
+    tp_s = tp_collective_time_s(blocks=blocks, first=first, last=last, tp=tp, tokens=tokens,
+                                hidden=spec.hidden, act=act, recompute=recompute,
+                                sequence_parallel=sequence_parallel, overlap_s=overlap_s, gpu=gpu,
+                                spans_nodes=tp_spans_nodes, overlap=engine.tp_backward_overlap)
+    pp_s = pipeline_send_time_s(first=first, last=last, pp=pp, tp=tp, tokens=tokens,
+                                hidden=spec.hidden, act=act, virtual_stages=virtual_stages,
+                                sequence_parallel=sequence_parallel, engine=engine, gpu=gpu,
+                                pp_spans_nodes=pp_spans_nodes)
+    return matmul_s, memory_s, host_s, tp_s, pp_s
+
+
 def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, *, blocks: int,
                            first: bool, last: bool, tp: int, pp: int, micro_batch: int,
                            recompute: str, tp_spans_nodes: bool, pp_spans_nodes: bool,
                            flash_attention: bool = True, seq_len: int | None = None,
-                           sequence_parallel: bool = False, virtual_stages: int = 1) -> StageTime:
-    """Forward + backward of one micro-batch on one GPU of a stage."""
-    s = seq_len or spec.seq_len
-    tokens = micro_batch * s
-    passes = 1 + BACKWARD_TO_FORWARD
-    act = precision.activation_bytes
-
-    # GEMM and attention-core FLOPs, split over TP ranks
-    block_fwd = block_forward_flops_per_token(spec, s)
-    flops = passes * blocks * block_fwd
-    if recompute == "full":
-        flops += blocks * block_fwd
-    elif recompute == "selective":
-        flops += blocks * attention_core_flops_per_token(spec, s)
-    if last:
-        flops += passes * head_forward_flops_per_token(spec)
-    matmul_s = tokens * flops / tp / gpu.achievable_flops_per_s
-
-    # memory-bound ops: forward traffic, twice that in backward, once more if fully recomputed
-    traffic_passes = passes + (1 if recompute == "full" else 0)
-    elementwise = traffic_passes * blocks * act * elementwise_elements_per_token(
-        spec, tp, flash_attention, s, sequence_parallel)
-    if last:
-        # cross-entropy over this rank's vocab slice: logits read, fp32 softmax written and read,
-        # fp32 gradient written
-        elementwise += padded_vocab(spec.vocab, tp) / tp * (act + 3 * FP32_BYTES)
-    memory_s = tokens * elementwise / (gpu.hbm_gb_per_s * GB)
-    ops = stage_ops_per_micro_batch(spec, blocks=blocks, first=first, last=last, recompute=recompute)
-    host_s = host_time_s(ops, gpu.op_overhead_s)
-
-    # TP: two all-reduces of [s, b, h] per block forward, two in backward, two more when recomputed;
-    # the vocab-parallel embedding adds one in forward on the first stage; on the last stage the
-    # column-parallel head's input gradient is one more [s, b, h] all-reduce (backward) and the
-    # vocab-parallel cross-entropy three of [s, b] (max, target logit, sum of exponentials). Sequence
-    # parallelism replaces each all-reduce by a reduce-scatter plus an all-gather: the same bytes.
-    tp_bw = gpu.inter_node_gb_per_s if tp_spans_nodes else gpu.intra_node_gb_per_s
-    alpha = gpu.collective_latency_s
-    allreduces = blocks * (4 + (2 if recompute == "full" else 0)) + (1 if first else 0)
-    allreduces += 1 if last else 0
-    tp_s = allreduces * allreduce_time_s(tokens * spec.hidden * act, tp, tp_bw, alpha)
-    if last:
-        tp_s += 3 * allreduce_time_s(tokens * FP32_BYTES, tp, tp_bw, alpha)
-
-    # PP: activations sent forward and their gradients sent back, except past the ends; each of
-    # the v interleaved chunks sends its own (Narayanan et al. 2021, Section 2.2.2); SP sends s/t
-    pp_bw = gpu.inter_node_gb_per_s if pp_spans_nodes else gpu.intra_node_gb_per_s
-    sends = ((0 if last else 1) + (0 if first else 1)) if virtual_stages == 1 else 2 * virtual_stages
-    message_bytes = tokens * spec.hidden * act / (tp if sequence_parallel else 1)
-    pp_s = sends * p2p_time_s(message_bytes, pp_bw, alpha) if pp > 1 else 0.0
-    compute_s = pass_time_s(matmul_s + memory_s, host_s, gpu.async_dispatch)
+                           sequence_parallel: bool = False, virtual_stages: int = 1,
+                           engine: Engine = ENGINES[DEFAULT_ENGINE],
+                           params_local: float = 0.0) -> StageTime:
+    """Forward + backward of one micro-batch on one GPU of a stage, under `engine`; params_local,
+    the stage's parameters on this GPU, prices the engine's gradient accumulation pass."""
+    matmul_s, memory_s, host_s, tp_s, pp_s = _stage_parts(
+        spec, gpu, precision, blocks, first, last, tp, pp, micro_batch, recompute, tp_spans_nodes,
+        pp_spans_nodes, flash_attention, seq_len or spec.seq_len, sequence_parallel,
+        virtual_stages, engine)
+    memory_s += params_local * grad_accumulation_bytes(engine, precision) / gpu.hbm_bytes_per_s
+    device_s = matmul_s + memory_s
+    compute_s = pass_time_s(device_s, host_s, gpu.async_dispatch)
     return StageTime(compute_s=compute_s, tp_comm_s=tp_s, pp_comm_s=pp_s,
-                     host_bound=host_s > matmul_s + memory_s)
+                     host_bound=host_s > device_s, matmul_s=matmul_s)
 
 
 def pipeline_time_s(stage_times: list[float], micro_batches: int, virtual_stages: int = 1) -> float:
@@ -191,12 +271,14 @@ def pipeline_time_s(stage_times: list[float], micro_batches: int, virtual_stages
     return (micro_batches - 1 / v) * max(stage_times) + sum(stage_times) / v
 
 
-def optimizer_time_s(params_local: float, precision: Precision, hbm_gb_per_s: float) -> float:
+def optimizer_time_s(params_local: float, precision: Precision, hbm_bytes_per_s: float,
+                     extra_bytes: float = 0.0) -> float:
     """AdamW update, memory-bound: read gradient, read+write master weights, m and v, write the
-    low-precision copy when there is one."""
+    low-precision copy when there is one; plus the engine's other passes over the parameters
+    (engines.Engine.optimizer_extra_bytes)."""
     master = 2 * FP32_BYTES * (3 if precision.optimizer_bytes == 12 else 2)  # (master,) m, v r+w
-    extra = precision.weight_bytes if precision.optimizer_bytes == 12 else 0
-    return params_local * (master + precision.grad_bytes + extra) / (hbm_gb_per_s * GB)
+    low = precision.weight_bytes if precision.optimizer_bytes == 12 else 0
+    return params_local * (master + precision.grad_bytes + low + extra_bytes) / hbm_bytes_per_s
 
 
 @dataclass(frozen=True)
@@ -225,14 +307,26 @@ class StepTime:
 
 
 def data_parallel_time_s(stage_params: float, precision: Precision, gpu: GpuSpec, *, dp: int,
-                         zero_stage: int, dp_spans_nodes: bool) -> float:
+                         zero_stage: int, dp_spans_nodes: bool, grad_bytes: int = 0) -> float:
     """Gradient reduction over dp once per step (all-reduce, or ZeRO-1/2's reduce-scatter plus
-    all-gather of the updated weights: the same volume)."""
+    all-gather of the updated weights: the same volume), grad_bytes per element (0: the
+    precision's)."""
     bw = gpu.inter_node_gb_per_s if dp_spans_nodes else gpu.intra_node_gb_per_s
     alpha = gpu.collective_latency_s
+    nbytes = stage_params * (grad_bytes or precision.grad_bytes)
     if zero_stage == 3:
-        return allgather_time_s(stage_params * precision.grad_bytes, dp, bw, alpha)
-    return allreduce_time_s(stage_params * precision.grad_bytes, dp, bw, alpha)
+        return allgather_time_s(nbytes, dp, bw, alpha)
+    return allreduce_time_s(nbytes, dp, bw, alpha)
+
+
+def tied_embedding_time_s(embedding_params_local: float, precision: Precision, gpu: GpuSpec, *,
+                          spans_nodes: bool) -> float:
+    """gpt2 ties its head to the token table: with p > 1 the first and last stages each hold a copy
+    and all-reduce its gradient between them after the flush (Megatron-LM's embedding group,
+    DeepSpeed's ReduceTiedGrads): a two-rank all-reduce of this rank's slice."""
+    bw = gpu.inter_node_gb_per_s if spans_nodes else gpu.intra_node_gb_per_s
+    return allreduce_time_s(embedding_params_local * precision.grad_bytes, 2, bw,
+                            gpu.collective_latency_s)
 
 
 def zero3_gather_time_s(stage_params: float, precision: Precision, gpu: GpuSpec, *, dp: int,

@@ -214,9 +214,10 @@ def test_emitted_run_yaml_loads_with_the_plan_layout(tmp_path, capsys):
 
 
 def test_plan_says_when_a_layout_is_host_bound(capsys):
-    # GPT-3 125M at micro-batch 1 on H100s: dispatch (1299 ops x 6 us) outlasts the GEMMs
+    # GPT-3 125M at micro-batch 1 of 1024 tokens on H100s: dispatch (1299 ops x 6 us, plus
+    # DeepSpeed's pipeline instructions) outlasts the GEMMs and memory-bound kernels
     args = ["--gpus", "8", "--gpu", "h100-80gb", "--model", "gpt3-125m", "--micro-batch", "1",
-            "--recompute", "none"]
+            "--recompute", "none", "--seq-len", "1024"]
     assert plan_json(capsys, *args)["candidates"][0]["host_bound"] is True
     assert main(["plan", *args]) == 0
     assert "host-bound: dispatching each micro-batch's ops (6 us each)" in capsys.readouterr().out

@@ -116,5 +116,7 @@ def test_plan_page_draws_the_step_time_the_plan_prints(virtual, tmp_path, capsys
     _, _, chosen = plan_from_argv(argv[1:-2])
     assert chosen.layout.virtual_stages == int(virtual) and chosen.layout.sequence_parallel
     drawn = schedule.candidate_schedule(chosen)
-    assert drawn.end_s <= chosen.step.total_s * (1 + 1e-9)   # the closed form bounds it
+    # the closed form bounds it; interleaved, with the sends of the first and last stages
+    # attributed to one direction (forward_backward_times), it can be passed by a hair
+    assert drawn.end_s <= chosen.step.total_s * (1 + 1e-3)
     plan_page.write_plan_report(tmp_path / "again.html", *plan_from_argv(argv[1:-2]))

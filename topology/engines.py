@@ -1,0 +1,128 @@
+"""The training engines a step is priced for: what each does besides the model's arithmetic.
+
+The planner plans for `deepspeed` (what `llmlaunch train` runs); the published runs each name the
+engine that ran them (topology/data/published_runs.yaml), since the same layout costs differently
+under each:
+
+- pipeline sends: "blocking" (the stage waits for each send and receive: DeepSpeed's
+  PipelineEngine, p2p.send/recv per instruction; Megatron-LM's 1F1B, which waits on its batched
+  isend/irecv before computing) or "async" (overlapped with compute).
+- scatter/gather (Narayanan et al. 2021, §4.1): each of the t tensor ranks of a stage sends 1/t of
+  the activation across nodes and the receiving stage all-gathers it over NVLink. Megatron-LM only.
+- tp_backward_overlap: the column-parallel layers' backward collectives overlap their GEMMs: the
+  input-gradient all-reduce (reduce-scatter with SP) runs during the weight-gradient GEMM, and under
+  SP the input's all-gather is re-run during the input-gradient GEMM (Megatron-LM's
+  LinearWithGradAccumulationAndAsyncCommunication, megatron/mpu/layers.py, 2022; absent from the
+  2021 code of Narayanan et al.).
+- kernels: the memory-bound kernel set (topology/kernels.py); dropout: the recipe's dropout (0.1 on
+  attention probabilities and after attention and MLP in GPT-3-era runs; none in llmlaunch's model
+  and in Llama 3).
+- instruction_us, step_overhead_us: DeepSpeed's PipelineEngine interprets a schedule of
+  instructions (LoadMicroBatch, ForwardPass, BackwardPass, Send/RecvActivation, Send/RecvGrad) in
+  Python, `instructions_per_micro_batch` of them, and ends each step with its own bookkeeping. Both
+  are host time, measured on this project's host by benchmarks/pipe_overhead.py (DeepSpeed 0.19.8,
+  torch 2.13 CPU, 2-core VM, one rank, 8x8 layers so the device time is nil): beyond the same
+  forward/backward/Adam loop without the engine, medians of six runs 96 us per instruction (72 to
+  146) and 1.2 ms per step (0.7 to 2.6; the VM's load was 3 to 6 on 2 cores). On a GPU the
+  per-instruction time overlaps the device like any host time; the step's is serial.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEEPSPEED_INSTRUCTION_US = 96.0
+DEEPSPEED_STEP_OVERHEAD_US = 1200.0
+# DeepSpeed's BF16_Optimizer (runtime/bf16_optimizer.py): each micro-batch `_update_hp_grad` runs
+# hp_grad.add_(lp.grad.to(fp32)) and lp.grad.zero_(): read 2 + write 4 (the cast), read 4 + 4 and
+# write 4 (the add), write 2 (the zero) = 20 bytes a parameter. Its step: the norm (read 4), Adam,
+# update_lp_params (read 4, write 2), clear_hp_grads (write 4): 12 beyond AdamW's 30. It reduces the
+# fp32 gradients (4 bytes).
+BF16_OPTIMIZER_ACCUMULATION_BYTES = 20
+BF16_OPTIMIZER_EXTRA_BYTES = 12
+# Megatron-LM's local DDP (megatron/model/distributed.py, 2021) adds each micro-batch's fp16 grad
+# into the fp16 main_grad buffer: read 2, read 2, write 2 = 6 bytes (fp32 accumulation is only the
+# default for bf16). Its Float16OptimizerWithFloat16Params.step (megatron/optimizer/optimizer.py):
+# copy grads to fp32 (2 + 4), unscale and check for inf (4 + 4), the norm for clipping (4), Adam,
+# copy the fp32 weights to the fp16 model (4, the write of 2 counted in AdamW's), zero the buffer
+# (2): 24 beyond AdamW's 30. Gradients are all-reduced in fp16 (2 bytes). From 2022 the
+# weight-gradient GEMM accumulates into main_grad itself (--gradient-accumulation-fusion, the
+# default; apex fused_dense wgrad_gemm_accum_fp32 in megatron/mpu/layers.py): no separate pass.
+MEGATRON_FP16_ACCUMULATION_BYTES = 6
+MEGATRON_OPTIMIZER_EXTRA_BYTES = 24
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    kernels: str
+    dropout: bool
+    pipeline_sends: str = "blocking"
+    scatter_gather: bool = False
+    tp_backward_overlap: bool = False
+    instruction_us: float = 0.0
+    """Host time per pipeline instruction (DeepSpeed's schedule interpreter), beyond the model's ops."""
+    step_overhead_us: float = 0.0
+    """Host time per step the engine spends besides the micro-batches (its step-end bookkeeping)."""
+    grad_accumulation_bytes: float = 0.0
+    """Bytes per local parameter each micro-batch's gradient accumulation moves outside the GEMMs
+    (0: folded into the weight-gradient GEMM, or nothing stated)."""
+    optimizer_extra_bytes: float = 0.0
+    """Bytes per local parameter the optimizer step moves beyond AdamW's own (step_time.py):
+    gradient copies, unscaling, the norm for clipping, the low-precision copy, zeroing."""
+    dp_grad_bytes: int = 0
+    """Bytes per gradient element the data-parallel reduction sends (0: the precision's)."""
+    source: str = ""
+
+
+ENGINES = {
+    "deepspeed": Engine(
+        "deepspeed", kernels="eager", dropout=False, instruction_us=DEEPSPEED_INSTRUCTION_US,
+        step_overhead_us=DEEPSPEED_STEP_OVERHEAD_US,
+        grad_accumulation_bytes=BF16_OPTIMIZER_ACCUMULATION_BYTES,
+        optimizer_extra_bytes=BF16_OPTIMIZER_EXTRA_BYTES,
+        source="DeepSpeed's PipelineEngine (runtime/pipe/engine.py, schedule.py) running model/"),
+    "megatron-lm-2021": Engine(
+        "megatron-lm-2021", kernels="megatron", dropout=True, scatter_gather=True,
+        grad_accumulation_bytes=MEGATRON_FP16_ACCUMULATION_BYTES,
+        optimizer_extra_bytes=MEGATRON_OPTIMIZER_EXTRA_BYTES, dp_grad_bytes=2,
+        source="Megatron-LM as in Narayanan et al. 2021 (examples/sc21: fused kernels, default "
+               "dropout 0.1, scatter/gather on, synchronous tensor-parallel all-reduces)"),
+    "megatron-lm-2022": Engine(
+        "megatron-lm-2022", kernels="megatron", dropout=True, scatter_gather=True,
+        tp_backward_overlap=True, optimizer_extra_bytes=MEGATRON_OPTIMIZER_EXTRA_BYTES,
+        dp_grad_bytes=2,
+        source="Megatron-LM with sequence parallelism, Korthikanti et al. 2022 (megatron/mpu/"
+               "layers.py: backward collectives overlapped with the GEMMs; SP activations sent "
+               "already split, so nothing to scatter)"),
+    "megatron-deepspeed": Engine(
+        "megatron-deepspeed", kernels="megatron", dropout=True,
+        instruction_us=DEEPSPEED_INSTRUCTION_US, step_overhead_us=DEEPSPEED_STEP_OVERHEAD_US,
+        grad_accumulation_bytes=BF16_OPTIMIZER_ACCUMULATION_BYTES,
+        optimizer_extra_bytes=BF16_OPTIMIZER_EXTRA_BYTES, dp_grad_bytes=4,
+        source="Megatron-DeepSpeed (BLOOM, MT-NLG): Megatron's fused kernels under DeepSpeed's "
+               "PipelineEngine (blocking sends of the whole activation, no scatter/gather)"),
+    "metaseq": Engine(
+        "metaseq", kernels="megatron", dropout=True,
+        source="metaseq (OPT): FSDP with Megatron's tensor-parallel layers and fused kernels"),
+    "llama3": Engine(
+        "llama3", kernels="megatron", dropout=False, pipeline_sends="async",
+        source="Llama Team 2024, §3.3.2: asynchronous point-to-point in the pipeline; fused "
+               "attention; the fused kernel set is assumed (the report names no kernels)"),
+}
+DEFAULT_ENGINE = "deepspeed"
+
+
+def engine(name: str) -> Engine:
+    if name not in ENGINES:
+        raise ValueError(f"engine {name!r} is unknown; use one of {', '.join(ENGINES)}")
+    return ENGINES[name]
+
+
+def instructions_per_micro_batch(first: bool, last: bool, pp: int) -> int:
+    """DeepSpeed TrainSchedule instructions one stage runs per micro-batch: ForwardPass and
+    BackwardPass; LoadMicroBatch on the first and last stages (inputs, labels); RecvActivation and
+    SendGrad unless first, SendActivation and RecvGrad unless last."""
+    count = 2 + (1 if first or last else 0)
+    if pp > 1:
+        count += (0 if first else 2) + (0 if last else 2)
+    return count

@@ -1,0 +1,88 @@
+"""Time of one GEMM from its shape: tile and wave quantisation, a roofline against HBM.
+
+A GPU GEMM library splits C[m, n] into output tiles of tile_m x tile_n, one thread block per tile,
+one tile per SM at a time (NVIDIA, Matrix Multiplication Background User's Guide, 2023, §2.3, §3):
+
+  tile quantisation   m and n are padded up to whole tiles: ceil(m / tile_m) ceil(n / tile_n) tiles
+  wave quantisation   the tiles (times the batch) run in waves of sm_count:
+                      waves = ceil(tiles / sm_count)
+  useful fraction     q = m n batch / (waves sm_count tile_m tile_n)        (1 when both divide)
+
+The kernel then runs at the GPU's peak x matmul_efficiency (the Maximum Achievable Matmul FLOPS, a
+shape where q = 1) times q, unless reading A and B and writing C once each from HBM takes longer
+(the roofline; Williams et al. 2009):
+
+  t = max(executed FLOPs / (peak eff q),  elem_bytes (m k + k n + m n) batch / HBM bandwidth)
+
+The tile is taken in whichever orientation (tile_m x tile_n or tile_n x tile_m) wastes less, as
+the library's heuristic would. A device measured at a shape (GpuSpec.measured_gemm_tflops, from
+`llmlaunch validate`'s probe) is priced at its measured rate there instead. A CPU entry has no
+tile model (sm_count 0): q = 1.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+from .gemms import Gemm
+from .hardware import GpuSpec
+
+
+
+def useful_fraction(m: float, n: float, batch: int, tile_m: int, tile_n: int, sm_count: int) -> float:
+    """q = m n batch / (waves sm_count tile_m tile_n) for one tile orientation."""
+    tiles = math.ceil(m / tile_m) * math.ceil(n / tile_n) * batch
+    waves = math.ceil(tiles / sm_count)
+    return m * n * batch / (waves * sm_count * tile_m * tile_n)
+
+
+def quantisation(gemm: Gemm, gpu: GpuSpec) -> float:
+    """The better of the two tile orientations; 1 without a tile model."""
+    if not gpu.sm_count:
+        return 1.0
+    return max(useful_fraction(gemm.m, gemm.n, gemm.batch, gpu.gemm_tile_m, gpu.gemm_tile_n,
+                               gpu.sm_count),
+               useful_fraction(gemm.m, gemm.n, gemm.batch, gpu.gemm_tile_n, gpu.gemm_tile_m,
+                               gpu.sm_count))
+
+
+def compute_time_s(gemm: Gemm, gpu: GpuSpec) -> float:
+    """Executed FLOPs at peak x matmul_efficiency x the useful fraction."""
+    return gemm.executed_flops / (gpu.achievable_flops_per_s * quantisation(gemm, gpu))
+
+
+def memory_time_s(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
+    """Each operand read, the result written, once from/to HBM, at what a streaming kernel
+    sustains (GpuSpec.hbm_bytes_per_s)."""
+    return elem_bytes * gemm.operand_elements() / gpu.hbm_bytes_per_s
+
+
+@functools.lru_cache(maxsize=65536)
+def gemm_time_s(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
+    """Seconds of one GEMM: its measured rate if this device was measured at its shape, else the
+    larger of compute and memory time."""
+    measured = gpu.measured_tflops(gemm.shape) if gpu.measured_gemm_tflops else None
+    if measured:
+        return gemm.executed_flops / (measured * 1e12)
+    return max(compute_time_s(gemm, gpu), memory_time_s(gemm, gpu, elem_bytes))
+
+
+def gemm_efficiency(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
+    """Model FLOPs per second over the GPU's peak, for this shape."""
+    return gemm.flops / gemm_time_s(gemm, gpu, elem_bytes) / (gpu.peak_tflops * 1e12)
+
+
+def fitted_matmul_efficiency(measured_tflops: dict, gemms, gpu: GpuSpec, elem_bytes: int) -> float | None:
+    """The matmul_efficiency that reproduces measured rates ({shape: TFLOP/s}) of `gemms`: for each
+    GEMM the model calls compute-bound, measured / (peak x q); their median. None when no measured
+    GEMM is compute-bound (a run on a GPU fits the catalog figure this way: validate.json)."""
+    ratios = []
+    for g in gemms:
+        rate = measured_tflops.get(g.shape)
+        if rate and compute_time_s(g, gpu) >= memory_time_s(g, gpu, elem_bytes):
+            ratios.append(rate * 1e12 / (gpu.peak_tflops * 1e12 * quantisation(g, gpu)))
+    if not ratios:
+        return None
+    ratios.sort()
+    mid = len(ratios) // 2
+    return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2

@@ -1,0 +1,156 @@
+"""Every matrix multiply of a training step, with its shape after the tensor-parallel split.
+
+A GEMM C[m, n] = A[m, k] B[k, n] (`batch` independent ones at once) costs 2 m n k FLOPs per product.
+Per transformer block and TP rank, at micro-batch b, sequence s, T = b s tokens (Megatron-LM's
+column-parallel QKV and MLP-in, row-parallel out-projection and MLP-out; Shoeybi et al. 2019):
+
+  qkv               m = T,  n = (a d + 2 a_kv d) / t,  k = h
+  attention scores  m = s,  n = s_k,  k = d,    batch = b a / t     (Q K^T per query head)
+  attention values  m = s,  n = d,    k = s_k,  batch = b a / t     (P V)
+  out-proj          m = T,  n = h,    k = a d / t
+  mlp up (and gate) m = T,  n = f / t, k = h                         (gate only with SwiGLU)
+  mlp down          m = T,  n = h,    k = f / t
+  head              m = T,  n = V_p / t, k = h                       (last stage; V_p padded vocab)
+
+where s_k, the keys each query attends to, is read off flops.attention_core_flops_per_token (4 a d s_k
+FLOPs a token), so a change to how the attention core is counted (a sliding window) flows through.
+Backward has two GEMMs per forward one: the gradient of the first operand dA = dC B^T (m, k, n),
+"backward-data", and of the second dB = A^T dC (k, n, m), "backward-weight" (for the attention
+core both operands are activations; the names keep the shapes). Recomputation repeats forward
+GEMMs: all of a block's under full recompute, the attention core's under selective
+(Korthikanti et al. 2022).
+
+With gpt2, full recompute and V_p = V the FLOPs of this list sum to Narayanan et al. 2021 eq. (3)
+(tests/unit/test_gemms.py); with V_p > V they exceed it by the padding's head FLOPs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .flops import attention_core_flops_per_token
+from .model_spec import ModelSpec
+from .params import padded_vocab
+
+PHASES = ("forward", "backward-data", "backward-weight")
+ATTENTION_CORE = ("attention-scores", "attention-values")
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """One GEMM (or `batch` equal ones in one kernel) of one phase."""
+
+    name: str
+    m: float
+    n: float
+    k: float
+    batch: int = 1
+    phase: str = "forward"
+    executed: float = 1.0
+    """Fraction of the m n k products the kernel computes: a fused causal attention kernel skips
+    the masked upper triangle of the score matrix (1/2 at long sequences); 1 otherwise."""
+    on_chip: float = 0.0
+    """Elements per product of an operand that never reaches HBM: a fused attention kernel keeps
+    the s x s_k score (or probability) matrix and its gradient in on-chip memory."""
+
+    @property
+    def flops(self) -> float:
+        """2 m n k per product: the FLOPs the model counts."""
+        return 2.0 * self.m * self.n * self.k * self.batch
+
+    @property
+    def executed_flops(self) -> float:
+        return self.flops * self.executed
+
+    def operand_elements(self) -> float:
+        """Elements read and written once each: A (m k), B (k n), C (m n), per product, less what a
+    fused kernel keeps on chip."""
+        return (self.m * self.k + self.k * self.n + self.m * self.n - self.on_chip) * self.batch
+
+    @property
+    def shape(self) -> str:
+        """'MxNxK', or 'MxNxKxB' for a batch: the key a measured rate is stored under."""
+        dims = "x".join(str(int(round(v))) for v in (self.m, self.n, self.k))
+        return dims if self.batch == 1 else f"{dims}x{self.batch}"
+
+    def backward(self) -> tuple["Gemm", "Gemm"]:
+        """dA = dC B^T: (m, k, n); dB = A^T dC: (k, n, m)."""
+        data = replace(self, m=self.m, n=self.k, k=self.n, phase="backward-data")
+        weight = replace(self, m=self.k, n=self.n, k=self.m, phase="backward-weight")
+        return data, weight
+
+
+def attended_keys(spec: ModelSpec, seq_len: int) -> float:
+    """s_k: keys per query, from the attention core's FLOPs per token (4 a d s_k)."""
+    return attention_core_flops_per_token(spec, seq_len) / (4 * spec.heads * spec.head_dim)
+
+
+def block_forward_gemms(spec: ModelSpec, *, micro_batch: int, seq_len: int, tp: int,
+                        causal_skip: bool = False) -> tuple[Gemm, ...]:
+    """One block's forward GEMMs on one TP rank (table above). causal_skip: a fused attention
+    kernel (flash attention; Dao 2023) that skips the masked half of the causal scores and keeps
+    the score matrix on chip: each of its GEMMs, forward and backward, has one s x s_k operand
+    that never reaches HBM."""
+    s, b, t = seq_len, micro_batch, tp
+    tokens = b * s
+    q_width = spec.heads * spec.head_dim
+    keys = attended_keys(spec, s)
+    heads_local = b * spec.heads // t
+    executed, on_chip = (0.5, s * keys) if causal_skip else (1.0, 0.0)
+    gemms = [
+        Gemm("qkv", tokens, (q_width + 2 * spec.kv_hidden) / t, spec.hidden),
+        Gemm("attention-scores", s, keys, spec.head_dim, heads_local, executed=executed,
+             on_chip=on_chip),
+        Gemm("attention-values", s, spec.head_dim, keys, heads_local, executed=executed,
+             on_chip=on_chip),
+        Gemm("out-proj", tokens, spec.hidden, q_width / t),
+        Gemm("mlp-up", tokens, spec.ffn_hidden / t, spec.hidden),
+    ]
+    if spec.gated_mlp:
+        gemms.append(Gemm("mlp-gate", tokens, spec.ffn_hidden / t, spec.hidden))
+    gemms.append(Gemm("mlp-down", tokens, spec.hidden, spec.ffn_hidden / t))
+    return tuple(gemms)
+
+
+def head_forward_gemm(spec: ModelSpec, *, micro_batch: int, seq_len: int, tp: int) -> Gemm:
+    """The LM head on this rank's slice of the padded vocabulary (what the kernel computes)."""
+    return Gemm("head", micro_batch * seq_len, padded_vocab(spec.vocab, tp) / tp, spec.hidden)
+
+
+def with_backward(forward: tuple[Gemm, ...]) -> tuple[Gemm, ...]:
+    """Forward GEMMs followed by their backward-data and backward-weight GEMMs."""
+    return forward + tuple(g for f in forward for g in f.backward())
+
+
+def recomputed_gemms(forward: tuple[Gemm, ...], recompute: str) -> tuple[Gemm, ...]:
+    """Forward GEMMs run again in backward: all under full recompute, the attention core's under
+    selective, none otherwise."""
+    if recompute == "full":
+        return forward
+    if recompute == "selective":
+        return tuple(g for g in forward if g.name in ATTENTION_CORE)
+    return ()
+
+
+def block_gemms(spec: ModelSpec, *, micro_batch: int, seq_len: int, tp: int, recompute: str,
+                causal_skip: bool = False) -> tuple[Gemm, ...]:
+    """One block's GEMMs for one micro-batch: forward, backward, and what recompute repeats."""
+    forward = block_forward_gemms(spec, micro_batch=micro_batch, seq_len=seq_len, tp=tp,
+                                  causal_skip=causal_skip)
+    return with_backward(forward) + recomputed_gemms(forward, recompute)
+
+
+def stage_gemms(spec: ModelSpec, *, blocks: int, last: bool, micro_batch: int, seq_len: int,
+                tp: int, recompute: str, causal_skip: bool = False) -> list[tuple[Gemm, int]]:
+    """(GEMM, how many times) for one micro-batch on one GPU of a stage: every block's list, and
+    on the last stage the head (forward and backward; never recomputed)."""
+    out = [(g, blocks) for g in block_gemms(spec, micro_batch=micro_batch, seq_len=seq_len, tp=tp,
+                                            recompute=recompute, causal_skip=causal_skip)]
+    if last:
+        head = head_forward_gemm(spec, micro_batch=micro_batch, seq_len=seq_len, tp=tp)
+        out += [(g, 1) for g in with_backward((head,))]
+    return out
+
+
+def stage_gemm_flops(gemms: list[tuple[Gemm, int]]) -> float:
+    """Model FLOPs of a (GEMM, count) list."""
+    return sum(g.flops * count for g, count in gemms)

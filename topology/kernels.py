@@ -1,0 +1,127 @@
+"""Memory-bound kernels: the bytes each reads and writes per token, fused or not.
+
+Norms, activation functions, residual adds, dropout, the softmax of a materialised score matrix,
+RoPE and the cross-entropy do a few FLOPs per element: their time is the bytes they move over HBM
+bandwidth (the roofline's memory side). Which kernels run, and how many passes each makes, depends
+on the implementation, so each is listed per kernel set:
+
+- "megatron": Megatron-LM's fused kernels (Shoeybi et al. 2019; Narayanan et al. 2021, §4.2: fused
+  bias+GeLU, bias+dropout+add and scale+mask+softmax; apex's fused LayerNorm), which the published
+  Megatron-LM, Megatron-DeepSpeed and metaseq runs used. Each fused kernel reads its inputs and
+  writes its outputs once.
+- "eager": llmlaunch's model/ under PyTorch eager (model/layers.py, model/tp.py): every op one
+  kernel, counted op by op (HF-style RMSNorm and RoPE are several each).
+
+Per token and TP rank, with A bytes per activation element, h' = h (h/t under sequence
+parallelism) for the replicated ops, f' = f/t, q' = a d/t, kv' = a_kv d/t, a' = a/t heads attending
+to s_k keys each. A dropout mask is 1 byte per element. Bias-gradient reductions and the norms'
+per-token statistics are not counted (under 1/h of the rest).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .gemms import attended_keys
+from .model_spec import ModelSpec
+from .params import padded_vocab
+
+KERNEL_SETS = ("megatron", "eager")
+FP32 = 4
+MASK = 1
+
+
+@dataclass(frozen=True)
+class MemoryKernel:
+    """Bytes per token a kernel moves in forward and in backward; `core` marks the attention core
+    (what selective recompute runs again)."""
+
+    name: str
+    forward_bytes: float
+    backward_bytes: float
+    core: bool = False
+
+
+def _norm(spec: ModelSpec, width: float, kernels: str, act: int, name: str) -> MemoryKernel:
+    """LayerNorm (one kernel each way) or RMSNorm: fused, or HF's LlamaRMSNorm op by op in eager
+    mode (x.float(); pow; mean; x32 * rsqrt; .to(); weight *: 28 + 4A bytes an element forward,
+    60 + 8A backward)."""
+    if spec.arch == "llama" and kernels == "eager":
+        return MemoryKernel(name, (28 + 4 * act) * width, (60 + 8 * act) * width)
+    return MemoryKernel(name, 2 * act * width, 3 * act * width)
+
+
+def block_kernels(spec: ModelSpec, *, kernels: str, tp: int, seq_len: int, act: int,
+                  flash_attention: bool, dropout: bool,
+                  sequence_parallel: bool = False) -> tuple[MemoryKernel, ...]:
+    """One block's memory-bound kernels on one TP rank (bytes per token)."""
+    if kernels not in KERNEL_SETS:
+        raise ValueError(f"kernel set {kernels!r} is not one of {', '.join(KERNEL_SETS)}")
+    t = tp
+    h = spec.hidden / (t if sequence_parallel else 1)
+    f, q, kv = spec.ffn_hidden / t, spec.heads * spec.head_dim / t, spec.kv_hidden / t
+    scores = spec.heads / t * attended_keys(spec, seq_len)
+    out = [_norm(spec, h, kernels, act, "input-norm"), _norm(spec, h, kernels, act, "post-attention-norm"),
+           # the residual stream's two gradients (through the branch, around it) summed, twice
+           MemoryKernel("residual-grad-add", 0, 2 * 3 * act * h)]
+    if dropout:   # bias + dropout + residual add, fused (mask kept), after attention and after MLP
+        out.append(MemoryKernel("bias-dropout-add", 2 * (3 * act + MASK) * h, 2 * (2 * act + MASK) * h))
+    else:         # residual add (read 2, write 1); its gradient passes through
+        out.append(MemoryKernel("residual-add", 2 * 3 * act * h, 0))
+    if spec.gated_mlp:    # silu(gate) * up: fused (read 2f', write f'), or silu then mul
+        fused = kernels == "megatron"
+        out.append(MemoryKernel("swiglu", (3 if fused else 5) * act * f, (5 if fused else 13) * act * f))
+    else:                 # (bias +) GeLU: fused, or F.gelu after the GEMM's bias epilogue
+        out.append(MemoryKernel("gelu", 2 * act * f, 3 * act * f))
+    if spec.arch == "llama":   # RoPE on Q and K: one fused pass, or HF's mul/rotate_half/cat/mul/add
+        passes = 2 if kernels == "megatron" else 10
+        out.append(MemoryKernel("rope", passes * act * (q + kv), passes * act * (q + kv)))
+    # the attention context [b, a/t, s, d] -> [b, s, a d / t]: one copy
+    out.append(MemoryKernel("context-transpose", 2 * act * q, 0))
+    if not flash_attention:
+        # scale + mask + softmax of the a' s_k scores: one fused kernel, or SDPA's math path
+        # (scale q, add mask, softmax); backward reads probabilities and their gradient
+        fwd = 2 * act * scores if kernels == "megatron" else 4 * act * scores + 2 * act * q
+        bwd = 3 * act * scores if kernels == "megatron" else 5 * act * scores + 2 * act * q
+        out.append(MemoryKernel("softmax", fwd, bwd, core=True))
+        if dropout:
+            out.append(MemoryKernel("attention-dropout", (2 * act + MASK) * scores,
+                                    (2 * act + MASK) * scores, core=True))
+    return tuple(out)
+
+
+def block_kernel_bytes(kernels: tuple[MemoryKernel, ...], recompute: str) -> float:
+    """Bytes per token of one block: forward + backward, plus the forward again of what recompute
+    repeats (all of it under full, the attention core under selective)."""
+    total = sum(k.forward_bytes + k.backward_bytes for k in kernels)
+    if recompute == "full":
+        total += sum(k.forward_bytes for k in kernels)
+    elif recompute == "selective":
+        total += sum(k.forward_bytes for k in kernels if k.core)
+    return total
+
+
+def cross_entropy_bytes_per_token(spec: ModelSpec, *, kernels: str, tp: int, act: int) -> float:
+    """The vocab-parallel cross-entropy over this rank's V_p/t logits, in fp32 (both sets upcast).
+    Megatron-LM: .float() (A + 4), max (4), in-place subtract (8), exp (8), sum (4), divide (8);
+    backward multiply (8) and the cast back (4 + A). model/tp.py also masks the padding (8) and
+    subtracts and divides out of place, and clones the softmax in backward (8)."""
+    vocab = padded_vocab(spec.vocab, tp) / tp
+    per_element = (act + 36) + (act + 12) if kernels == "megatron" else (act + 44) + (act + 20)
+    return vocab * per_element
+
+
+def head_kernel_bytes(spec: ModelSpec, *, kernels: str, tp: int, act: int,
+                      sequence_parallel: bool = False) -> float:
+    """The last stage beyond its blocks: final norm, forward and backward, and the cross-entropy."""
+    h = spec.hidden / (tp if sequence_parallel else 1)
+    norm = _norm(spec, h, kernels, act, "final-norm")
+    return (norm.forward_bytes + norm.backward_bytes
+            + cross_entropy_bytes_per_token(spec, kernels=kernels, tp=tp, act=act))
+
+
+def embedding_kernel_bytes(spec: ModelSpec, *, act: int) -> float:
+    """The first stage: the token rows gathered (read and write h) and their gradient scattered
+    back (read and write h); learned positions add read 2h, write h forward and a read backward."""
+    h = spec.hidden
+    positions = 4 * act * h if spec.learned_positions else 0
+    return 4 * act * h + positions
