@@ -56,7 +56,25 @@ class GpuSpec:
     "MxNxKxB", launcher/device_probe.py): a GEMM of a measured shape is priced at its measured rate
     instead of the shape model (validate's CPU prediction)."""
 
+    allreduce_busbw: tuple = ()
+    """((bytes, GB/s), ...) ascending: NCCL all_reduce_perf bus bandwidth measured at each buffer
+    size among the GPUs of one node. A collective inside a node is priced at the bus bandwidth its
+    buffer reaches (step_time.bus_gb_per_s); empty: intra_node_gb_per_s and collective_latency_us."""
+    nccl_channels: int = 0
+    """Thread blocks (one SM each) NCCL's collective kernels occupy inside a node: what a GEMM running
+    beside an overlapped collective loses. 0: not known (the overlap is taken as free)."""
+
     def __post_init__(self):
+        curve = tuple((float(size), float(bw)) for size, bw in self.allreduce_busbw)
+        object.__setattr__(self, "allreduce_busbw", curve)
+        if any(bw <= 0 or size <= 0 for size, bw in curve) or any(
+                b[0] <= a[0] for a, b in zip(curve, curve[1:])):
+            raise ValueError(f"GPU {self.name}: allreduce_busbw must list (bytes, GB/s) pairs, both "
+                             f"positive, sizes ascending")
+        if isinstance(self.nccl_channels, bool) or not isinstance(self.nccl_channels, int) or not (
+                0 <= self.nccl_channels < max(self.sm_count, 1)):
+            raise ValueError(f"GPU {self.name}: nccl_channels must be an integer from 0 to below "
+                             f"sm_count, got {self.nccl_channels!r}")
         for field in ("memory_gib", "peak_tflops", "matmul_efficiency", "hbm_gb_per_s",
                       "intra_node_gb_per_s", "inter_node_gb_per_s", "tdp_watts"):
             value = getattr(self, field)

@@ -22,10 +22,14 @@ Model (each term a pure function below or in the module named):
                                plus the engine's fixed host time per step
 The engine (engines.py) says which kernels run, whether dropout does, how sends and collectives
 overlap, and what the pipeline interpreter costs the host.
-Collective costs follow the ring algorithms whose bus bandwidth NCCL reports (Thakur et al. 2005),
-with Hockney's alpha-beta cost per message: all-reduce takes 2 (n-1) steps and moves 2 (n-1)/n of the
-buffer per GPU, all-gather and reduce-scatter n-1 steps and (n-1)/n; a send is one message. Alpha is
-the device's collective_latency_us: it is what a small model's TP all-reduces and pipeline sends cost.
+Collective costs follow the ring algorithms whose bus bandwidth NCCL reports (Thakur et al. 2005):
+all-reduce moves 2 (n-1)/n of the buffer per GPU, all-gather and reduce-scatter (n-1)/n. Inside a
+node the bus bandwidth is the one measured for the collective's buffer size (GpuSpec.allreduce_busbw,
+nccl-tests' all_reduce_perf): a 48 MiB tensor-parallel all-reduce on 8 A100s reaches 157 GB/s, not the
+235 of a 16 GiB one. Without a measured curve, and across nodes, Hockney's alpha-beta cost per
+message: 2 (n-1) steps for an all-reduce, n-1 for the halves, a send one; alpha is the device's
+collective_latency_us. A collective overlapped with a GEMM (Megatron-LM 2022's backward) holds NCCL's
+channels' SMs while it runs, which the GEMM loses (overlapped_exposed_s).
 
 Host overhead: every framework op costs the host op_overhead_us (op_counts.py counts the ops of one
 micro-batch). On a GPU the host queues kernels ahead of the device, so a micro-batch takes the longer
@@ -35,6 +39,7 @@ regime).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 from .engines import DEFAULT_ENGINE, ENGINES, Engine, instructions_per_micro_batch
@@ -67,6 +72,57 @@ def allgather_time_s(nbytes: float, group_size: int, bus_gb_per_s: float,
         return 0.0
     n = group_size
     return (n - 1) * latency_s + (n - 1) / n * nbytes / (bus_gb_per_s * GB)
+
+
+def bus_gb_per_s(nbytes: float, curve: tuple) -> float:
+    """The bus bandwidth a collective of an nbytes buffer reaches, read off a measured curve
+    ((bytes, GB/s), ... ascending; GpuSpec.allreduce_busbw): between two measured sizes the
+    log of the bandwidth is linear in the log of the size; past the largest, its bandwidth; below
+    the smallest, that size's time (a latency-bound collective takes as long at any smaller size)."""
+    first_size, first_bw = curve[0]
+    if nbytes <= first_size:
+        return first_bw * nbytes / first_size
+    for (size_a, bw_a), (size_b, bw_b) in zip(curve, curve[1:]):
+        if nbytes <= size_b:
+            f = math.log(nbytes / size_a) / math.log(size_b / size_a)
+            return math.exp(math.log(bw_a) + f * (math.log(bw_b) - math.log(bw_a)))
+    return curve[-1][1]
+
+
+def node_collective_time_s(kind: str, nbytes: float, group_size: int, gpu: GpuSpec) -> float:
+    """An all-reduce, reduce-scatter or all-gather of an nbytes buffer among GPUs of one node. With
+    a measured curve (GpuSpec.allreduce_busbw) the ring's bytes, 2 (n-1)/n N for an all-reduce and
+    (n-1)/n N for each half, move at the bus bandwidth that buffer reaches (a ring all-reduce is a
+    reduce-scatter then an all-gather of the same buffer; the halves never above the ring bandwidth
+    intra_node_gb_per_s, which NVLink SHARP's all-reduce may pass); without one, the alpha-beta
+    ring of allreduce_time_s / allgather_time_s."""
+    if kind not in ("all-reduce", "reduce-scatter", "all-gather"):
+        raise ValueError(f"collective {kind!r} is not all-reduce, reduce-scatter or all-gather")
+    if group_size <= 1:
+        return 0.0
+    n = group_size
+    if not gpu.allreduce_busbw:
+        if kind == "all-reduce":
+            return allreduce_time_s(nbytes, n, gpu.intra_node_gb_per_s, gpu.collective_latency_s)
+        return allgather_time_s(nbytes, n, gpu.intra_node_gb_per_s, gpu.collective_latency_s)
+    bus = bus_gb_per_s(nbytes, gpu.allreduce_busbw)
+    if kind == "all-reduce":
+        return 2 * (n - 1) / n * nbytes / (bus * GB)
+    return (n - 1) / n * nbytes / (min(bus, gpu.intra_node_gb_per_s) * GB)
+
+
+def overlapped_exposed_s(comm_s: float, gemm_s: float, comm_sm_share: float) -> float:
+    """What a collective launched beside a GEMM adds to it. The collective's kernel holds
+    comm_sm_share of the SMs while it runs (NCCL's channels, one thread block on an SM each), so the
+    GEMM advances at 1 - comm_sm_share of its speed meanwhile: together they take
+    comm + max(0, gemm - comm (1 - share)), i.e. comm - min(gemm, comm (1 - share)) beyond the GEMM
+    alone. share 0: the overlap is free (what exceeds the GEMM shows)."""
+    return comm_s - min(gemm_s, comm_s * (1.0 - comm_sm_share))
+
+
+def comm_sm_share(gpu: GpuSpec) -> float:
+    """Fraction of the SMs NCCL's kernel occupies (GpuSpec.nccl_channels / sm_count); 0 unknown."""
+    return gpu.nccl_channels / gpu.sm_count if gpu.nccl_channels and gpu.sm_count else 0.0
 
 
 def p2p_time_s(nbytes: float, gb_per_s: float, latency_s: float = 0.0) -> float:
@@ -128,29 +184,41 @@ def tp_collective_time_s(*, blocks: int, first: bool, last: bool, tp: int, token
     backward the row-parallel layers all-gather their output gradient. With `overlap` (Megatron-LM
     2022) the column-parallel layers' backward collectives run beside GEMMs: the input-gradient
     all-reduce (SP: reduce-scatter) during the weight-gradient GEMM, and under SP the input's
-    all-gather, re-run in backward, during the input-gradient GEMM; only what exceeds the GEMM
-    shows. overlap_s: the (QKV data, QKV weight, MLP-in data, MLP-in weight) backward GEMM times.
-    The first stage's vocab-parallel embedding reduces its output (SP: reduce-scatter); the last
-    stage's head all-reduces its input gradient and the cross-entropy three fp32 [T] vectors."""
+    all-gather, re-run in backward, during the input-gradient GEMM; each adds what
+    overlapped_exposed_s says (NCCL's SMs taken from the GEMM). overlap_s: the (QKV data, QKV
+    weight, MLP-in data, MLP-in weight) backward GEMM times. Inside a node each collective is priced
+    at the bus bandwidth its buffer reaches (node_collective_time_s); across nodes at
+    inter_node_gb_per_s. The first stage's vocab-parallel embedding reduces its output (SP:
+    reduce-scatter); the last stage's head all-reduces its input gradient and the cross-entropy
+    three fp32 [T] vectors."""
     if tp <= 1:
         return 0.0
-    bw = gpu.inter_node_gb_per_s if spans_nodes else gpu.intra_node_gb_per_s
-    alpha = gpu.collective_latency_s
+
+    def collective(kind: str, nbytes: float) -> float:
+        if spans_nodes:
+            alpha = gpu.collective_latency_s
+            if kind == "all-reduce":
+                return allreduce_time_s(nbytes, tp, gpu.inter_node_gb_per_s, alpha)
+            return allgather_time_s(nbytes, tp, gpu.inter_node_gb_per_s, alpha)
+        return node_collective_time_s(kind, nbytes, tp, gpu)
+
     message = tokens * hidden * act
-    allreduce = allreduce_time_s(message, tp, bw, alpha)
-    half = allgather_time_s(message, tp, bw, alpha)       # one reduce-scatter or all-gather
+    allreduce = collective("all-reduce", message)
+    half = collective("all-gather", message)       # one reduce-scatter or all-gather
+    share = comm_sm_share(gpu)
     qkv_weight, mlp_weight = overlap_s[1], overlap_s[3]
     if sequence_parallel:
         forward = 4 * half
         backward = 2 * half
         if overlap:
-            backward += sum(max(0.0, half - g) for g in overlap_s)
+            backward += sum(overlapped_exposed_s(half, g, share) for g in overlap_s)
         else:
             backward += 2 * half
     else:
         forward = 2 * allreduce
         if overlap:
-            backward = max(0.0, allreduce - qkv_weight) + max(0.0, allreduce - mlp_weight)
+            backward = (overlapped_exposed_s(allreduce, qkv_weight, share)
+                        + overlapped_exposed_s(allreduce, mlp_weight, share))
         else:
             backward = 2 * allreduce
     per_block = forward + backward + (forward if recompute == "full" else 0.0)
@@ -159,7 +227,7 @@ def tp_collective_time_s(*, blocks: int, first: bool, last: bool, tp: int, token
         total += half if sequence_parallel else allreduce
     if last:
         total += (half if sequence_parallel else allreduce)
-        total += 3 * allreduce_time_s(tokens * FP32_BYTES, tp, bw, alpha)
+        total += 3 * collective("all-reduce", tokens * FP32_BYTES)
     return total
 
 
@@ -170,7 +238,7 @@ def pipeline_send_time_s(*, first: bool, last: bool, pp: int, tp: int, tokens: i
     gradient sent back, except past the ends; each of v interleaved chunks sends its own
     (Narayanan et al. 2021, Section 2.2.2). The message is T h A bytes, T h A / t under SP
     (already split). Megatron-LM's scatter/gather (§4.1) sends 1/t of it from each tensor rank and
-    all-gathers it over NVLink. Blocking engines wait for it; asynchronous ones hide it."""
+    all-gathers it over NVLink (node_collective_time_s). Blocking engines wait for it; asynchronous ones hide it."""
     if pp <= 1 or engine.pipeline_sends == "async":
         return 0.0
     sends = ((0 if last else 1) + (0 if first else 1)) if virtual_stages == 1 else 2 * virtual_stages
@@ -181,7 +249,7 @@ def pipeline_send_time_s(*, first: bool, last: bool, pp: int, tp: int, tokens: i
         one = p2p_time_s(message / tp, pp_bw, alpha)
     elif engine.scatter_gather and tp > 1:
         one = (p2p_time_s(message / tp, pp_bw, alpha)
-               + allgather_time_s(message, tp, gpu.intra_node_gb_per_s, alpha))
+               + node_collective_time_s("all-gather", message, tp, gpu))
     else:
         one = p2p_time_s(message, pp_bw, alpha)
     return sends * one
