@@ -14,9 +14,11 @@ under each:
   SP the input's all-gather is re-run during the input-gradient GEMM (Megatron-LM's
   LinearWithGradAccumulationAndAsyncCommunication, megatron/mpu/layers.py, 2022; absent from the
   2021 code of Narayanan et al.).
-- kernels: the memory-bound kernel set (topology/kernels.py); dropout: the recipe's dropout (0.1 on
-  attention probabilities and after attention and MLP in GPT-3-era runs; none in llmlaunch's model
-  and in Llama 3).
+- kernels: the memory-bound kernel set (topology/kernels.py: Megatron-LM's 2021 kernels, which
+  Megatron-DeepSpeed and metaseq (metaseq/modules/apex/layer_norm_cuda_kernel.cu) share, its 2022
+  ones with the persistent LayerNorm, the generic fused set, or model/'s eager ops); dropout: the
+  recipe's dropout (0.1 on the embeddings, the attention probabilities and after attention and MLP
+  in GPT-3-era runs; none in llmlaunch's model and in Llama 3).
 - instruction_us, step_overhead_us: DeepSpeed's PipelineEngine interprets a schedule of
   instructions (LoadMicroBatch, ForwardPass, BackwardPass, Send/RecvActivation, Send/RecvGrad) in
   Python, `instructions_per_micro_batch` of them, and ends each step with its own bookkeeping. Both
@@ -82,27 +84,27 @@ ENGINES = {
         optimizer_extra_bytes=BF16_OPTIMIZER_EXTRA_BYTES,
         source="DeepSpeed's PipelineEngine (runtime/pipe/engine.py, schedule.py) running model/"),
     "megatron-lm-2021": Engine(
-        "megatron-lm-2021", kernels="megatron", dropout=True, scatter_gather=True,
+        "megatron-lm-2021", kernels="megatron-2021", dropout=True, scatter_gather=True,
         grad_accumulation_bytes=MEGATRON_FP16_ACCUMULATION_BYTES,
         optimizer_extra_bytes=MEGATRON_OPTIMIZER_EXTRA_BYTES, dp_grad_bytes=2,
         source="Megatron-LM as in Narayanan et al. 2021 (examples/sc21: fused kernels, default "
                "dropout 0.1, scatter/gather on, synchronous tensor-parallel all-reduces)"),
     "megatron-lm-2022": Engine(
-        "megatron-lm-2022", kernels="megatron", dropout=True, scatter_gather=True,
+        "megatron-lm-2022", kernels="megatron-2022", dropout=True, scatter_gather=True,
         tp_backward_overlap=True, optimizer_extra_bytes=MEGATRON_OPTIMIZER_EXTRA_BYTES,
         dp_grad_bytes=2,
         source="Megatron-LM with sequence parallelism, Korthikanti et al. 2022 (megatron/mpu/"
                "layers.py: backward collectives overlapped with the GEMMs; SP activations sent "
                "already split, so nothing to scatter)"),
     "megatron-deepspeed": Engine(
-        "megatron-deepspeed", kernels="megatron", dropout=True,
+        "megatron-deepspeed", kernels="megatron-2021", dropout=True,
         instruction_us=DEEPSPEED_INSTRUCTION_US, step_overhead_us=DEEPSPEED_STEP_OVERHEAD_US,
         grad_accumulation_bytes=BF16_OPTIMIZER_ACCUMULATION_BYTES,
         optimizer_extra_bytes=BF16_OPTIMIZER_EXTRA_BYTES, dp_grad_bytes=4,
         source="Megatron-DeepSpeed (BLOOM, MT-NLG): Megatron's fused kernels under DeepSpeed's "
                "PipelineEngine (blocking sends of the whole activation, no scatter/gather)"),
     "metaseq": Engine(
-        "metaseq", kernels="megatron", dropout=True,
+        "metaseq", kernels="megatron-2021", dropout=True,
         source="metaseq (OPT): FSDP with Megatron's tensor-parallel layers and fused kernels"),
     "llama3": Engine(
         "llama3", kernels="megatron", dropout=False, pipeline_sends="async",

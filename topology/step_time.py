@@ -285,7 +285,7 @@ def _stage_parts(spec: ModelSpec, gpu: GpuSpec, precision: Precision, blocks: in
                             sequence_parallel=sequence_parallel)
     per_token = blocks * block_kernel_bytes(kernels, recompute)
     if first:
-        per_token += embedding_kernel_bytes(spec, act=act)
+        per_token += embedding_kernel_bytes(spec, act=act, dropout=engine.dropout)
     if last:
         per_token += head_kernel_bytes(spec, kernels=engine.kernels, tp=tp, act=act,
                                        sequence_parallel=sequence_parallel)

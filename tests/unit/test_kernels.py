@@ -65,7 +65,37 @@ def test_cross_entropy_and_head():
     assert head_kernel_bytes(TINY, kernels="megatron", tp=1, act=2) == 128 * 52 + 80
 
 
+def test_megatron_2021_and_2022_kernels_by_hand():
+    """gpt2 (QKV, out-projection and MLP biases), h = 8, f = 32, q' = 8, A = 2, t = 1. 2021: the
+    fused LayerNorm's backward reads x and dy in its weight-gradient kernel and again in its
+    input-gradient kernel and writes dx: 5Ah (80); QKV's bias added after the GEMM (read, write
+    3q' = 24: 96) and its gradient summed (48); the MLP-in, out-projection and MLP-out bias
+    gradients read f + 2h = 48 gradients (96); the Q, K, V gradients concatenated (read and write
+    24: 96). 2022: the persistent LayerNorm's one pass, 3Ah (48), the rest as 2021. The embeddings'
+    dropout: 2 (2A + 1) h = 80 more on the first stage."""
+    from llmlaunch.topology.kernels import embedding_kernel_bytes
+
+    old, new = kernels(kernels="megatron-2021"), kernels(kernels="megatron-2022")
+    assert (old["input-norm"].forward_bytes, old["input-norm"].backward_bytes) == (32, 80)
+    assert (new["input-norm"].forward_bytes, new["input-norm"].backward_bytes) == (32, 48)
+    for ks in (old, new):
+        assert (ks["qkv-bias"].forward_bytes, ks["qkv-bias"].backward_bytes) == (96, 48)
+        assert (ks["bias-grads"].forward_bytes, ks["bias-grads"].backward_bytes) == (0, 96)
+        assert (ks["qkv-grad-concat"].forward_bytes, ks["qkv-grad-concat"].backward_bytes) == (0, 96)
+    assert "qkv-bias" not in kernels() and "bias-grads" not in kernels()
+    base = {n: k for n, k in old.items() if n not in ("qkv-bias", "bias-grads", "qkv-grad-concat")}
+    fused = kernels()
+    assert all(base[n] == fused[n] for n in fused if "norm" not in n)
+    assert embedding_kernel_bytes(TINY, act=2, dropout=True) - embedding_kernel_bytes(TINY, act=2) == 80
+    # llama has no biases and RMSNorm: the 2021 set adds only the QKV gradient concatenation
+    spec = ModelSpec(arch="llama", layers=1, hidden=8, heads=2, kv_heads=1, vocab=10, seq_len=4)
+    args = dict(tp=1, seq_len=4, act=2, flash_attention=True, dropout=False)
+    llama = {k.name: k for k in block_kernels(spec, kernels="megatron-2021", **args)}
+    assert "qkv-bias" not in llama and "bias-grads" not in llama
+    assert llama["input-norm"].backward_bytes == 48 and llama["qkv-grad-concat"].backward_bytes == 64
+
+
 def test_unknown_kernel_set_is_one_line():
-    with pytest.raises(ValueError, match="kernel set 'xla' is not one of megatron, eager"):
+    with pytest.raises(ValueError, match="kernel set 'xla' is not one of megatron-2021, megatron-2022, megatron, eager"):
         block_kernels(TINY, kernels="xla", tp=1, seq_len=4, act=2, flash_attention=True,
                       dropout=False)
