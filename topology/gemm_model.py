@@ -14,6 +14,19 @@ shape where q = 1) times q, unless reading A and B and writing C once each from 
 
   t = max(executed FLOPs / (peak eff q),  elem_bytes (m k + k n + m n) batch / HBM bandwidth)
 
+On a GPU whose GEMM kernels write C after their main loop (GpuSpec.gemm_serial_epilogue: Ampere's
+cuBLAS/CUTLASS kernels, where "the epilogue is a separate phase" after the software-pipelined main
+loop that overlaps the A and B loads with the math, NVIDIA CUTLASS media/docs/cpp/efficient_gemm.md;
+a 256 x 128 tile's registers leave one thread block per SM, so no other block hides it) the store
+of C adds to the main loop instead of hiding under it:
+
+  t = max(executed FLOPs / (peak eff q),  elem_bytes (m k + k n) batch / HBM bandwidth)
+      + elem_bytes m n batch / HBM bandwidth
+
+Hopper's warp-specialised ping-pong kernels overlap one tile's epilogue with another's math (the
+same document), so there the roofline's max holds. A fused kernel that keeps an operand on chip
+(flash attention: Gemm.on_chip) is not a library GEMM: the roofline's max.
+
 The tile is taken in whichever orientation (tile_m x tile_n or tile_n x tile_m) wastes less, as
 the library's heuristic would. A device measured at a shape (GpuSpec.measured_gemm_tflops, from
 `llmlaunch validate`'s probe) is priced at its measured rate there instead. A CPU entry has no
@@ -57,6 +70,27 @@ def memory_time_s(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
     return elem_bytes * gemm.operand_elements() / gpu.hbm_bytes_per_s
 
 
+def store_time_s(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
+    """C written once to HBM: elem_bytes m n batch / HBM bandwidth."""
+    return elem_bytes * gemm.m * gemm.n * gemm.batch / gpu.hbm_bytes_per_s
+
+
+def serial_epilogue(gemm: Gemm, gpu: GpuSpec) -> bool:
+    """The library GEMM writes C after its main loop (GpuSpec.gemm_serial_epilogue; not a fused
+    kernel keeping an operand on chip)."""
+    return gpu.gemm_serial_epilogue and not gemm.on_chip
+
+
+def model_time_s(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
+    """The shape model's time (module docstring): the roofline's max of compute and memory, or with
+    a serial epilogue the max of compute and the A, B loads, plus the C store."""
+    if serial_epilogue(gemm, gpu):
+        store = store_time_s(gemm, gpu, elem_bytes)
+        loads = memory_time_s(gemm, gpu, elem_bytes) - store
+        return max(compute_time_s(gemm, gpu), loads) + store
+    return max(compute_time_s(gemm, gpu), memory_time_s(gemm, gpu, elem_bytes))
+
+
 @functools.lru_cache(maxsize=65536)
 def gemm_time_s(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
     """Seconds of one GEMM: its measured rate if this device was measured at its shape, else the
@@ -64,7 +98,7 @@ def gemm_time_s(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
     measured = gpu.measured_tflops(gemm.shape) if gpu.measured_gemm_tflops else None
     if measured:
         return gemm.executed_flops / (measured * 1e12)
-    return max(compute_time_s(gemm, gpu), memory_time_s(gemm, gpu, elem_bytes))
+    return model_time_s(gemm, gpu, elem_bytes)
 
 
 def gemm_efficiency(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
@@ -72,15 +106,28 @@ def gemm_efficiency(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
     return gemm.flops / gemm_time_s(gemm, gpu, elem_bytes) / (gpu.peak_tflops * 1e12)
 
 
+def matmul_efficiency_from(flops: float, seconds: float, gemm: Gemm, gpu: GpuSpec,
+                           elem_bytes: int) -> float:
+    """The matmul_efficiency with which a compute-bound GEMM of this shape takes `seconds`:
+    flops / (peak q (seconds - the C store when the epilogue is serial)). How the catalog turns the
+    MAMF measurement at its best shape into its figure, and validate a measured rate."""
+    main_loop = seconds - (store_time_s(gemm, gpu, elem_bytes) if serial_epilogue(gemm, gpu) else 0.0)
+    return flops / (gpu.peak_tflops * 1e12 * quantisation(gemm, gpu) * main_loop)
+
+
 def fitted_matmul_efficiency(measured_tflops: dict, gemms, gpu: GpuSpec, elem_bytes: int) -> float | None:
     """The matmul_efficiency that reproduces measured rates ({shape: TFLOP/s}) of `gemms`: for each
-    GEMM the model calls compute-bound, measured / (peak x q); their median. None when no measured
-    GEMM is compute-bound (a run on a GPU fits the catalog figure this way: validate.json)."""
+    GEMM the model calls compute-bound, matmul_efficiency_from its measured time; their median. None
+    when no measured GEMM is compute-bound (a run on a GPU fits the catalog figure this way:
+    validate.json)."""
     ratios = []
     for g in gemms:
         rate = measured_tflops.get(g.shape)
-        if rate and compute_time_s(g, gpu) >= memory_time_s(g, gpu, elem_bytes):
-            ratios.append(rate * 1e12 / (gpu.peak_tflops * 1e12 * quantisation(g, gpu)))
+        loads = memory_time_s(g, gpu, elem_bytes) - (
+            store_time_s(g, gpu, elem_bytes) if serial_epilogue(g, gpu) else 0.0)
+        if rate and compute_time_s(g, gpu) >= loads:
+            ratios.append(matmul_efficiency_from(g.executed_flops, g.executed_flops / (rate * 1e12),
+                                                 g, gpu, elem_bytes))
     if not ratios:
         return None
     ratios.sort()

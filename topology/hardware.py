@@ -56,6 +56,9 @@ class GpuSpec:
     "MxNxKxB", launcher/device_probe.py): a GEMM of a measured shape is priced at its measured rate
     instead of the shape model (validate's CPU prediction)."""
 
+    gemm_serial_epilogue: bool = False
+    """The GEMM kernels write C after their main loop, not under it (Ampere's cuBLAS/CUTLASS
+    kernels; topology/gemm_model.py): the C store adds to the GEMM's time."""
     allreduce_busbw: tuple = ()
     """((bytes, GB/s), ...) ascending: NCCL all_reduce_perf bus bandwidth measured at each buffer
     size among the GPUs of one node. A collective inside a node is priced at the bus bandwidth its
