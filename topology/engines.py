@@ -73,6 +73,9 @@ class Engine:
     gradient copies, unscaling, the norm for clipping, the low-precision copy, zeroing."""
     dp_grad_bytes: int = 0
     """Bytes per gradient element the data-parallel reduction sends (0: the precision's)."""
+    score_bias: bool = False
+    """The attention scores start from a materialised bias (ALiBi in Megatron-DeepSpeed:
+    kernels.block_kernels' score-bias)."""
     source: str = ""
 
 
@@ -103,6 +106,14 @@ ENGINES = {
         optimizer_extra_bytes=BF16_OPTIMIZER_EXTRA_BYTES, dp_grad_bytes=4,
         source="Megatron-DeepSpeed (BLOOM, MT-NLG): Megatron's fused kernels under DeepSpeed's "
                "PipelineEngine (blocking sends of the whole activation, no scatter/gather)"),
+    "megatron-deepspeed-alibi": Engine(
+        "megatron-deepspeed-alibi", kernels="megatron-2021", dropout=True,
+        instruction_us=DEEPSPEED_INSTRUCTION_US, step_overhead_us=DEEPSPEED_STEP_OVERHEAD_US,
+        grad_accumulation_bytes=BF16_OPTIMIZER_ACCUMULATION_BYTES,
+        optimizer_extra_bytes=BF16_OPTIMIZER_EXTRA_BYTES, dp_grad_bytes=4, score_bias=True,
+        source="Megatron-DeepSpeed as BLOOM ran it (bigscience-workshop/Megatron-DeepSpeed "
+               "megatron/model/transformer.py): as megatron-deepspeed, with ALiBi's bias as the "
+               "scores' starting value, torch.baddbmm(alibi, q, k^T, beta=1 or 1/layer)"),
     "metaseq": Engine(
         "metaseq", kernels="megatron-2021", dropout=True,
         source="metaseq (OPT): FSDP with Megatron's tensor-parallel layers and fused kernels"),

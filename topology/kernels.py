@@ -94,9 +94,12 @@ def _norm(spec: ModelSpec, width: float, ks: KernelSet, act: int, name: str) -> 
 
 
 def block_kernels(spec: ModelSpec, *, kernels: str, tp: int, seq_len: int, act: int,
-                  flash_attention: bool, dropout: bool,
-                  sequence_parallel: bool = False) -> tuple[MemoryKernel, ...]:
-    """One block's memory-bound kernels on one TP rank (bytes per token)."""
+                  flash_attention: bool, dropout: bool, sequence_parallel: bool = False,
+                  score_bias: bool = False) -> tuple[MemoryKernel, ...]:
+    """One block's memory-bound kernels on one TP rank (bytes per token). score_bias: the scores
+    GEMM accumulates onto a materialised bias (Megatron-DeepSpeed's ALiBi, baddbmm(alibi, q, k,
+    beta=1): PyTorch first copies the broadcast bias into the [b a', s, s_k] result, write A, and
+    the GEMM reads it back, read A, per score)."""
     ks = kernel_set(kernels)
     t = tp
     h = spec.hidden / (t if sequence_parallel else 1)
@@ -132,6 +135,8 @@ def block_kernels(spec: ModelSpec, *, kernels: str, tp: int, seq_len: int, act: 
         fwd = 2 * act * scores if ks.fused else 4 * act * scores + 2 * act * q
         bwd = 3 * act * scores if ks.fused else 5 * act * scores + 2 * act * q
         out.append(MemoryKernel("softmax", fwd, bwd, core=True))
+        if score_bias:
+            out.append(MemoryKernel("score-bias", 2 * act * scores, 0, core=True))
         if dropout:
             out.append(MemoryKernel("attention-dropout", (2 * act + MASK) * scores,
                                     (2 * act + MASK) * scores, core=True))

@@ -282,7 +282,7 @@ def _stage_parts(spec: ModelSpec, gpu: GpuSpec, precision: Precision, blocks: in
     # memory-bound kernels (kernels.py)
     kernels = block_kernels(spec, kernels=engine.kernels, tp=tp, seq_len=seq_len, act=act,
                             flash_attention=flash_attention, dropout=engine.dropout,
-                            sequence_parallel=sequence_parallel)
+                            sequence_parallel=sequence_parallel, score_bias=engine.score_bias)
     per_token = blocks * block_kernel_bytes(kernels, recompute)
     if first:
         per_token += embedding_kernel_bytes(spec, act=act, dropout=engine.dropout)

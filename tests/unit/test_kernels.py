@@ -95,6 +95,19 @@ def test_megatron_2021_and_2022_kernels_by_hand():
     assert llama["input-norm"].backward_bytes == 48 and llama["qkv-grad-concat"].backward_bytes == 64
 
 
+def test_alibi_bias_copied_into_and_read_from_the_scores():
+    """Megatron-DeepSpeed's ALiBi: baddbmm(alibi, q, k^T, beta=1) writes the broadcast bias into the
+    2 x 4 scores (A = 2) and the GEMM reads it back: 2A x 8 = 32 bytes a token forward, none
+    backward; part of the attention core (selective recompute repeats it); none with flash."""
+    from llmlaunch.topology.engines import ENGINES
+
+    ks = kernels(kernels="megatron-2021", score_bias=True)
+    assert (ks["score-bias"].forward_bytes, ks["score-bias"].backward_bytes) == (32, 0)
+    assert ks["score-bias"].core
+    assert "score-bias" not in kernels(kernels="megatron-2021", score_bias=True, flash_attention=True)
+    assert ENGINES["megatron-deepspeed-alibi"].score_bias and not ENGINES["megatron-deepspeed"].score_bias
+
+
 def test_unknown_kernel_set_is_one_line():
     with pytest.raises(ValueError, match="kernel set 'xla' is not one of megatron-2021, megatron-2022, megatron, eager"):
         block_kernels(TINY, kernels="xla", tp=1, seq_len=4, act=2, flash_attention=True,
