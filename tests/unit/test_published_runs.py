@@ -51,9 +51,13 @@ def test_summary_and_correlation_hand_values():
 
 
 def test_fully_sourced_rows_stay_where_docs_validation_says():
-    """A regression guard on the table docs/validation.md shows: the fully sourced rows' MAPE. The
-    issue's target (8%) is not met: the shape model with sourced constants overestimates every
-    Megatron-LM row (docs/validation.md says by how much and what would close it)."""
-    errors = [error(r, evaluate_run(r)) for r in RUNS if fully_sourced(r)]
+    """A regression guard on the table docs/validation.md shows: the fully sourced rows' MAPE,
+    worst error and correlation of error with width. The issue's MAPE target (8%) is not met; every
+    row is within 20% and the error is uncorrelated with width (docs/validation.md says what is
+    still missing)."""
+    runs = [r for r in RUNS if fully_sourced(r)]
+    errors = [error(r, evaluate_run(r)) for r in runs]
     assert len(errors) >= 19
-    assert summary(errors)["mape"] < 0.17
+    s = summary(errors)
+    assert s["mape"] < 0.09 and abs(s["worst"]) < 0.15
+    assert abs(pearson([r["model"]["hidden"] for r in runs], errors)) < 0.3
