@@ -46,9 +46,12 @@ BF16_OPTIMIZER_EXTRA_BYTES = 12
 # default for bf16). Its Float16OptimizerWithFloat16Params.step (megatron/optimizer/optimizer.py):
 # copy grads to fp32 (2 + 4), unscale and check for inf (4 + 4), the norm for clipping (4), Adam,
 # copy the fp32 weights to the fp16 model (4, the write of 2 counted in AdamW's), zero the buffer
-# (2): 24 beyond AdamW's 30. Gradients are all-reduced in fp16 (2 bytes). From 2022 the
-# weight-gradient GEMM accumulates into main_grad itself (--gradient-accumulation-fusion, the
-# default; apex fused_dense wgrad_gemm_accum_fp32 in megatron/mpu/layers.py): no separate pass.
+# (2): 24 beyond AdamW's 30. Gradients are all-reduced in fp16 (2 bytes). Megatron-LM 2022
+# (megatron/mpu/layers.py, megatron/arguments.py) fuses the accumulation into the weight-gradient
+# GEMM (apex fused_dense wgrad_gemm_accum_fp32) only with fp32 accumulation: arguments.py switches
+# --gradient-accumulation-fusion off otherwise, so an fp16 run keeps the 6-byte add; fused, the
+# GEMM's epilogue reads and writes the fp32 main_grad (4 + 4) where the GEMM model counts a 2-byte
+# write: 6 more bytes either way.
 MEGATRON_FP16_ACCUMULATION_BYTES = 6
 MEGATRON_OPTIMIZER_EXTRA_BYTES = 24
 
@@ -66,8 +69,8 @@ class Engine:
     step_overhead_us: float = 0.0
     """Host time per step the engine spends besides the micro-batches (its step-end bookkeeping)."""
     grad_accumulation_bytes: float = 0.0
-    """Bytes per local parameter each micro-batch's gradient accumulation moves outside the GEMMs
-    (0: folded into the weight-gradient GEMM, or nothing stated)."""
+    """Bytes per local parameter each micro-batch's gradient accumulation moves beyond the
+    weight-gradient GEMM's own write of its result (0: nothing stated)."""
     optimizer_extra_bytes: float = 0.0
     """Bytes per local parameter the optimizer step moves beyond AdamW's own (step_time.py):
     gradient copies, unscaling, the norm for clipping, the low-precision copy, zeroing."""
@@ -94,8 +97,8 @@ ENGINES = {
                "dropout 0.1, scatter/gather on, synchronous tensor-parallel all-reduces)"),
     "megatron-lm-2022": Engine(
         "megatron-lm-2022", kernels="megatron-2022", dropout=True, scatter_gather=True,
-        tp_backward_overlap=True, optimizer_extra_bytes=MEGATRON_OPTIMIZER_EXTRA_BYTES,
-        dp_grad_bytes=2,
+        tp_backward_overlap=True, grad_accumulation_bytes=MEGATRON_FP16_ACCUMULATION_BYTES,
+        optimizer_extra_bytes=MEGATRON_OPTIMIZER_EXTRA_BYTES, dp_grad_bytes=2,
         source="Megatron-LM with sequence parallelism, Korthikanti et al. 2022 (megatron/mpu/"
                "layers.py: backward collectives overlapped with the GEMMs; SP activations sent "
                "already split, so nothing to scatter)"),

@@ -195,14 +195,15 @@ def test_tensor_parallel_backward_overlaps_the_gemms_it_can():
 
 def test_gradient_accumulation_and_optimizer_passes_per_engine():
     """DeepSpeed's BF16_Optimizer moves 20 bytes a parameter each micro-batch and 12 more at the
-    step; Megatron-LM 2021's fp16 local DDP 6 and 24; fp32 autograd accumulation 12."""
+    step; Megatron-LM 2021's fp16 local DDP 6 and 24 (2022's too); fp32 autograd accumulation 12."""
     from llmlaunch.topology.engines import ENGINES
     from llmlaunch.topology.memory import PRECISIONS
     from llmlaunch.topology.step_time import grad_accumulation_bytes, optimizer_time_s
 
     assert grad_accumulation_bytes(ENGINES["deepspeed"], PRECISIONS["bf16"]) == 20
     assert grad_accumulation_bytes(ENGINES["megatron-lm-2021"], PRECISIONS["bf16-megatron"]) == 6
-    assert grad_accumulation_bytes(ENGINES["megatron-lm-2022"], PRECISIONS["bf16-megatron"]) == 0
+    # 2022: fp16 keeps the add; fused (fp32 accumulation) the epilogue reads and writes fp32: +6
+    assert grad_accumulation_bytes(ENGINES["megatron-lm-2022"], PRECISIONS["bf16-megatron"]) == 6
     assert grad_accumulation_bytes(ENGINES["deepspeed"], PRECISIONS["fp32"]) == 12
     # AdamW with fp32 master: 24 (master, m, v read and written) + 4 (grad) + 2 (bf16 copy) = 30
     assert optimizer_time_s(1e9, PRECISIONS["bf16"], 1e12) == pytest.approx(0.030)
