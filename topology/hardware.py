@@ -161,8 +161,9 @@ def host_memory_gib() -> float:
 
 
 def gpu(name: str, measure: bool = False, **overrides) -> GpuSpec:
-    """The catalog entry `name` with any figure replaced by a non-None override. A lookup has no side
-    effects: only with measure=True does an entry describing this host (`cpu`) read its memory and
+    """The catalog entry `name` with any figure replaced by a non-None override (overriding
+    intra_node_gb_per_s drops the catalog's measured allreduce_busbw curve: collectives inside a
+    node then take the given bandwidth). A lookup has no side effects: only with measure=True does an entry describing this host (`cpu`) read its memory and
     time a GEMM (overrides still win)."""
     table = _catalog()
     key = name.lower()
@@ -175,7 +176,10 @@ def gpu(name: str, measure: bool = False, **overrides) -> GpuSpec:
     if measure and entry.get("host_measured"):
         entry["memory_gib"] = round(host_memory_gib(), 1)
         entry["peak_tflops"] = round(measure_cpu_peak_tflops(), 4)
-    entry.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "intra_node_gb_per_s" in given and "allreduce_busbw" not in given:
+        entry.pop("allreduce_busbw", None)   # the measured curve is the catalog interconnect's
+    entry.update(given)
     return GpuSpec(name=key, **entry)
 
 

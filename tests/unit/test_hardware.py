@@ -27,3 +27,12 @@ def test_measure_reads_this_host_and_overrides_still_win(monkeypatch):
 def test_unknown_gpu_names_the_catalog():
     with pytest.raises(ValueError, match="not in the catalog; known: a100-40gb"):
         hardware.gpu("b300")
+
+
+def test_an_nvlink_override_replaces_the_measured_collective_curve():
+    a100 = hardware.gpu("a100-80gb")
+    assert a100.allreduce_busbw and a100.nccl_channels == 24
+    slow = hardware.gpu("a100-80gb", intra_node_gb_per_s=100)
+    assert slow.allreduce_busbw == () and slow.intra_node_gb_per_s == 100
+    with pytest.raises(ValueError, match="allreduce_busbw must list"):
+        hardware.gpu("a100-80gb", allreduce_busbw=[[2, 1.0], [1, 2.0]])
