@@ -147,6 +147,7 @@ class ShardSampler:
         consumed_samples: int = 0,
         shuffle: bool = True,
         max_epochs: int | None = None,
+        samples_per_step: int | None = None,
     ) -> None:
         if micro_batch_size < 1 or dp_size < 1:
             raise ValueError("micro_batch_size and dp_size must be >= 1")
@@ -162,7 +163,14 @@ class ShardSampler:
         self.shuffle = shuffle
         self.max_epochs = max_epochs
         self.global_batch_size = micro_batch_size * dp_size
-        self.samples_per_epoch = self.num_samples // self.global_batch_size * self.global_batch_size
+        # an epoch holds whole optimizer steps when their size is given: then which samples a step
+        # trains on does not depend on how dp and the micro-batch split it (a run resumed on
+        # another layout reads on exactly where it stopped)
+        step = samples_per_step or self.global_batch_size
+        if step % self.global_batch_size:
+            raise ValueError(f"samples_per_step={step} is not a multiple of micro_batch_size * "
+                             f"dp_size = {self.global_batch_size}")
+        self.samples_per_epoch = self.num_samples // step * step
         if self.samples_per_epoch == 0:
             raise ValueError(
                 f"{self.num_samples} samples are fewer than one global batch of {self.global_batch_size}"
@@ -249,6 +257,7 @@ class TokenWindowLoader:
         max_epochs: int | None = None,
         dtype: str | None = None,
         vocab: int | None = None,
+        samples_per_step: int | None = None,
     ) -> None:
         self.dataset = TokenWindowDataset(path, seq_len, split=split, dtype=dtype)
         self.path = Path(path)
@@ -262,6 +271,7 @@ class TokenWindowLoader:
             consumed_samples=consumed_samples,
             shuffle=shuffle,
             max_epochs=max_epochs,
+            samples_per_step=samples_per_step,
         )
 
     def _checked(self, batch: np.ndarray) -> np.ndarray:

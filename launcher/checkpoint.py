@@ -6,8 +6,10 @@ with save_latest=False, all ranks meet at a barrier, and only then does rank 0 w
 marker into the tag directory and atomically replace `latest`. Loading trusts only tags with a
 marker, newest first; older complete tags beyond `keep` are deleted.
 
-The marker records the layout: resuming with a different dp/pp/tp fails with a message that points
-at DeepSpeed's universal checkpoint conversion.
+The marker records the layout, the engine and the global batch. DeepSpeed's own files load only
+into the same data-, pipeline- and tensor-parallel degrees, ZeRO stage, offload and engine
+(LAYOUT_STATE_KEYS); any other layout resumes from the layout-free state saved beside them
+(canonical.py).
 """
 from __future__ import annotations
 
@@ -62,16 +64,59 @@ def latest_good(ckpt_dir: Path) -> tuple[str, dict] | None:
     return tag, json.loads((ckpt_dir / tag / MARKER).read_text())
 
 
+# What DeepSpeed's checkpoint files depend on, besides the engine (micro-batch, accumulation and
+# recompute do not change them).
+LAYOUT_STATE_KEYS = ("dp", "pp", "tp", "zero_stage", "offload")
+
+
+def checkpoint_state_layout(record: dict) -> dict:
+    """The layout and engine a checkpoint's DeepSpeed files were written for (llmlaunch 0.1's
+    markers lack the engine and offload: the pipeline engine, no offload)."""
+    saved = record.get("layout", {})
+    out = {k: saved.get(k) for k in LAYOUT_STATE_KEYS}
+    out["offload"] = out["offload"] or "none"
+    out["zero_stage"] = out["zero_stage"] if out["zero_stage"] is not None else 0
+    out["engine"] = record.get("engine", "pipeline")
+    return out
+
+
+def same_state_layout(a: dict, b: dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in (*LAYOUT_STATE_KEYS, "engine"))
+
+
+def describe_state(state: dict) -> str:
+    """'dp=2 pp=2 tp=1, ZeRO-1, pipeline engine' (offload when there is one)."""
+    off = f", offload {state['offload']}" if state.get("offload", "none") != "none" else ""
+    return (f"dp={state['dp']} pp={state['pp']} tp={state['tp']}, ZeRO-{state['zero_stage']}{off}, "
+            f"{state['engine']} engine")
+
+
 def check_layout(record: dict, layout: dict) -> None:
-    """The checkpoint's dp/pp/tp must equal the run's."""
+    """The checkpoint's dp/pp/tp must equal the run's (the refusal of checkpoint.reshard: never)."""
     saved = {k: record.get("layout", {}).get(k) for k in ("dp", "pp", "tp")}
     wanted = {k: layout[k] for k in ("dp", "pp", "tp")}
     if saved != wanted:
         raise CheckpointError(
             f"checkpoint {record.get('tag')} was written with dp={saved['dp']} pp={saved['pp']} "
-            f"tp={saved['tp']} but the run uses dp={wanted['dp']} pp={wanted['pp']} tp={wanted['tp']}; "
-            "convert it with DeepSpeed's universal checkpoint (python -m deepspeed.checkpoint."
-            "ds_to_universal) to change layout, or restore the original layout")
+            f"tp={saved['tp']} but the run uses dp={wanted['dp']} pp={wanted['pp']} tp={wanted['tp']}")
+
+
+def all_parameters_of_model(config) -> list[tuple[str, tuple]]:
+    """(canonical name, full shape) of every parameter of the run's model."""
+    from llmlaunch.model.sharding import canonical_shapes
+
+    return list(canonical_shapes(config.model_spec()).items())
+
+
+def set_schedule_position(engine, step: int, global_batch: int) -> None:
+    """After a moved checkpoint: the LR schedule and the engine's counters at `step` (DeepSpeed's
+    own load restores these from its files)."""
+    scheduler = engine.lr_scheduler
+    if scheduler is not None:
+        scheduler.last_epoch = step - 1
+        scheduler.step()            # sets every group's lr for step `step` + 1
+    engine.global_steps = step
+    engine.global_samples = step * global_batch
 
 
 def prune(ckpt_dir: Path, keep: int) -> list[str]:

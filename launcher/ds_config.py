@@ -3,8 +3,10 @@
 DeepSpeed's traps it encodes:
 - train_batch_size must equal micro_batch * grad_accum * dp (DeepSpeed asserts it at start-up;
   checked here first, with the numbers).
-- The pipeline engine refuses ZeRO-2/3 (an assertion at engine construction), at pp = 1 too: the
-  model is always a PipelineModule, so every llmlaunch run gets that engine.
+- The pipeline engine (pp > 1) refuses ZeRO-2/3 (an assertion at engine construction) and offload;
+  at pp = 1 the model is a plain module (model/dense.py) and DeepSpeed's plain engine runs ZeRO 0-3,
+  with ZeRO-3's prefetch, persistence and live-parameter limits written out (topology/memory.py
+  prices the same numbers) and offload to CPU memory (offload_optimizer, offload_param).
 - bf16 with a pipeline accumulates gradients in fp32 (data_types.grad_accum_dtype = fp32) so that
   ZeRO-1 runs DeepSpeed's BF16 optimizer, as BLOOM trained: bf16 accumulation over many
   micro-batches loses precision. ZeRO-0 has no such path ("unsupported mix of model_dtype and
@@ -21,28 +23,63 @@ DeepSpeed's traps it encodes:
 from __future__ import annotations
 
 from llmlaunch.config import ConfigError, RunConfig
-from llmlaunch.topology.memory import ALLGATHER_BUCKET_ELEMENTS, REDUCE_BUCKET_ELEMENTS
+from llmlaunch.topology.memory import (ALLGATHER_BUCKET_ELEMENTS, REDUCE_BUCKET_ELEMENTS,
+                                      ZERO3_MAX_LIVE_PARAMETERS, ZERO3_MAX_REUSE_DISTANCE,
+                                      ZERO3_PERSISTENCE_THRESHOLD, ZERO3_PREFETCH_ELEMENTS)
 
 ADAM_EPS = 1e-8
+
+
+def bucket_elements(spec, layout, limit: int) -> int:
+    """A communication bucket's elements: the limit, or the most parameters one rank holds when
+    that is less (DeepSpeed allocates the whole bucket, however small the model)."""
+    from llmlaunch.topology.memory import stage_params
+    from llmlaunch.topology.stage_split import split_stages
+
+    held = max(stage_params(spec, i, layout.pp, layout.tp, blocks)
+               for i, blocks in enumerate(split_stages(spec, layout.pp, layout.tp)))
+    return int(min(limit, held))
+
+
+def zero_section(layout, on_gpu: bool, spec=None) -> dict:
+    """zero_optimization: the stage, its buckets (no larger than what a rank holds), offload."""
+    zero = {"stage": layout.zero_stage}
+    reduce_bucket, allgather_bucket = REDUCE_BUCKET_ELEMENTS, ALLGATHER_BUCKET_ELEMENTS
+    if spec is not None:
+        reduce_bucket = bucket_elements(spec, layout, REDUCE_BUCKET_ELEMENTS)
+        allgather_bucket = bucket_elements(spec, layout, ALLGATHER_BUCKET_ELEMENTS)
+    if layout.zero_stage in (1, 2):
+        zero.update({"reduce_bucket_size": reduce_bucket,
+                     "allgather_bucket_size": allgather_bucket,
+                     "overlap_comm": layout.pp == 1, "contiguous_gradients": True})
+    elif layout.zero_stage == 3:
+        zero.update({"reduce_bucket_size": reduce_bucket,
+                     "stage3_prefetch_bucket_size": ZERO3_PREFETCH_ELEMENTS,
+                     "stage3_param_persistence_threshold": ZERO3_PERSISTENCE_THRESHOLD,
+                     "stage3_max_live_parameters": ZERO3_MAX_LIVE_PARAMETERS,
+                     "stage3_max_reuse_distance": ZERO3_MAX_REUSE_DISTANCE,
+                     "overlap_comm": True, "contiguous_gradients": True})
+    if layout.offload != "none":
+        # pinned host memory speeds the GPU's copies; a CPU rank has no device to copy from
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    if layout.offload == "optimizer+params":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    return zero
 
 
 def deepspeed_config(config: RunConfig, precision: str, on_gpu: bool = True) -> dict:
     """The ds_config.json dict for a run (on_gpu: the ranks run on GPUs, else on CPUs)."""
     lay, train = config.layout, config.train
-    if lay.zero_stage >= 2:
-        raise ConfigError(f"ZeRO-{lay.zero_stage}: DeepSpeed's pipeline engine, which runs llmlaunch's "
-                          "model at any pp, supports ZeRO 0 and 1 only; use layout.zero_stage=1")
+    layout = config.layout_obj()
+    if not layout.runnable:
+        raise ConfigError(f"layout: {layout.not_runnable_reason()}")
     if precision not in ("bf16", "fp32"):
         raise ConfigError(f"precision must be bf16 or fp32, got {precision!r}")
     if precision == "bf16" and lay.zero_stage == 0:
         raise ConfigError("bf16 with ZeRO-0: DeepSpeed accumulates bf16 gradients in fp32 only under "
                           "ZeRO-1 (BF16_Optimizer); use layout.zero_stage=1, which at dp=1 holds the "
                           "same memory")
-    zero = {"stage": lay.zero_stage}
-    if lay.zero_stage == 1:
-        zero.update({"reduce_bucket_size": REDUCE_BUCKET_ELEMENTS,
-                     "allgather_bucket_size": ALLGATHER_BUCKET_ELEMENTS,
-                     "overlap_comm": lay.pp == 1, "contiguous_gradients": True})
+    zero = zero_section(layout, on_gpu, config.model_spec())
     ds = {
         "train_batch_size": lay.micro_batch * lay.grad_accum * lay.dp,
         "train_micro_batch_size_per_gpu": lay.micro_batch,
@@ -52,6 +89,7 @@ def deepspeed_config(config: RunConfig, precision: str, on_gpu: bool = True) -> 
             "lr": train.lr, "betas": [train.beta1, train.beta2], "eps": ADAM_EPS,
             "weight_decay": train.weight_decay, **({} if on_gpu else {"torch_adam": True})}},
         "zero_optimization": zero,
+        **({} if on_gpu or layout.offload == "none" else {"zero_force_ds_cpu_optimizer": False}),
         "steps_per_print": 10 ** 9,  # llmlaunch logs itself
         "wall_clock_breakdown": False,
     }

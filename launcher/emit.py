@@ -38,10 +38,13 @@ def slurm_safe_name(name: str) -> str:
 
 
 def run_config_for(inputs: PlanInputs, candidate: Candidate, job_name: str, time_limit: str,
-                   tokens: float | None = None) -> RunConfig:
-    """run.yaml for a planned layout: model and layout from the plan, train defaults otherwise."""
+                   tokens: float | None = None, resume_from=None) -> RunConfig:
+    """run.yaml for a planned layout: model and layout from the plan, train defaults otherwise.
+    With `resume_from` (checkpoint_tools.ResumeSource) the source run's train, data and checkpoint
+    settings are kept, paths made absolute, and checkpoint.dir is the source checkpoint
+    directory: the run resumes from it (resharding on start) and goes on saving there."""
     spec, lay = inputs.spec, candidate.layout
-    config = RunConfig()
+    config = resumed_config(resume_from) if resume_from is not None else RunConfig()
     for key, value in spec.to_dict().items():
         setattr(config.model, key, value)
     for key, value in lay.to_dict().items():
@@ -49,12 +52,29 @@ def run_config_for(inputs: PlanInputs, candidate: Candidate, job_name: str, time
     config.cluster.gpu = inputs.cluster.gpu.name
     config.cluster.gpus_per_node = inputs.cluster.gpus_per_node
     config.train.precision = inputs.options.precision
-    if tokens:
+    if tokens and resume_from is None:
         config.train.steps = math.ceil(tokens / (lay.global_batch * spec.seq_len))
         config.train.warmup_steps = min(config.train.steps, max(1, config.train.steps // 100))
     config.slurm.job_name = job_name
     config.slurm.time = time_limit
     return config.validate()
+
+
+def resumed_config(source) -> RunConfig:
+    """The source run's config with its paths made absolute and checkpoint.dir = the source
+    checkpoint directory (defaults where the source run directory holds no config)."""
+    import copy
+
+    config = copy.deepcopy(source.config) if source.config is not None else RunConfig()
+    run_dir = source.ckpt_dir.parent
+    if config.data.path and not Path(config.data.path).is_absolute():
+        config.data.path = str((run_dir / config.data.path).resolve())
+    if config.checkpoint.init_hf and not Path(config.checkpoint.init_hf).is_absolute():
+        config.checkpoint.init_hf = str((run_dir / config.checkpoint.init_hf).resolve())
+    config.model.hf_config = ""
+    config.checkpoint.dir = str(source.ckpt_dir)
+    config.checkpoint.reshard = "auto"
+    return config
 
 
 def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: int,
@@ -104,8 +124,9 @@ def cluster_is_cpu(inputs: PlanInputs) -> bool:
 
 def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: bool = False,
               job_name: str | None = None, time_limit: str = "02:00:00",
-              tokens: float | None = None) -> list[str]:
-    """Write the three files for a fitting candidate; returns their paths."""
+              tokens: float | None = None, resume_from=None) -> list[str]:
+    """Write the three files for a fitting candidate; returns their paths. `resume_from`: a
+    checkpoint_tools.ResumeSource the run resumes from (plan --from-checkpoint)."""
     lay = candidate.layout
     if inputs.spec.moe:
         raise ValueError(f"--emit: MoE layouts are estimates until the model runs them "
@@ -116,11 +137,9 @@ def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: 
                          "(DeepSpeed's pipeline engine runs plain 1F1B, llmlaunch's model has no "
                          "sequence parallelism); drop --sequence-parallel and --virtual-stages to emit")
     if not lay.runnable:
-        raise ValueError(f"--emit: ZeRO-{lay.zero_stage} is an estimate only (DeepSpeed's pipeline "
-                         "engine, which runs llmlaunch's model, supports ZeRO 0 and 1); pin --zero 1 "
-                         "or leave --zero to the search to emit")
+        raise ValueError(f"--emit: {lay.not_runnable_reason()}")
     name = job_name or (inputs.spec.name or "llmlaunch")
-    config = run_config_for(inputs, candidate, name, time_limit, tokens)
+    config = run_config_for(inputs, candidate, name, time_limit, tokens, resume_from)
     ds = deepspeed_config(config, inputs.options.precision, on_gpu=not cluster_is_cpu(inputs))
     cluster = inputs.cluster
     on_gpu = not cluster_is_cpu(inputs)

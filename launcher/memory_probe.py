@@ -100,9 +100,11 @@ class GradientProbe:
         self.readings = {}
 
     def __enter__(self):
+        engine = self.engine
+        if not hasattr(type(engine), "_INSTRUCTION_MAP"):     # the plain engine (pp = 1)
+            return self._enter_plain()
         from deepspeed.runtime.pipe import schedule
 
-        engine = self.engine
         original = type(engine)._INSTRUCTION_MAP
         reduce_grads = original[schedule.ReduceGrads]
 
@@ -125,8 +127,38 @@ class GradientProbe:
         self.optimizer.step = probed_step
         return self
 
+    def _probe_update(self):
+        self.optimizer = basic_optimizer(self.engine)
+        step = self.optimizer.step
+
+        def probed_step(*args, **kwargs):
+            self.readings["in_update"] = gradient_bytes(self.engine)
+            return step(*args, **kwargs)
+
+        self.optimizer.step = probed_step
+
+    def _enter_plain(self):
+        """The plain engine reduces gradients in engine.allreduce_gradients, at the end of the
+        accumulation boundary's backward (ZeRO 0 and 1) or, with ZeRO 2 and 3, in buckets during
+        every backward, its epilogue there too: the readings bracket that call."""
+        engine = self.engine
+        reduce = engine.allreduce_gradients
+
+        def probed_reduce(*args, **kwargs):
+            self.readings["before_reduction"] = gradient_bytes(engine)
+            result = reduce(*args, **kwargs)
+            self.readings["after_reduction"] = gradient_bytes(engine)
+            return result
+
+        engine.allreduce_gradients = probed_reduce
+        self._probe_update()
+        return self
+
     def __exit__(self, *exc):
-        del self.engine._INSTRUCTION_MAP
+        if "allreduce_gradients" in vars(self.engine):
+            del self.engine.allreduce_gradients
+        else:
+            del self.engine._INSTRUCTION_MAP
         del self.optimizer.step
         return False
 
@@ -144,7 +176,9 @@ def saved_activation_bytes_measured(engine, spec, micro_batch: int, dtype, gener
     module = engine.module
     device = engine.device
     shape = (micro_batch, spec.seq_len)
-    if engine.is_first_stage():
+    first = engine.is_first_stage() if hasattr(engine, "is_first_stage") else True
+    last = engine.is_last_stage() if hasattr(engine, "is_last_stage") else True
+    if first:
         inputs = torch.randint(0, spec.vocab, shape, generator=generator).to(device)
     else:
         # what the engine hands a later stage: the received activation, requiring grad
@@ -159,8 +193,8 @@ def saved_activation_bytes_measured(engine, spec, micro_batch: int, dtype, gener
 
     module.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        outputs = module(inputs)
-        if engine.is_last_stage():
+        outputs = module.logits(inputs) if hasattr(module, "logits") else module(inputs)
+        if last:
             outputs = module.loss_fn(outputs, labels)
     del outputs
     return counter.bytes

@@ -19,7 +19,10 @@ from pathlib import Path
 from llmlaunch.atomic import write_text_atomic
 from llmlaunch.config import EFFECTIVE_CONFIG, RunConfig, dump_run_config
 
-from .checkpoint import check_layout, latest_good, mark_complete, prune, tag_for_step
+from .canonical import adam_step_count, load_canonical_into, save_canonical, write_meta
+from .checkpoint import (LAYOUT_STATE_KEYS, CheckpointError, all_parameters_of_model,
+                         checkpoint_state_layout, describe_state, latest_good, mark_complete, prune,
+                         same_state_layout, set_schedule_position, tag_for_step)
 from .entry import enter_rank
 from .metrics import METRICS_FILE, MetricsLog
 from .run_data import ensure_data
@@ -68,16 +71,55 @@ class Trainer:
         self.stop.hold()   # held since the process started (rank.py); again for in-process callers
         mark_held(run_dir, self.rank)
 
+    def engine_kind(self) -> str:
+        """The engine to build: the layout's, except that a pp = 1 run resuming a checkpoint the
+        pipeline engine wrote at this very layout (llmlaunch 0.1's) keeps that engine, whose
+        files DeepSpeed can then load as they are."""
+        found = latest_good(self.ckpt_dir)
+        if found is not None:
+            saved = checkpoint_state_layout(found[1])
+            if saved["engine"] == "pipeline" and same_state_layout(saved, self.state_layout("pipeline")):
+                return "pipeline"
+        return self.layout.engine
+
+    def state_layout(self, engine: str) -> dict:
+        return {**{k: getattr(self.layout, k) for k in LAYOUT_STATE_KEYS}, "engine": engine}
+
     def resume(self) -> int:
-        """Load the newest complete checkpoint, if any; returns the step it finished."""
+        """Load the newest complete checkpoint, if any; returns the step it finished. Written at
+        this layout and engine: DeepSpeed loads its own files (bit-exact). Written at another:
+        its layout-free state is moved onto this layout (canonical.py), unless
+        checkpoint.reshard is never."""
+        import time
+
         found = latest_good(self.ckpt_dir)
         if found is None:
             return 0
         tag, record = found
-        check_layout(record, self.layout.to_dict())
-        self.run.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
-        log.info("resumed from %s (step %d)", self.ckpt_dir / tag, record["step"])
-        return record["step"]
+        saved = checkpoint_state_layout(record)
+        here = self.state_layout(self.run.kind)
+        if same_state_layout(saved, here):
+            self.run.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+            log.info("resumed from %s (step %d)", self.ckpt_dir / tag, record["step"])
+            return record["step"]
+        if self.config.checkpoint.reshard == "never":
+            raise CheckpointError(f"checkpoint {tag} was written with {describe_state(saved)} but "
+                                  f"the run uses {describe_state(here)}, and checkpoint.reshard is "
+                                  "never: set it to auto to move the checkpoint, or restore the "
+                                  "original layout")
+        step = record["step"]
+        written_batch = record.get("global_batch", record.get("consumed_samples", 0) // max(step, 1))
+        if written_batch != self.layout.global_batch:
+            raise CheckpointError(f"checkpoint {tag} trained with a global batch of {written_batch} "
+                                  f"sequences, the run uses {self.layout.global_batch}: a moved "
+                                  "checkpoint keeps its global batch (set layout.grad_accum so "
+                                  "that micro_batch * grad_accum * dp equals it)")
+        started = time.perf_counter()
+        load_canonical_into(self.run, self.ckpt_dir / tag)
+        set_schedule_position(self.run.engine, step, self.layout.global_batch)
+        log.info("resharded %s (step %d) from %s to %s in %.1f s", self.ckpt_dir / tag, step,
+                 describe_state(saved), describe_state(here), time.perf_counter() - started)
+        return step
 
     def batches(self, data_path: Path, start_step: int):
         """This replica's micro-batches from the step after start_step (seeded, exact resume)."""
@@ -92,7 +134,8 @@ class Trainer:
                                    seed=self.config.train.seed,
                                    consumed_samples=start_step * lay.global_batch,
                                    dtype=self.config.data.dtype or None,
-                                   vocab=self.config.model.vocab)
+                                   vocab=self.config.model.vocab,
+                                   samples_per_step=lay.global_batch)
         return (next_token_batch(torch.from_numpy(tokens)) for tokens in loader)
 
     def save(self, step: int) -> None:
@@ -102,11 +145,20 @@ class Trainer:
         tag = tag_for_step(step)
         self.run.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state={"step": step},
                                         save_latest=False)
+        module = self.run.engine.module
+        save_canonical(self.run, self.ckpt_dir / tag, step, module.tp_group.rank,
+                       module.tp_group.size)
         dist.barrier()
         if self.rank == 0:
+            names = sorted({name for name, _ in all_parameters_of_model(self.config)})
+            write_meta(self.ckpt_dir / tag, spec=self.run.spec, layout=self.layout.to_dict(),
+                       engine=self.run.kind, step=step, adam_steps=adam_step_count(self.run.engine),
+                       names=names, tp=self.layout.tp)
             mark_complete(self.ckpt_dir, tag, {
                 "tag": tag, "step": step, "layout": dict(vars(self.config.layout)),
-                "consumed_samples": step * self.layout.global_batch})
+                "engine": self.run.kind, "global_batch": self.layout.global_batch,
+                "consumed_samples": step * self.layout.global_batch,
+                "model": self.run.spec.to_dict()})
             prune(self.ckpt_dir, self.config.checkpoint.keep)
         dist.barrier()
         log.info("checkpoint %s saved", self.ckpt_dir / tag)
@@ -152,7 +204,7 @@ class Trainer:
         if rank == 0:
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)
         data_path = ensure_data(config, self.run_dir, rank)
-        self.run = build_engine(config)
+        self.run = build_engine(config, kind=self.engine_kind())
         self.stop.release()   # a signal that came during start-up is acted on at step 0
         if rank == 0:
             self.write_effective_config()
@@ -176,7 +228,7 @@ class Trainer:
                 elapsed = time.perf_counter() - started
                 step += 1
                 if monitor is not None:
-                    monitor.record(step, loss, lr, self.run.engine.get_global_grad_norm(), elapsed)
+                    monitor.record(step, loss, lr, self.run.grad_norm, elapsed)
                 if config.checkpoint.every and step % config.checkpoint.every == 0:
                     self.save(step)
                     last_saved = step

@@ -112,7 +112,7 @@ def measure(config: RunConfig, steps: int) -> tuple[dict, dict]:
 
     def timed_step() -> float:
         started = time.perf_counter()
-        engine.train_batch(data_iter=batches)
+        run.train_step(batches)
         if on_gpu:
             torch.cuda.synchronize()
         return time.perf_counter() - started
@@ -133,14 +133,14 @@ def measure(config: RunConfig, steps: int) -> tuple[dict, dict]:
                 "step_time_s": statistics.median(times)}
     if peak is not None:
         measured["peak"] = peak
-    record = {"rank": rank, "stage": engine.stage_id, "measured": measured,
+    record = {"rank": rank, "stage": run.stage, "measured": measured,
               "params": sum(p.numel() for p in engine.module.parameters()),
               "gradient_readings": probe.readings, "device_figures": device_figures}
     facts = {"precision": precision, "world": world,
              "device": torch.cuda.get_device_name() if on_gpu else "cpu",
              "torch": torch.__version__, "deepspeed": deepspeed.__version__,
              # the wrapper decides which buffers exist (topology.memory.buffer_bytes)
-             "optimizer_wrapper": type(engine.optimizer).__name__}
+             "optimizer_wrapper": type(engine.optimizer).__name__, "engine": run.kind}
     return record, facts
 
 

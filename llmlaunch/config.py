@@ -72,9 +72,12 @@ class LayoutSection:
     grad_accum: int = 1
     """Micro-batches per optimizer step per replica (pipeline micro-batches)."""
     zero_stage: int = 0
-    """DeepSpeed ZeRO stage: 0 or 1 (DeepSpeed's pipeline engine runs no other); 1 for bf16."""
+    """DeepSpeed ZeRO stage 0-3: with pp = 1 DeepSpeed's plain engine runs any (3 shards the
+    weights too); with a pipeline (pp > 1) its PipelineEngine runs 0 and 1. bf16 needs >= 1."""
     recompute: str = "none"
     """Activation recomputation: none, selective, full."""
+    offload: str = "none"
+    """ZeRO-Offload to CPU memory (pp = 1): none, optimizer (ZeRO >= 1), optimizer+params (ZeRO-3)."""
 
 
 @dataclass
@@ -132,6 +135,9 @@ class CheckpointSection:
     init_hf: str = ""
     """A local Hugging Face model directory of the same architecture to start from (empty: seeded
     initialisation). Ignored when resuming from a checkpoint."""
+    reshard: str = "auto"
+    """auto: a checkpoint written under another layout (dp, pp, tp, ZeRO stage, offload, engine)
+    is moved to this run's on start, through its layout-free state; never: refuse it."""
 
 
 @dataclass
@@ -239,10 +245,8 @@ class RunConfig:
         if reasons:
             raise ConfigError(f"the layout does not fit the model: {'; '.join(reasons)} "
                               "(layout.tp, layout.pp against the model section)")
-        if layout.zero_stage not in (0, 1):
-            raise ConfigError(f"layout.zero_stage={layout.zero_stage}: DeepSpeed's pipeline "
-                              "engine, which runs llmlaunch's model at any pp, supports ZeRO 0 and 1 "
-                              "only; use zero_stage 1")
+        if not layout.runnable:
+            raise ConfigError(f"layout: {layout.not_runnable_reason()}")
         if self.train.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"train.precision must be auto, bf16 or fp32, got "
                               f"{self.train.precision!r}")
@@ -259,6 +263,9 @@ class RunConfig:
                               f"{self.data.dtype!r}")
         if not 0 <= self.train.min_lr <= self.train.lr:
             raise ConfigError("need 0 <= train.min_lr <= train.lr")
+        if self.checkpoint.reshard not in ("auto", "never"):
+            raise ConfigError(f"checkpoint.reshard must be auto or never, got "
+                              f"{self.checkpoint.reshard!r}")
         if self.checkpoint.every < 0 or self.checkpoint.keep < 1:
             raise ConfigError("checkpoint.every must be >= 0 and checkpoint.keep >= 1")
         return self

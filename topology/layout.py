@@ -15,8 +15,11 @@ from .model_spec import ModelSpec
 
 RECOMPUTE_MODES = ("none", "selective", "full")
 ZERO_STAGES = (0, 1, 2, 3)
-# What DeepSpeed's PipelineEngine accepts (see Layout.runnable); ZeRO-2/3 are estimates only.
-RUNNABLE_ZERO_STAGES = (0, 1)
+# What DeepSpeed's PipelineEngine accepts (pp > 1); at pp = 1 the plain engine runs every stage.
+PIPELINE_ZERO_STAGES = (0, 1)
+RUNNABLE_ZERO_STAGES = PIPELINE_ZERO_STAGES  # name kept for callers of 0.1
+# ZeRO-Offload (DeepSpeed's offload_optimizer / offload_param to CPU memory): what leaves the GPU.
+OFFLOAD_MODES = ("none", "optimizer", "optimizer+params")
 # Rank order, fastest-varying axis first, as DeepSpeed's PipeModelDataParallelTopology lays ranks
 # out (its axes pipe, data, model with the last fastest): rank = (pp_coord * dp + dp_coord) * tp
 # + tp_coord. A TP group is tp consecutive ranks, so it stays inside a node when tp divides it.
@@ -84,6 +87,9 @@ class Layout:
     virtual_stages: int = 1
     """Model chunks per pipeline rank in Megatron-LM's interleaved 1F1B schedule (v; 1 = plain
     1F1B). Estimator only: DeepSpeed's pipeline engine runs plain 1F1B."""
+    offload: str = "none"
+    """ZeRO-Offload to CPU memory: 'optimizer' (optimizer states and their fp32 master, ZeRO >= 1)
+    or 'optimizer+params' (also the weights' partitions, ZeRO-3)."""
 
     def __post_init__(self):
         for field in ("dp", "pp", "tp", "micro_batch", "grad_accum", "virtual_stages"):
@@ -97,17 +103,44 @@ class Layout:
         if self.recompute not in RECOMPUTE_MODES:
             raise ValueError(f"layout recompute must be one of {', '.join(RECOMPUTE_MODES)}, "
                              f"got {self.recompute!r}")
+        if self.offload not in OFFLOAD_MODES:
+            raise ValueError(f"layout offload must be one of {', '.join(OFFLOAD_MODES)}, "
+                             f"got {self.offload!r}")
+        if self.offload != "none" and self.zero_stage == 0:
+            raise ValueError("offload needs ZeRO (stage 1-3): DeepSpeed offloads the optimizer "
+                             "partitions ZeRO keeps")
+        if self.offload == "optimizer+params" and self.zero_stage != 3:
+            raise ValueError(f"offloading parameters needs ZeRO-3 (they are partitioned only "
+                             f"there), got zero_stage {self.zero_stage}")
 
     # ------------------------------------------------------------------------------------------
     # sizes and what DeepSpeed runs
 
     @property
+    def engine(self) -> str:
+        """The DeepSpeed engine that runs it: 'pipeline' (PipelineEngine over the PipelineModule,
+        pp > 1) or 'plain' (DeepSpeedEngine over one module, pp = 1)."""
+        return "pipeline" if self.pp > 1 else "plain"
+
+    def not_runnable_reason(self) -> str | None:
+        """Why llmlaunch's model on DeepSpeed cannot run it (None: it can)."""
+        if self.sequence_parallel or self.virtual_stages > 1:
+            return ("sequence parallelism and interleaved pipelines are estimates only (DeepSpeed's "
+                    "pipeline engine runs plain 1F1B; llmlaunch's model has no sequence "
+                    "parallelism)")
+        if self.pp > 1 and (self.zero_stage not in PIPELINE_ZERO_STAGES or self.offload != "none"):
+            what = (f"ZeRO-{self.zero_stage}" if self.zero_stage not in PIPELINE_ZERO_STAGES
+                    else f"offload {self.offload}")
+            return (f"{what} with a pipeline (pp={self.pp}): DeepSpeed's pipeline engine runs ZeRO "
+                    f"0 and 1 without offload; pin pp=1 (dp*tp = {self.world_size}, the plain "
+                    "engine runs every ZeRO stage and offload) or zero_stage 1")
+        return None
+
+    @property
     def runnable(self) -> bool:
-        """Whether llmlaunch's model on DeepSpeed can run it: no SP, no interleaving, and ZeRO 0 or 1
-        (llmlaunch's model is a PipelineModule even at pp = 1, and DeepSpeed's PipelineEngine, which
-        runs every PipelineModule, asserts ZeRO < 2)."""
-        return (not self.sequence_parallel and self.virtual_stages == 1
-                and self.zero_stage in RUNNABLE_ZERO_STAGES)
+        """Whether llmlaunch's model on DeepSpeed can run it (not_runnable_reason is None): at
+        pp = 1 the plain engine runs ZeRO 0-3 and offload; a pipeline runs ZeRO 0 and 1."""
+        return self.not_runnable_reason() is None
 
     @property
     def world_size(self) -> int:

@@ -24,6 +24,11 @@ FRAGMENTATION_FRACTION = 0.05
 REDUCE_BUCKET_ELEMENTS = int(2e8)
 ALLGATHER_BUCKET_ELEMENTS = int(2e8)
 ZERO3_MAX_LIVE_PARAMETERS = int(1e9)
+# ZeRO-3's prefetch of the next modules' parameters and the size under which a parameter stays
+# whole on every rank (never partitioned): DeepSpeed's defaults, written into ds_config.json.
+ZERO3_PREFETCH_ELEMENTS = int(5e7)
+ZERO3_PERSISTENCE_THRESHOLD = int(1e5)
+ZERO3_MAX_REUSE_DISTANCE = int(1e9)
 
 
 @dataclass(frozen=True)

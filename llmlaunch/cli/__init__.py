@@ -13,7 +13,8 @@ import sys
 
 from llmlaunch import __version__
 
-COMMANDS = ("plan", "cost", "scale", "train", "validate", "report", "data")
+COMMANDS = ("plan", "cost", "scale", "train", "validate", "report", "data", "checkpoint",
+            "export-hf")
 # commands whose module registers more than one subcommand
 SUBCOMMANDS = {"preflight": "train"}
 STARTS_RANKS = ("train", "preflight", "validate")
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llmlaunch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}").register(sub)
+        importlib.import_module(f"{__name__}.{name.replace('-', '_')}").register(sub)
     return parser
 
 

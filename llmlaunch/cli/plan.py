@@ -30,6 +30,10 @@ def register(sub) -> None:
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
+    p.add_argument("--from-checkpoint", metavar="CKPT_DIR",
+                   help="plan the rest of a run: the model and global batch of this checkpoint "
+                        "directory (or tag); --emit writes a run that resumes from it on the "
+                        "layout chosen, with the source run's train and data settings")
     add_cluster_arguments(p)
     g = p.add_argument_group("pins (fix a dimension; all pinned evaluates exactly that layout)")
     g.add_argument("--tp", type=int)
@@ -76,10 +80,17 @@ def resolve_model(args: argparse.Namespace) -> tuple[ModelSpec, int, str, list[s
     explicit = [args.layers, args.hidden, args.heads]
     chosen = [name for name, given in (("--params", args.params is not None), ("--model", args.model),
                                        ("--hf-config", args.hf_config),
+                                       ("--from-checkpoint", getattr(args, "from_checkpoint", None)),
                                        ("--layers/--hidden/--heads", any(v is not None for v in explicit)))
               if given]
     if len(chosen) > 1:
         raise ValueError(f"give one model source, not {' and '.join(chosen)}")
+    if getattr(args, "from_checkpoint", None):
+        if args.seq_len is not None or args.vocab is not None or args.arch is not None:
+            raise ValueError("--from-checkpoint sets the model; drop --seq-len, --vocab and --arch "
+                             "(a checkpoint moves between layouts, not between model shapes)")
+        spec = resume_source_of(args).spec
+        return spec, total_params(spec), f"from checkpoint {args.from_checkpoint}", notes
     if args.hf_config:
         spec, params = spec_and_count_from_hf(args.hf_config, args.seq_len)
         return spec, params, "exact, from the HF model on the meta device", notes
@@ -111,6 +122,18 @@ def resolve_model(args: argparse.Namespace) -> tuple[ModelSpec, int, str, list[s
             raise ValueError(f"--arch {args.arch} conflicts with --model {name} (arch {spec.arch})")
         spec = spec.replace(**changes) if changes else spec
     return spec, total_params(spec), "formula: topology/params.py", notes
+
+
+def resume_source_of(args: argparse.Namespace):
+    """The checkpoint --from-checkpoint names (read once per args), or None."""
+    path = getattr(args, "from_checkpoint", None)
+    if not path:
+        return None
+    if getattr(args, "_resume_source", None) is None:
+        from llmlaunch.launcher.checkpoint_tools import resume_source
+
+        args._resume_source = resume_source(path)
+    return args._resume_source
 
 
 def spec_and_count_from_hf(path: str, seq_len: int | None = None) -> tuple[ModelSpec, int]:
@@ -147,7 +170,18 @@ def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
     if args.gpus_per_node is None or args.gpus_per_node < 1:
         raise ValueError(f"--gpus-per-node must be a positive integer, got {args.gpus_per_node}")
     cluster = cluster_for(args.gpus, args.gpus_per_node, gpu)
-    if args.global_batch_tokens:
+    source = resume_source_of(args)
+    if source is not None:
+        given = args.global_batch or (round(args.global_batch_tokens / spec.seq_len)
+                                      if args.global_batch_tokens else None)
+        if given is not None and given != source.global_batch:
+            raise ValueError(f"--from-checkpoint: the checkpoint was trained with a global batch of "
+                             f"{source.global_batch} sequences; a run resumes from it only at the "
+                             f"same batch (drop --global-batch)")
+        batch = source.global_batch
+        notes.append(f"global batch {batch} sequences and the model from {source.ckpt_dir}/"
+                     f"{source.tag} (step {source.step})")
+    elif args.global_batch_tokens:
         batch = round(args.global_batch_tokens / spec.seq_len)
         if batch < 1:
             raise ValueError(f"--global-batch-tokens {args.global_batch_tokens:g} is less than one "
@@ -290,6 +324,7 @@ def run_plan(args: argparse.Namespace) -> int:
         from llmlaunch.launcher.emit import emit_plan
 
         written = emit_plan(args.emit, inputs, chosen, force=args.force, job_name=args.job_name,
-                            time_limit=args.time, tokens=args.tokens)
+                            time_limit=args.time, tokens=args.tokens,
+                            resume_from=resume_source_of(args))
         print(f"wrote {', '.join(written)}", file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -5,69 +5,11 @@ rank outlives its test."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "llmlaunch" / "configs" / "tiny-cpu.yaml"
-
-
-class Job:
-    """A `llmlaunch train` process group."""
-
-    def __init__(self, run_dir, *sets, config=TINY, nproc=None):
-        self.run_dir = Path(run_dir)
-        cmd = [sys.executable, "-m", "llmlaunch", "train", "--config", str(config),
-               "--run-dir", str(run_dir)]
-        if nproc:
-            cmd += ["--nproc", str(nproc)]
-        for item in sets:
-            cmd += ["--set", item]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-        self.log = open(self.run_dir.parent / f"{self.run_dir.name}.out", "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-
-    def wait(self, timeout):
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self.kill()
-
-    def kill(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.log.close()
-
-    def output(self):
-        return (self.run_dir.parent / f"{self.run_dir.name}.out").read_text()
-
-    def steps_logged(self):
-        path = self.run_dir / "metrics.jsonl"
-        return len(path.read_text().splitlines()) if path.exists() else 0
-
-    def wait_for_steps(self, count, timeout=240):
-        deadline = time.monotonic() + timeout
-        while self.steps_logged() < count:
-            assert self.proc.poll() is None, self.output()[-3000:]
-            assert time.monotonic() < deadline, "job made no progress"
-            time.sleep(0.05)
-
-    def ranks(self):
-        return [p for p in psutil.Process(self.proc.pid).children(recursive=True)
-                if "llmlaunch.launcher.rank" in " ".join(p.cmdline())]
-
-
-def losses(run_dir):
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [(r["step"], r["loss"]) for r in map(json.loads, lines)]
+from train_job import Job, losses  # tests/helpers (conftest puts it on sys.path)
 
 
 @pytest.fixture(scope="module")
@@ -176,14 +118,17 @@ def test_ctrl_c_checkpoints_and_exits_130_with_one_line(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == f"step{record['step']:08d}"
 
 
-def test_resume_with_another_layout_is_refused(tmp_path, uninterrupted):
+def test_resume_with_another_layout_is_refused_when_resharding_is_off(tmp_path, uninterrupted):
     import shutil
 
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted, run_dir)
-    job = Job(run_dir, "train.steps=50", "layout.dp=4", "layout.pp=1")
+    job = Job(run_dir, "train.steps=50", "layout.dp=4", "layout.pp=1", "layout.grad_accum=2",
+              "checkpoint.reshard=never")
     assert job.wait(timeout=300) != 0
-    assert "universal checkpoint" in job.output()
+    out = job.output()
+    assert ("checkpoint step00000040 was written with dp=2 pp=2 tp=1, ZeRO-1, pipeline engine but "
+            "the run uses dp=4 pp=1 tp=1, ZeRO-1, plain engine, and checkpoint.reshard is never") in out
 
 
 def test_killed_rank_ends_the_job_fast(tmp_path):

@@ -67,13 +67,32 @@ def test_derived_config_is_accepted(pp, zero, precision):
         assert ds["data_types"]["grad_accum_dtype"] == "fp32"
 
 
-@pytest.mark.parametrize("pp, zero", [(2, 2), (1, 2), (1, 3)])
-def test_zero2_and_3_are_refused_with_the_reason(pp, zero):
-    # the model is a PipelineModule at any pp: DeepSpeed's PipelineEngine asserts ZeRO < 2
+def test_a_pipeline_refuses_zero2_and_3_with_the_pins_that_work():
     config = RunConfig()
-    config.layout.pp, config.layout.zero_stage = pp, zero
-    with pytest.raises(ConfigError, match="ZeRO 0 and 1 only"):
+    config.layout.pp, config.layout.zero_stage = 2, 2
+    with pytest.raises(ConfigError, match="pin pp=1"):
         deepspeed_config(config, "bf16")
+
+
+@pytest.mark.parametrize("zero, offload", [(2, "none"), (3, "none"), (2, "optimizer"),
+                                           (3, "optimizer+params")])
+@pytest.mark.parametrize("on_gpu", [True, False])
+def test_plain_engine_configs_are_accepted(zero, offload, on_gpu):
+    config = RunConfig()
+    config.layout.dp, config.layout.micro_batch, config.layout.grad_accum = 4, 2, 8
+    config.layout.zero_stage, config.layout.offload = zero, offload
+    ds = deepspeed_config(config.validate(), "bf16", on_gpu=on_gpu)
+    parsed = parse(ds, dp=4)
+    assert parsed.zero_optimization_stage == zero
+    zero_cfg = ds["zero_optimization"]
+    assert ("offload_optimizer" in zero_cfg) == (offload != "none")
+    assert ("offload_param" in zero_cfg) == (offload == "optimizer+params")
+    # buckets no larger than what a rank holds (DeepSpeed allocates them whole)
+    from llmlaunch.topology.params import total_params
+    assert zero_cfg["reduce_bucket_size"] <= total_params(config.model_spec()) + 1024 * 128
+    if zero == 3:
+        assert zero_cfg["stage3_prefetch_bucket_size"] == 5e7
+    assert ds.get("zero_force_ds_cpu_optimizer", True) == (on_gpu or offload == "none")
 
 
 def test_bf16_with_zero0_is_refused_with_the_fix():

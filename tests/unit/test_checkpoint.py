@@ -3,8 +3,10 @@ import json
 
 import pytest
 
-from llmlaunch.launcher.checkpoint import (LATEST, MARKER, CheckpointError, check_layout, complete_tags,
-                                  latest_good, mark_complete, prune, tag_for_step)
+from llmlaunch.launcher.checkpoint import (LATEST, MARKER, CheckpointError, check_layout,
+                                          checkpoint_state_layout, complete_tags, describe_state,
+                                          latest_good, mark_complete, prune, same_state_layout,
+                                          tag_for_step)
 from llmlaunch.launcher.entry import rank_environment
 
 
@@ -46,11 +48,23 @@ def test_prune_keeps_the_newest_and_removes_crashed_saves(tmp_path):
     assert complete_tags(tmp_path) == [tag_for_step(20), tag_for_step(30)]
 
 
-def test_layout_mismatch_names_universal_checkpoint():
+def test_layout_mismatch_names_both_layouts():
     record = {"tag": "step00000010", "layout": {"dp": 2, "pp": 2, "tp": 1}}
     check_layout(record, {"dp": 2, "pp": 2, "tp": 1})
-    with pytest.raises(CheckpointError, match="universal checkpoint"):
+    with pytest.raises(CheckpointError, match="written with dp=2 pp=2 tp=1 but the run uses dp=4 "
+                                              "pp=1 tp=1"):
         check_layout(record, {"dp": 4, "pp": 1, "tp": 1})
+
+
+def test_what_deepspeeds_files_depend_on():
+    old = checkpoint_state_layout({"layout": {"dp": 2, "pp": 1, "tp": 1, "zero_stage": 1}})
+    assert old == {"dp": 2, "pp": 1, "tp": 1, "zero_stage": 1, "offload": "none",
+                   "engine": "pipeline"}                     # llmlaunch 0.1 markers
+    new = checkpoint_state_layout({"engine": "plain", "layout": {
+        "dp": 2, "pp": 1, "tp": 1, "zero_stage": 1, "offload": "none", "micro_batch": 4}})
+    assert not same_state_layout(old, new)                   # the engine differs
+    assert same_state_layout(new, {**new, "micro_batch": 8})  # micro-batch does not matter
+    assert describe_state(new) == "dp=2 pp=1 tp=1, ZeRO-1, plain engine"
 
 
 def test_rank_environment_from_slurm():

@@ -122,4 +122,5 @@ def test_search_tries_only_the_zero_stages_deepspeed_runs():
         assert {c.layout.zero_stage for c in result.candidates} == expected
     pinned = search(spec, cluster, PlanOptions(global_batch=64, seq_len=2048), Pins(zero_stage=2))
     assert pinned.candidates and {c.layout.zero_stage for c in pinned.candidates} == {2}
-    assert not any(c.layout.runnable for c in pinned.candidates)
+    # the plain engine runs ZeRO-2 at pp = 1; the pipeline engine does not
+    assert all(c.layout.runnable == (c.layout.pp == 1) for c in pinned.candidates)

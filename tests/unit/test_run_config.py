@@ -47,10 +47,15 @@ def test_set_overrides_are_checked_the_same_way():
 
 
 def test_cross_field_checks():
-    with pytest.raises(ConfigError, match="ZeRO 0 and 1 only"):
+    with pytest.raises(ConfigError, match=r"ZeRO-2 with a pipeline \(pp=2\): DeepSpeed's pipeline "
+                                          r"engine runs ZeRO 0 and 1 without offload; pin pp=1 "
+                                          r"\(dp\*tp = 2"):
         from_dict({"layout": {"pp": 2, "zero_stage": 2}})
-    with pytest.raises(ConfigError, match="ZeRO 0 and 1 only"):   # no pipeline: the same engine
-        from_dict({"layout": {"pp": 1, "zero_stage": 3}})
+    from_dict({"layout": {"pp": 1, "zero_stage": 3, "offload": "optimizer+params"}})  # plain engine
+    with pytest.raises(ConfigError, match="offload optimizer with a pipeline"):
+        from_dict({"layout": {"pp": 2, "zero_stage": 1, "offload": "optimizer"}})
+    with pytest.raises(ConfigError, match="offloading parameters needs ZeRO-3"):
+        from_dict({"layout": {"zero_stage": 2, "offload": "optimizer+params"}})
     with pytest.raises(ConfigError, match="tp=3 does not divide heads=4"):
         from_dict({"model": {"heads": 4}, "layout": {"tp": 3}})
     with pytest.raises(ConfigError, match="min_lr"):
