@@ -122,6 +122,16 @@ def set_state(engine, param, state: dict, dp_rank: int) -> None:
         param.data.copy_(value.to(param.dtype).view_as(param.data))
 
 
+def _optimizer_tensors(engine) -> list:
+    """The tensors the basic optimizer keeps Adam state for. ZeRO-3 hands its flat fp32 partitions
+    to the optimizer only for the length of a step (its param_groups are empty in between), so
+    they are read from the ZeRO-3 optimizer itself."""
+    flat = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None)
+    if flat is not None:
+        return list(flat)
+    return [p for group in _basic_optimizer(engine).param_groups for p in group["params"]]
+
+
 def ensure_optimizer_state(engine) -> None:
     """Create Adam's state before the first step, as torch's AdamW would (zero moments, step 0),
     and let a ZeRO / bf16 wrapper link its parameters to it (DeepSpeed links them lazily, after
@@ -129,13 +139,13 @@ def ensure_optimizer_state(engine) -> None:
     import torch
 
     optimizer = _basic_optimizer(engine)
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            if not optimizer.state.get(param):
-                optimizer.state[param] = {
-                    "step": torch.zeros((), dtype=torch.float32),
-                    "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
-                    "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
+    for param in _optimizer_tensors(engine):
+        slot = optimizer.state.get(param)
+        if not slot or "exp_avg" not in slot:
+            optimizer.state[param] = {
+                "step": torch.zeros((), dtype=torch.float32),
+                "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
     link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
     if link is not None:
         link()
@@ -146,16 +156,13 @@ def set_adam_steps(engine, step_count: int) -> None:
     import torch
 
     optimizer = _basic_optimizer(engine)
+    for slot in optimizer.state.values():
+        old = slot.get("step")
+        if isinstance(old, torch.Tensor):
+            slot["step"] = torch.full_like(old, float(step_count))
+        else:
+            slot["step"] = step_count
     for group in optimizer.param_groups:
-        for param in group["params"]:
-            slot = optimizer.state.get(param)
-            if slot is None:
-                continue
-            old = slot.get("step")
-            if isinstance(old, torch.Tensor):
-                slot["step"] = torch.full_like(old, float(step_count))
-            else:
-                slot["step"] = step_count
         if "step" in group:
             group["step"] = step_count
 
@@ -176,10 +183,9 @@ def adam_step_count(engine) -> int:
 def save_canonical(run, tag_dir: Path, step: int, tp_rank: int, tp_size: int) -> list[str]:
     """Every rank calls it (ZeRO's accessors are collective over data-parallel ranks); replica 0 of
     each (stage, TP rank) writes. Returns the files written."""
-    from llmlaunch.atomic import write_bytes_atomic
-    import io
-
     import torch
+
+    from llmlaunch.atomic import write_atomic
 
     written = []
     for name, param in owned_parameters(run.engine.module):
@@ -188,9 +194,7 @@ def save_canonical(run, tag_dir: Path, step: int, tp_rank: int, tp_size: int) ->
             continue
         path = tensor_file(tag_dir, name, tp_rank)
         path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        write_bytes_atomic(path, buffer.getvalue())
+        write_atomic(path, lambda f: torch.save(state, f))
         written.append(str(path.relative_to(tag_dir)))
     return written
 
@@ -239,27 +243,38 @@ class CanonicalReader:
 
     def slice_for(self, name: str, tp_rank: int, tp: int) -> dict:
         """{param, exp_avg, exp_avg_sq} of `name` for TP rank `tp_rank` of `tp`: its own file when
-        the checkpoint has that TP degree, else the full tensors re-sliced."""
+        the checkpoint has that TP degree, else re-sliced from the source slices one state at a
+        time (memory: the source slices, memory-mapped, one full fp32 tensor and the result)."""
         import torch
 
-        from llmlaunch.model.sharding import shard_tensor, tp_split
+        from llmlaunch.model.sharding import merge_shards, shard_tensor, tp_split
 
         if tp == self.tp:
             return torch.load(tensor_file(self.tag_dir, name, tp_rank), map_location="cpu",
                               weights_only=True)
         split = tp_split(self.spec, name)
-        return {key: shard_tensor(value, split, tp_rank, tp) for key, value in self.full(name).items()}
+        slices = self._mapped_slices(name)
+        out = {}
+        for key in STATE_KEYS:
+            full = merge_shards([s[key] for s in slices], split)
+            out[key] = shard_tensor(full, split, tp_rank, tp).clone()
+            del full
+        return out
 
     def full(self, name: str) -> dict:
         """{param, exp_avg, exp_avg_sq}: the full, unpadded fp32 tensors of `name`."""
-        import torch
-
         from llmlaunch.model.sharding import merge_shards, tp_split
 
-        slices = [torch.load(tensor_file(self.tag_dir, name, r), map_location="cpu",
-                             weights_only=True) for r in range(self.tp)]
+        slices = self._mapped_slices(name)
         split = tp_split(self.spec, name)
         return {key: merge_shards([s[key] for s in slices], split) for key in STATE_KEYS}
+
+    def _mapped_slices(self, name: str) -> list[dict]:
+        """The source TP slices of `name`, memory-mapped: pages are read as they are used."""
+        import torch
+
+        return [torch.load(tensor_file(self.tag_dir, name, r), map_location="cpu",
+                           weights_only=True, mmap=True) for r in range(self.tp)]
 
 
 def load_canonical_into(run, tag_dir: Path) -> dict:

@@ -14,13 +14,13 @@
 """
 from __future__ import annotations
 
-import io
+import functools
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmlaunch.atomic import atomic_directory, write_bytes_atomic, write_text_atomic
+from llmlaunch.atomic import atomic_directory, write_atomic, write_text_atomic
 
 from .canonical import (CANONICAL_DIR, META_FILE, CanonicalReader, directory_bytes, missing_files,
                         read_meta, tensor_file)
@@ -106,12 +106,29 @@ def parse_layout(text: str) -> dict:
     return out
 
 
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim; nothing elsewhere). glibc
+    raises its mmap threshold after large blocks are freed, so later tensors of the same size
+    come from the heap, and a freed heap stays the process's: without this, convert's peak grows
+    with the number of large tensors instead of staying at one tensor's (measured:
+    benchmarks/bench_convert.py)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()      # torch.load's memory maps are freed with their storages, some in cycles
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
 def convert(src: str | Path, layout: dict, dst: str | Path, force: bool = False) -> Path:
     """Write DST/<tag>/ (and DST/latest): the source tag's state re-sliced for `layout`, one
     tensor at a time. Returns the tag directory written."""
     import torch
 
-    from llmlaunch.model.sharding import shard_tensor, tp_split
     from llmlaunch.topology.layout import Layout
 
     tag_dir = resolve_tag(src)
@@ -122,17 +139,14 @@ def convert(src: str | Path, layout: dict, dst: str | Path, force: bool = False)
     target.check_model(reader.spec)
     with atomic_directory(dst, force=force) as tmp:
         out_tag = tmp / tag_dir.name
-        for name in meta["tensors"]:
-            full = reader.full(name)
-            split = tp_split(reader.spec, name)
+        for name in meta["tensors"]:      # one tensor, one target rank, one state at a time
             for rank in range(target.tp):
-                piece = {k: shard_tensor(v, split, rank, target.tp) for k, v in full.items()}
+                piece = reader.slice_for(name, rank, target.tp)
                 path = tensor_file(out_tag, name, rank)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                buffer = io.BytesIO()
-                torch.save(piece, buffer)
-                write_bytes_atomic(path, buffer.getvalue())
-            del full
+                write_atomic(path, functools.partial(torch.save, piece))
+                del piece
+            release_freed_memory()
         new_layout = {**meta["layout"], **layout}
         new_meta = {**meta, "layout": new_layout, "engine": "none", "tp": target.tp,
                     "files": [f"{CANONICAL_DIR}/{n}/tp{r}.pt" for n in meta["tensors"]

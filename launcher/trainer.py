@@ -117,7 +117,7 @@ class Trainer:
         started = time.perf_counter()
         load_canonical_into(self.run, self.ckpt_dir / tag)
         set_schedule_position(self.run.engine, step, self.layout.global_batch)
-        log.info("resharded %s (step %d) from %s to %s in %.1f s", self.ckpt_dir / tag, step,
+        log.info("resharded %s (step %d) from %s to %s in %.2f s", self.ckpt_dir / tag, step,
                  describe_state(saved), describe_state(here), time.perf_counter() - started)
         return step
 

@@ -6,10 +6,17 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename it into place (umask permissions)."""
+    write_atomic(path, lambda f: f.write(data))
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """`write(file)` into a temporary file beside `path`, then rename it into place (umask
+    permissions): for writers that stream (torch.save) rather than hand over bytes."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -17,7 +24,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)

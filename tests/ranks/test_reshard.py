@@ -57,6 +57,7 @@ MOVES = [
     ("llama dp2 pp2 tp2", (2, 2, 1, 1), "tp 2->1"),
     ("llama dp2 pp2 tp2", (1, 2, 4, 1), "(2,2,2) -> (1,2,4)"),
     ("llama zero3 dp2 tp2", (1, 2, 2, 1), "ZeRO-3 -> pipeline"),
+    ("llama zero3 dp2 tp2", (2, 1, 2, 3), "same layout (DeepSpeed's own files)"),
 ]
 TAG = f"step{K:08d}"
 
@@ -94,12 +95,16 @@ def test_resume_on_another_layout_equals_the_uninterrupted_run(tmp_path, sources
     assert job.wait(timeout=600) == 0, (move, job.output()[-3000:])
     log = (run_dir / "logs" / "rank00000.log").read_text()
     dp, pp, tp, zero = target
-    assert f"from dp={SOURCES[source][1][0]}" in log and f"to dp={dp} pp={pp} tp={tp}" in log, log
-    assert "resharded" in log and " s" in log
     want = [loss for step, loss in losses(sources[source]) if step > K]
     got = losses(run_dir)
     assert [s for s, _ in got] == list(range(K + 1, STEPS + 1))
-    assert [loss for _, loss in got] == pytest.approx(want, rel=RTOL), move
+    if target == SOURCES[source][1]:       # DeepSpeed loads its own files: bit for bit
+        assert "resumed from" in log and "resharded" not in log, log
+        assert [loss for _, loss in got] == want
+    else:
+        assert f"from dp={SOURCES[source][1][0]}" in log and f"to dp={dp} pp={pp} tp={tp}" in log
+        assert "resharded" in log
+        assert [loss for _, loss in got] == pytest.approx(want, rel=RTOL), move
     marker = json.loads((run_dir / "checkpoints" / f"step{STEPS:08d}" /
                          "llmlaunch_complete.json").read_text())
     assert (marker["layout"]["dp"], marker["layout"]["pp"], marker["layout"]["tp"]) == (dp, pp, tp)
