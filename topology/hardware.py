@@ -66,6 +66,9 @@ class GpuSpec:
     nccl_channels: int = 0
     """Thread blocks (one SM each) NCCL's collective kernels occupy inside a node: what a GEMM running
     beside an overlapped collective loses. 0: not known (the overlap is taken as free)."""
+    inter_node_latency_us: float | None = None
+    """collective_latency_us for a message between nodes, when it differs from the one inside a node
+    (measured by `llmlaunch preflight` across hosts, plan --network-from); None: the same."""
 
     def __post_init__(self):
         curve = tuple((float(size), float(bw)) for size, bw in self.allreduce_busbw)
@@ -83,8 +86,10 @@ class GpuSpec:
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"GPU {self.name}: {field} must be a positive number, got {value!r}")
-        for field in ("op_overhead_us", "collective_latency_us"):
+        for field in ("op_overhead_us", "collective_latency_us", "inter_node_latency_us"):
             value = getattr(self, field)
+            if value is None and field == "inter_node_latency_us":
+                continue
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"GPU {self.name}: {field} must be a number >= 0, got {value!r}")
         if not 0 < self.hbm_efficiency <= 1:
@@ -129,6 +134,13 @@ class GpuSpec:
     @property
     def collective_latency_s(self) -> float:
         return self.collective_latency_us * 1e-6
+
+    @property
+    def inter_node_latency_s(self) -> float:
+        """The alpha of a message between nodes (collective_latency_s unless measured apart)."""
+        if self.inter_node_latency_us is None:
+            return self.collective_latency_s
+        return self.inter_node_latency_us * 1e-6
 
 
 @functools.lru_cache(maxsize=1)

@@ -196,7 +196,7 @@ def tp_collective_time_s(*, blocks: int, first: bool, last: bool, tp: int, token
 
     def collective(kind: str, nbytes: float) -> float:
         if spans_nodes:
-            alpha = gpu.collective_latency_s
+            alpha = gpu.inter_node_latency_s
             if kind == "all-reduce":
                 return allreduce_time_s(nbytes, tp, gpu.inter_node_gb_per_s, alpha)
             return allgather_time_s(nbytes, tp, gpu.inter_node_gb_per_s, alpha)
@@ -243,7 +243,7 @@ def pipeline_send_time_s(*, first: bool, last: bool, pp: int, tp: int, tokens: i
         return 0.0
     sends = ((0 if last else 1) + (0 if first else 1)) if virtual_stages == 1 else 2 * virtual_stages
     pp_bw = gpu.inter_node_gb_per_s if pp_spans_nodes else gpu.intra_node_gb_per_s
-    alpha = gpu.collective_latency_s
+    alpha = gpu.inter_node_latency_s if pp_spans_nodes else gpu.collective_latency_s
     message = tokens * hidden * act
     if sequence_parallel:
         one = p2p_time_s(message / tp, pp_bw, alpha)
@@ -380,7 +380,7 @@ def data_parallel_time_s(stage_params: float, precision: Precision, gpu: GpuSpec
     all-gather of the updated weights: the same volume), grad_bytes per element (0: the
     precision's)."""
     bw = gpu.inter_node_gb_per_s if dp_spans_nodes else gpu.intra_node_gb_per_s
-    alpha = gpu.collective_latency_s
+    alpha = gpu.inter_node_latency_s if dp_spans_nodes else gpu.collective_latency_s
     nbytes = stage_params * (grad_bytes or precision.grad_bytes)
     if zero_stage == 3:
         return allgather_time_s(nbytes, dp, bw, alpha)
@@ -394,7 +394,7 @@ def tied_embedding_time_s(embedding_params_local: float, precision: Precision, g
     DeepSpeed's ReduceTiedGrads): a two-rank all-reduce of this rank's slice."""
     bw = gpu.inter_node_gb_per_s if spans_nodes else gpu.intra_node_gb_per_s
     return allreduce_time_s(embedding_params_local * precision.grad_bytes, 2, bw,
-                            gpu.collective_latency_s)
+                            gpu.inter_node_latency_s if spans_nodes else gpu.collective_latency_s)
 
 
 def zero3_gather_time_s(stage_params: float, precision: Precision, gpu: GpuSpec, *, dp: int,
@@ -402,4 +402,4 @@ def zero3_gather_time_s(stage_params: float, precision: Precision, gpu: GpuSpec,
     """ZeRO-3 per micro-batch: weights all-gathered for forward and again for backward."""
     bw = gpu.inter_node_gb_per_s if dp_spans_nodes else gpu.intra_node_gb_per_s
     return 2 * allgather_time_s(stage_params * precision.weight_bytes, dp, bw,
-                                gpu.collective_latency_s)
+                                gpu.inter_node_latency_s if dp_spans_nodes else gpu.collective_latency_s)

@@ -35,6 +35,10 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
                         "directory (or tag); --emit writes a run that resumes from it on the "
                         "layout chosen, with the source run's train and data settings")
     add_cluster_arguments(p)
+    p.add_argument("--network-from", metavar="RUN_DIR/preflight.json",
+                   help="the intra- and inter-node bandwidth and latency a preflight measured "
+                        "(llmlaunch preflight, the job's preflight) instead of the catalog's; "
+                        "an override flag given too wins")
     g = p.add_argument_group("pins (fix a dimension; all pinned evaluates exactly that layout)")
     g.add_argument("--tp", type=int)
     g.add_argument("--pp", type=int)
@@ -150,21 +154,34 @@ def spec_and_count_from_hf(path: str, seq_len: int | None = None) -> tuple[Model
     return fit_to_count(spec, exact), exact
 
 
-def resolve_gpu(args: argparse.Namespace) -> GpuSpec:
-    """--gpu from the catalog (`cpu`: this host, measured), with every override flag given."""
-    return catalog_gpu(args.gpu, measure=True, memory_gib=args.gpu_memory_gib,
-                       peak_tflops=args.peak_tflops,
-                       matmul_efficiency=args.matmul_efficiency, hbm_gb_per_s=args.hbm_gb_per_s,
-                       intra_node_gb_per_s=args.intra_node_gb_per_s,
-                       inter_node_gb_per_s=args.inter_node_gb_per_s,
-                       op_overhead_us=args.op_overhead_us,
-                       collective_latency_us=args.collective_latency_us)
+def resolve_gpu(args: argparse.Namespace, network=None) -> GpuSpec:
+    """--gpu from the catalog (`cpu`: this host, measured), with the figures of `network` (a
+    topology.measured_network.MeasuredNetwork, --network-from) and every override flag given (a
+    flag wins)."""
+    flags = dict(memory_gib=args.gpu_memory_gib, peak_tflops=args.peak_tflops,
+                 matmul_efficiency=args.matmul_efficiency, hbm_gb_per_s=args.hbm_gb_per_s,
+                 intra_node_gb_per_s=args.intra_node_gb_per_s,
+                 inter_node_gb_per_s=args.inter_node_gb_per_s,
+                 op_overhead_us=args.op_overhead_us,
+                 collective_latency_us=args.collective_latency_us)
+    given = {k: v for k, v in flags.items() if v is not None}
+    measured = {}
+    if network is not None:
+        latency_us = given.get("collective_latency_us", catalog_gpu(args.gpu).collective_latency_us)
+        measured = network.gpu_overrides(unmeasured_latency_us=latency_us)
+    return catalog_gpu(args.gpu, measure=True, **{**measured, **given})
 
 
 def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
     """Everything `plan` was asked, resolved: the model, the cluster, the batch, the pins."""
     spec, params, source, notes = resolve_model(args)
-    gpu = resolve_gpu(args)
+    network = None
+    if getattr(args, "network_from", None):
+        from llmlaunch.topology.measured_network import read_network
+
+        network = read_network(args.network_from)
+        notes.append(network.note())
+    gpu = resolve_gpu(args, network)
     if args.gpus is None or args.gpus < 1:
         raise ValueError(f"--gpus must be a positive integer, got {args.gpus}")
     if args.gpus_per_node is None or args.gpus_per_node < 1:
