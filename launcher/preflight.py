@@ -6,13 +6,25 @@ Each rank checks its accelerator and host memory against the plan; all ranks the
 all-reduce over the real backend (NCCL on GPUs, gloo on CPU), which proves every rank reachable; rank
 0 checks the free disk for checkpoints and prints the pass/fail table. Exit status 0 only when every
 check passed on every rank.
+
+Then the network, per link kind (measure_network): an all-reduce among the ranks of each host (all
+hosts at once; `intra_host`) and among one rank per host (the lowest; `inter_host`, absent with one
+host), a small and a large buffer each, timed as launcher/device_probe.py times (median of
+`repeats` after two warm-ups; the slowest rank's). Rank 0 writes RUN_DIR/preflight.json (schema and
+formulas: topology/measured_network.py; docs/launch.md, "Preflight across hosts"), replacing the
+previous preflight's, which `llmlaunch plan --network-from` reads. A rank's host is its hostname
+(socket.gethostname()), or LLMLAUNCH_HOSTNAME when set (tests and containers that share one UTS
+name while standing for several hosts).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from llmlaunch.config import RunConfig
@@ -20,6 +32,8 @@ from llmlaunch.config import RunConfig
 from .entry import enter_rank, exit_process, run_rank
 
 GIB = 2**30
+HOSTNAME_ENV = "LLMLAUNCH_HOSTNAME"
+PREFLIGHT_JSON = "preflight.json"
 
 
 @dataclass
@@ -107,6 +121,100 @@ def build_lock_check() -> Check:
     return Check("extension build locks", True, f"none stale under {extension_build_root()}")
 
 
+def host_name(environ=os.environ) -> str:
+    """The host this rank stands for: LLMLAUNCH_HOSTNAME when set, else the UTS hostname."""
+    return environ.get(HOSTNAME_ENV) or socket.gethostname()
+
+
+def message_sizes(backend: str) -> tuple[int, int, int]:
+    """(small bytes, large bytes, repeats) of the timed all-reduces: a few KiB for the latency
+    (device_probe.SMALL_ALLREDUCE_BYTES) and, for the bandwidth, 256 MiB on NCCL (where nccl-tests'
+    all_reduce_perf reaches its plateau on NVLink and InfiniBand) or 4 MiB on gloo (loopback or
+    Ethernet TCP; bigger only takes longer)."""
+    from .device_probe import LARGE_ALLREDUCE_BYTES, SMALL_ALLREDUCE_BYTES
+
+    if backend == "nccl":
+        return SMALL_ALLREDUCE_BYTES, 256 * 2**20, 20
+    return SMALL_ALLREDUCE_BYTES, LARGE_ALLREDUCE_BYTES, 10
+
+
+def timed_allreduce_s(group, nbytes: int, repeats: int, device) -> float:
+    """Median seconds of an all-reduce of `nbytes` over `group`, the slowest member's."""
+    import torch
+    import torch.distributed as dist
+
+    from .device_probe import _timed
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    buffer = torch.zeros(max(1, nbytes // 4), dtype=torch.float32, device=device)
+    mine = _timed(lambda: dist.all_reduce(buffer, group=group), repeats, synchronize)
+    slowest = torch.tensor([mine], dtype=torch.float64, device=device)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX, group=group)
+    return float(slowest.item())
+
+
+def measure_network(timeout_s: float) -> tuple[list[str], dict, dict | None]:
+    """All ranks together: (every rank's host, {host: intra-host link_figures}, the inter-host
+    link_figures or None with one host); see the module docstring."""
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from llmlaunch.topology.measured_network import host_groups, link_figures
+
+    backend = dist.get_backend()
+    device = torch.device("cpu")
+    if backend == "nccl":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    hostnames = [None] * world
+    dist.all_gather_object(hostnames, host_name())
+    per_host, leaders = host_groups(hostnames)
+    timeout = timedelta(seconds=timeout_s)
+    # every rank creates every group, in the same order (torch.distributed.new_group's rule)
+    intra_groups = {host: dist.new_group(ranks, timeout=timeout)
+                    for host, ranks in per_host.items() if len(ranks) > 1}
+    inter_group = dist.new_group(leaders, timeout=timeout) if len(leaders) > 1 else None
+    small, large, repeats = message_sizes(backend)
+
+    def figures(group, size: int) -> dict:
+        return link_figures(group_size=size, small_bytes=small, large_bytes=large, repeats=repeats,
+                            small_s=timed_allreduce_s(group, small, repeats, device),
+                            large_s=timed_allreduce_s(group, large, repeats, device))
+
+    mine = {}
+    host = hostnames[rank]
+    if host in intra_groups:                        # every host's group at once
+        mine["intra_host"] = figures(intra_groups[host], len(per_host[host]))
+    dist.barrier()
+    if inter_group is not None and rank in leaders:
+        mine["inter_host"] = figures(inter_group, len(leaders))
+    dist.barrier()
+    everyone = [None] * world
+    dist.all_gather_object(everyone, mine)
+    intra = {h: everyone[ranks[0]]["intra_host"] for h, ranks in per_host.items()
+             if "intra_host" in everyone[ranks[0]]}
+    inter = everyone[leaders[0]].get("inter_host") if inter_group is not None else None
+    return hostnames, intra, inter
+
+
+def network_table(doc: dict) -> str:
+    """preflight.json's links as rank 0 prints them."""
+    from tabulate import tabulate
+
+    rows = [[kind, link["group_size"], f"{link['bus_gb_per_s']:.3g}", f"{link['latency_us']:.4g}",
+             f"{link['small_bytes']} / {link['large_bytes']}", link["repeats"]]
+            for kind, link in doc["links"].items()]
+    table = tabulate(rows, headers=["link", "ranks", "bus GB/s", "latency us",
+                                    "bytes small / large", "repeats"], tablefmt="simple")
+    return "\n".join([table, *(f"{kind}: absent ({why})" for kind, why in doc["absent"].items())])
+
+
 def run_checks(config: RunConfig, run_dir: Path) -> list[Check]:
     rank, world = enter_rank(config)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE")
@@ -135,6 +243,12 @@ def gather_verdict(checks: list[Check]) -> bool:
     return flag.item() > 0
 
 
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
 def format_table(checks: list[Check]) -> str:
     from tabulate import tabulate
 
@@ -143,13 +257,28 @@ def format_table(checks: list[Check]) -> str:
 
 
 def preflight(config: RunConfig, run_dir: Path) -> int:
-    """This rank's checks, everyone's verdict, and the table (rank 0, and any rank that failed)."""
+    """This rank's checks, everyone's verdict, and the table (rank 0, and any rank that failed);
+    then the network per link kind, written by rank 0 to RUN_DIR/preflight.json."""
     checks = run_checks(config, run_dir)
     everyone_ok = gather_verdict(checks)
     rank = int(os.environ["RANK"])
     if rank == 0 or not all(c.ok for c in checks):
         print(f"preflight, rank {rank}:\n{format_table(checks)}", flush=True)
+    hostnames, intra, inter = measure_network(config.train.collective_timeout_s)
     if rank == 0:
+        import torch.distributed as dist
+
+        from llmlaunch.atomic import write_text_atomic
+        from llmlaunch.topology.measured_network import preflight_document
+
+        doc = preflight_document(hostnames=hostnames, backend=dist.get_backend(),
+                                 device=device_name(),
+                                 date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                 intra=intra, inter=inter, checks_passed=everyone_ok)
+        write_text_atomic(run_dir / PREFLIGHT_JSON, json.dumps(doc, indent=2) + "\n")
+        print(f"preflight: network, all-reduce per link kind (bus bandwidth 2(n-1)/n x bytes / "
+              f"time, nccl-tests; latency: the small one's time), in {run_dir / PREFLIGHT_JSON}:\n"
+              f"{network_table(doc)}", flush=True)
         print("preflight: all ranks passed" if everyone_ok else "preflight: FAILED on some rank",
               flush=True)
     return 0 if everyone_ok else 1
