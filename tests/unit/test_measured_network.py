@@ -132,3 +132,12 @@ def test_dp_and_pp_times_follow_the_measured_inter_node_figures(tmp_path):
     assert slow.dp_comm_s - a.dp_comm_s == pytest.approx(2 * 100e-6, rel=1e-9)
     assert a.pp_comm_s - 8 * alpha == pytest.approx(2 * (fast.pp_comm_s - 8 * alpha), rel=1e-9)
     assert slow.pp_comm_s - a.pp_comm_s == pytest.approx(8 * 100e-6, rel=1e-9)
+
+
+def test_host_is_the_hostname_unless_llmlaunch_hostname_is_set():
+    import socket
+
+    from llmlaunch.launcher.preflight import host_name
+
+    assert host_name({"LLMLAUNCH_HOSTNAME": "node7"}) == "node7"
+    assert host_name({}) == host_name({"LLMLAUNCH_HOSTNAME": ""}) == socket.gethostname()
