@@ -49,7 +49,7 @@ def test_mixtral_plan_text_cost_and_emit(tmp_path, capsys):
     assert main(["plan", "--hf-config", path, "--gpus", "64", "--top", "1"]) == 0
     text = capsys.readouterr().out
     assert "12.88B of 46.70B parameters active per token" in text
-    assert "approx   MoE: every GPU holds all 8 experts" in text
+    assert "approx   MoE: each GPU holds 8/ep experts" in text
     assert main(["cost", "--hf-config", path, "--tokens", "1e12", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["params"] == 46_702_792_704 and out["active_params"] == 12_879_925_248
