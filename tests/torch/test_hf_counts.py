@@ -60,6 +60,17 @@ def test_mixtral_plan_text_cost_and_emit(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_mixtral_config_plan_with_expert_parallelism(tmp_path, capsys):
+    """Issue 14: a plan of the real-shaped Mixtral config with ep > 1 prints the expert groups and
+    the all-to-all time (46.70B total, 12.88B active)."""
+    path = write(tmp_path, "mixtral-8x7b")
+    assert main(["plan", "--hf-config", path, "--gpus", "64", "--ep", "8", "--top", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "12.88B of 46.70B parameters active per token" in text
+    assert "expert   groups: 8 of 8 ranks" in text      # 64 GPUs / ep 8
+    assert "EP all-to-all (ep=8, capacity factor 1)" in text
+
+
 @pytest.mark.parametrize("cfg, needle", [
     ({"model_type": "nosuchmodel", "hidden_size": 64}, "cannot read model_type 'nosuchmodel'"),
     ({"model_type": "t5", "d_model": 64}, "cannot build a causal language model of model_type 't5'"),

@@ -1,0 +1,53 @@
+"""`plan` of Mixtral-8x7B (the preset: Jiang et al. 2024's shape) with expert parallelism, as a user
+types it: the expert groups and the all-to-all time in the report, ep in the JSON, --ep errors as
+one line, --emit refused (tests/torch/test_hf_counts.py does the same from a config.json)."""
+import json
+import re
+
+from llmlaunch.cli import main
+
+MIXTRAL = ["plan", "--model", "mixtral-8x7b", "--gpus", "64"]
+
+
+def test_mixtral_plan_with_ep_prints_expert_groups_and_the_alltoall(capsys):
+    assert main([*MIXTRAL, "--ep", "4", "--top", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "12.88B of 46.70B parameters active per token" in text
+    assert "experts split ep=4 (2 of 8 per GPU)" in text
+    # 64 GPUs as dp 8: 16 expert groups of 4 consecutive data-parallel ranks (stride tp)
+    assert "expert   groups: 16 of 4 ranks" in text
+    assert "expert-data groups: 32 of 2 ranks" in text
+    row = next(line for line in text.splitlines() if line.startswith("EP all-to-all (ep=4"))
+    time, unit = re.search(r"capacity factor 1\)\s+([\d.]+) (ms|s)\s", row).groups()
+    assert float(time) > 0
+
+
+def test_mixtral_json_carries_ep_and_the_alltoall_time(capsys):
+    assert main([*MIXTRAL, "--json", "--ep", "2", "--capacity-factor", "1.25"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["capacity_factor"] == 1.25 and out["candidates"]
+    for cand in out["candidates"]:
+        assert cand["ep"] == 2 and cand["dp"] % 2 == 0
+        assert cand["step_time_breakdown_s"]["ep_comm_s"] > 0
+    # unpinned, the search tries every ep dividing dp and 8 and ranks them
+    assert main([*MIXTRAL, "--json", "--top", "1000"]) == 0
+    searched = json.loads(capsys.readouterr().out)["candidates"]
+    assert {c["ep"] for c in searched} == {1, 2, 4, 8}
+    assert all(c["step_time_breakdown_s"]["ep_comm_s"] == 0 for c in searched if c["ep"] == 1)
+
+
+def test_expert_pins_that_cannot_work_say_why(capsys):
+    assert main([*MIXTRAL, "--ep", "3"]) == 2
+    assert "--ep 3 does not divide the model's 8 experts; --ep can be 1, 2, 4, 8" in capsys.readouterr().err
+    assert main(["plan", "--model", "llama2-7b", "--gpus", "8", "--ep", "2"]) == 2
+    assert "needs a Mixture-of-Experts model; llama2-7b is dense" in capsys.readouterr().err
+    assert main([*MIXTRAL, "--dp", "4", "--ep", "8"]) == 2
+    assert "--ep 8 does not divide --dp 4" in capsys.readouterr().err
+    assert main([*MIXTRAL, "--capacity-factor", "0.5"]) == 2
+    assert "--capacity-factor must be at least 1.0" in capsys.readouterr().err
+
+
+def test_emit_of_an_expert_parallel_layout_is_refused(tmp_path, capsys):
+    assert main([*MIXTRAL, "--ep", "4", "--emit", str(tmp_path / "out")]) == 2
+    assert "MoE layouts are estimates until the model runs them" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
