@@ -4,6 +4,8 @@ one line, --emit refused (tests/torch/test_hf_counts.py does the same from a con
 import json
 import re
 
+import pytest
+
 from llmlaunch.cli import main
 
 MIXTRAL = ["plan", "--model", "mixtral-8x7b", "--gpus", "64"]
@@ -51,3 +53,23 @@ def test_emit_of_an_expert_parallel_layout_is_refused(tmp_path, capsys):
     assert main([*MIXTRAL, "--ep", "4", "--emit", str(tmp_path / "out")]) == 2
     assert "MoE layouts are estimates until the model runs them" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_drawn_schedule_and_breakdown_carry_the_alltoall():
+    """The plan page's 1F1B schedule is made of the same per-stage times as the step (all-to-all
+    included), and its breakdown bar lists the all-to-all only where there is one."""
+    from llmlaunch.cli.plan import plan_from_argv
+    from llmlaunch.report.figures import breakdown_figure
+    from llmlaunch.topology.schedule import candidate_schedule
+
+    _, _, chosen = plan_from_argv(["--model", "mixtral-8x7b", "--gpus", "64", "--ep", "4",
+                                   "--pp", "4"])
+    sch = candidate_schedule(chosen)
+    for f, b, t in zip(sch.fwd, sch.bwd, chosen.stage_times):
+        assert t.ep_comm_s > 0 and f + b == pytest.approx(t.total_s)
+    step = chosen.step
+    assert step.ep_comm_s == pytest.approx(chosen.layout.grad_accum * max(
+        chosen.stage_times, key=lambda t: t.total_s).ep_comm_s)
+    assert "EP all-to-all" in breakdown_figure(step)["data"][0]["y"]
+    _, _, dense = plan_from_argv(["--model", "llama2-7b", "--gpus", "8"])
+    assert "EP all-to-all" not in breakdown_figure(dense.step)["data"][0]["y"]
