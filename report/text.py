@@ -243,6 +243,6 @@ def rejected_report(rejected: list[Candidate], limit: int | None) -> list[str]:
         lay = c.layout
         detail = (f" mb={lay.micro_batch} zero={lay.zero_stage} recompute={lay.recompute}"
                   if c.stages else "")
-        out.append(f"  dp={lay.dp} pp={lay.pp} tp={lay.tp}{detail}: {'; '.join(c.reasons)}")
+        out.append(f"  {lay.describe()}{detail}: {'; '.join(c.reasons)}")
     out.append("")
     return out

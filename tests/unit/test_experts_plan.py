@@ -73,3 +73,16 @@ def test_the_drawn_schedule_and_breakdown_carry_the_alltoall():
     assert "EP all-to-all" in breakdown_figure(step)["data"][0]["y"]
     _, _, dense = plan_from_argv(["--model", "llama2-7b", "--gpus", "8"])
     assert "EP all-to-all" not in breakdown_figure(dense.step)["data"][0]["y"]
+
+
+def test_rank_map_and_rejected_layouts_name_the_expert_degree(capsys):
+    from llmlaunch.report.rank_map import rank_map
+    from llmlaunch.topology.layout import Layout
+
+    rm = rank_map(Layout(dp=8, pp=1, tp=2, ep=4), 8)        # ep groups of 4 ranks, stride 2
+    assert (rm["ep"], rm["ep_stride"], rm["ep_crosses_nodes"]) == (4, 2, False)
+    assert rank_map(Layout(dp=8, pp=1, tp=2, ep=8), 8)["ep_crosses_nodes"] is True
+    # a pinned layout that does not fit is listed with its ep
+    assert main([*MIXTRAL, "--dp", "64", "--pp", "1", "--tp", "1", "--ep", "8", "--micro-batch",
+                 "4", "--zero", "1", "--recompute", "none"]) == 1
+    assert "dp=64 pp=1 tp=1 ep=8 mb=4" in capsys.readouterr().out
