@@ -304,6 +304,10 @@ def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins =
                 rejected.append(Candidate(layout=Layout(dp=dp, pp=pp, tp=tp), reasons=[
                     f"global batch {options.global_batch} not divisible by dp={dp}"]))
                 continue
+            if pins.ep and dp % pins.ep:
+                rejected.append(Candidate(layout=Layout(dp=dp, pp=pp, tp=tp), reasons=[
+                    f"ep={pins.ep} does not divide dp={dp}"]))
+                continue
             per_replica = options.global_batch // dp
             for micro_batch in ([pins.micro_batch] if pins.micro_batch else divisors(per_replica)):
                 grad_accum = max(1, per_replica // micro_batch)

@@ -45,6 +45,9 @@ def test_expert_pins_that_cannot_work_say_why(capsys):
     assert "needs a Mixture-of-Experts model; llama2-7b is dense" in capsys.readouterr().err
     assert main([*MIXTRAL, "--dp", "4", "--ep", "8"]) == 2
     assert "--ep 8 does not divide --dp 4" in capsys.readouterr().err
+    # searched dp: every dp the pin does not divide is ruled out with that reason
+    assert main(["plan", "--model", "mixtral-8x7b", "--gpus", "4", "--ep", "8"]) == 1
+    assert "ep=8 does not divide dp=4" in capsys.readouterr().err
     assert main([*MIXTRAL, "--capacity-factor", "0.5"]) == 2
     assert "--capacity-factor must be at least 1.0" in capsys.readouterr().err
 
