@@ -197,9 +197,12 @@ class Layout:
     def model_reasons(self, spec: ModelSpec) -> list[str]:
         """Why this layout cannot split `spec` (empty when it can): tp must divide the query heads,
         the KV heads and the MLP width (each rank holds whole heads and an equal MLP slice), and
-        every pipeline stage needs at least one block."""
+        every pipeline stage needs at least one block. (An MoE model's expert widths: expert_reasons;
+        its ffn_hidden only where dense layers use it.)"""
         reasons = []
-        checks = [("heads", spec.heads), ("ffn_hidden", spec.ffn_hidden)]
+        checks = [("heads", spec.heads)]
+        if not spec.moe or spec.dense_layers:
+            checks.append(("ffn_hidden", spec.ffn_hidden))
         if spec.kv_heads != spec.heads:  # with multi-head attention the heads' check says it
             checks.insert(1, ("kv_heads", spec.kv_heads))
         for what, value in checks:
@@ -225,7 +228,7 @@ class Layout:
                            f"dp={self.dp} ep can be {fits}")
         for what, value in (("expert_ffn_hidden", spec.expert_ffn_hidden),
                             ("shared_expert_ffn_hidden", spec.shared_expert_ffn_hidden)):
-            if value % self.tp and value != spec.ffn_hidden:  # ffn_hidden's check says it
+            if value % self.tp and not (spec.dense_layers and value == spec.ffn_hidden):
                 reasons.append(f"tp={self.tp} does not divide {what}={value}")
         return reasons
 

@@ -131,3 +131,17 @@ def test_search_tries_expert_degrees_dividing_dp_and_experts():
     assert expert_degrees(preset("llama2-7b"), 16) == [1]
     assert expert_degrees(MIXTRAL, 12, pinned=8) == []
     assert expert_degrees(MIXTRAL, 16, pinned=8) == [8]
+
+
+def test_tp_must_divide_the_widths_the_model_uses():
+    # an MoE model without dense layers never runs an MLP of ffn_hidden: only the experts' widths
+    moe = MIXTRAL.replace(ffn_hidden=1004, expert_ffn_hidden=1024)
+    assert Layout(dp=1, pp=1, tp=8).model_reasons(moe) == []
+    assert Layout(dp=1, pp=1, tp=8).model_reasons(moe.replace(expert_ffn_hidden=1004)) == [
+        "tp=8 does not divide expert_ffn_hidden=1004"]
+    # with dense layers (DeepSeek's first k) ffn_hidden is checked, once where the widths agree
+    dense_first = moe.replace(dense_layers=1, expert_ffn_hidden=1004)
+    assert Layout(dp=1, pp=1, tp=8).model_reasons(dense_first) == [
+        "tp=8 does not divide ffn_hidden=1004"]
+    assert Layout(dp=1, pp=1, tp=8).model_reasons(preset("llama2-7b").replace(ffn_hidden=1004)) == [
+        "tp=8 does not divide ffn_hidden=1004"]
