@@ -15,6 +15,9 @@ CASES = [
     ("131072 GPUs, 175B", ["plan", "--gpus", "131072", "--params", "175e9"], 1.0),
     ("131072 GPUs, llama3-405b on H100", ["plan", "--gpus", "131072", "--model", "llama3-405b",
                                           "--gpu", "h100-80gb"], 1.0),
+    # Mixture-of-Experts: the search also tries every expert-parallel degree (issue 14)
+    ("1024 GPUs, mixtral-8x7b", ["plan", "--gpus", "1024", "--model", "mixtral-8x7b"], 1.0),
+    ("131072 GPUs, mixtral-8x7b", ["plan", "--gpus", "131072", "--model", "mixtral-8x7b"], 1.0),
 ]
 
 

@@ -29,7 +29,8 @@ MEMORY_PARTS = (("weights", "#4e79a7"), ("gradients", "#f28e2b"), ("optimizer", 
 BREAKDOWN_PARTS = (("compute_s", "compute", "#4e79a7"), ("tp_comm_s", "TP all-reduce", "#9c755f"),
                    ("pp_comm_s", "PP send/recv", "#edc948"), ("bubble_s", "pipeline bubble", "#bab0ac"),
                    ("dp_comm_s", "DP gradient reduce (exposed)", "#f28e2b"),
-                   ("optimizer_s", "optimizer step", "#b07aa1"))
+                   ("optimizer_s", "optimizer step", "#b07aa1"),
+                   ("ep_comm_s", "EP all-to-all", "#59a14f"))
 
 
 FONT = {"family": "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", "size": 12}
@@ -166,14 +167,20 @@ def schedule_figure(sch: Schedule, step_total_s: float) -> dict:
         margin={"l": 70, "r": 20, "t": 30, "b": 85})}
 
 
+def breakdown_parts(step) -> tuple:
+    """BREAKDOWN_PARTS that the step has: the MoE all-to-all only where there is one."""
+    return tuple(p for p in BREAKDOWN_PARTS if p[0] != "ep_comm_s" or step.ep_comm_s)
+
+
 def breakdown_figure(step) -> dict:
     total = step.total_s
     scale, unit = _time_unit(total)
-    names = [name for _, name, _ in BREAKDOWN_PARTS]
-    values = [getattr(step, key) for key, _, _ in BREAKDOWN_PARTS]
+    parts = breakdown_parts(step)
+    names = [name for _, name, _ in parts]
+    values = [getattr(step, key) for key, _, _ in parts]
     return {"data": [{
         "type": "bar", "orientation": "h", "y": names, "x": [_sig(v * scale) for v in values],
-        "marker": {"color": [c for _, _, c in BREAKDOWN_PARTS]}, "meta": "breakdown",
+        "marker": {"color": [c for _, _, c in parts]}, "meta": "breakdown",
         "text": [f"{v * scale:.3g} {unit} ({v / total:.1%})" for v in values],
         "textposition": "auto", "cliponaxis": False,
         "hovertemplate": f"%{{y}}: %{{x}} {unit}<extra></extra>"}],

@@ -21,6 +21,7 @@ def plan_json(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
                     "memory_gib": cluster.gpu.memory_gib, "peak_tflops": cluster.gpu.peak_tflops},
         "global_batch": inputs.options.global_batch,
         "precision": inputs.options.precision,
+        "capacity_factor": inputs.options.capacity_factor,
         "candidates": [c.to_dict() for c in result.candidates],
         "evaluated": result.evaluated,
         "defaults": list(inputs.defaults),
@@ -29,7 +30,7 @@ def plan_json(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
         out["pinned"] = chosen.to_dict()
     if horizon is not None:
         out["horizon"] = dict(horizon.to_dict(), tokens=tokens)
-    out["rejected"] = [{"dp": c.layout.dp, "pp": c.layout.pp, "tp": c.layout.tp,
+    out["rejected"] = [{"dp": c.layout.dp, "pp": c.layout.pp, "tp": c.layout.tp, "ep": c.layout.ep,
                         "micro_batch": c.layout.micro_batch, "zero_stage": c.layout.zero_stage,
                         "recompute": c.layout.recompute, "reasons": c.reasons} for c in result.rejected]
     return out

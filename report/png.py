@@ -13,7 +13,7 @@ from llmlaunch.topology.plan_inputs import PlanInputs
 from llmlaunch.topology.planner import Candidate, SearchResult
 from llmlaunch.topology.schedule import candidate_schedule
 
-from .figures import BREAKDOWN_PARTS, MEMORY_PARTS, MIXED_COLOUR, SCHEDULE_COLOURS, _time_unit, stage_colours
+from .figures import MEMORY_PARTS, MIXED_COLOUR, SCHEDULE_COLOURS, _time_unit, breakdown_parts, stage_colours
 from .rank_map import rank_map
 
 # In-cell labels (TP group, DP replica) are drawn up to this many ranks.
@@ -130,9 +130,10 @@ def write_plan_png(path: str | Path, inputs: PlanInputs, result: SearchResult,
     # step-time breakdown
     ax = fig.add_subplot(grid[1, 1])
     bscale, bunit = _time_unit(step.total_s)
-    names = [n for _, n, _ in BREAKDOWN_PARTS]
-    vals = [getattr(step, k) * bscale for k, _, _ in BREAKDOWN_PARTS]
-    ax.barh(names, vals, color=[c for _, _, c in BREAKDOWN_PARTS])
+    parts = breakdown_parts(step)
+    names = [n for _, n, _ in parts]
+    vals = [getattr(step, k) * bscale for k, _, _ in parts]
+    ax.barh(names, vals, color=[c for _, _, c in parts])
     ax.invert_yaxis()
     ax.tick_params(labelsize=7)
     ax.set_xlabel(f"{bunit} per step", fontsize=8)

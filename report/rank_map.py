@@ -1,7 +1,8 @@
 """The rank map of a layout as a heatmap grid: nodes x GPU slots, each cell coloured by the
 pipeline stage of its rank (pure Python; figures.py makes the plotly figure, png.py the image). Where
 a rank sits and which groups it is in come from the layout (topology/layout.py), whose axis order the
-page script also receives (`axes`), so the hover text follows the same maths."""
+page script also receives (`axes`), so the hover text follows the same maths. With expert
+parallelism the map also says how the expert groups lie (`ep`, `ep_stride`, `ep_crosses_nodes`)."""
 from __future__ import annotations
 
 import math
@@ -64,4 +65,8 @@ def rank_map(layout: Layout, gpus_per_node: int) -> dict:
             "width": width, "z": z, "tp_crossing_cells": crossing, "tp_crosses_nodes": tp_crosses,
             "pp_crosses_nodes": layout.spans_nodes("pp", gpn),
             "dp_crosses_nodes": layout.spans_nodes("dp", gpn),
+            # expert parallelism (MoE): the e consecutive data-parallel ranks splitting the
+            # experts (Layout.groups("ep")), their stride and whether a group leaves its node
+            "ep": layout.ep, "ep_stride": layout.stride("ep"),
+            "ep_crosses_nodes": layout.spans_nodes("ep", gpn),
             "labelled": per_cell == 1 and world <= MAX_LABELLED_RANKS}

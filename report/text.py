@@ -59,7 +59,11 @@ def plan_text(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
         shown = result.candidates[:max(1, args.top)]
         lines.append(f"{len(result.candidates)} of {result.evaluated} evaluated layouts fit; "
                      f"top {len(shown)} by estimated throughput:")
-        lines.append(tabulate(candidate_rows(shown), headers=CANDIDATE_HEADERS, tablefmt="simple"))
+        rows, headers = candidate_rows(shown), CANDIDATE_HEADERS
+        if spec.moe:  # the expert-parallel degree after tp
+            rows = [row[:4] + [c.layout.ep] + row[4:] for c, row in zip(shown, rows)]
+            headers = headers[:4] + ["ep"] + headers[4:]
+        lines.append(tabulate(rows, headers=headers, tablefmt="simple"))
         lines.append("")
     if chosen is not None and chosen.estimated:
         lines.extend(candidate_report(chosen, inputs, show_groups=args.show_groups))
@@ -114,7 +118,9 @@ def candidate_report(c: Candidate, inputs: PlanInputs, show_groups: bool = False
            f"{lay.micro_batch} x {lay.grad_accum} accumulation x dp {lay.dp} = {lay.global_batch} "
            f"sequences, ZeRO-{lay.zero_stage}, recompute {lay.recompute}"
            + (", sequence parallel" if lay.sequence_parallel else "")
-           + (f", interleaved x{lay.virtual_stages}" if lay.virtual_stages > 1 else "")]
+           + (f", interleaved x{lay.virtual_stages}" if lay.virtual_stages > 1 else "")
+           + (f", experts split ep={lay.ep} ({inputs.spec.experts // lay.ep} of "
+              f"{inputs.spec.experts} per GPU)" if inputs.spec.moe else "")]
     for reason in c.reasons:
         out.append(f"  ruled out: {reason}")
     out.append("")
@@ -141,6 +147,9 @@ def candidate_report(c: Candidate, inputs: PlanInputs, show_groups: bool = False
     parts = [("compute", step.compute_s), ("TP all-reduce", step.tp_comm_s),
              ("PP send/recv", step.pp_comm_s), ("pipeline bubble", step.bubble_s),
              ("DP gradient reduce (exposed)", step.dp_comm_s), ("optimizer step", step.optimizer_s)]
+    if inputs.spec.moe:
+        parts.insert(3, (f"EP all-to-all (ep={lay.ep}, capacity factor "
+                         f"{inputs.options.capacity_factor:g})", step.ep_comm_s))
     out.append(tabulate([[name, _fmt_seconds(sec), f"{sec / step.total_s:.1%}"] for name, sec in parts],
                         headers=["", "time", "share"], tablefmt="simple"))
     out.append(f"throughput {_fmt_count(c.tokens_per_s)} tokens/s, {c.tflops_per_gpu:.1f} TFLOP/s per GPU "
@@ -175,6 +184,7 @@ def topology_report(lay: Layout, gpus_per_node: int, show_groups: bool) -> list[
             first = [stride * k for k in range(size)]
             last = [world - 1 - stride * (size - 1 - k) for k in range(size)]
             out.append(head + f": first {_short(first)} ... last {_short(last)}")
+    out.extend(expert_groups_report(lay, gpus_per_node, list_all))
     nodes = max(1, world // gpus_per_node)
     shown = range(nodes) if list_all or nodes <= 8 else [0, 1, 2, None, nodes - 1]
     for node in shown:
@@ -186,6 +196,27 @@ def topology_report(lay: Layout, gpus_per_node: int, show_groups: bool) -> list[
         stages = sorted({c["pp"] for c in coords})
         replicas = sorted({c["dp"] for c in coords})
         out.append(f"  node {node}: ranks {lo}-{hi}, stage {_span(stages)}, data replica {_span(replicas)}")
+    return out
+
+
+def expert_groups_report(lay: Layout, gpus_per_node: int, list_all: bool) -> list[str]:
+    """The expert-parallel groups (consecutive data-parallel ranks splitting the experts) and the
+    expert-data-parallel groups (the ranks holding the same experts, reducing their gradients):
+    Layout.groups('ep') and ('edp'). Nothing at ep = 1."""
+    if lay.ep == 1:
+        return []
+    out = []
+    for axis, what in (("ep", "split the experts"), ("edp", "hold the same experts")):
+        size, stride, groups = lay.size(axis), lay.stride(axis), lay.groups(axis)
+        where = "crosses nodes" if lay.spans_nodes(axis, gpus_per_node) else "inside a node"
+        head = (f"  {AXIS_NAMES[axis]:8s} groups: {len(groups)} of {size} ranks, stride {stride}, "
+                f"{where} ({what})")
+        if size == 1:
+            out.append(f"  {AXIS_NAMES[axis]:8s} groups: none (dp/ep=1)")
+        elif list_all:
+            out.append(head + ": " + " ".join("[" + ",".join(map(str, g)) + "]" for g in groups))
+        else:
+            out.append(head + f": first {_short(groups[0])} ... last {_short(groups[-1])}")
     return out
 
 
@@ -212,6 +243,6 @@ def rejected_report(rejected: list[Candidate], limit: int | None) -> list[str]:
         lay = c.layout
         detail = (f" mb={lay.micro_batch} zero={lay.zero_stage} recompute={lay.recompute}"
                   if c.stages else "")
-        out.append(f"  dp={lay.dp} pp={lay.pp} tp={lay.tp}{detail}: {'; '.join(c.reasons)}")
+        out.append(f"  {lay.describe()}{detail}: {'; '.join(c.reasons)}")
     out.append("")
     return out

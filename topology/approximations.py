@@ -31,9 +31,10 @@ def planning_notes(spec: ModelSpec, exact_params: int | None = None) -> list[str
                      f"{spec.head_dim} (qk_nope + qk_rope): its FLOPs and activations approximate")
     if spec.moe:
         per_token = spec.experts_per_token * spec.hidden * 2 * 2     # k copies in and out, 2 bytes
-        notes.append(f"MoE: every GPU holds all {spec.experts} experts of its layers (no expert "
-                     f"parallelism); FLOPs per token from the active parameters ({spec.experts_per_token}"
-                     f" of {spec.experts} experts), routing perfectly balanced; the dispatch buffers "
+        notes.append(f"MoE: each GPU holds {spec.experts}/ep experts of its layers (ep, the expert-"
+                     f"parallel degree, searched or --ep); FLOPs per token from the active parameters "
+                     f"({spec.experts_per_token} of {spec.experts} experts), routing perfectly balanced "
+                     f"(no token dropped; the all-to-all priced at the capacity factor); the dispatch buffers "
                      f"(k = {spec.experts_per_token} copies of each token in and out) are not counted: "
                      f"activations up to {_share(per_token * spec.seq_len, act)} low")
     if spec.moe and spec.dense_layers:

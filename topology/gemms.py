@@ -12,6 +12,14 @@ column-parallel QKV and MLP-in, row-parallel out-projection and MLP-out; Shoeybi
   mlp down          m = T,  n = h,    k = f / t
   head              m = T,  n = V_p / t, k = h                       (last stage; V_p padded vocab)
 
+An MoE block (Mixture-of-Experts, every block of an MoE model planned as one) replaces the MLP by
+  router            m = T,  n = E,    k = h                          (replicated over TP)
+  mlp up/gate/down  as above at f_e, batch = E/e local experts of m = c T k e / E rows each
+                    (k routed copies of the T tokens, spread evenly over the E experts, e-way
+                    expert parallel, padded to the capacity factor c: topology/experts.py)
+  shared-up/gate/down  as the dense MLP at f_s (Qwen2-MoE, DeepSeek), and its gate m = T, n = 1
+so that at c = 1 its FLOPs are flops.moe_matmul_flops_per_token's.
+
 where s_k, the keys each query attends to, is read off flops.attention_core_flops_per_token (4 a d s_k
 FLOPs a token), so a change to how the attention core is counted (a sliding window) flows through.
 Backward has two GEMMs per forward one: the gradient of the first operand dA = dC B^T (m, k, n),
@@ -85,7 +93,8 @@ def attended_keys(spec: ModelSpec, seq_len: int) -> float:
 
 
 def block_forward_gemms(spec: ModelSpec, *, micro_batch: int, seq_len: int, tp: int,
-                        causal_skip: bool = False) -> tuple[Gemm, ...]:
+                        causal_skip: bool = False, ep: int = 1,
+                        capacity_factor: float = 1.0) -> tuple[Gemm, ...]:
     """One block's forward GEMMs on one TP rank (table above). causal_skip: a fused attention
     kernel (flash attention; Dao 2023) that skips the masked half of the causal scores and keeps
     the score matrix on chip: each of its GEMMs, forward and backward, has one s x s_k operand
@@ -103,11 +112,37 @@ def block_forward_gemms(spec: ModelSpec, *, micro_batch: int, seq_len: int, tp: 
         Gemm("attention-values", s, spec.head_dim, keys, heads_local, executed=executed,
              on_chip=on_chip),
         Gemm("out-proj", tokens, spec.hidden, q_width / t),
-        Gemm("mlp-up", tokens, spec.ffn_hidden / t, spec.hidden),
     ]
+    if spec.moe:
+        return tuple(gemms) + moe_forward_gemms(spec, tokens=tokens, tp=t, ep=ep,
+                                                capacity_factor=capacity_factor)
+    gemms.append(Gemm("mlp-up", tokens, spec.ffn_hidden / t, spec.hidden))
     if spec.gated_mlp:
         gemms.append(Gemm("mlp-gate", tokens, spec.ffn_hidden / t, spec.hidden))
     gemms.append(Gemm("mlp-down", tokens, spec.hidden, spec.ffn_hidden / t))
+    return tuple(gemms)
+
+
+def moe_forward_gemms(spec: ModelSpec, *, tokens: int, tp: int, ep: int,
+                      capacity_factor: float) -> tuple[Gemm, ...]:
+    """An MoE block's MLP GEMMs on one GPU (table above): the router, the E/e local experts as one
+    batched GEMM each of c T k e / E rows, the shared expert."""
+    local = spec.experts // ep
+    rows = capacity_factor * tokens * spec.experts_per_token * ep / spec.experts
+    width = spec.expert_ffn_hidden / tp
+    gemms = [Gemm("router", tokens, spec.experts, spec.hidden),
+             Gemm("mlp-up", rows, width, spec.hidden, local)]
+    if spec.gated_mlp:
+        gemms.append(Gemm("mlp-gate", rows, width, spec.hidden, local))
+    gemms.append(Gemm("mlp-down", rows, spec.hidden, width, local))
+    if spec.shared_expert_ffn_hidden:
+        shared = spec.shared_expert_ffn_hidden / tp
+        gemms.append(Gemm("shared-up", tokens, shared, spec.hidden))
+        if spec.gated_mlp:
+            gemms.append(Gemm("shared-gate", tokens, shared, spec.hidden))
+        gemms.append(Gemm("shared-down", tokens, spec.hidden, shared))
+        if spec.shared_expert_gate:
+            gemms.append(Gemm("shared-expert-gate", tokens, 1, spec.hidden))
     return tuple(gemms)
 
 
@@ -132,19 +167,22 @@ def recomputed_gemms(forward: tuple[Gemm, ...], recompute: str) -> tuple[Gemm, .
 
 
 def block_gemms(spec: ModelSpec, *, micro_batch: int, seq_len: int, tp: int, recompute: str,
-                causal_skip: bool = False) -> tuple[Gemm, ...]:
+                causal_skip: bool = False, ep: int = 1,
+                capacity_factor: float = 1.0) -> tuple[Gemm, ...]:
     """One block's GEMMs for one micro-batch: forward, backward, and what recompute repeats."""
     forward = block_forward_gemms(spec, micro_batch=micro_batch, seq_len=seq_len, tp=tp,
-                                  causal_skip=causal_skip)
+                                  causal_skip=causal_skip, ep=ep, capacity_factor=capacity_factor)
     return with_backward(forward) + recomputed_gemms(forward, recompute)
 
 
 def stage_gemms(spec: ModelSpec, *, blocks: int, last: bool, micro_batch: int, seq_len: int,
-                tp: int, recompute: str, causal_skip: bool = False) -> list[tuple[Gemm, int]]:
+                tp: int, recompute: str, causal_skip: bool = False, ep: int = 1,
+                capacity_factor: float = 1.0) -> list[tuple[Gemm, int]]:
     """(GEMM, how many times) for one micro-batch on one GPU of a stage: every block's list, and
     on the last stage the head (forward and backward; never recomputed)."""
     out = [(g, blocks) for g in block_gemms(spec, micro_batch=micro_batch, seq_len=seq_len, tp=tp,
-                                            recompute=recompute, causal_skip=causal_skip)]
+                                            recompute=recompute, causal_skip=causal_skip, ep=ep,
+                                            capacity_factor=capacity_factor)]
     if last:
         head = head_forward_gemm(spec, micro_batch=micro_batch, seq_len=seq_len, tp=tp)
         out += [(g, 1) for g in with_backward((head,))]

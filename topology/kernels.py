@@ -104,6 +104,8 @@ def block_kernels(spec: ModelSpec, *, kernels: str, tp: int, seq_len: int, act: 
     t = tp
     h = spec.hidden / (t if sequence_parallel else 1)
     f, q, kv = spec.ffn_hidden / t, spec.heads * spec.head_dim / t, spec.kv_hidden / t
+    if spec.moe:  # the activation runs on the k routed experts' and the shared expert's widths
+        f = (spec.experts_per_token * spec.expert_ffn_hidden + spec.shared_expert_ffn_hidden) / t
     scores = spec.heads / t * attended_keys(spec, seq_len)
     out = [_norm(spec, h, ks, act, "input-norm"), _norm(spec, h, ks, act, "post-attention-norm"),
            # the residual stream's two gradients (through the branch, around it) summed, twice

@@ -24,7 +24,14 @@ OFFLOAD_MODES = ("none", "optimizer", "optimizer+params")
 # out (its axes pipe, data, model with the last fastest): rank = (pp_coord * dp + dp_coord) * tp
 # + tp_coord. A TP group is tp consecutive ranks, so it stays inside a node when tp divides it.
 AXES = ("tp", "dp", "pp")
-AXIS_NAMES = {"tp": "tensor", "dp": "data", "pp": "pipeline"}
+AXIS_NAMES = {"tp": "tensor", "dp": "data", "pp": "pipeline", "ep": "expert",
+              "edp": "expert-data"}
+# Expert parallelism splits the data-parallel axis in two, ep fastest: consecutive data-parallel
+# ranks form an expert-parallel group (the E experts split over them), and the ranks holding the
+# same experts form an expert-data-parallel group of dp/ep (Megatron-LM core's RankGenerator order
+# "tp-ep-dp-pp" for experts; DeepSpeed-MoE's _create_expert_and_data_parallel). The same generic
+# rank_groups computes both: rank = ((pp_coord * dp/ep + edp_coord) * ep + ep_coord) * tp + tp_coord.
+EXPERT_AXES = ("tp", "ep", "edp", "pp")
 
 
 def rank_groups(sizes: Sequence[int], grouped: Sequence[bool]) -> list[list[int]]:
@@ -65,7 +72,9 @@ def rank_groups(sizes: Sequence[int], grouped: Sequence[bool]) -> list[list[int]
 
 @dataclass(frozen=True)
 class Layout:
-    """How world_size = dp * pp * tp GPUs split one training step. Validated once, on construction."""
+    """How world_size = dp * pp * tp GPUs split one training step. Validated once, on construction.
+    Expert parallelism (ep) is no fourth factor of the world size: it splits each data-parallel
+    group into dp/ep groups of ep ranks that share out a Mixture-of-Experts layer's experts."""
 
     dp: int
     """Data-parallel degree: model replicas, each seeing 1/dp of the global batch."""
@@ -90,14 +99,22 @@ class Layout:
     offload: str = "none"
     """ZeRO-Offload to CPU memory: 'optimizer' (optimizer states and their fp32 master, ZeRO >= 1)
     or 'optimizer+params' (also the weights' partitions, ZeRO-3)."""
+    ep: int = 1
+    """Expert-parallel degree (Mixture-of-Experts only): consecutive data-parallel ranks that split
+    the E experts of every MoE layer, E/ep each; divides dp (and E: model_reasons). 1: every rank
+    holds every expert."""
 
     def __post_init__(self):
-        for field in ("dp", "pp", "tp", "micro_batch", "grad_accum", "virtual_stages"):
+        for field in ("dp", "pp", "tp", "micro_batch", "grad_accum", "virtual_stages", "ep"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"layout {field} must be a positive integer, got {value!r}")
         if self.zero_stage not in ZERO_STAGES:
             raise ValueError(f"layout zero_stage must be one of 0, 1, 2, 3, got {self.zero_stage!r}")
+        if self.dp % self.ep:
+            fits = ", ".join(str(d) for d in range(1, self.dp + 1) if self.dp % d == 0)
+            raise ValueError(f"layout ep={self.ep} does not divide dp={self.dp} (expert-parallel "
+                             f"groups are sub-groups of a data-parallel group); ep can be {fits}")
         if self.virtual_stages > 1 and self.pp == 1:
             raise ValueError("an interleaved schedule (virtual_stages > 1) needs a pipeline (pp > 1)")
         if self.recompute not in RECOMPUTE_MODES:
@@ -152,14 +169,17 @@ class Layout:
         return self.micro_batch * self.grad_accum * self.dp
 
     def size(self, axis: str) -> int:
-        """The degree of one axis ('tp', 'dp' or 'pp')."""
-        if axis not in AXES:
-            raise ValueError(f"unknown axis {axis!r}; axes are {', '.join(AXES)}")
+        """The degree of one axis ('tp', 'dp' or 'pp'; or of the expert split of dp: 'ep', and
+        'edp' = dp/ep, the ranks holding the same experts)."""
+        if axis == "edp":
+            return self.dp // self.ep
+        if axis not in AXES and axis != "ep":
+            raise ValueError(f"unknown axis {axis!r}; axes are {', '.join(AXES)}, ep, edp")
         return getattr(self, axis)
 
     def describe(self) -> str:
-        """'dp=2 pp=2 tp=1': the three degrees, as messages name them."""
-        return f"dp={self.dp} pp={self.pp} tp={self.tp}"
+        """'dp=2 pp=2 tp=1' (and ' ep=2' when experts are split): the degrees, as messages name them."""
+        return f"dp={self.dp} pp={self.pp} tp={self.tp}" + (f" ep={self.ep}" if self.ep > 1 else "")
 
     @property
     def product(self) -> str:
@@ -177,9 +197,12 @@ class Layout:
     def model_reasons(self, spec: ModelSpec) -> list[str]:
         """Why this layout cannot split `spec` (empty when it can): tp must divide the query heads,
         the KV heads and the MLP width (each rank holds whole heads and an equal MLP slice), and
-        every pipeline stage needs at least one block."""
+        every pipeline stage needs at least one block. (An MoE model's expert widths: expert_reasons;
+        its ffn_hidden only where dense layers use it.)"""
         reasons = []
-        checks = [("heads", spec.heads), ("ffn_hidden", spec.ffn_hidden)]
+        checks = [("heads", spec.heads)]
+        if not spec.moe or spec.dense_layers:
+            checks.append(("ffn_hidden", spec.ffn_hidden))
         if spec.kv_heads != spec.heads:  # with multi-head attention the heads' check says it
             checks.insert(1, ("kv_heads", spec.kv_heads))
         for what, value in checks:
@@ -187,6 +210,26 @@ class Layout:
                 reasons.append(f"tp={self.tp} does not divide {what}={value}")
         if self.pp > spec.layers:
             reasons.append(f"pp={self.pp} exceeds the {spec.layers} layers (every stage needs one)")
+        return reasons + self.expert_reasons(spec)
+
+    def expert_reasons(self, spec: ModelSpec) -> list[str]:
+        """Why the expert split does not fit `spec`: ep > 1 needs an MoE model and must divide its
+        E experts (each rank holds E/ep whole experts); tp splits every expert's MLP (and the
+        shared expert's) like a dense one, so it must divide their widths."""
+        if not spec.moe:
+            return ([] if self.ep == 1 else
+                    [f"ep={self.ep} needs a Mixture-of-Experts model ({spec.name or spec.arch} is "
+                     "dense); use ep=1"])
+        reasons = []
+        if spec.experts % self.ep:
+            fits = ", ".join(str(d) for d in range(1, spec.experts + 1)
+                             if self.dp % d == 0 and spec.experts % d == 0)
+            reasons.append(f"ep={self.ep} does not divide experts={spec.experts}; with "
+                           f"dp={self.dp} ep can be {fits}")
+        for what, value in (("expert_ffn_hidden", spec.expert_ffn_hidden),
+                            ("shared_expert_ffn_hidden", spec.shared_expert_ffn_hidden)):
+            if value % self.tp and not (spec.dense_layers and value == spec.ffn_hidden):
+                reasons.append(f"tp={self.tp} does not divide {what}={value}")
         return reasons
 
     def check_model(self, spec: ModelSpec) -> None:
@@ -223,11 +266,14 @@ class Layout:
         return rank
 
     def groups(self, *axes: str) -> list[list[int]]:
-        """The groups of ranks that differ only along `axes` (one axis: its TP/DP/PP groups)."""
-        unknown = set(axes) - set(AXES)
+        """The groups of ranks that differ only along `axes` (one axis: its TP/DP/PP groups; 'ep':
+        the expert-parallel groups, 'edp': the expert-data-parallel ones, over EXPERT_AXES)."""
+        order = EXPERT_AXES if {"ep", "edp"} & set(axes) else AXES
+        unknown = set(axes) - set(order)
         if unknown or not axes:
-            raise ValueError(f"axes must be some of {', '.join(AXES)}, got {axes!r}")
-        return rank_groups(self.sizes(), [axis in axes for axis in AXES])
+            raise ValueError(f"axes must be some of {', '.join(AXES)} or of {', '.join(EXPERT_AXES)}, "
+                             f"got {axes!r}")
+        return rank_groups([self.size(axis) for axis in order], [axis in axes for axis in order])
 
     def group_index(self, rank: int, axis: str) -> int:
         """Which of groups(axis) holds `rank` (their mixed-radix index over the other axes)."""
@@ -240,9 +286,9 @@ class Layout:
         return index
 
     def group_span(self, rank: int, axis: str) -> tuple[int, int]:
-        """The first and last rank of the `axis` group that holds `rank`."""
-        stride = self.strides()[axis]
-        first = rank - self.coords(rank)[axis] * stride
+        """The first and last rank of the `axis` group that holds `rank` (any axis of size())."""
+        stride = self.stride(axis)
+        first = rank - (rank // stride) % self.size(axis) * stride
         return first, first + (self.size(axis) - 1) * stride
 
     def strides(self) -> dict[str, int]:
@@ -253,6 +299,14 @@ class Layout:
             stride *= self.size(axis)
         return out
 
+    def stride(self, axis: str) -> int:
+        """Rank distance between neighbours along one axis of AXES or EXPERT_AXES (ep: tp,
+        edp: tp * ep)."""
+        order = EXPERT_AXES if axis in ("ep", "edp") else AXES
+        if axis not in order:
+            raise ValueError(f"unknown axis {axis!r}; axes are {', '.join(AXES)}, ep, edp")
+        return math.prod(self.size(a) for a in order[:order.index(axis)])
+
     def spans_nodes(self, axis: str, gpus_per_node: int) -> bool:
         """Whether any group of `axis` crosses a node boundary (nodes hold consecutive ranks).
 
@@ -260,7 +314,7 @@ class Layout:
         When the node size is a multiple of the block, no group crosses; when the block is a
         multiple of the node size (and size > 1), every group does; otherwise (odd node sizes) the
         groups are listed and checked one by one."""
-        size, stride = self.size(axis), self.strides()[axis]
+        size, stride = self.size(axis), self.stride(axis)
         block = stride * size
         if size == 1 or gpus_per_node % block == 0:
             return False

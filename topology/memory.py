@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from .experts import expert_data_parallel, expert_params_held
 from .model_spec import ModelSpec
 from .params import embedding_params, head_params, layer_params, padded_vocab
 from .stage_split import split_stages
@@ -265,10 +266,13 @@ def micro_batches_in_flight(stage: int, pp: int, micro_batches: int, virtual_sta
     return min(chunks, micro_batches * virtual_stages) / virtual_stages
 
 
-def stage_params(spec: ModelSpec, stage: int, pp: int, tp: int, blocks: int) -> float:
+def stage_params(spec: ModelSpec, stage: int, pp: int, tp: int, blocks: int, ep: int = 1) -> float:
     """Parameters held by one GPU of `stage` (TP slice; the embedding on the first stage, the head
-    on the last; with tied embeddings and p > 1 the last stage holds its own copy)."""
+    on the last; with tied embeddings and p > 1 the last stage holds its own copy; with expert
+    parallelism E/ep of the routed experts, topology/experts.py)."""
     params = blocks * layer_params(spec, tp).total
+    if ep > 1:
+        params -= expert_params_held(spec, blocks, tp, 1) - expert_params_held(spec, blocks, tp, ep)
     if stage == 0:
         params += embedding_params(spec, tp)
     if stage == pp - 1:
@@ -304,6 +308,8 @@ class StageMemory:
     overhead: float = 0.0
     """The part of `buffers` that is no tensor: the fragmentation allowance and the framework's
     memory outside the caching allocator."""
+    expert_params: float = 0.0
+    """Of `params`, the routed experts' (MoE): their states shard over dp/ep, not dp."""
 
     @property
     def total(self) -> float:
@@ -325,10 +331,15 @@ def stage_memory(spec: ModelSpec, *, stage: int, blocks: int, dp: int, pp: int, 
                  micro_batch: int, micro_batches: int, zero_stage: int, recompute: str,
                  precision: Precision, framework_bytes: float, flash_attention: bool = True,
                  seq_len: int | None = None, sequence_parallel: bool = False,
-                 virtual_stages: int = 1) -> StageMemory:
-    """Everything one GPU of `stage` holds at its peak (during the 1F1B steady state)."""
-    params = stage_params(spec, stage, pp, tp, blocks)
-    states = model_state_bytes(params, dp, zero_stage, precision)
+                 virtual_stages: int = 1, ep: int = 1) -> StageMemory:
+    """Everything one GPU of `stage` holds at its peak (during the 1F1B steady state). An MoE
+    model's routed experts (E/ep of them) have their states sharded over dp/ep (experts.py)."""
+    params = stage_params(spec, stage, pp, tp, blocks, ep)
+    expert = expert_params_held(spec, blocks, tp, ep)
+    states = model_state_bytes(params - expert, dp, zero_stage, precision)
+    if expert:
+        expert_states = model_state_bytes(expert, expert_data_parallel(dp, ep), zero_stage, precision)
+        states = {key: value + expert_states[key] for key, value in states.items()}
     act = precision.activation_bytes
     in_flight = micro_batches_in_flight(stage, pp, micro_batches, virtual_stages)
     # saved tensors of every micro-batch in flight (the last stage has one), then what exists once:
@@ -345,19 +356,19 @@ def stage_memory(spec: ModelSpec, *, stage: int, blocks: int, dp: int, pp: int, 
     allocated = sum(states.values()) + activations + buffers
     overhead = FRAGMENTATION_FRACTION * allocated + framework_bytes
     return StageMemory(stage=stage, blocks=blocks, params=params, activations=activations,
-                       buffers=buffers + overhead, overhead=overhead, **states)
+                       buffers=buffers + overhead, overhead=overhead, expert_params=expert, **states)
 
 
 def pipeline_memory(spec: ModelSpec, *, dp: int, pp: int, tp: int, micro_batch: int,
                     micro_batches: int, zero_stage: int, recompute: str, precision: Precision,
                     framework_bytes: float, flash_attention: bool = True,
                     seq_len: int | None = None, sequence_parallel: bool = False,
-                    virtual_stages: int = 1) -> list[StageMemory]:
+                    virtual_stages: int = 1, ep: int = 1) -> list[StageMemory]:
     """Memory of every pipeline stage, with the same block split the model builds."""
     split = split_stages(spec, pp, tp)
     return [stage_memory(spec, stage=i, blocks=blocks, dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
                          micro_batches=micro_batches, zero_stage=zero_stage, recompute=recompute,
                          precision=precision, framework_bytes=framework_bytes,
                          flash_attention=flash_attention, seq_len=seq_len,
-                         sequence_parallel=sequence_parallel, virtual_stages=virtual_stages)
+                         sequence_parallel=sequence_parallel, virtual_stages=virtual_stages, ep=ep)
             for i, blocks in enumerate(split)]

@@ -13,7 +13,8 @@ The other families change terms: QKV bias q + 2 a_kv d (Qwen2), QK-norm 2d (Qwen
 block (Gemma-2), biases on every linear (GPT-NeoX). An MoE layer (Mixtral, Qwen2-MoE, DeepSeek)
 replaces the MLP by E experts of width f_e, a router Linear(h, E) and optionally a shared expert of
 width f_s (with a gate Linear(h, 1) in Qwen2-MoE). Under TP every expert is split like a dense MLP
-(no expert parallelism), the router is replicated.
+and the router replicated; these counts hold every expert (expert parallelism, which leaves E/ep
+of them on a GPU, is topology/experts.py's).
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from .layout import RECOMPUTE_MODES, RUNNABLE_ZERO_STAGES, Layout
 from .memory import PRECISIONS, Precision, StageMemory, pipeline_memory
 from .model_spec import ModelSpec
 from .engines import DEFAULT_ENGINE, engine as engine_named
+from .experts import DEFAULT_CAPACITY_FACTOR, expert_data_parallel
 from .params import padded_vocab
 from .step_time import (StageTime, StepTime, bubble_fraction, data_parallel_time_s,
                         optimizer_time_s, pipeline_time_s, stage_micro_batch_time,
@@ -36,6 +37,8 @@ class PlanOptions:
     engine: str = DEFAULT_ENGINE
     """The training engine the step is priced for (topology/engines.py): llmlaunch runs
     `deepspeed`; the published runs name theirs."""
+    capacity_factor: float = DEFAULT_CAPACITY_FACTOR
+    """MoE: expert buffers padded to this multiple of the balanced load (topology/experts.py)."""
 
 
 @dataclass
@@ -66,7 +69,7 @@ class Candidate:
     def to_dict(self) -> dict:
         """The public JSON shape of a candidate (see docs/plan-json.md)."""
         lay = self.layout
-        out = {"dp": lay.dp, "pp": lay.pp, "tp": lay.tp, "micro_batch": lay.micro_batch,
+        out = {"dp": lay.dp, "pp": lay.pp, "tp": lay.tp, "ep": lay.ep, "micro_batch": lay.micro_batch,
                "grad_accum": lay.grad_accum, "global_batch": lay.global_batch,
                "zero_stage": lay.zero_stage, "recompute": lay.recompute,
                "sequence_parallel": lay.sequence_parallel, "virtual_stages": lay.virtual_stages,
@@ -100,9 +103,10 @@ def default_global_batch(params: float, seq_len: int, gpus: int, gpus_per_node: 
     return max(batch, math.ceil(gpus / gpus_per_node))
 
 
-def structural_reasons(spec: ModelSpec, cluster: Cluster, dp: int, pp: int, tp: int) -> list[str]:
-    """Why a (dp, pp, tp) cannot be built at all (no estimate is possible): Layout's own checks."""
-    layout = Layout(dp=dp, pp=pp, tp=tp)
+def structural_reasons(spec: ModelSpec, cluster: Cluster, dp: int, pp: int, tp: int,
+                       ep: int = 1) -> list[str]:
+    """Why a (dp, pp, tp, ep) cannot be built at all (no estimate is possible): Layout's own checks."""
+    layout = Layout(dp=dp, pp=pp, tp=tp, ep=ep)
     reasons = [] if layout.world_size == cluster.gpus else [f"{layout.product} != {cluster.gpus} GPUs"]
     return reasons + layout.model_reasons(spec)
 
@@ -133,7 +137,7 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
     it out and the worst stage fits the GPU. With estimate_rejected=False a layout that a rule
     already rules out is returned unestimated (the search does this to save time)."""
     cand = Candidate(layout=layout)
-    cand.reasons = structural_reasons(spec, cluster, layout.dp, layout.pp, layout.tp)
+    cand.reasons = structural_reasons(spec, cluster, layout.dp, layout.pp, layout.tp, layout.ep)
     if cand.reasons:
         return cand
     cand.reasons = layout_reasons(spec, cluster, layout, options.global_batch)
@@ -146,7 +150,8 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
         micro_batches=layout.grad_accum, zero_stage=layout.zero_stage, recompute=layout.recompute,
         precision=precision, framework_bytes=gpu.framework_gib * GIB,
         flash_attention=options.flash_attention, seq_len=options.seq_len,
-        sequence_parallel=layout.sequence_parallel, virtual_stages=layout.virtual_stages)
+        sequence_parallel=layout.sequence_parallel, virtual_stages=layout.virtual_stages,
+        ep=layout.ep)
     over = cand.worst_stage.total - gpu.memory_bytes
     if over > 0:
         cand.reasons.append(f"worst stage (stage {cand.worst_stage.stage}) over memory by "
@@ -175,12 +180,14 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
     tp_spans = layout.spans_nodes("tp", gpn)
     pp_spans = layout.spans_nodes("pp", gpn)
     dp_spans = layout.spans_nodes("dp", gpn)
+    ep_spans = layout.spans_nodes("ep", gpn)
     per_stage = [stage_micro_batch_time(
         spec, gpu, precision, blocks=st.blocks, first=st.stage == 0, last=st.stage == pp - 1,
         tp=tp, pp=pp, micro_batch=layout.micro_batch, recompute=layout.recompute,
         tp_spans_nodes=tp_spans, pp_spans_nodes=pp_spans, flash_attention=options.flash_attention,
         seq_len=options.seq_len, sequence_parallel=layout.sequence_parallel,
-        virtual_stages=layout.virtual_stages, engine=eng, params_local=st.params)
+        virtual_stages=layout.virtual_stages, engine=eng, params_local=st.params, ep=layout.ep,
+        ep_spans_nodes=ep_spans, capacity_factor=options.capacity_factor)
         for st in stages]
     totals = [t.total_s for t in per_stage]
     slowest = per_stage[totals.index(max(totals))]
@@ -191,22 +198,33 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
     if layout.zero_stage == 3:
         gather = zero3_gather_time_s(max_params, precision, gpu, dp=dp, dp_spans_nodes=dp_spans)
         exposed_zero3 = m * max(0.0, gather - slowest.compute_s)
-    dp_s = data_parallel_time_s(max_params, precision, gpu, dp=dp, zero_stage=layout.zero_stage,
-                                dp_spans_nodes=dp_spans, grad_bytes=eng.dp_grad_bytes)
+    # MoE: the routed experts' gradients reduce over dp/ep (experts.py), the rest over dp
+    max_expert = max(st.expert_params for st in stages)
+    dp_s = data_parallel_time_s(max_params - max_expert, precision, gpu, dp=dp,
+                                zero_stage=layout.zero_stage, dp_spans_nodes=dp_spans,
+                                grad_bytes=eng.dp_grad_bytes)
+    if max_expert:
+        dp_s += data_parallel_time_s(max_expert, precision, gpu,
+                                     dp=expert_data_parallel(dp, layout.ep),
+                                     zero_stage=layout.zero_stage,
+                                     dp_spans_nodes=layout.spans_nodes("edp", gpn),
+                                     grad_bytes=eng.dp_grad_bytes)
     if pp == 1 and layout.zero_stage < 3:
         # overlapped with the backward (2/3 of compute) of the last micro-batch
         dp_s = max(0.0, dp_s - slowest.compute_s * 2 / 3)
     if pp > 1 and spec.tied_embeddings:
         dp_s += tied_embedding_time_s(padded_vocab(spec.vocab, tp) // tp * spec.hidden, precision, gpu,
                                       spans_nodes=pp_spans)
-    optimizer_params = max_params / (dp if layout.zero_stage >= 1 else 1)
+    sharded = layout.zero_stage >= 1
+    optimizer_params = ((max_params - max_expert) / (dp if sharded else 1)
+                        + max_expert / (expert_data_parallel(dp, layout.ep) if sharded else 1))
     optimizer_s = (optimizer_time_s(optimizer_params, precision, gpu.hbm_bytes_per_s,
                                     eng.optimizer_extra_bytes)
                    + eng.step_overhead_us * 1e-6)
     step = StepTime(compute_s=m * slowest.compute_s, tp_comm_s=m * slowest.tp_comm_s,
                     pp_comm_s=m * slowest.pp_comm_s, bubble_s=pipeline_s - busy_s,
                     dp_comm_s=dp_s + exposed_zero3, optimizer_s=optimizer_s,
-                    host_bound=slowest.host_bound)
+                    host_bound=slowest.host_bound, ep_comm_s=m * slowest.ep_comm_s)
     return step, per_stage
 
 
@@ -223,6 +241,8 @@ class Pins:
     sequence_parallel: bool = False
     """Estimator-only options (never searched: llmlaunch cannot run them), applied when pinned."""
     virtual_stages: int = 1
+    ep: int | None = None
+    """Expert-parallel degree (MoE); None: searched among the divisors of dp that divide E."""
 
 
 @dataclass
@@ -242,7 +262,7 @@ def _simplicity(c: Candidate) -> tuple:
     (ZeRO-2/3 add communication and DeepSpeed code paths), then more memory headroom."""
     lay = c.layout
     return (lay.tp * lay.pp, lay.pp, lay.tp, RECOMPUTE_MODES.index(lay.recompute),
-            max(lay.zero_stage, 1), c.worst_stage.total)
+            max(lay.zero_stage, 1), lay.ep, c.worst_stage.total)
 
 
 def rank_key(c: Candidate) -> tuple:
@@ -284,17 +304,21 @@ def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins =
                 rejected.append(Candidate(layout=Layout(dp=dp, pp=pp, tp=tp), reasons=[
                     f"global batch {options.global_batch} not divisible by dp={dp}"]))
                 continue
+            if pins.ep and dp % pins.ep:
+                rejected.append(Candidate(layout=Layout(dp=dp, pp=pp, tp=tp), reasons=[
+                    f"ep={pins.ep} does not divide dp={dp}"]))
+                continue
             per_replica = options.global_batch // dp
             for micro_batch in ([pins.micro_batch] if pins.micro_batch else divisors(per_replica)):
                 grad_accum = max(1, per_replica // micro_batch)
                 zeros = ([pins.zero_stage] if pins.zero_stage is not None
                          else searched_zero_stages(options.precision))
-                for zero in zeros:
+                for zero, ep in [(z, e) for z in zeros for e in expert_degrees(spec, dp, pins.ep)]:
                     for recompute in ([pins.recompute] if pins.recompute else RECOMPUTE_MODES):
                         layout = Layout(dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
                                         grad_accum=grad_accum, zero_stage=zero, recompute=recompute,
                                         sequence_parallel=pins.sequence_parallel,
-                                        virtual_stages=pins.virtual_stages if pp > 1 else 1)
+                                        virtual_stages=pins.virtual_stages if pp > 1 else 1, ep=ep)
                         cand = evaluate(spec, cluster, layout, options, estimate_rejected=False)
                         evaluated += 1
                         if cand.fits:
@@ -306,6 +330,16 @@ def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins =
                 rejected.append(best_rejected)
     fitting.sort(key=rank_key)
     return SearchResult(candidates=fitting, rejected=rejected, evaluated=evaluated)
+
+
+def expert_degrees(spec: ModelSpec, dp: int, pinned: int | None = None) -> list[int]:
+    """Expert-parallel degrees the search tries at this dp: for an MoE model every divisor of dp
+    that divides E, for a dense one 1; a pin that does not divide dp is tried nowhere (none)."""
+    if pinned is not None:
+        return [pinned] if dp % pinned == 0 else []
+    if not spec.moe:
+        return [1]
+    return [e for e in divisors(math.gcd(dp, spec.experts))]
 
 
 def _closer(a: Candidate, b: Candidate) -> bool:

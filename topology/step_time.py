@@ -18,6 +18,9 @@ Model (each term a pure function below or in the module named):
                                schedule); with p = 1 it overlaps the last micro-batch's backward
   ZeRO-3:                      per micro-batch parameter all-gathers (forward, backward) and gradient
                                reduce-scatter, prefetched: only what exceeds compute is exposed
+  expert parallel (MoE):       per MoE layer and micro-batch, the all-to-alls of token routing
+                               (dispatch and combine, forward and backward; experts.py) over the
+                               ep group, blocking
   optimizer:                   AdamW is memory-bound: bytes touched per local parameter / HBM bandwidth,
                                plus the engine's fixed host time per step
 The engine (engines.py) says which kernels run, whether dropout does, how sends and collectives
@@ -43,6 +46,7 @@ import math
 from dataclasses import dataclass
 
 from .engines import DEFAULT_ENGINE, ENGINES, Engine, instructions_per_micro_batch
+from .experts import DEFAULT_CAPACITY_FACTOR, alltoall_buffer_bytes, alltoalls_per_moe_layer
 from .gemm_model import gemm_time_s
 from .gemms import stage_gemms
 from .hardware import GpuSpec
@@ -165,10 +169,12 @@ class StageTime:
     """Dispatching the micro-batch's ops takes the host longer than the device takes to run them."""
     matmul_s: float = 0.0
     """Of compute_s: the GEMMs (topology/gemm_model.py), the rest memory-bound kernels."""
+    ep_comm_s: float = 0.0
+    """The MoE layers' all-to-alls of token routing (expert_alltoall_time_s)."""
 
     @property
     def total_s(self) -> float:
-        return self.compute_s + self.tp_comm_s + self.pp_comm_s
+        return self.compute_s + self.tp_comm_s + self.pp_comm_s + self.ep_comm_s
 
 
 def tp_collective_time_s(*, blocks: int, first: bool, last: bool, tp: int, tokens: int,
@@ -255,6 +261,26 @@ def pipeline_send_time_s(*, first: bool, last: bool, pp: int, tp: int, tokens: i
     return sends * one
 
 
+def expert_alltoall_time_s(spec: ModelSpec, *, blocks: int, tokens: int, act: int, ep: int,
+                           recompute: str, gpu: GpuSpec, spans_nodes: bool,
+                           capacity_factor: float = DEFAULT_CAPACITY_FACTOR) -> float:
+    """Token routing of one micro-batch through a stage's MoE blocks (every block planned as one):
+    per block alltoalls_per_moe_layer all-to-alls over the ep group, each of the buffer
+    alltoall_buffer_bytes (T k h A c), of which (e-1)/e leaves the GPU: the volume per GPU of an
+    all-gather of that buffer (NCCL counts an all-to-all's bus bandwidth the same way), so it is
+    priced like one: inside a node at the measured bus bandwidth (node_collective_time_s), across
+    nodes at inter_node_gb_per_s with (e-1) latencies (allgather_time_s). Blocking: the expert
+    GEMMs wait for the dispatch, the next layer for the combine."""
+    if ep <= 1 or not spec.moe:
+        return 0.0
+    nbytes = alltoall_buffer_bytes(spec, tokens, act, capacity_factor)
+    if spans_nodes:
+        one = allgather_time_s(nbytes, ep, gpu.inter_node_gb_per_s, gpu.collective_latency_s)
+    else:
+        one = node_collective_time_s("all-gather", nbytes, ep, gpu)
+    return blocks * alltoalls_per_moe_layer(recompute) * one
+
+
 def grad_accumulation_bytes(engine: Engine, precision: Precision) -> float:
     """Bytes per parameter each micro-batch's gradient accumulation moves: the engine's bf16/fp16
     path, or in fp32 autograd's in-place add into .grad (read 4 + 4, write 4)."""
@@ -268,14 +294,16 @@ def _stage_parts(spec: ModelSpec, gpu: GpuSpec, precision: Precision, blocks: in
                  last: bool, tp: int, pp: int, micro_batch: int, recompute: str,
                  tp_spans_nodes: bool, pp_spans_nodes: bool, flash_attention: bool, seq_len: int,
                  sequence_parallel: bool, virtual_stages: int,
-                 engine: Engine) -> tuple[float, float, float, float, float]:
+                 engine: Engine, ep: int = 1,
+                 capacity_factor: float = DEFAULT_CAPACITY_FACTOR) -> tuple[float, float, float, float, float]:
     """(GEMM, memory-bound, host, TP, PP) seconds of one micro-batch on one GPU of a stage."""
     tokens = micro_batch * seq_len
     act = precision.activation_bytes
 
     # GEMMs, each priced at its shape (gemms.py, gemm_model.py), each distinct one once
     gemms = stage_gemms(spec, blocks=blocks, last=last, micro_batch=micro_batch, seq_len=seq_len,
-                        tp=tp, recompute=recompute, causal_skip=flash_attention)
+                        tp=tp, recompute=recompute, causal_skip=flash_attention, ep=ep,
+                        capacity_factor=capacity_factor)
     gemm_s = {g: gemm_time_s(g, gpu, act) for g, _ in gemms}
     matmul_s = sum(gemm_s[g] * count for g, count in gemms)
 
@@ -317,18 +345,24 @@ def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, 
                            flash_attention: bool = True, seq_len: int | None = None,
                            sequence_parallel: bool = False, virtual_stages: int = 1,
                            engine: Engine = ENGINES[DEFAULT_ENGINE],
-                           params_local: float = 0.0) -> StageTime:
+                           params_local: float = 0.0, ep: int = 1, ep_spans_nodes: bool = False,
+                           capacity_factor: float = DEFAULT_CAPACITY_FACTOR) -> StageTime:
     """Forward + backward of one micro-batch on one GPU of a stage, under `engine`; params_local,
-    the stage's parameters on this GPU, prices the engine's gradient accumulation pass."""
+    the stage's parameters on this GPU, prices the engine's gradient accumulation pass; ep > 1 adds
+    the MoE all-to-alls (expert_alltoall_time_s)."""
     matmul_s, memory_s, host_s, tp_s, pp_s = _stage_parts(
         spec, gpu, precision, blocks, first, last, tp, pp, micro_batch, recompute, tp_spans_nodes,
         pp_spans_nodes, flash_attention, seq_len or spec.seq_len, sequence_parallel,
-        virtual_stages, engine)
+        virtual_stages, engine, ep, capacity_factor)
     memory_s += params_local * grad_accumulation_bytes(engine, precision) / gpu.hbm_bytes_per_s
     device_s = matmul_s + memory_s
     compute_s = pass_time_s(device_s, host_s, gpu.async_dispatch)
+    ep_s = expert_alltoall_time_s(spec, blocks=blocks, tokens=micro_batch * (seq_len or spec.seq_len),
+                                  act=precision.activation_bytes, ep=ep, recompute=recompute,
+                                  gpu=gpu, spans_nodes=ep_spans_nodes,
+                                  capacity_factor=capacity_factor)
     return StageTime(compute_s=compute_s, tp_comm_s=tp_s, pp_comm_s=pp_s,
-                     host_bound=host_s > device_s, matmul_s=matmul_s)
+                     host_bound=host_s > device_s, matmul_s=matmul_s, ep_comm_s=ep_s)
 
 
 def pipeline_time_s(stage_times: list[float], micro_batches: int, virtual_stages: int = 1) -> float:
@@ -361,14 +395,17 @@ class StepTime:
     optimizer_s: float
     host_bound: bool = False
     """The slowest stage's micro-batch is bound by host dispatch, not by the device."""
+    ep_comm_s: float = 0.0
+    """MoE token routing: the all-to-alls over the expert-parallel group (0 at ep = 1)."""
 
     @property
     def total_s(self) -> float:
         return (self.compute_s + self.tp_comm_s + self.pp_comm_s + self.bubble_s + self.dp_comm_s
-                + self.optimizer_s)
+                + self.optimizer_s + self.ep_comm_s)
 
     def to_dict(self) -> dict:
-        keys = ("compute_s", "tp_comm_s", "pp_comm_s", "bubble_s", "dp_comm_s", "optimizer_s")
+        keys = ("compute_s", "tp_comm_s", "pp_comm_s", "bubble_s", "dp_comm_s", "optimizer_s",
+                "ep_comm_s")
         out = {k: getattr(self, k) for k in keys}
         out["total_s"] = self.total_s
         return out

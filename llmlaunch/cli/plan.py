@@ -45,6 +45,11 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dp", type=int)
     g.add_argument("--micro-batch", type=int)
     g.add_argument("--zero", type=int, choices=(0, 1, 2, 3))
+    g.add_argument("--ep", type=int, help="expert-parallel degree of a Mixture-of-Experts model "
+                   "(divides dp and the experts; default: searched)")
+    g.add_argument("--capacity-factor", type=float, default=1.0, metavar="C",
+                   help="MoE: expert buffers (all-to-all, expert GEMMs) padded to C x the balanced "
+                        "load (default 1.0)")
     g.add_argument("--recompute", choices=RECOMPUTE_MODES)
     g.add_argument("--precision", choices=("bf16", "fp32"),
                    help="default: bf16 on GPUs, fp32 on --gpu cpu")
@@ -213,14 +218,20 @@ def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
     if batch < 1:
         raise ValueError(f"--global-batch must be a positive integer, got {batch}")
     precision = resolve_precision(args.precision or "auto", gpu.precision)
+    if not args.capacity_factor >= 1:
+        raise ValueError(f"--capacity-factor must be at least 1.0 (the balanced load), got "
+                         f"{args.capacity_factor:g}")
     options = planner.PlanOptions(global_batch=batch, seq_len=spec.seq_len, precision=precision,
-                                  flash_attention=not args.no_flash)
+                                  flash_attention=not args.no_flash,
+                                  capacity_factor=args.capacity_factor)
     if args.virtual_stages < 1:
         raise ValueError(f"--virtual-stages must be a positive integer, got {args.virtual_stages}")
     pins = planner.Pins(dp=args.dp, pp=args.pp, tp=args.tp, micro_batch=args.micro_batch,
                         zero_stage=args.zero, recompute=args.recompute,
-                        sequence_parallel=args.sequence_parallel, virtual_stages=args.virtual_stages)
+                        sequence_parallel=args.sequence_parallel, virtual_stages=args.virtual_stages,
+                        ep=args.ep)
     check_pins(pins, cluster.gpus)
+    check_expert_pin(pins, spec)
     for flag, default in (("gpus", DEFAULTS["gpus"]), ("gpu", DEFAULTS["gpu"])):
         if getattr(args, flag) == default:
             notes.append(f"{flag} {default} (default)")
@@ -250,6 +261,24 @@ def check_pins(pins: planner.Pins, gpus: int) -> None:
         raise ValueError(f"{Layout(dp=pins.dp, pp=pins.pp, tp=pins.tp).product} != --gpus {gpus}")
 
 
+def check_expert_pin(pins: planner.Pins, spec: ModelSpec) -> None:
+    """--ep: a positive divisor of the experts, of an MoE model, and of --dp when that is pinned."""
+    if pins.ep is None:
+        return
+    if pins.ep < 1:
+        raise ValueError(f"--ep must be a positive integer, got {pins.ep}")
+    if pins.ep > 1 and not spec.moe:
+        raise ValueError(f"--ep {pins.ep} needs a Mixture-of-Experts model; "
+                         f"{spec.name or spec.arch} is dense (drop --ep)")
+    if spec.moe and spec.experts % pins.ep:
+        fits = ", ".join(str(d) for d in planner.divisors(spec.experts))
+        raise ValueError(f"--ep {pins.ep} does not divide the model's {spec.experts} experts; "
+                         f"--ep can be {fits}")
+    if pins.dp and pins.dp % pins.ep:
+        raise ValueError(f"--ep {pins.ep} does not divide --dp {pins.dp} (expert-parallel groups "
+                         f"are sub-groups of a data-parallel group)")
+
+
 def pinned_layout(inputs: PlanInputs) -> Layout | None:
     """The exact layout when every dimension is pinned (grad_accum follows from the batch)."""
     p = inputs.pins
@@ -262,7 +291,7 @@ def pinned_layout(inputs: PlanInputs) -> Layout | None:
     return Layout(dp=p.dp, pp=p.pp, tp=p.tp, micro_batch=p.micro_batch, grad_accum=per_replica,
                   zero_stage=p.zero_stage, recompute=p.recompute,
                   sequence_parallel=p.sequence_parallel,
-                  virtual_stages=p.virtual_stages if p.pp > 1 else 1)
+                  virtual_stages=p.virtual_stages if p.pp > 1 else 1, ep=p.ep or 1)
 
 
 def no_fit_message(inputs: PlanInputs, result: planner.SearchResult) -> str:

@@ -49,7 +49,7 @@ def test_mixtral_plan_text_cost_and_emit(tmp_path, capsys):
     assert main(["plan", "--hf-config", path, "--gpus", "64", "--top", "1"]) == 0
     text = capsys.readouterr().out
     assert "12.88B of 46.70B parameters active per token" in text
-    assert "approx   MoE: every GPU holds all 8 experts" in text
+    assert "approx   MoE: each GPU holds 8/ep experts" in text
     assert main(["cost", "--hf-config", path, "--tokens", "1e12", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["params"] == 46_702_792_704 and out["active_params"] == 12_879_925_248
@@ -58,6 +58,17 @@ def test_mixtral_plan_text_cost_and_emit(tmp_path, capsys):
                  str(tmp_path / "out")]) == 2
     assert "MoE layouts are estimates until the model runs them" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_mixtral_config_plan_with_expert_parallelism(tmp_path, capsys):
+    """Issue 14: a plan of the real-shaped Mixtral config with ep > 1 prints the expert groups and
+    the all-to-all time (46.70B total, 12.88B active)."""
+    path = write(tmp_path, "mixtral-8x7b")
+    assert main(["plan", "--hf-config", path, "--gpus", "64", "--ep", "8", "--top", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "12.88B of 46.70B parameters active per token" in text
+    assert "expert   groups: 8 of 8 ranks" in text      # 64 GPUs / ep 8
+    assert "EP all-to-all (ep=8, capacity factor 1)" in text
 
 
 @pytest.mark.parametrize("cfg, needle", [

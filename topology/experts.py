@@ -1,0 +1,84 @@
+"""Expert parallelism of a Mixture-of-Experts model: what a GPU holds of the experts, the group their
+states are sharded over, and the all-to-all of token routing.
+
+Symbols: E routed experts per MoE layer, k experts per token, f_e one expert's MLP width, h hidden,
+t tensor-parallel, d data-parallel, e expert-parallel degree (e divides d and E), T tokens of one
+micro-batch on one GPU (b s), c capacity factor, A bytes per activation element.
+
+Expert parallelism (Rajbhandari et al. 2022, DeepSpeed-MoE, arXiv 2201.05596, Section 5.1 "expert
+parallelism and expert-slicing"; Megatron-LM core's MoE, `--expert-model-parallel-size`): the e
+consecutive ranks of a data-parallel group split every MoE layer's E experts, E/e whole experts
+each (each still split over t like a dense MLP); everything else (attention, norms, the router,
+a shared expert) stays replicated over the d ranks. So a GPU holds E/e of the routed experts'
+parameters, and the ranks that hold the same experts form an expert-data-parallel group of d/e:
+expert gradients are reduced, and ZeRO shards expert optimizer states (and gradients, weights)
+over d/e ranks, the other parameters over d (DeepSpeed-MoE's "expert data parallel group";
+Megatron-LM's expert-data-parallel group, size d/e at expert tp = t). Under ZeRO-1 the expert
+optimizer states per GPU are then (P_exp/e)/(d/e) = P_exp/d: unchanged by e; e shrinks the expert
+weights and (below ZeRO-2) gradients e-fold.
+
+Token routing: each MoE layer sends every token's k copies to the ranks holding its experts
+(dispatch) and brings the outputs back (combine): two all-to-alls forward, two more backward
+(their gradients), and the forward's two again under full recompute. The buffer a GPU exchanges
+per all-to-all is T k h A c (c, the capacity factor: GShard's and DeepSpeed-MoE's expert buffers
+are padded to c times the balanced load; Lepikhin et al. 2020, Section 2.2), of which (e-1)/e
+leaves the GPU (the 1/e routed to its own experts stays). With c > 1 the expert GEMMs run on the
+padded buffers too (topology/gemms.py). Load is assumed uniform over the experts and no token is
+dropped.
+"""
+from __future__ import annotations
+
+from .model_spec import ModelSpec
+from .params import mlp_params
+
+DEFAULT_CAPACITY_FACTOR = 1.0
+"""c = 1: buffers exactly the balanced load (Megatron-LM core's dropless default; DeepSpeed-MoE's
+training default capacity_factor is 1.0 too)."""
+ALLTOALLS_FORWARD = 2
+"""Dispatch and combine, per MoE layer and micro-batch."""
+
+
+def routed_expert_params(spec: ModelSpec, tp: int = 1) -> float:
+    """Parameters of one MoE layer's E routed experts on one of `tp` ranks: E (sharded / t +
+    replicated) of one expert's MLP of width f_e (params.mlp_params). 0 for a dense model."""
+    if not spec.moe:
+        return 0.0
+    sharded, replicated = mlp_params(spec, spec.expert_ffn_hidden)
+    return spec.experts * (sharded / tp + replicated)
+
+
+def expert_params_held(spec: ModelSpec, blocks: int, tp: int, ep: int) -> float:
+    """Routed-expert parameters one GPU holds for `blocks` MoE blocks: E/e experts of each,
+    blocks x routed_expert_params / e (DeepSpeed-MoE Section 5.1)."""
+    return blocks * routed_expert_params(spec, tp) / ep
+
+
+def expert_data_parallel(dp: int, ep: int) -> int:
+    """The expert-data-parallel degree d/e: the ranks holding the same experts, over which expert
+    gradients are reduced and ZeRO shards their states (DeepSpeed-MoE; Megatron-LM core)."""
+    if ep < 1 or dp % ep:
+        raise ValueError(f"ep={ep} must be a positive divisor of dp={dp}")
+    return dp // ep
+
+
+def alltoall_buffer_bytes(spec: ModelSpec, tokens: float, act_bytes: int,
+                          capacity_factor: float = DEFAULT_CAPACITY_FACTOR) -> float:
+    """Bytes one GPU exchanges in one all-to-all of an MoE layer: T k h A c (the k routed copies of
+    its T tokens, padded to the capacity factor c)."""
+    if capacity_factor < 1:
+        raise ValueError(f"capacity factor must be at least 1.0 (the balanced load), got "
+                         f"{capacity_factor:g}")
+    return tokens * spec.experts_per_token * spec.hidden * act_bytes * capacity_factor
+
+
+def alltoall_bytes_sent(spec: ModelSpec, tokens: float, act_bytes: int, ep: int,
+                        capacity_factor: float = DEFAULT_CAPACITY_FACTOR) -> float:
+    """Of alltoall_buffer_bytes, what leaves the GPU: (e-1)/e of it (1/e is routed to the experts it
+    holds itself)."""
+    return alltoall_buffer_bytes(spec, tokens, act_bytes, capacity_factor) * (ep - 1) / ep
+
+
+def alltoalls_per_moe_layer(recompute: str) -> int:
+    """All-to-alls of one MoE layer per micro-batch: dispatch and combine forward, their gradients
+    backward (4), and the forward's two again under full recompute (6)."""
+    return 2 * ALLTOALLS_FORWARD + (ALLTOALLS_FORWARD if recompute == "full" else 0)
