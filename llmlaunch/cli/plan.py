@@ -192,17 +192,17 @@ def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
     if args.gpus_per_node is None or args.gpus_per_node < 1:
         raise ValueError(f"--gpus-per-node must be a positive integer, got {args.gpus_per_node}")
     cluster = cluster_for(args.gpus, args.gpus_per_node, gpu)
-    source = resume_source_of(args)
-    if source is not None:
+    resumed = resume_source_of(args)
+    if resumed is not None:
         given = args.global_batch or (round(args.global_batch_tokens / spec.seq_len)
                                       if args.global_batch_tokens else None)
-        if given is not None and given != source.global_batch:
+        if given is not None and given != resumed.global_batch:
             raise ValueError(f"--from-checkpoint: the checkpoint was trained with a global batch of "
-                             f"{source.global_batch} sequences; a run resumes from it only at the "
+                             f"{resumed.global_batch} sequences; a run resumes from it only at the "
                              f"same batch (drop --global-batch)")
-        batch = source.global_batch
-        notes.append(f"global batch {batch} sequences and the model from {source.ckpt_dir}/"
-                     f"{source.tag} (step {source.step})")
+        batch = resumed.global_batch
+        notes.append(f"global batch {batch} sequences and the model from {resumed.ckpt_dir}/"
+                     f"{resumed.tag} (step {resumed.step})")
     elif args.global_batch_tokens:
         batch = round(args.global_batch_tokens / spec.seq_len)
         if batch < 1:
