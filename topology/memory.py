@@ -135,15 +135,15 @@ def deepspeed_model_state_bytes(params: float, dp: int, zero_stage: int, precisi
     """Weights, gradients and optimizer states on one GPU as DeepSpeed runs the stage (the planner's
     model; model_state_bytes is the paper's). ZeRO 0/1: model_state_bytes. ZeRO-2/3: gradients
     from zero_gradient_bytes; the optimizer holds the fp32 master (in optimizer_bytes, or
-    zero_master_bytes for an fp32 model at ZeRO-2: DeepSpeedZeroOptimizer clones it, while ZeRO-3
-    uses the fp32 flat partition itself as the master, stage3.py _create_fp32_partitions) and Adam's
-    m and v, all / N. Offload (ZeRO-Offload, Ren et al. 2021): 'optimizer' moves the optimizer
+    zero_master_bytes for an fp32 model: DeepSpeedZeroOptimizer clones it, and so does ZeRO-3,
+    stage3.py _create_fp32_partitions, whose no-copy branch compares a torch.device with a device
+    name string, never equal: measured by `llmlaunch validate`) and Adam's m and v, all / N. Offload (ZeRO-Offload, Ren et al. 2021): 'optimizer' moves the optimizer
     states and the gradient partitions to CPU memory, 'optimizer+params' also the weight partitions
     (ZeRO-3); what stays on the GPU matches DeepSpeed's estimators with cpu_offload (ZeRO-2: 2 Psi;
     ZeRO-3: 2 Psi/N, or nothing with the parameters offloaded) plus the reduce bucket."""
     if zero_stage <= 1 and offload == "none":
         return model_state_bytes(params, dp, zero_stage, precision)
-    master = precision.zero_master_bytes if zero_stage <= 2 else 0
+    master = precision.zero_master_bytes
     weights = params * precision.weight_bytes / (dp if zero_stage >= 3 else 1)
     return {
         "weights": 0.0 if offload == "optimizer+params" else weights,

@@ -136,3 +136,19 @@ def test_search_tries_only_the_zero_stages_deepspeed_runs():
     assert pinned.candidates and {c.layout.zero_stage for c in pinned.candidates} == {2}
     # the plain engine runs ZeRO-2 at pp = 1; the pipeline engine does not
     assert all(c.layout.runnable == (c.layout.pp == 1) for c in pinned.candidates)
+
+
+def test_llama2_70b_on_64_gpus_weighs_zero3_without_a_pipeline():
+    # issue 13: the planner proposed only dp 1 x pp 8 x tp 8; ZeRO-3 at dp 8 x tp 8 (pp = 1) is
+    # now searched, fits, and is ranked against it
+    spec = preset("llama2-70b")
+    cluster = Cluster(gpus=64, gpus_per_node=8, gpu=gpu("a100-80gb"))
+    result = search(spec, cluster, PlanOptions(global_batch=512, seq_len=4096))
+    zero3 = [c for c in result.candidates if (c.layout.dp, c.layout.pp, c.layout.tp) == (8, 1, 8)
+             and c.layout.zero_stage == 3]
+    piped = [c for c in result.candidates if (c.layout.dp, c.layout.pp, c.layout.tp) == (1, 8, 8)]
+    assert zero3 and piped and all(c.fits for c in zero3)
+    assert {c.layout.offload for c in zero3} == {"none"}   # fits without offload
+    # ZeRO-3's traffic is priced: 3 Psi per micro-batch shows up in the data-parallel time
+    assert all(c.step.dp_comm_s > 0 for c in zero3)
+    assert result.candidates[0].layout.pp == 1
