@@ -197,9 +197,16 @@ def saved_activation_bytes_measured(engine, spec, micro_batch: int, dtype, gener
         inputs = torch.randn(*shape, spec.hidden, generator=generator).to(device=device, dtype=dtype)
         inputs.requires_grad_(True)
     labels = torch.randint(0, spec.vocab, shape, generator=generator).to(device)
-    counter = StorageCounter(exclude=storage_ptrs(module.parameters()))
+    params = list(module.parameters())
+    counter = StorageCounter()
 
     def pack(tensor):
+        # parameters as they are at the moment of saving: ZeRO-3 gathers a module's parameters into
+        # fresh storages for its forward and frees them after, so the addresses parameters had
+        # before the forward may hold activations later
+        if isinstance(tensor, torch.nn.Parameter) or (
+                tensor.untyped_storage().data_ptr() in storage_ptrs(params)):
+            return tensor
         counter.add(tensor)
         return tensor
 
