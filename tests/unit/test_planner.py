@@ -100,6 +100,9 @@ def test_175b_on_one_node_of_40gb_needs_more_gpus():
                    PlanOptions(max(1536, needed // 8), 2048)).candidates
     assert found and "none" not in {c.layout.offload for c in found}
     assert {c.layout.zero_stage for c in found} == {3}
+    # the printed table says what is offloaded in the zero column
+    from llmlaunch.report.text import candidate_rows
+    assert candidate_rows(found[:1])[0][6] == f"3+{found[0].layout.offload}"
 
 
 def test_default_batch_is_gpt3s_and_grows_with_the_cluster():
