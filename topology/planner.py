@@ -15,9 +15,10 @@ from .engines import DEFAULT_ENGINE, engine as engine_named
 from .params import padded_vocab
 from .step_time import (StageTime, StepTime, allgather_time_s, bubble_fraction, cpu_adam_time_s,
                         data_parallel_time_s, host_link_time_s,
-                        offload_transfer_bytes, optimizer_time_s, pipeline_time_s,
-                        stage_micro_batch_time, tied_embedding_time_s, zero3_exposed_s,
-                        zero3_gather_time_s, zero_micro_batch_time_s)
+                        offload_transfer_bytes, optimizer_time_s, parameter_tensors,
+                        pipeline_time_s, stage_micro_batch_time, tied_embedding_time_s,
+                        zero3_exposed_s, zero3_gather_time_s, zero_host_time_s,
+                        zero_micro_batch_time_s)
 
 # GPT-3's batch sizes in sequences of 2048 tokens by model size (Brown et al. 2020, Table 2.1).
 GPT3_BATCH_BY_PARAMS = ((125e6, 256), (350e6, 256), (760e6, 256), (1.3e9, 512), (2.7e9, 512),
@@ -192,7 +193,10 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
         tp=tp, pp=pp, micro_batch=layout.micro_batch, recompute=layout.recompute,
         tp_spans_nodes=tp_spans, pp_spans_nodes=pp_spans, flash_attention=options.flash_attention,
         seq_len=options.seq_len, sequence_parallel=layout.sequence_parallel,
-        virtual_stages=layout.virtual_stages, engine=eng, params_local=st.params)
+        virtual_stages=layout.virtual_stages, engine=eng, params_local=st.params,
+        extra_host_s=zero_host_time_s(parameter_tensors(spec, blocks=st.blocks, first=st.stage == 0,
+                                                        last=st.stage == pp - 1),
+                                      layout.zero_stage, eng))
         for st in stages]
     totals = [t.total_s for t in per_stage]
     slowest = per_stage[totals.index(max(totals))]

@@ -322,14 +322,16 @@ def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, 
                            flash_attention: bool = True, seq_len: int | None = None,
                            sequence_parallel: bool = False, virtual_stages: int = 1,
                            engine: Engine = ENGINES[DEFAULT_ENGINE],
-                           params_local: float = 0.0) -> StageTime:
+                           params_local: float = 0.0, extra_host_s: float = 0.0) -> StageTime:
     """Forward + backward of one micro-batch on one GPU of a stage, under `engine`; params_local,
-    the stage's parameters on this GPU, prices the engine's gradient accumulation pass."""
+    the stage's parameters on this GPU, prices the engine's gradient accumulation pass;
+    extra_host_s is host time beyond the model's ops (ZeRO's hooks: zero_host_time_s)."""
     matmul_s, memory_s, host_s, tp_s, pp_s = _stage_parts(
         spec, gpu, precision, blocks, first, last, tp, pp, micro_batch, recompute, tp_spans_nodes,
         pp_spans_nodes, flash_attention, seq_len or spec.seq_len, sequence_parallel,
         virtual_stages, engine)
     memory_s += params_local * grad_accumulation_bytes(engine, precision) / gpu.hbm_bytes_per_s
+    host_s += extra_host_s
     device_s = matmul_s + memory_s
     compute_s = pass_time_s(device_s, host_s, gpu.async_dispatch)
     return StageTime(compute_s=compute_s, tp_comm_s=tp_s, pp_comm_s=pp_s,
@@ -443,6 +445,30 @@ def zero3_exposed_s(gather_s: float, reduce_scatter_s: float, compute_s: float) 
     tp 8, Zhang et al. 2022: 147 TFLOP/s per GPU) at 196 (tests/unit/test_published_runs.py): the
     reduce-scatters of the last layers finish after the backward, and the gathers share the link."""
     return max(0.0, 2 * gather_s - compute_s) + reduce_scatter_s
+
+
+def parameter_tensors(spec: ModelSpec, *, blocks: int, first: bool, last: bool) -> int:
+    """Parameter tensors one GPU of a stage holds, as model/layers.py builds them: per block the
+    norms (weight, and bias for LayerNorm), QKV (+ bias), the output projection (+ bias), QK-norms,
+    the MLP (gated: gate_up and down; else fc1 and fc2 with biases); the token embedding (and
+    learned positions) on the first stage, the final norm and an untied head on the last. (An MoE
+    layer's experts are counted as one MLP.)"""
+    norm = 1 if spec.rms_norm else 2
+    per_block = spec.block_norms * norm + (1 + bool(spec.qkv_bias)) + (1 + bool(spec.biases))
+    per_block += 2 if spec.qk_norm else 0
+    per_block += 2 if spec.gated_mlp else 2 + 2 * bool(spec.biases)
+    count = blocks * per_block
+    if first:
+        count += 1 + (0 if spec.rotary else 1)
+    if last:
+        count += norm + (0 if spec.tied_embeddings else 1)
+    return count
+
+
+def zero_host_time_s(tensors: int, zero_stage: int, engine: Engine) -> float:
+    """Host time an engine's ZeRO stage adds to one micro-batch: its per-tensor figure
+    (engines.Engine.zero_tensor_us) x the parameter tensors the GPU holds."""
+    return tensors * dict(engine.zero_tensor_us).get(zero_stage, 0.0) * 1e-6
 
 
 def offload_transfer_bytes(partition_params: float, precision: Precision, offload: str,

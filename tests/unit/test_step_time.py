@@ -289,3 +289,20 @@ def test_offload_copies_and_cpu_adam_hand_values():
     # CPU Adam: 30 bytes a parameter (fp32 master, m, v read + written 24, fp32 gradient read 4,
     # bf16 weight written 2) at DGX A100's 51.2 GB/s per GPU: 30e9 / 51.2e9 s
     assert cpu_adam_time_s(1e9, bf16, 51.2) == pytest.approx(30 / 51.2)
+
+
+def test_zero_host_time_per_parameter_tensor():
+    from llmlaunch.topology.engines import ENGINES
+    from llmlaunch.topology.shapes import preset
+    from llmlaunch.topology.step_time import parameter_tensors, zero_host_time_s
+
+    # llama2-70b on one stage: 80 blocks x (2 RMSNorms + qkv + out + gate_up + down) = 480, the
+    # token embedding, the final norm and the untied head: 483 tensors
+    tensors = parameter_tensors(preset("llama2-70b"), blocks=80, first=True, last=True)
+    assert tensors == 483
+    deepspeed = ENGINES["deepspeed"]
+    # benchmarks/zero_overhead.py: 519 us a tensor a micro-batch at ZeRO-3, 210 at ZeRO-2
+    assert zero_host_time_s(tensors, 3, deepspeed) == pytest.approx(483 * 519e-6)
+    assert zero_host_time_s(tensors, 2, deepspeed) == pytest.approx(483 * 210e-6)
+    assert zero_host_time_s(tensors, 1, deepspeed) == 0.0
+    assert zero_host_time_s(tensors, 3, ENGINES["megatron-lm-2021"]) == 0.0
