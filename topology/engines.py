@@ -57,10 +57,11 @@ BF16_OPTIMIZER_EXTRA_BYTES = 12
 # gathers, releases and re-partitions every module's parameters around its forward and backward.
 # Host time per parameter tensor per micro-batch beyond ZeRO-0's, measured by
 # benchmarks/zero_overhead.py (2026-12-06, DeepSpeed 0.19.8, torch 2.13 CPU, one rank, this
-# project's 2-core VM under a load of 3 to 7; Linear(320, 320) stacks of 8 and 48 layers, 4
-# micro-batches): 210 us (ZeRO-2) and 519 us (ZeRO-3).
-DEEPSPEED_ZERO2_TENSOR_US = 210.0
-DEEPSPEED_ZERO3_TENSOR_US = 519.0
+# project's 2-core VM under a load of 3 to 5; Linear(320, 320) stacks of 8 and 48 layers, 4
+# micro-batches, the fastest of 15 steps each): medians of three runs 218 us (ZeRO-2; 151 to 331)
+# and 323 us (ZeRO-3; 288 to 454).
+DEEPSPEED_ZERO2_TENSOR_US = 218.0
+DEEPSPEED_ZERO3_TENSOR_US = 323.0
 MEGATRON_FP16_ACCUMULATION_BYTES = 6
 MEGATRON_OPTIMIZER_EXTRA_BYTES = 24
 
