@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from .flops import hardware_flops_per_token, model_flops_per_token
 from .hardware import GIB, Cluster
-from .layout import PIPELINE_ZERO_STAGES, RECOMPUTE_MODES, ZERO_STAGES, Layout
+from .layout import OFFLOAD_MODES, PIPELINE_ZERO_STAGES, RECOMPUTE_MODES, ZERO_STAGES, Layout
 from .memory import PRECISIONS, Precision, StageMemory, offloaded_bytes, pipeline_memory
 from .model_spec import ModelSpec
 from .engines import DEFAULT_ENGINE, engine as engine_named
@@ -274,10 +274,11 @@ def divisors(n: int) -> list[int]:
 
 def _simplicity(c: Candidate) -> tuple:
     """Fewer model-parallel ranks first, then less recomputation, then no more sharding than ZeRO-1
-    (ZeRO-2/3 add communication and DeepSpeed code paths), then more memory headroom."""
+    (ZeRO-2/3 add communication and DeepSpeed code paths), then less offload, then more memory
+    headroom."""
     lay = c.layout
     return (lay.tp * lay.pp, lay.pp, lay.tp, RECOMPUTE_MODES.index(lay.recompute),
-            max(lay.zero_stage, 1), c.worst_stage.total)
+            max(lay.zero_stage, 1), OFFLOAD_MODES.index(lay.offload), c.worst_stage.total)
 
 
 def rank_key(c: Candidate) -> tuple:
