@@ -136,3 +136,16 @@ def test_emitted_zero3_layout_for_llama2_70b_is_accepted_as_planned(tmp_path):
     assert zero.offload_optimizer is None and zero.offload_param is None
     layout = yaml.safe_load((out / "run.yaml").read_text())["layout"]
     assert (layout["dp"], layout["pp"], layout["tp"], layout["zero_stage"]) == (8, 1, 8, 3)
+
+
+def test_emitted_offload_layout_is_accepted_with_both_offloads(tmp_path):
+    # llama2-70b on 8 A100-80GB fits only with ZeRO-3 and the optimizer and parameters in CPU
+    # memory: the search picks that, and --emit writes what DeepSpeed reads for it
+    from llmlaunch.cli import main
+
+    out = tmp_path / "llama70b-8"
+    assert main(["plan", "--gpus", "8", "--model", "llama2-70b", "--emit", str(out)]) == 0
+    ds = json.loads((out / "ds_config.json").read_text())
+    zero = parse(ds, dp=8).zero_config
+    assert ds["zero_optimization"]["stage"] == 3
+    assert zero.offload_optimizer.device == "cpu" and zero.offload_param.device == "cpu"
