@@ -48,6 +48,14 @@ def storage_ptrs(tensors) -> set:
     return {t.untyped_storage().data_ptr() for t in tensors}
 
 
+def weight_storage_ptrs(params) -> set:
+    """The storages weight_bytes counts: the parameters and their ZeRO-3 partitions (ds_tensor, a
+    view of the optimizer's flat partition, which an fp32 model's ZeRO-3 also uses as its master)."""
+    params = list(params)
+    parts = [p.ds_tensor for p in params if getattr(p, "ds_tensor", None) is not None]
+    return storage_ptrs(params) | storage_ptrs(parts)
+
+
 def basic_optimizer(engine):
     """The torch optimizer doing the update (inside ZeRO's or the bf16 wrapper, or the engine's
     own)."""
@@ -67,26 +75,30 @@ def weight_bytes(engine) -> int:
 def gradient_bytes(engine) -> int:
     """Gradient storages alive now (see the module docstring)."""
     params = list(engine.module.parameters())
-    counter = StorageCounter(exclude=storage_ptrs(params))
+    counter = StorageCounter(exclude=weight_storage_ptrs(params))
     for param in params:
         for attr in ("grad", "grad_accum", "_hp_grad"):
             counter.add(getattr(param, attr, None))
     outer = engine.optimizer
-    for attr in ("averaged_gradients", "all_grad_tensors", "fp32_groups_gradients_flat"):
+    for attr in ("averaged_gradients", "all_grad_tensors", "fp32_groups_gradients_flat",
+                 "grad_partitions_flat_buffer"):
         counter.add_all(getattr(outer, attr, None))
-    for master in getattr(outer, "single_partition_of_fp32_groups", None) or []:
-        counter.add(master.grad)
+    # the fp32 gradient given to the optimizer: ZeRO-1/2's master partition's, ZeRO-3's sub-groups'
+    for attr in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+        for master in getattr(outer, attr, None) or []:
+            counter.add(master.grad)
     return counter.bytes
 
 
 def optimizer_bytes(engine) -> int:
     """Optimizer state and fp32 master storages (see the module docstring)."""
     params = list(engine.module.parameters())
-    counter = StorageCounter(exclude=storage_ptrs(params))
+    counter = StorageCounter(exclude=weight_storage_ptrs(params))
     for state in basic_optimizer(engine).state.values():
         counter.add_all(state)
     outer = engine.optimizer
-    for attr in ("single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
+    for attr in ("single_partition_of_fp32_groups", "fp32_groups_flat_partition",
+                 "fp32_partitioned_groups_flat"):
         counter.add_all(getattr(outer, attr, None))
     return counter.bytes
 
@@ -185,9 +197,16 @@ def saved_activation_bytes_measured(engine, spec, micro_batch: int, dtype, gener
         inputs = torch.randn(*shape, spec.hidden, generator=generator).to(device=device, dtype=dtype)
         inputs.requires_grad_(True)
     labels = torch.randint(0, spec.vocab, shape, generator=generator).to(device)
-    counter = StorageCounter(exclude=storage_ptrs(module.parameters()))
+    params = list(module.parameters())
+    counter = StorageCounter()
 
     def pack(tensor):
+        # parameters as they are at the moment of saving: ZeRO-3 gathers a module's parameters into
+        # fresh storages for its forward and frees them after, so the addresses parameters had
+        # before the forward may hold activations later
+        if isinstance(tensor, torch.nn.Parameter) or (
+                tensor.untyped_storage().data_ptr() in storage_ptrs(params)):
+            return tensor
         counter.add(tensor)
         return tensor
 

@@ -266,7 +266,7 @@ def report(config: RunConfig, run_dir: Path, records: list[dict], facts: dict, s
         "rows": build_rows(records, predictions(config, facts["precision"], device)),
         "layout": {"dp": lay.dp, "pp": lay.pp, "tp": lay.tp, "micro_batch": lay.micro_batch,
                    "grad_accum": lay.grad_accum, "zero_stage": lay.zero_stage,
-                   "recompute": lay.recompute},
+                   "offload": lay.offload, "recompute": lay.recompute},
         "steps": steps, **facts,
         "gradient_readings": {str(r["rank"]): r["gradient_readings"] for r in records},
         "device_figures": {str(r["rank"]): r["device_figures"] for r in records},
@@ -311,10 +311,13 @@ def validate_rank(config: RunConfig, run_dir: Path) -> int:
             print(json.dumps(result), flush=True)
         else:
             lay = config.layout
+            offload = "" if lay.offload == "none" else f", offload {lay.offload}"
             print(f"validate: dp {lay.dp} x pp {lay.pp} x tp {lay.tp}, micro-batch "
-                  f"{lay.micro_batch} x {lay.grad_accum}, ZeRO-{lay.zero_stage}, recompute "
+                  f"{lay.micro_batch} x {lay.grad_accum}, ZeRO-{lay.zero_stage}{offload}, recompute "
                   f"{lay.recompute}, {facts['precision']} on {facts['device']}, {steps} steps "
                   "(times: median after the first; activations: saved per micro-batch)")
+            print(f"engine: DeepSpeed's {facts['engine']} engine, optimizer wrapper "
+                  f"{facts['optimizer_wrapper']}")
             print(format_table(result["rows"]))
             print(f"written {run_dir / RESULT_FILE}", flush=True)
     return 0

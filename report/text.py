@@ -29,7 +29,8 @@ def candidate_rows(cands: list[Candidate]) -> list[list]:
     rows = []
     for i, c in enumerate(cands, 1):
         lay = c.layout
-        rows.append([i, lay.dp, lay.pp, lay.tp, lay.micro_batch, lay.grad_accum, lay.zero_stage,
+        zero = lay.zero_stage if lay.offload == "none" else f"{lay.zero_stage}+{lay.offload}"
+        rows.append([i, lay.dp, lay.pp, lay.tp, lay.micro_batch, lay.grad_accum, zero,
                      lay.recompute, f"{c.worst_stage.total / 2**30:.1f}", f"{c.step.total_s:.3g}",
                      _fmt_count(c.tokens_per_s), f"{c.tflops_per_gpu:.1f}", f"{c.mfu:.1%}",
                      f"{c.bubble_fraction:.1%}"])
@@ -117,6 +118,7 @@ def candidate_report(c: Candidate, inputs: PlanInputs, show_groups: bool = False
     out = [f"{title}: dp={lay.dp} x pp={lay.pp} x tp={lay.tp} = {lay.world_size} GPUs, micro-batch "
            f"{lay.micro_batch} x {lay.grad_accum} accumulation x dp {lay.dp} = {lay.global_batch} "
            f"sequences, ZeRO-{lay.zero_stage}, recompute {lay.recompute}"
+           + (f", offload {lay.offload}" if lay.offload != "none" else "")
            + (", sequence parallel" if lay.sequence_parallel else "")
            + (f", interleaved x{lay.virtual_stages}" if lay.virtual_stages > 1 else "")
            + (f", experts split ep={lay.ep} ({inputs.spec.experts // lay.ep} of "

@@ -52,6 +52,16 @@ BF16_OPTIMIZER_EXTRA_BYTES = 12
 # --gradient-accumulation-fusion off otherwise, so an fp16 run keeps the 6-byte add; fused, the
 # GEMM's epilogue reads and writes the fp32 main_grad (4 + 4) where the GEMM model counts a 2-byte
 # write: 6 more bytes either way.
+# DeepSpeed's ZeRO-2 and ZeRO-3 (plain engine) run Python per parameter tensor every micro-batch:
+# ZeRO-2's gradient hooks copy each gradient into the reduce bucket and reduce it; ZeRO-3 also
+# gathers, releases and re-partitions every module's parameters around its forward and backward.
+# Host time per parameter tensor per micro-batch beyond ZeRO-0's, measured by
+# benchmarks/zero_overhead.py (2026-12-06, DeepSpeed 0.19.8, torch 2.13 CPU, one rank, this
+# project's 2-core VM under a load of 3 to 5; Linear(320, 320) stacks of 8 and 48 layers, 4
+# micro-batches, the fastest of 15 steps each): medians of three runs 218 us (ZeRO-2; 151 to 331)
+# and 323 us (ZeRO-3; 288 to 454).
+DEEPSPEED_ZERO2_TENSOR_US = 218.0
+DEEPSPEED_ZERO3_TENSOR_US = 323.0
 MEGATRON_FP16_ACCUMULATION_BYTES = 6
 MEGATRON_OPTIMIZER_EXTRA_BYTES = 24
 
@@ -76,6 +86,9 @@ class Engine:
     gradient copies, unscaling, the norm for clipping, the low-precision copy, zeroing."""
     dp_grad_bytes: int = 0
     """Bytes per gradient element the data-parallel reduction sends (0: the precision's)."""
+    zero_tensor_us: tuple = ()
+    """((ZeRO stage, host us per parameter tensor per micro-batch), ...): what the engine's ZeRO
+    stages cost the host beyond its plain data parallelism (empty: nothing stated)."""
     score_bias: bool = False
     """The attention scores start from a materialised bias (ALiBi in Megatron-DeepSpeed:
     kernels.block_kernels' score-bias)."""
@@ -88,6 +101,7 @@ ENGINES = {
         step_overhead_us=DEEPSPEED_STEP_OVERHEAD_US,
         grad_accumulation_bytes=BF16_OPTIMIZER_ACCUMULATION_BYTES,
         optimizer_extra_bytes=BF16_OPTIMIZER_EXTRA_BYTES,
+        zero_tensor_us=((2, DEEPSPEED_ZERO2_TENSOR_US), (3, DEEPSPEED_ZERO3_TENSOR_US)),
         source="DeepSpeed's PipelineEngine (runtime/pipe/engine.py, schedule.py) running model/"),
     "megatron-lm-2021": Engine(
         "megatron-lm-2021", kernels="megatron-2021", dropout=True, scatter_gather=True,

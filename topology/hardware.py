@@ -63,6 +63,14 @@ class GpuSpec:
     """((bytes, GB/s), ...) ascending: NCCL all_reduce_perf bus bandwidth measured at each buffer
     size among the GPUs of one node. A collective inside a node is priced at the bus bandwidth its
     buffer reaches (step_time.bus_gb_per_s); empty: intra_node_gb_per_s and collective_latency_us."""
+    host_link_gb_per_s: float = 0.0
+    """GPU <-> CPU memory bandwidth per direction (the PCIe link): what ZeRO-Offload's copies move
+    at. 0: not known (offload is not searched on this device)."""
+    host_memory_gb_per_s: float = 0.0
+    """CPU memory bandwidth per GPU (the node's DRAM bandwidth / its GPUs): what DeepSpeed's CPU
+    Adam, memory-bound like any Adam, runs at under offload. 0: not known."""
+    host_memory_gib: float = 0.0
+    """CPU memory per GPU (the node's DRAM / its GPUs): what offloaded states must fit in."""
     nccl_channels: int = 0
     """Thread blocks (one SM each) NCCL's collective kernels occupy inside a node: what a GEMM running
     beside an overlapped collective loses. 0: not known (the overlap is taken as free)."""
@@ -86,7 +94,8 @@ class GpuSpec:
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"GPU {self.name}: {field} must be a positive number, got {value!r}")
-        for field in ("op_overhead_us", "collective_latency_us", "inter_node_latency_us"):
+        for field in ("op_overhead_us", "collective_latency_us", "inter_node_latency_us",
+                      "host_link_gb_per_s", "host_memory_gb_per_s", "host_memory_gib"):
             value = getattr(self, field)
             if value is None and field == "inter_node_latency_us":
                 continue
@@ -141,6 +150,10 @@ class GpuSpec:
         if self.inter_node_latency_us is None:
             return self.collective_latency_s
         return self.inter_node_latency_us * 1e-6
+
+    def link_latency_s(self, spans_nodes: bool) -> float:
+        """The alpha of a message on the link a group uses: between nodes or inside one."""
+        return self.inter_node_latency_s if spans_nodes else self.collective_latency_s
 
 
 @functools.lru_cache(maxsize=1)

@@ -30,6 +30,9 @@ ZERO3_MAX_LIVE_PARAMETERS = int(1e9)
 ZERO3_PREFETCH_ELEMENTS = int(5e7)
 ZERO3_PERSISTENCE_THRESHOLD = int(1e5)
 ZERO3_MAX_REUSE_DISTANCE = int(1e9)
+# ZeRO-3 runs the optimizer (and the fp32 gradient copy) one sub-group of the flat partition at a
+# time: DeepSpeed's default sub_group_size, which ds_config.json leaves as it is.
+ZERO3_SUB_GROUP_ELEMENTS = int(1e9)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,67 @@ def model_state_bytes(params: float, dp: int, zero_stage: int, precision: Precis
                       + (params * precision.lp_grad_bytes if zero_stage <= 1 else 0)),
         "optimizer": params * optimizer_bytes / (dp if zero_stage >= 1 else 1),
     }
+
+
+def zero_gradient_bytes(params: float, dp: int, zero_stage: int, precision: Precision,
+                        offload: str = "none") -> float:
+    """Gradient bytes on one GPU at ZeRO-2/3 as DeepSpeed 0.19 allocates them (measured by
+    `llmlaunch validate`, docs/validation.md), Psi = params, N = dp, g = the model dtype's bytes
+    (DeepSpeed reduces ZeRO-2/3 gradients in the model dtype: ds_config sets no fp32 accumulation):
+      the gradient partition, g Psi/N (stage_1_and_2.py grads_in_partition; stage3.py
+        grad_partitions_flat_buffer; with offload_optimizer it lives on the CPU instead);
+      plus the larger of two moments that never coincide:
+        during backward, the micro-batch's unreduced gradients up to one reduce bucket,
+          g min(Psi, reduce_bucket_size) (the ipg bucket, reduced every micro-batch);
+        in the optimizer step, the fp32 copy of the partition given to the optimizer,
+          4 Psi/N (ZeRO-3: one sub-group at a time); none when g is already 4 (the copy is the
+          partition itself) or when the optimizer runs on the CPU.
+    DeepSpeed's estimate_zero2_model_states_mem_needs counts 2 Psi + 18 Psi/N for bf16: weights 2
+    Psi, optimizer 12 Psi/N, and these 2 + 4 per parameter (its "2_grads_16bit + 4_grads_32bit"),
+    i.e. this function when 4 Psi/N exceeds the bucket; in fp32 there is no separate 4 Psi/N."""
+    g = precision.weight_bytes
+    bucket = min(params, REDUCE_BUCKET_ELEMENTS) * g
+    if offload != "none":
+        return bucket
+    per_rank = params / dp
+    if zero_stage >= 3:
+        per_rank = min(per_rank, ZERO3_SUB_GROUP_ELEMENTS)
+    fp32_copy = per_rank * FP32_BYTES if g != FP32_BYTES else 0.0
+    return params * g / dp + max(bucket, fp32_copy)
+
+
+def deepspeed_model_state_bytes(params: float, dp: int, zero_stage: int, precision: Precision,
+                                offload: str = "none") -> dict:
+    """Weights, gradients and optimizer states on one GPU as DeepSpeed runs the stage (the planner's
+    model; model_state_bytes is the paper's). ZeRO 0/1: model_state_bytes. ZeRO-2/3: gradients
+    from zero_gradient_bytes; the optimizer holds the fp32 master (in optimizer_bytes, or
+    zero_master_bytes for an fp32 model: DeepSpeedZeroOptimizer clones it, and so does ZeRO-3,
+    stage3.py _create_fp32_partitions, whose no-copy branch compares a torch.device with a device
+    name string, never equal: measured by `llmlaunch validate`) and Adam's m and v, all / N. Offload (ZeRO-Offload, Ren et al. 2021): 'optimizer' moves the optimizer
+    states and the gradient partitions to CPU memory, 'optimizer+params' also the weight partitions
+    (ZeRO-3); what stays on the GPU matches DeepSpeed's estimators with cpu_offload (ZeRO-2: 2 Psi;
+    ZeRO-3: 2 Psi/N, or nothing with the parameters offloaded) plus the reduce bucket."""
+    if zero_stage <= 1 and offload == "none":
+        return model_state_bytes(params, dp, zero_stage, precision)
+    master = precision.zero_master_bytes
+    weights = params * precision.weight_bytes / (dp if zero_stage >= 3 else 1)
+    return {
+        "weights": 0.0 if offload == "optimizer+params" else weights,
+        "gradients": zero_gradient_bytes(params, dp, zero_stage, precision, offload),
+        "optimizer": 0.0 if offload != "none" else params * (precision.optimizer_bytes + master) / dp,
+    }
+
+
+def offloaded_bytes(params: float, dp: int, precision: Precision, offload: str) -> float:
+    """Bytes one GPU's rank keeps in CPU memory under offload: the fp32 master, Adam's m and v and
+    the fp32 gradient partition (4 + 8 + 4 = 16 Psi/N: DeepSpeed's estimators count 16 Psi/N of host
+    memory, or 18 with the weights), plus the weight partition when parameters are offloaded."""
+    if offload == "none":
+        return 0.0
+    states = params / dp * (FP32_BYTES + 2 * FP32_BYTES + FP32_BYTES)
+    if offload == "optimizer+params":
+        states += params / dp * precision.weight_bytes
+    return states
 
 
 @functools.lru_cache(maxsize=4096)
@@ -280,14 +344,31 @@ def stage_params(spec: ModelSpec, stage: int, pp: int, tp: int, blocks: int, ep:
     return params
 
 
-def buffer_bytes(stage_params_count: float, zero_stage: int, precision: Precision, dp: int) -> float:
+def zero3_live_parameter_bytes(stage_params_count: float, largest_layer_params: float,
+                               precision: Precision) -> float:
+    """ZeRO-3's gathered (whole) parameters at the peak: DeepSpeed keeps up to
+    stage3_max_live_parameters gathered, and at least the module running plus the prefetch bucket
+    (stage3_prefetch_bucket_size) gathered ahead of it; never more than the rank's whole model.
+    Persistent parameters (at most stage3_param_persistence_threshold elements each: norms, biases)
+    stay gathered too; they are among the stage's parameters. DeepSpeed's own estimator counts
+    4 x the largest layer (estimate_zero3_model_states_mem_needs' largest_layer_memory)."""
+    live = max(ZERO3_MAX_LIVE_PARAMETERS, largest_layer_params + ZERO3_PREFETCH_ELEMENTS)
+    return min(stage_params_count, live) * precision.weight_bytes
+
+
+def buffer_bytes(stage_params_count: float, zero_stage: int, precision: Precision, dp: int,
+                 largest_layer_params: float = 0.0) -> float:
     """DeepSpeed's communication buckets for the ZeRO stage (sizes as `plan --emit` writes them);
-    none on BF16_Optimizer's path (see Precision.bf16_optimizer)."""
+    none on BF16_Optimizer's path (see Precision.bf16_optimizer). ZeRO-2/3's reduce bucket is
+    counted with the gradients (zero_gradient_bytes); ZeRO-2 keeps the all-gather bucket, ZeRO-3 the
+    gathered parameters (zero3_live_parameter_bytes)."""
     if dp == 1 and zero_stage == 0 or precision.bf16_optimizer and zero_stage <= 1:
         return 0.0
     if zero_stage == 3:
-        return min(stage_params_count * dp, ZERO3_MAX_LIVE_PARAMETERS) * precision.weight_bytes
-    if zero_stage in (1, 2):
+        return zero3_live_parameter_bytes(stage_params_count, largest_layer_params, precision)
+    if zero_stage == 2:
+        return min(stage_params_count, ALLGATHER_BUCKET_ELEMENTS) * precision.weight_bytes
+    if zero_stage == 1:
         return (min(stage_params_count, REDUCE_BUCKET_ELEMENTS) * precision.grad_bytes
                 + min(stage_params_count, ALLGATHER_BUCKET_ELEMENTS) * precision.weight_bytes)
     return 0.0
@@ -331,14 +412,15 @@ def stage_memory(spec: ModelSpec, *, stage: int, blocks: int, dp: int, pp: int, 
                  micro_batch: int, micro_batches: int, zero_stage: int, recompute: str,
                  precision: Precision, framework_bytes: float, flash_attention: bool = True,
                  seq_len: int | None = None, sequence_parallel: bool = False,
-                 virtual_stages: int = 1, ep: int = 1) -> StageMemory:
+                 virtual_stages: int = 1, ep: int = 1, offload: str = "none") -> StageMemory:
     """Everything one GPU of `stage` holds at its peak (during the 1F1B steady state). An MoE
     model's routed experts (E/ep of them) have their states sharded over dp/ep (experts.py)."""
     params = stage_params(spec, stage, pp, tp, blocks, ep)
     expert = expert_params_held(spec, blocks, tp, ep)
-    states = model_state_bytes(params - expert, dp, zero_stage, precision)
+    states = deepspeed_model_state_bytes(params - expert, dp, zero_stage, precision, offload)
     if expert:
-        expert_states = model_state_bytes(expert, expert_data_parallel(dp, ep), zero_stage, precision)
+        expert_states = deepspeed_model_state_bytes(expert, expert_data_parallel(dp, ep), zero_stage,
+                                                    precision, offload)
         states = {key: value + expert_states[key] for key, value in states.items()}
     act = precision.activation_bytes
     in_flight = micro_batches_in_flight(stage, pp, micro_batches, virtual_stages)
@@ -352,7 +434,12 @@ def stage_memory(spec: ModelSpec, *, stage: int, blocks: int, dp: int, pp: int, 
         spec, stage=stage, pp=pp, micro_batch=micro_batch, tp=tp, recompute=recompute, act_bytes=act,
         flash_attention=flash_attention, seq_len=seq_len, sequence_parallel=sequence_parallel,
         norm_bytes=precision.norm_bytes)
-    buffers = buffer_bytes(params, zero_stage, precision, dp)
+    largest = 0.0
+    if zero_stage == 3:   # the largest module ZeRO-3 gathers whole: a block, the embedding or head
+        largest = max(layer_params(spec, tp).total,
+                      embedding_params(spec, tp) if stage == 0 else 0,
+                      head_params(spec, tp, separate_stage=pp > 1) if stage == pp - 1 else 0)
+    buffers = buffer_bytes(params, zero_stage, precision, dp, largest)
     allocated = sum(states.values()) + activations + buffers
     overhead = FRAGMENTATION_FRACTION * allocated + framework_bytes
     return StageMemory(stage=stage, blocks=blocks, params=params, activations=activations,
@@ -363,12 +450,13 @@ def pipeline_memory(spec: ModelSpec, *, dp: int, pp: int, tp: int, micro_batch: 
                     micro_batches: int, zero_stage: int, recompute: str, precision: Precision,
                     framework_bytes: float, flash_attention: bool = True,
                     seq_len: int | None = None, sequence_parallel: bool = False,
-                    virtual_stages: int = 1, ep: int = 1) -> list[StageMemory]:
+                    virtual_stages: int = 1, ep: int = 1, offload: str = "none") -> list[StageMemory]:
     """Memory of every pipeline stage, with the same block split the model builds."""
     split = split_stages(spec, pp, tp)
     return [stage_memory(spec, stage=i, blocks=blocks, dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
                          micro_batches=micro_batches, zero_stage=zero_stage, recompute=recompute,
                          precision=precision, framework_bytes=framework_bytes,
                          flash_attention=flash_attention, seq_len=seq_len,
-                         sequence_parallel=sequence_parallel, virtual_stages=virtual_stages, ep=ep)
+                         sequence_parallel=sequence_parallel, virtual_stages=virtual_stages, ep=ep,
+                         offload=offload)
             for i, blocks in enumerate(split)]

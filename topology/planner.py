@@ -2,20 +2,24 @@
 and ranked by throughput among the layouts whose worst pipeline stage fits in memory."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 from .flops import hardware_flops_per_token, model_flops_per_token
 from .hardware import GIB, Cluster
-from .layout import RECOMPUTE_MODES, RUNNABLE_ZERO_STAGES, Layout
-from .memory import PRECISIONS, Precision, StageMemory, pipeline_memory
+from .layout import OFFLOAD_MODES, PIPELINE_ZERO_STAGES, RECOMPUTE_MODES, ZERO_STAGES, Layout
+from .memory import PRECISIONS, Precision, StageMemory, offloaded_bytes, pipeline_memory
 from .model_spec import ModelSpec
 from .engines import DEFAULT_ENGINE, engine as engine_named
 from .experts import DEFAULT_CAPACITY_FACTOR, expert_data_parallel
 from .params import padded_vocab
-from .step_time import (StageTime, StepTime, bubble_fraction, data_parallel_time_s,
+from .step_time import (StageTime, StepTime, allgather_time_s, bubble_fraction, data_parallel_time_s,
                         optimizer_time_s, pipeline_time_s, stage_micro_batch_time,
-                        tied_embedding_time_s, zero3_gather_time_s)
+                        tied_embedding_time_s)
+from .zero_time import (cpu_adam_time_s, host_link_time_s, offload_transfer_bytes, parameter_tensors,
+                        zero3_exposed_s, zero3_gather_time_s, zero_host_time_s,
+                        zero_micro_batch_time_s)
 
 # GPT-3's batch sizes in sequences of 2048 tokens by model size (Brown et al. 2020, Table 2.1).
 GPT3_BATCH_BY_PARAMS = ((125e6, 256), (350e6, 256), (760e6, 256), (1.3e9, 512), (2.7e9, 512),
@@ -71,7 +75,7 @@ class Candidate:
         lay = self.layout
         out = {"dp": lay.dp, "pp": lay.pp, "tp": lay.tp, "ep": lay.ep, "micro_batch": lay.micro_batch,
                "grad_accum": lay.grad_accum, "global_batch": lay.global_batch,
-               "zero_stage": lay.zero_stage, "recompute": lay.recompute,
+               "zero_stage": lay.zero_stage, "offload": lay.offload, "recompute": lay.recompute,
                "sequence_parallel": lay.sequence_parallel, "virtual_stages": lay.virtual_stages,
                "fits": self.fits}
         if self.estimated:
@@ -116,9 +120,11 @@ def layout_reasons(spec: ModelSpec, cluster: Cluster, layout: Layout, global_bat
     reasons = []
     if layout.spans_nodes("tp", cluster.gpus_per_node):
         reasons.append(f"TP would straddle nodes (tp={layout.tp}, {cluster.gpus_per_node} GPUs per node)")
-    if layout.pp > 1 and layout.zero_stage >= 2:
-        reasons.append(f"ZeRO-{layout.zero_stage} with a pipeline: DeepSpeed's pipeline engine "
-                       "supports ZeRO 0 and 1 only")
+    if layout.pp > 1 and (layout.zero_stage not in PIPELINE_ZERO_STAGES or layout.offload != "none"):
+        reasons.append(layout.not_runnable_reason())
+    if layout.offload != "none" and not cluster.gpu.host_link_gb_per_s:
+        reasons.append(f"offload on {cluster.gpu.name}: the catalog has no host link bandwidth "
+                       "(host_link_gb_per_s) to price it")
     if layout.global_batch != global_batch:
         reasons.append(f"micro_batch*grad_accum*dp = {layout.micro_batch}*{layout.grad_accum}*"
                        f"{layout.dp} = {layout.global_batch} != global batch {global_batch}")
@@ -151,7 +157,15 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
         precision=precision, framework_bytes=gpu.framework_gib * GIB,
         flash_attention=options.flash_attention, seq_len=options.seq_len,
         sequence_parallel=layout.sequence_parallel, virtual_stages=layout.virtual_stages,
-        ep=layout.ep)
+        ep=layout.ep, offload=layout.offload)
+    if layout.offload != "none":
+        edp = expert_data_parallel(layout.dp, layout.ep)
+        host = max(offloaded_bytes(st.params - st.expert_params, layout.dp, precision, layout.offload)
+                   + offloaded_bytes(st.expert_params, edp, precision, layout.offload)
+                   for st in cand.stages)
+        if host > gpu.host_memory_gib * GIB:
+            cand.reasons.append(f"offloaded states over CPU memory: {host / GIB:.1f} GiB per GPU "
+                                f"of {gpu.host_memory_gib:g} GiB")
     over = cand.worst_stage.total - gpu.memory_bytes
     if over > 0:
         cand.reasons.append(f"worst stage (stage {cand.worst_stage.stage}) over memory by "
@@ -187,43 +201,65 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
         tp_spans_nodes=tp_spans, pp_spans_nodes=pp_spans, flash_attention=options.flash_attention,
         seq_len=options.seq_len, sequence_parallel=layout.sequence_parallel,
         virtual_stages=layout.virtual_stages, engine=eng, params_local=st.params, ep=layout.ep,
-        ep_spans_nodes=ep_spans, capacity_factor=options.capacity_factor)
+        ep_spans_nodes=ep_spans, capacity_factor=options.capacity_factor,
+        extra_host_s=zero_host_time_s(parameter_tensors(spec, blocks=st.blocks, first=st.stage == 0,
+                                                        last=st.stage == pp - 1),
+                                      layout.zero_stage, eng))
         for st in stages]
     totals = [t.total_s for t in per_stage]
     slowest = per_stage[totals.index(max(totals))]
     pipeline_s = pipeline_time_s(totals, m, layout.virtual_stages)
     busy_s = m * slowest.total_s
     max_params = max(st.params for st in stages)
-    exposed_zero3 = 0.0
-    if layout.zero_stage == 3:
-        gather = zero3_gather_time_s(max_params, precision, gpu, dp=dp, dp_spans_nodes=dp_spans)
-        exposed_zero3 = m * max(0.0, gather - slowest.compute_s)
-    # MoE: the routed experts' gradients reduce over dp/ep (experts.py), the rest over dp
     max_expert = max(st.expert_params for st in stages)
-    dp_s = data_parallel_time_s(max_params - max_expert, precision, gpu, dp=dp,
-                                zero_stage=layout.zero_stage, dp_spans_nodes=dp_spans,
-                                grad_bytes=eng.dp_grad_bytes)
-    if max_expert:
-        dp_s += data_parallel_time_s(max_expert, precision, gpu,
-                                     dp=expert_data_parallel(dp, layout.ep),
-                                     zero_stage=layout.zero_stage,
-                                     dp_spans_nodes=layout.spans_nodes("edp", gpn),
-                                     grad_bytes=eng.dp_grad_bytes)
-    if pp == 1 and layout.zero_stage < 3:
-        # overlapped with the backward (2/3 of compute) of the last micro-batch
-        dp_s = max(0.0, dp_s - slowest.compute_s * 2 / 3)
+    edp = expert_data_parallel(dp, layout.ep)
+    zero_s = zero_micro_batch_time_s(max_params, precision, gpu, dp=dp, zero_stage=layout.zero_stage,
+                                     dp_spans_nodes=dp_spans)
+    if layout.zero_stage == 3:
+        # gathers prefetched ahead of forward and backward, then the gradients' reduce-scatter
+        # (zero3_exposed_s); the partitions stay put at the step
+        gather = zero3_gather_time_s(max_params, precision, gpu, dp=dp, dp_spans_nodes=dp_spans) / 2
+        exposed_zero = m * zero3_exposed_s(gather, zero_s - 2 * gather, slowest.compute_s)
+        dp_s = 0.0
+    elif layout.zero_stage == 2:
+        # each micro-batch's reduce-scatter overlaps its backward (2/3 of compute); the updated
+        # weights are all-gathered after the step
+        exposed_zero = m * max(0.0, zero_s - slowest.compute_s * 2 / 3)
+        dp_s = allgather_time_s(max_params * precision.weight_bytes, dp,
+                                gpu.inter_node_gb_per_s if dp_spans else gpu.intra_node_gb_per_s,
+                                gpu.link_latency_s(dp_spans))
+    else:
+        exposed_zero = 0.0
+        # MoE: the routed experts' gradients reduce over dp/ep (experts.py), the rest over dp
+        dp_s = data_parallel_time_s(max_params - max_expert, precision, gpu, dp=dp,
+                                    zero_stage=layout.zero_stage, dp_spans_nodes=dp_spans,
+                                    grad_bytes=eng.dp_grad_bytes)
+        if max_expert:
+            dp_s += data_parallel_time_s(max_expert, precision, gpu, dp=edp,
+                                         zero_stage=layout.zero_stage,
+                                         dp_spans_nodes=layout.spans_nodes("edp", gpn),
+                                         grad_bytes=eng.dp_grad_bytes)
+        if pp == 1:
+            # overlapped with the backward (2/3 of compute) of the last micro-batch
+            dp_s = max(0.0, dp_s - slowest.compute_s * 2 / 3)
     if pp > 1 and spec.tied_embeddings:
         dp_s += tied_embedding_time_s(padded_vocab(spec.vocab, tp) // tp * spec.hidden, precision, gpu,
                                       spans_nodes=pp_spans)
     sharded = layout.zero_stage >= 1
     optimizer_params = ((max_params - max_expert) / (dp if sharded else 1)
-                        + max_expert / (expert_data_parallel(dp, layout.ep) if sharded else 1))
-    optimizer_s = (optimizer_time_s(optimizer_params, precision, gpu.hbm_bytes_per_s,
-                                    eng.optimizer_extra_bytes)
-                   + eng.step_overhead_us * 1e-6)
+                        + max_expert / (edp if sharded else 1))
+    if layout.offload == "none":
+        optimizer_s = optimizer_time_s(optimizer_params, precision, gpu.hbm_bytes_per_s,
+                                       eng.optimizer_extra_bytes)
+    else:   # CPU Adam plus the host-link copies, serial (a bound: DeepSpeed overlaps some)
+        optimizer_s = (cpu_adam_time_s(optimizer_params, precision, gpu.host_memory_gb_per_s)
+                       + host_link_time_s(offload_transfer_bytes(optimizer_params, precision,
+                                                                 layout.offload, m),
+                                          gpu.host_link_gb_per_s))
+    optimizer_s += eng.step_overhead_us * 1e-6
     step = StepTime(compute_s=m * slowest.compute_s, tp_comm_s=m * slowest.tp_comm_s,
                     pp_comm_s=m * slowest.pp_comm_s, bubble_s=pipeline_s - busy_s,
-                    dp_comm_s=dp_s + exposed_zero3, optimizer_s=optimizer_s,
+                    dp_comm_s=dp_s + exposed_zero, optimizer_s=optimizer_s,
                     host_bound=slowest.host_bound, ep_comm_s=m * slowest.ep_comm_s)
     return step, per_stage
 
@@ -259,10 +295,11 @@ def divisors(n: int) -> list[int]:
 
 def _simplicity(c: Candidate) -> tuple:
     """Fewer model-parallel ranks first, then less recomputation, then no more sharding than ZeRO-1
-    (ZeRO-2/3 add communication and DeepSpeed code paths), then more memory headroom."""
+    (ZeRO-2/3 add communication and DeepSpeed code paths), then less offload, then more memory
+    headroom."""
     lay = c.layout
     return (lay.tp * lay.pp, lay.pp, lay.tp, RECOMPUTE_MODES.index(lay.recompute),
-            max(lay.zero_stage, 1), lay.ep, c.worst_stage.total)
+            max(lay.zero_stage, 1), OFFLOAD_MODES.index(lay.offload), lay.ep, c.worst_stage.total)
 
 
 def rank_key(c: Candidate) -> tuple:
@@ -271,13 +308,25 @@ def rank_key(c: Candidate) -> tuple:
     return (bucket,) + _simplicity(c)
 
 
-def searched_zero_stages(precision: str) -> tuple[int, ...]:
-    """ZeRO stages the search tries: those llmlaunch can run (Layout.runnable: ZeRO 0 and 1), and in
-    bf16 only ZeRO-1: DeepSpeed accumulates bf16 gradients in fp32 only through ZeRO-1's
-    BF16_Optimizer path (ZeRO-0 with fp32 accumulation raises "unsupported mix"), and at dp = 1
-    ZeRO-1 holds exactly what ZeRO-0 would. ZeRO-2/3 are evaluated when pinned (--zero), as
-    estimates."""
-    return (1,) if precision.startswith("bf16") else RUNNABLE_ZERO_STAGES
+def searched_zero_stages(precision: str, pp: int = 1, dp: int = 1) -> tuple[int, ...]:
+    """ZeRO stages the search tries: those llmlaunch can run (Layout.runnable): with a pipeline
+    (pp > 1) ZeRO 0 and 1, at pp = 1 (DeepSpeed's plain engine) ZeRO 0-3. In bf16 not ZeRO-0:
+    DeepSpeed accumulates bf16 gradients in fp32 only through ZeRO-1's BF16_Optimizer path (ZeRO-0
+    with fp32 accumulation raises "unsupported mix"; launcher/ds_config.py refuses it), and at
+    dp = 1 ZeRO-1 holds exactly what ZeRO-0 would. ZeRO-2/3 only where dp > 1: at dp = 1 they
+    partition nothing and only add DeepSpeed's per-micro-batch reductions."""
+    stages = PIPELINE_ZERO_STAGES if pp > 1 or dp == 1 else ZERO_STAGES
+    return tuple(z for z in stages if not (precision.startswith("bf16") and z == 0))
+
+
+def searched_offloads(zero_stage: int, cluster: Cluster) -> tuple[str, ...]:
+    """Offload modes the search tries for a layout that does not fit without one (cheapest first):
+    at ZeRO-2 the optimizer, at ZeRO-3 the optimizer, then also the parameters; none where the
+    catalog has no host link figure to price the copies. (ZeRO-1's bf16 path, BF16_Optimizer, has
+    no offload; ZeRO-2 offload holds less than ZeRO-1 offload would.)"""
+    if not cluster.gpu.host_link_gb_per_s or not cluster.gpu.host_memory_gb_per_s:
+        return ()
+    return {2: ("optimizer",), 3: ("optimizer", "optimizer+params")}.get(zero_stage, ())
 
 
 def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins = Pins()) -> SearchResult:
@@ -312,7 +361,7 @@ def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins =
             for micro_batch in ([pins.micro_batch] if pins.micro_batch else divisors(per_replica)):
                 grad_accum = max(1, per_replica // micro_batch)
                 zeros = ([pins.zero_stage] if pins.zero_stage is not None
-                         else searched_zero_stages(options.precision))
+                         else searched_zero_stages(options.precision, pp, dp))
                 for zero, ep in [(z, e) for z in zeros for e in expert_degrees(spec, dp, pins.ep)]:
                     for recompute in ([pins.recompute] if pins.recompute else RECOMPUTE_MODES):
                         layout = Layout(dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
@@ -321,6 +370,16 @@ def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins =
                                         virtual_stages=pins.virtual_stages if pp > 1 else 1, ep=ep)
                         cand = evaluate(spec, cluster, layout, options, estimate_rejected=False)
                         evaluated += 1
+                        # offload only where memory alone rules the layout out (it was estimated)
+                        offloads = (searched_offloads(zero, cluster)
+                                    if pp == 1 and not cand.fits and cand.stages else ())
+                        for offload in offloads:
+                            moved = evaluate(spec, cluster, dataclasses.replace(layout, offload=offload),
+                                             options, estimate_rejected=False)
+                            evaluated += 1
+                            if moved.fits or offload == offloads[-1]:
+                                cand = moved
+                                break
                         if cand.fits:
                             fitting.append(cand)
                         elif best_rejected is None or _closer(cand, best_rejected):

@@ -16,8 +16,13 @@ Model (each term a pure function below or in the module named):
   data parallel:               ring all-reduce of the stage's gradients after the flush when p > 1
                                (DeepSpeed's pipeline and Megatron-LM's local DDP reduce after the
                                schedule); with p = 1 it overlaps the last micro-batch's backward
-  ZeRO-3:                      per micro-batch parameter all-gathers (forward, backward) and gradient
-                               reduce-scatter, prefetched: only what exceeds compute is exposed
+  ZeRO-2/3 (pp = 1):           per micro-batch gradient reduce-scatter (ZeRO-2, overlapped with the
+                               backward) or parameter all-gathers (forward, backward) and gradient
+                               reduce-scatter (ZeRO-3, 3 Psi; prefetched): only what exceeds compute
+                               is exposed; ZeRO-2 all-gathers the updated weights after the step
+  offload:                     gradient partitions to the CPU each micro-batch, weights back after
+                               the step (and before every pass with the parameters offloaded) over
+                               the host link, plus CPU Adam at the host's memory bandwidth
   expert parallel (MoE):       per MoE layer and micro-batch, the all-to-alls of token routing
                                (dispatch and combine, forward and backward; experts.py) over the
                                ep group, blocking
@@ -249,7 +254,7 @@ def pipeline_send_time_s(*, first: bool, last: bool, pp: int, tp: int, tokens: i
         return 0.0
     sends = ((0 if last else 1) + (0 if first else 1)) if virtual_stages == 1 else 2 * virtual_stages
     pp_bw = gpu.inter_node_gb_per_s if pp_spans_nodes else gpu.intra_node_gb_per_s
-    alpha = gpu.inter_node_latency_s if pp_spans_nodes else gpu.collective_latency_s
+    alpha = gpu.link_latency_s(pp_spans_nodes)
     message = tokens * hidden * act
     if sequence_parallel:
         one = p2p_time_s(message / tp, pp_bw, alpha)
@@ -275,7 +280,7 @@ def expert_alltoall_time_s(spec: ModelSpec, *, blocks: int, tokens: int, act: in
         return 0.0
     nbytes = alltoall_buffer_bytes(spec, tokens, act, capacity_factor)
     if spans_nodes:
-        one = allgather_time_s(nbytes, ep, gpu.inter_node_gb_per_s, gpu.collective_latency_s)
+        one = allgather_time_s(nbytes, ep, gpu.inter_node_gb_per_s, gpu.inter_node_latency_s)
     else:
         one = node_collective_time_s("all-gather", nbytes, ep, gpu)
     return blocks * alltoalls_per_moe_layer(recompute) * one
@@ -346,15 +351,18 @@ def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, 
                            sequence_parallel: bool = False, virtual_stages: int = 1,
                            engine: Engine = ENGINES[DEFAULT_ENGINE],
                            params_local: float = 0.0, ep: int = 1, ep_spans_nodes: bool = False,
-                           capacity_factor: float = DEFAULT_CAPACITY_FACTOR) -> StageTime:
+                           capacity_factor: float = DEFAULT_CAPACITY_FACTOR,
+                           extra_host_s: float = 0.0) -> StageTime:
     """Forward + backward of one micro-batch on one GPU of a stage, under `engine`; params_local,
     the stage's parameters on this GPU, prices the engine's gradient accumulation pass; ep > 1 adds
-    the MoE all-to-alls (expert_alltoall_time_s)."""
+    the MoE all-to-alls (expert_alltoall_time_s); extra_host_s is host time beyond the model's ops
+    (ZeRO's hooks: zero_host_time_s)."""
     matmul_s, memory_s, host_s, tp_s, pp_s = _stage_parts(
         spec, gpu, precision, blocks, first, last, tp, pp, micro_batch, recompute, tp_spans_nodes,
         pp_spans_nodes, flash_attention, seq_len or spec.seq_len, sequence_parallel,
         virtual_stages, engine, ep, capacity_factor)
     memory_s += params_local * grad_accumulation_bytes(engine, precision) / gpu.hbm_bytes_per_s
+    host_s += extra_host_s
     device_s = matmul_s + memory_s
     compute_s = pass_time_s(device_s, host_s, gpu.async_dispatch)
     ep_s = expert_alltoall_time_s(spec, blocks=blocks, tokens=micro_batch * (seq_len or spec.seq_len),
@@ -417,7 +425,7 @@ def data_parallel_time_s(stage_params: float, precision: Precision, gpu: GpuSpec
     all-gather of the updated weights: the same volume), grad_bytes per element (0: the
     precision's)."""
     bw = gpu.inter_node_gb_per_s if dp_spans_nodes else gpu.intra_node_gb_per_s
-    alpha = gpu.inter_node_latency_s if dp_spans_nodes else gpu.collective_latency_s
+    alpha = gpu.link_latency_s(dp_spans_nodes)
     nbytes = stage_params * (grad_bytes or precision.grad_bytes)
     if zero_stage == 3:
         return allgather_time_s(nbytes, dp, bw, alpha)
@@ -431,12 +439,4 @@ def tied_embedding_time_s(embedding_params_local: float, precision: Precision, g
     DeepSpeed's ReduceTiedGrads): a two-rank all-reduce of this rank's slice."""
     bw = gpu.inter_node_gb_per_s if spans_nodes else gpu.intra_node_gb_per_s
     return allreduce_time_s(embedding_params_local * precision.grad_bytes, 2, bw,
-                            gpu.inter_node_latency_s if spans_nodes else gpu.collective_latency_s)
-
-
-def zero3_gather_time_s(stage_params: float, precision: Precision, gpu: GpuSpec, *, dp: int,
-                        dp_spans_nodes: bool) -> float:
-    """ZeRO-3 per micro-batch: weights all-gathered for forward and again for backward."""
-    bw = gpu.inter_node_gb_per_s if dp_spans_nodes else gpu.intra_node_gb_per_s
-    return 2 * allgather_time_s(stage_params * precision.weight_bytes, dp, bw,
-                                gpu.inter_node_latency_s if dp_spans_nodes else gpu.collective_latency_s)
+                            gpu.link_latency_s(spans_nodes))

@@ -42,6 +42,9 @@ LAYOUTS = {
     "bf16-llama-dp1-pp2-tp2-zero1-selective": (["train.precision=bf16", "model.arch=llama",
                                                 "model.kv_heads=2", "layout.dp=1", "layout.tp=2",
                                                 "layout.recompute=selective"], True),
+    # DeepSpeed's plain engine (pp = 1) at ZeRO-3 over 4 ranks: weights partitioned too (issue 13)
+    "dp4-pp1-tp1-zero3-none": (["layout.dp=4", "layout.pp=1", "layout.zero_stage=3",
+                                "layout.grad_accum=2"], False),
 }
 MODEL_STATES = ("weights", "gradients", "optimizer")
 ROW_KEYS = {"rank", "stage", "quantity", "predicted", "measured", "error_pct"}
@@ -132,10 +135,13 @@ def test_rows_schema_and_rank_coverage(validated, name):
     assert result["file"]["precision"] == expected_precision and result["file"]["device"] == "cpu"
     # the wrapper the planner's buffer model assumes (topology.memory.buffer_bytes)
     zero = int(name.split("zero")[1][0])
-    expected_wrapper = ("BF16_Optimizer" if expected_precision == "bf16" else
+    expected_wrapper = ("DeepSpeedZeroOptimizer_Stage3" if zero == 3 else
+                        "BF16_Optimizer" if expected_precision == "bf16" else
                         "DeepSpeedZeroOptimizer" if zero == 1 else None)
     if expected_wrapper:
         assert result["file"]["optimizer_wrapper"] == expected_wrapper
+        if not LAYOUTS[name][1]:   # the table names it too
+            assert f"optimizer wrapper {expected_wrapper}" in result["stdout"]
     if LAYOUTS[name][1]:
         # --json: stdout is exactly one JSON object, the one written to RUN_DIR/validate.json
         assert json.loads(result["stdout"]) == result["file"]
@@ -146,7 +152,9 @@ def test_zero_stage_shows_in_the_engine_tensors(validated, name):
     """Independent of the planner: gradients are full-size (ZeRO 0 and 1 do not partition them):
     4 bytes a parameter in fp32, 2 + 4 in bf16 (BF16_Optimizer's bf16 .grad beside its fp32
     accumulation); the optimizer holds Adam's m and v (8 bytes a parameter), and under ZeRO-1 also
-    an fp32 master copy, all partitioned over dp: 12 / dp."""
+    an fp32 master copy, all partitioned over dp: 12 / dp. ZeRO-3 (fp32) partitions the weights
+    (4 / dp) and holds its gradient partition (4 / dp) beside one micro-batch's unreduced
+    gradients (4: the tiny model is under one reduce bucket)."""
     dp, _, _ = layout_of(name)
     zero = int(name.split("zero")[1][0])
     bf16 = name.startswith("bf16")
@@ -154,6 +162,11 @@ def test_zero_stage_shows_in_the_engine_tensors(validated, name):
     for row in rows_of(validated(name)):
         by_rank.setdefault(row["rank"], {})[row["quantity"]] = row["measured"]
     for measured in by_rank.values():
+        if zero == 3:
+            params = measured["weights"] * dp / 4
+            assert measured["gradients"] == pytest.approx(4 * params / dp + 4 * params, rel=1e-3)
+            assert measured["optimizer"] == pytest.approx(12 * params / dp, rel=1e-3)
+            continue
         params = measured["weights"] / (2 if bf16 else 4)
         assert measured["gradients"] == pytest.approx((6 if bf16 else 4) * params, rel=1e-3)
         expected = 8 * params if zero == 0 else 12 * params / dp

@@ -110,3 +110,42 @@ def test_reference_configs_are_accepted(path):
     ds = json.loads(path.read_text())
     dp = ds["train_batch_size"] // (ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"])
     parse(ds, dp=dp)
+
+
+def test_emitted_zero3_layout_for_llama2_70b_is_accepted_as_planned(tmp_path):
+    # issue 13: `plan --emit` of a pinned ZeRO-3 pp = 1 layout writes a config DeepSpeed's parser
+    # accepts, with the ZeRO-3 limits the planner prices (topology/memory.py)
+    import yaml
+
+    from llmlaunch.cli import main
+    from llmlaunch.topology import memory
+
+    out = tmp_path / "llama70b"
+    assert main(["plan", "--gpus", "64", "--model", "llama2-70b", "--dp", "8", "--pp", "1",
+                 "--tp", "8", "--zero", "3", "--micro-batch", "8", "--recompute", "full",
+                 "--emit", str(out)]) == 0
+    ds = json.loads((out / "ds_config.json").read_text())
+    parsed = parse(ds, dp=8)
+    assert parsed.zero_optimization_stage == 3
+    assert parsed.train_batch_size == 8 * ds["gradient_accumulation_steps"] * 8
+    zero = parsed.zero_config
+    assert zero.prefetch_bucket_size == memory.ZERO3_PREFETCH_ELEMENTS
+    assert zero.param_persistence_threshold == memory.ZERO3_PERSISTENCE_THRESHOLD
+    assert zero.max_live_parameters == memory.ZERO3_MAX_LIVE_PARAMETERS
+    assert zero.reduce_bucket_size == memory.REDUCE_BUCKET_ELEMENTS
+    assert zero.offload_optimizer is None and zero.offload_param is None
+    layout = yaml.safe_load((out / "run.yaml").read_text())["layout"]
+    assert (layout["dp"], layout["pp"], layout["tp"], layout["zero_stage"]) == (8, 1, 8, 3)
+
+
+def test_emitted_offload_layout_is_accepted_with_both_offloads(tmp_path):
+    # llama2-70b on 8 A100-80GB fits only with ZeRO-3 and the optimizer and parameters in CPU
+    # memory: the search picks that, and --emit writes what DeepSpeed reads for it
+    from llmlaunch.cli import main
+
+    out = tmp_path / "llama70b-8"
+    assert main(["plan", "--gpus", "8", "--model", "llama2-70b", "--emit", str(out)]) == 0
+    ds = json.loads((out / "ds_config.json").read_text())
+    zero = parse(ds, dp=8).zero_config
+    assert ds["zero_optimization"]["stage"] == 3
+    assert zero.offload_optimizer.device == "cpu" and zero.offload_param.device == "cpu"

@@ -12,13 +12,13 @@ MIXTRAL = ["plan", "--model", "mixtral-8x7b", "--gpus", "64"]
 
 
 def test_mixtral_plan_with_ep_prints_expert_groups_and_the_alltoall(capsys):
-    assert main([*MIXTRAL, "--ep", "4", "--top", "3"]) == 0
+    assert main([*MIXTRAL, "--ep", "4", "--pp", "4", "--tp", "2", "--top", "3"]) == 0
     text = capsys.readouterr().out
     assert "12.88B of 46.70B parameters active per token" in text
     # the model line names where the count came from (a resume source once shadowed it: "(None)")
     assert "mixtral-8x7b: 46.70B parameters (formula: topology/params.py)" in text
     assert "experts split ep=4 (2 of 8 per GPU)" in text
-    # 64 GPUs as dp 8: 16 expert groups of 4 consecutive data-parallel ranks (stride tp)
+    # 64 GPUs as dp 8 x pp 4 x tp 2: 16 expert groups of 4 consecutive data-parallel ranks (stride tp)
     assert "expert   groups: 16 of 4 ranks" in text
     assert "expert-data groups: 32 of 2 ranks" in text
     row = next(line for line in text.splitlines() if line.startswith("EP all-to-all (ep=4"))

@@ -137,3 +137,63 @@ def test_buffers_follow_the_deepspeed_optimizer_that_runs():
     assert buffer_bytes(params, 1, PRECISIONS["bf16"], 8) == 0
     assert buffer_bytes(params, 0, PRECISIONS["bf16"], 8) == 0
     assert buffer_bytes(1e5, 1, PRECISIONS["fp32"], 2) == 1e5 * 4 + 1e5 * 4
+
+
+def test_zero2_bf16_matches_deepspeeds_2_psi_plus_18_psi_over_n():
+    from llmlaunch.topology.memory import deepspeed_model_state_bytes
+
+    # Psi = 8e9 on dp 8: bf16 weights 16e9; gradient partition 2e9 + fp32 copy in the step 4e9
+    # (more than the 2e8 x 2 = 4e8 reduce bucket); fp32 master + m + v 12e9. Sum 34e9 =
+    # estimate_zero2_model_states_mem_needs' 2 Psi + 18 Psi/N = 16e9 + 18e9
+    states = deepspeed_model_state_bytes(8e9, 8, 2, PRECISIONS["bf16"])
+    assert states == {"weights": 16e9, "gradients": 6e9, "optimizer": 12e9}
+    assert sum(states.values()) == 2 * 8e9 + 18 * 8e9 / 8
+    # ZeRO-3: weights partitioned too, 2e9; the fp32 copy is one sub-group of 1e9 x 4
+    assert deepspeed_model_state_bytes(8e9, 8, 3, PRECISIONS["bf16"]) == {
+        "weights": 2e9, "gradients": 6e9, "optimizer": 12e9}
+
+
+def test_zero2_and_3_fp32_as_validate_measures_them():
+    from llmlaunch.topology.memory import deepspeed_model_state_bytes
+
+    # fp32, Psi = 1e6 (under one reduce bucket), dp 2: partition 4 x 5e5 plus the whole micro-batch
+    # of unreduced gradients 4e6 (no separate fp32 copy); ZeRO-2 and ZeRO-3 clone an fp32 master
+    # (4 + 8 per parameter / 2)
+    assert deepspeed_model_state_bytes(1e6, 2, 2, PRECISIONS["fp32"]) == {
+        "weights": 4e6, "gradients": 6e6, "optimizer": 6e6}
+    assert deepspeed_model_state_bytes(1e6, 2, 3, PRECISIONS["fp32"]) == {
+        "weights": 2e6, "gradients": 6e6, "optimizer": 6e6}
+    # ZeRO 0/1 stay the paper's accounting
+    assert deepspeed_model_state_bytes(1e6, 2, 1, PRECISIONS["fp32"]) == \
+        model_state_bytes(1e6, 2, 1, PRECISIONS["fp32"])
+
+
+def test_offload_leaves_what_deepspeeds_estimators_leave_on_the_gpu():
+    from llmlaunch.topology.memory import deepspeed_model_state_bytes, offloaded_bytes
+
+    bf16 = PRECISIONS["bf16"]
+    # ZeRO-2 + optimizer offload: the bf16 weights 2 Psi stay (DeepSpeed's cpu_offload estimate),
+    # plus the 2e8-element bf16 reduce bucket
+    assert deepspeed_model_state_bytes(8e9, 8, 2, bf16, "optimizer") == {
+        "weights": 16e9, "gradients": 4e8, "optimizer": 0.0}
+    # ZeRO-3 with parameters offloaded: only the bucket; CPU memory 16 Psi/N + 2 Psi/N = 18e9
+    # (estimate_zero3_model_states_mem_needs with zero_init: 18 Psi / nodes, one GPU here per N)
+    assert deepspeed_model_state_bytes(8e9, 8, 3, bf16, "optimizer+params") == {
+        "weights": 0.0, "gradients": 4e8, "optimizer": 0.0}
+    assert offloaded_bytes(8e9, 8, bf16, "optimizer+params") == 18e9
+    assert offloaded_bytes(8e9, 8, bf16, "optimizer") == 16e9
+
+
+def test_zero3_gathered_parameters_and_buckets():
+    from llmlaunch.topology.memory import zero3_live_parameter_bytes
+
+    bf16 = PRECISIONS["bf16"]
+    # stage3_max_live_parameters 1e9 beats a 1e8-element layer + the 5e7 prefetch: 1e9 x 2 bytes
+    assert zero3_live_parameter_bytes(8.6e9, 1e8, bf16) == 2e9
+    # a layer larger than the limit is gathered whole, with the prefetch behind it
+    assert zero3_live_parameter_bytes(8.6e9, 2e9, bf16) == (2e9 + 5e7) * 2
+    # never more than the rank's whole model
+    assert zero3_live_parameter_bytes(1e5, 1e4, bf16) == 2e5
+    assert buffer_bytes(8.6e9, 3, bf16, 8, 1e8) == 2e9
+    # ZeRO-2 keeps the all-gather bucket (the reduce bucket is counted with the gradients)
+    assert buffer_bytes(8.6e9, 2, bf16, 8) == 2e8 * 2

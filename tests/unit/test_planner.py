@@ -5,7 +5,7 @@ from llmlaunch.topology.hardware import Cluster, gpu
 from llmlaunch.topology.layout import Layout
 from llmlaunch.topology.shapes import preset, spec_from_params
 from llmlaunch.topology.planner import (Pins, PlanOptions, default_global_batch, evaluate,
-                                        minimum_gpus, search)
+                                        minimum_gpus, search, searched_zero_stages)
 from llmlaunch.topology.params import total_params
 
 SPEC = spec_from_params(175e9)
@@ -92,10 +92,17 @@ def test_175b_on_one_node_of_40gb_needs_more_gpus():
     opts = PlanOptions(global_batch=1536, seq_len=2048)
     assert not search(SPEC, small, opts).candidates
     needed = minimum_gpus(SPEC, small, opts)
-    # model states alone: 175e9 * 18 bytes / 40 GiB > 64 GPUs under ZeRO-1 with dp 1
-    assert needed is not None and needed > 64
-    assert search(SPEC, Cluster(needed, 8, gpu("a100-40gb")),
-                  PlanOptions(max(1536, needed // 8), 2048)).candidates
+    # without offload: 175e9 * 18 bytes / 40 GiB > 64 GPUs under ZeRO-1 with dp 1. ZeRO-3 with the
+    # optimizer and parameters offloaded keeps 18 Psi/N in CPU memory: 18 * 174.6e9 / 16 = 183 GiB
+    # per GPU at 16 GPUs, over a DGX A100 (320 GB)'s 128 GiB; at 32, 91.5 GiB fits
+    assert needed == 32
+    found = search(SPEC, Cluster(needed, 8, gpu("a100-40gb")),
+                   PlanOptions(max(1536, needed // 8), 2048)).candidates
+    assert found and "none" not in {c.layout.offload for c in found}
+    assert {c.layout.zero_stage for c in found} == {3}
+    # the printed table says what is offloaded in the zero column
+    from llmlaunch.report.text import candidate_rows
+    assert candidate_rows(found[:1])[0][6] == f"3+{found[0].layout.offload}"
 
 
 def test_default_batch_is_gpt3s_and_grows_with_the_cluster():
@@ -113,14 +120,38 @@ def test_131072_gpu_search_finds_layouts():
 
 
 def test_search_tries_only_the_zero_stages_deepspeed_runs():
-    """fp32: ZeRO 0 and 1; bf16: ZeRO-1 only (DeepSpeed has no bf16 ZeRO-0 path with fp32
-    accumulation); ZeRO-2/3 never unless pinned (the PipelineEngine asserts ZeRO < 2)."""
+    """With a pipeline, fp32: ZeRO 0 and 1; bf16: ZeRO-1 only (DeepSpeed has no bf16 ZeRO-0 path
+    with fp32 accumulation; the PipelineEngine asserts ZeRO < 2). At pp = 1 the plain engine also
+    runs ZeRO-2/3 (only tried where dp > 1); nothing needs offload here."""
     spec = preset("gpt3-125m")
     cluster = Cluster(gpus=8, gpus_per_node=8, gpu=gpu("a100-80gb"))
-    for precision, expected in (("fp32", {0, 1}), ("bf16", {1})):
+    for precision, piped, plain in (("fp32", {0, 1}, {0, 1, 2, 3}), ("bf16", {1}, {1, 2, 3})):
         result = search(spec, cluster, PlanOptions(global_batch=64, seq_len=2048, precision=precision))
-        assert {c.layout.zero_stage for c in result.candidates} == expected
+        cands = result.candidates
+        assert {c.layout.zero_stage for c in cands if c.layout.pp > 1} == piped
+        assert {c.layout.zero_stage for c in cands if c.layout.pp == 1 and c.layout.dp > 1} == plain
+        assert {c.layout.zero_stage for c in cands if c.layout.dp == 1} <= {0, 1}
+        assert {c.layout.offload for c in cands} == {"none"}
+    assert searched_zero_stages("bf16", pp=1, dp=8) == (1, 2, 3)
+    assert searched_zero_stages("fp32", pp=4, dp=8) == (0, 1)
+    assert searched_zero_stages("fp32", pp=1, dp=1) == (0, 1)
     pinned = search(spec, cluster, PlanOptions(global_batch=64, seq_len=2048), Pins(zero_stage=2))
     assert pinned.candidates and {c.layout.zero_stage for c in pinned.candidates} == {2}
     # the plain engine runs ZeRO-2 at pp = 1; the pipeline engine does not
     assert all(c.layout.runnable == (c.layout.pp == 1) for c in pinned.candidates)
+
+
+def test_llama2_70b_on_64_gpus_weighs_zero3_without_a_pipeline():
+    # issue 13: the planner proposed only dp 1 x pp 8 x tp 8; ZeRO-3 at dp 8 x tp 8 (pp = 1) is
+    # now searched, fits, and is ranked against it
+    spec = preset("llama2-70b")
+    cluster = Cluster(gpus=64, gpus_per_node=8, gpu=gpu("a100-80gb"))
+    result = search(spec, cluster, PlanOptions(global_batch=512, seq_len=4096))
+    zero3 = [c for c in result.candidates if (c.layout.dp, c.layout.pp, c.layout.tp) == (8, 1, 8)
+             and c.layout.zero_stage == 3]
+    piped = [c for c in result.candidates if (c.layout.dp, c.layout.pp, c.layout.tp) == (1, 8, 8)]
+    assert zero3 and piped and all(c.fits for c in zero3)
+    assert {c.layout.offload for c in zero3} == {"none"}   # fits without offload
+    # ZeRO-3's traffic is priced: 3 Psi per micro-batch shows up in the data-parallel time
+    assert all(c.step.dp_comm_s > 0 for c in zero3)
+    assert result.candidates[0].layout.pp == 1

@@ -244,3 +244,65 @@ def test_tied_embedding_and_data_parallel_gradient_bytes():
                                 dp_spans_nodes=True, grad_bytes=2)
     assert fp32 == pytest.approx(14 * 2e-6 + 2 * 7 / 8 * 4e9 / 22e9)
     assert fp16 == pytest.approx(14 * 2e-6 + 2 * 7 / 8 * 2e9 / 22e9)
+
+
+def test_zero_traffic_per_micro_batch_is_3_psi_at_stage_3():
+    from llmlaunch.topology.hardware import gpu
+    from llmlaunch.topology.memory import PRECISIONS
+    from llmlaunch.topology.zero_time import zero_micro_batch_bytes, zero_micro_batch_time_s
+
+    bf16 = PRECISIONS["bf16"]
+    # Rajbhandari et al. 2020 Section 7.2.2: ZeRO-3 moves 3 Psi (two gathers, one reduce-scatter),
+    # ZeRO-2 Psi per micro-batch (its all-gather is once per step); 1e9 bf16 parameters = 2e9 bytes
+    assert zero_micro_batch_bytes(1e9, bf16, 3) == 6e9
+    assert zero_micro_batch_bytes(1e9, bf16, 2) == 2e9
+    assert zero_micro_batch_bytes(1e9, bf16, 1) == 0.0
+    # across nodes on a100-80gb (22 GB/s per GPU, 2 us per message), dp 8, one ring half of 2e9
+    # bytes: 7 * 2e-6 + 7/8 * 2e9 / 22e9 = 0.079559 s; ZeRO-3 three of them
+    half = 7 * 2e-6 + 7 / 8 * 2e9 / 22e9
+    a100 = gpu("a100-80gb")
+    assert zero_micro_batch_time_s(1e9, bf16, a100, dp=8, zero_stage=3, dp_spans_nodes=True) == \
+        pytest.approx(3 * half)
+    assert zero_micro_batch_time_s(1e9, bf16, a100, dp=8, zero_stage=2, dp_spans_nodes=True) == \
+        pytest.approx(half)
+
+
+def test_zero3_exposure_hides_gathers_behind_compute_not_the_reduce_scatter():
+    from llmlaunch.topology.zero_time import zero3_exposed_s
+
+    assert zero3_exposed_s(1.0, 0.5, 1.5) == pytest.approx(1.0)    # 2 - 1.5 + 0.5
+    assert zero3_exposed_s(1.0, 0.5, 4.0) == pytest.approx(0.5)    # only the reduce-scatter
+
+
+def test_offload_copies_and_cpu_adam_hand_values():
+    from llmlaunch.topology.memory import PRECISIONS
+    from llmlaunch.topology.zero_time import (cpu_adam_time_s, host_link_time_s,
+                                              offload_transfer_bytes)
+
+    bf16 = PRECISIONS["bf16"]
+    # a 1e9-parameter partition, 4 micro-batches: gradients down 4 x 2e9, weights up 2e9
+    assert offload_transfer_bytes(1e9, bf16, "optimizer", 4) == 10e9
+    # parameters offloaded: the partition also comes up for each forward and backward, 8 x 2e9
+    assert offload_transfer_bytes(1e9, bf16, "optimizer+params", 4) == 26e9
+    assert offload_transfer_bytes(1e9, bf16, "none", 4) == 0.0
+    assert host_link_time_s(31.5e9, 31.5) == pytest.approx(1.0)       # PCIe Gen4 x16, 1 s
+    # CPU Adam: 30 bytes a parameter (fp32 master, m, v read + written 24, fp32 gradient read 4,
+    # bf16 weight written 2) at DGX A100's 51.2 GB/s per GPU: 30e9 / 51.2e9 s
+    assert cpu_adam_time_s(1e9, bf16, 51.2) == pytest.approx(30 / 51.2)
+
+
+def test_zero_host_time_per_parameter_tensor():
+    from llmlaunch.topology.engines import ENGINES
+    from llmlaunch.topology.shapes import preset
+    from llmlaunch.topology.zero_time import parameter_tensors, zero_host_time_s
+
+    # llama2-70b on one stage: 80 blocks x (2 RMSNorms + qkv + out + gate_up + down) = 480, the
+    # token embedding, the final norm and the untied head: 483 tensors
+    tensors = parameter_tensors(preset("llama2-70b"), blocks=80, first=True, last=True)
+    assert tensors == 483
+    deepspeed = ENGINES["deepspeed"]
+    # benchmarks/zero_overhead.py: 323 us a tensor a micro-batch at ZeRO-3, 218 at ZeRO-2
+    assert zero_host_time_s(tensors, 3, deepspeed) == pytest.approx(483 * 323e-6)
+    assert zero_host_time_s(tensors, 2, deepspeed) == pytest.approx(483 * 218e-6)
+    assert zero_host_time_s(tensors, 1, deepspeed) == 0.0
+    assert zero_host_time_s(tensors, 3, ENGINES["megatron-lm-2021"]) == 0.0
