@@ -32,5 +32,5 @@ def plan_json(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
         out["horizon"] = dict(horizon.to_dict(), tokens=tokens)
     out["rejected"] = [{"dp": c.layout.dp, "pp": c.layout.pp, "tp": c.layout.tp, "ep": c.layout.ep,
                         "micro_batch": c.layout.micro_batch, "zero_stage": c.layout.zero_stage,
-                        "recompute": c.layout.recompute, "reasons": c.reasons} for c in result.rejected]
+                        "offload": c.layout.offload, "recompute": c.layout.recompute, "reasons": c.reasons} for c in result.rejected]
     return out

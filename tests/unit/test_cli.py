@@ -240,3 +240,14 @@ def test_a_deepspeed_config_it_would_refuse_fails_before_any_rank_starts(command
     err = capsys.readouterr().err
     assert "use layout.zero_stage=1" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "logs").exists()
+
+
+def test_plan_json_names_offload_for_candidates_and_rejected_layouts(capsys):
+    # Llama 2 70B on 8 x 80 GB fits only with ZeRO-3 and offload; the pipeline layouts it rejects
+    # hold everything on the GPU
+    assert main(["plan", "--gpus", "8", "--model", "llama2-70b", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["candidates"] and all(c["offload"] != "none" and c["pp"] == 1
+                                     for c in out["candidates"])
+    assert out["rejected"] and all("offload" in r for r in out["rejected"])
+    assert any(r["pp"] > 1 and r["offload"] == "none" for r in out["rejected"])
