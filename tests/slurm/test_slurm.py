@@ -3,8 +3,6 @@
 Needs root and Debian's slurmctld, slurmd, slurm-client and munge, which tests/setup.sh
 installs. Jobs are tiny CPU runs of the tiny-cpu config; each test cancels its jobs when it ends."""
 import json
-import os
-import shutil
 import signal
 import subprocess
 import time
@@ -12,6 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from slurm_cluster import local_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SH = REPO / "slurm" / "train.sh"
@@ -19,24 +18,9 @@ TINY = REPO / "llmlaunch" / "configs" / "tiny-cpu.yaml"
 
 
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    missing = [tool for tool in ("slurmctld", "slurmd", "sbatch", "munged") if not shutil.which(tool)
-               and not Path(f"/usr/sbin/{tool}").exists()]
-    if missing or os.geteuid() != 0:
-        pytest.fail(f"Slurm tests need root and {', '.join(missing) or 'the Slurm packages'}: run "
-                    "tests/setup.sh, which installs them")
-    state = tmp_path_factory.mktemp("slurm")
-    env = dict(os.environ, SLURM_CONF=str(state / "slurm.conf"), OMP_NUM_THREADS="1",
-               PYTHONWARNINGS="ignore")
-    env.pop("SLURM_JOB_ID", None)
-    subprocess.run([str(REPO / "slurm" / "local-cluster.sh"), "start", str(state)], check=True,
-                   env=env, timeout=60)
-    try:
+def slurm():
+    with local_cluster(1, "single") as (env, _state):
         yield env
-    finally:
-        subprocess.run(["scancel", "--user", "root"], env=env, timeout=30)
-        subprocess.run([str(REPO / "slurm" / "local-cluster.sh"), "stop", str(state)], env=env,
-                       timeout=60)
 
 
 def submit(env, cwd, *args, wait=True):
