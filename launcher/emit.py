@@ -99,6 +99,7 @@ def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: i
         f"#SBATCH --time={s.time}",
         f"#SBATCH --signal=B:USR1@{int(s.signal_seconds)}",
         "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",   # a requeued start appends to the log, not replaces it
         "#SBATCH --output=slurm-%j.out",
     ]
     if s.partition:

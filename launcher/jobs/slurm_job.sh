@@ -96,7 +96,10 @@ RUN_DIR="$(cd "$RUN_DIR" && pwd)"
 SETS=()
 for kv in "${@:3}"; do SETS+=(--set "$kv"); done
 
-MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+# MASTER_ADDR: the first host of the allocation (where this script runs) as an address every host
+# dials, never loopback on a multi-host job (launcher/hostnet.py); LLMLAUNCH_MASTER_ADDR pins one
+FIRST_NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+MASTER_ADDR="${LLMLAUNCH_MASTER_ADDR:-$(python3 -m llmlaunch.launcher.hostnet master-addr "$FIRST_NODE" "${SLURM_JOB_NUM_NODES:-1}")}" || exit 2
 # a free port on this (the first) node; LLMLAUNCH_MASTER_PORT pins one. MASTER_PORT and the rank
 # variables of the submitting shell (sbatch exports its environment) are not trusted.
 MASTER_PORT="${LLMLAUNCH_MASTER_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}"
@@ -106,8 +109,13 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
 export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
 echo "llmlaunch: job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_NTASKS} ranks on" \
-     "${SLURM_JOB_NUM_NODES} node(s), master ${MASTER_ADDR}:${MASTER_PORT}, run dir ${RUN_DIR}"
+     "${SLURM_JOB_NUM_NODES} node(s) (${SLURM_JOB_NODELIST}), master ${FIRST_NODE} ${MASTER_ADDR}:${MASTER_PORT}," \
+     "run dir ${RUN_DIR}"
 rm -f "$RUN_DIR/stopped.json"
+rm -rf "$RUN_DIR/.ranks"   # where this start's ranks run: RUN_DIR/ranks.json (launcher/placement.py)
+# each task, on its own host, sets GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME (unless the user set
+# them) to the interface that reaches MASTER_ADDR, then execs the rank (launcher/hostnet.py)
+ON_HOST=(python3 -m llmlaunch.launcher.hostnet exec --)
 [ -z "$STOP" ] || requeue_unstarted
 
 # the data against the model: one line, here, instead of an error from every rank
@@ -120,7 +128,7 @@ fi
 
 if [ "${LLMLAUNCH_PREFLIGHT:-1}" != 0 ]; then
   if ! run_phase srun --kill-on-bad-exit=1 --output="$RUN_DIR/logs/preflight-%j-%t.out" \
-       python3 -m llmlaunch.launcher.preflight --config "$CONFIG" --run-dir "$RUN_DIR" "${SETS[@]}"; then
+       "${ON_HOST[@]}" python3 -m llmlaunch.launcher.preflight --config "$CONFIG" --run-dir "$RUN_DIR" "${SETS[@]}"; then
     [ -z "$STOP" ] || requeue_unstarted
     echo "llmlaunch: error: preflight failed; see $RUN_DIR/logs/preflight-${SLURM_JOB_ID}-*.out" >&2
     exit 1
@@ -134,7 +142,7 @@ fi
 PHASE=ranks
 rm -rf "$RUN_DIR/.signals"
 run_phase srun --kill-on-bad-exit=1 --output="$RUN_DIR/logs/train-%j-%t.out" \
-  python3 -m llmlaunch.launcher.rank --config "$CONFIG" --run-dir "$RUN_DIR" "${SETS[@]}"
+  "${ON_HOST[@]}" python3 -m llmlaunch.launcher.rank --config "$CONFIG" --run-dir "$RUN_DIR" "${SETS[@]}"
 rc=$?
 [ -z "$RESENDER" ] || kill "$RESENDER" 2>/dev/null
 if [ "$rc" -eq 0 ] && [ -f "$RUN_DIR/stopped.json" ]; then

@@ -1,43 +1,136 @@
-"""llmlaunch on a multi-host Slurm cluster on this machine: NODES=N slurm/local-cluster.sh, one
-network namespace, hostname and slurmd per host (tests/helpers/slurm_cluster.py)."""
+"""The job `plan --emit` writes, on a two-host Slurm cluster on this machine (NODES=2
+slurm/local-cluster.sh: one network namespace, hostname and slurmd per host): 8 ranks, dp 2 x pp 2
+x tp 2, 4 per host, the pipeline crossing hosts and every tensor group inside one."""
+import json
+import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
+from slurm_cluster import local_cluster
+from train_job import Job, losses
 
-from slurm_cluster import STATE_ROOT, leftovers, local_cluster
-
-
-def daemon_pids(state: Path) -> dict[str, int]:
-    files = [*state.glob("*.pid"), Path("/run/munge/munged.pid")]
-    return {f.name: int(f.read_text()) for f in files if f.exists()}
-
-
-@pytest.mark.parametrize("nodes", [2, 3])
-def test_cluster_of_n_hosts_starts_runs_on_every_host_and_stops_clean(nodes):
-    with local_cluster(nodes, f"hosts{nodes}") as (env, state):
-        pids = daemon_pids(state)
-        assert sorted(pids) == sorted([f"slurmd-node{i}.pid" for i in range(1, nodes + 1)]
-                                      + ["slurmctld.pid", "munged.pid"])
-        out = subprocess.run(["srun", f"-N{nodes}", f"-n{nodes}", "python3", "-c",
-                              "import os, socket; h = socket.gethostname(); "
-                              "print(os.environ['SLURM_PROCID'], h, socket.gethostbyname(h))"],
-                             env=env, capture_output=True, text=True, timeout=60, check=True).stdout
-        seen = sorted(tuple(line.split()) for line in out.splitlines())
-        assert seen == [(str(i), f"node{i + 1}", f"10.231.0.{11 + i}") for i in range(nodes)]
-    assert leftovers(state) == []
-    assert [name for name, pid in pids.items() if Path(f"/proc/{pid}").exists()] == []
+STEPS = 12
+PLAN = ["--gpu", "cpu", "--gpus", "8", "--gpus-per-node", "4", "--layers", "4", "--hidden", "64",
+        "--heads", "4", "--vocab", "1024", "--seq-len", "64", "--dp", "2", "--pp", "2", "--tp", "2",
+        "--precision", "fp32", "--global-batch", "16", "--micro-batch", "2"]
 
 
-def test_stop_after_a_failed_start_removes_only_what_start_made():
-    """A namespace the script did not make (llml-node2, as if left by someone else) fails the start
-    half-way; stop then removes the bridge, node1's namespace and link, and the daemons, not it."""
-    subprocess.run(["ip", "netns", "add", "llml-node2"], check=True)
-    try:
-        with pytest.raises(subprocess.CalledProcessError):
-            with local_cluster(2, "failed") as _:
-                pass
-        state = max(STATE_ROOT.glob("failed-*"), key=lambda p: p.stat().st_mtime)
-        assert leftovers(state) == ["namespace llml-node2"]
-    finally:
-        subprocess.run(["ip", "netns", "del", "llml-node2"], check=True)
+@pytest.fixture(scope="module")
+def two_hosts():
+    with local_cluster(2, "two-hosts") as (env, _state):
+        yield env
+
+
+def emit(run_dir: Path, *plan_args: str, **train) -> str:
+    """`llmlaunch plan ... --emit RUN_DIR` (its printed report), then the run shortened: train.*
+    and checkpoint.* keys from `train` (run.yaml is the emitted one otherwise)."""
+    out = subprocess.run([sys.executable, "-m", "llmlaunch", "plan", *plan_args, "--emit",
+                          str(run_dir)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    config = yaml.safe_load((run_dir / "run.yaml").read_text())
+    for key, value in train.items():
+        section, name = key.split("__")
+        config[section][name] = value
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(config))
+    return out.stdout
+
+
+def sbatch(env, run_dir: Path, wait=True):
+    """sbatch [--wait] RUN_DIR/train.sbatch from RUN_DIR's parent; (Popen, job id)."""
+    cmd = ["sbatch", "--wait"] if wait else ["sbatch"]
+    proc = subprocess.Popen(cmd + [str(run_dir / "train.sbatch")], cwd=run_dir.parent, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    assert first.startswith("Submitted batch job"), first + proc.stderr.read()
+    return proc, first.split()[-1]
+
+
+def job_log(run_dir: Path) -> str:
+    return "\n".join(p.read_text() for p in run_dir.parent.glob("slurm-*.out"))
+
+
+def steps_logged(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def printed_map(report: str) -> dict:
+    """The dry-run map `plan` printed: {'nodes': [(ranks, stages, replicas)], 'tensor': groups,
+    'pipeline': groups}."""
+    def span(text):
+        lo, _, hi = text.partition("-")
+        return set(range(int(lo), int(hi or lo) + 1))
+    nodes = [(span(m[1]), span(m[2]), span(m[3])) for m in
+             re.finditer(r"node \d+: ranks (\S+), stage (\S+), data replica (\S+)", report)]
+    groups = {}
+    for axis in ("tensor", "pipeline"):
+        line = next(l for l in report.splitlines() if l.strip().startswith(f"{axis} "))
+        groups[axis] = [list(map(int, g.split(","))) for g in re.findall(r"\[([\d,]+)\]", line)]
+    return {"nodes": nodes, **groups}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(two_hosts, tmp_path_factory):
+    """The emitted job run to the end on two hosts: (run dir, plan's printed report)."""
+    run_dir = tmp_path_factory.mktemp("mh") / "run"
+    report = emit(run_dir, *PLAN, train__steps=STEPS, checkpoint__every=4)
+    proc, _ = sbatch(two_hosts, run_dir)
+    assert proc.wait(timeout=400) == 0, job_log(run_dir)
+    return run_dir, report
+
+
+def test_emitted_job_runs_on_two_hosts_as_one_process_would(uninterrupted, tmp_path):
+    run_dir, _ = uninterrupted
+    assert "training finished" in job_log(run_dir)
+    one = Job(tmp_path / "one", "layout.dp=1", "layout.pp=1", "layout.tp=1", "layout.grad_accum=8",
+              config=run_dir / "run.yaml", nproc=1)
+    assert one.wait(timeout=300) == 0, one.output()[-3000:]
+    got, want = losses(run_dir), losses(tmp_path / "one")
+    assert [s for s, _ in got] == list(range(1, STEPS + 1)) == [s for s, _ in want]
+    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-5)
+
+
+def test_ranks_json_is_the_dry_run_map_plan_printed(uninterrupted):
+    run_dir, report = uninterrupted
+    ranks = json.loads((run_dir / "ranks.json").read_text())
+    assert [r["rank"] for r in ranks] == list(range(8))
+    assert {r["host"] for r in ranks} == {"node1", "node2"}
+    planned = printed_map(report)
+    assert len(planned["nodes"]) == 2
+    hosts = []
+    for node_ranks, stages, replicas in planned["nodes"]:
+        on_node = [ranks[r] for r in sorted(node_ranks)]
+        assert len({r["host"] for r in on_node}) == 1          # a planned node is one host
+        hosts.append(on_node[0]["host"])
+        assert [r["local_rank"] for r in on_node] == list(range(len(on_node)))
+        assert {r["stage"] for r in on_node} == stages
+        assert {r["replica"] for r in on_node} == replicas
+    assert len(set(hosts)) == 2
+    for group in planned["tensor"]:   # tensor groups inside one host, tensor rank = position
+        assert len({ranks[r]["host"] for r in group}) == 1
+        assert [ranks[r]["tensor_rank"] for r in group] == list(range(len(group)))
+    for group in planned["pipeline"]:  # the pipeline crosses hosts, stage = position
+        assert len({ranks[r]["host"] for r in group}) == 2
+        assert [ranks[r]["stage"] for r in group] == list(range(len(group)))
+
+
+def test_usr1_checkpoints_requeues_and_resumes_to_the_same_curve(two_hosts, uninterrupted,
+                                                                   tmp_path):
+    run_dir = tmp_path / "run"
+    emit(run_dir, *PLAN, train__steps=STEPS, checkpoint__every=4)
+    proc, job = sbatch(two_hosts, run_dir)
+    deadline = time.monotonic() + 300
+    while steps_logged(run_dir) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, job_log(run_dir)
+        time.sleep(0.05)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=two_hosts, check=True,
+                   timeout=30)
+    assert proc.wait(timeout=400) == 0, job_log(run_dir)
+    log = job_log(run_dir)
+    assert "requeueing job" in log and "restart 1" in log, log
+    assert "resumed from" in (run_dir / "logs" / "rank00000.log").read_text()
+    assert losses(run_dir) == losses(uninterrupted[0])   # bit for bit
