@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 from slurm_cluster import local_cluster
+from slurm_jobs import emit, job_log as emitted_log, sbatch as emitted_sbatch
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SH = REPO / "slurm" / "train.sh"
@@ -174,3 +175,18 @@ def test_stalled_rank_ends_the_job_after_the_timeout(slurm, tmp_path):
             pass
     assert rc != 0
     assert time.monotonic() - stalled_at < timeout_s + 60
+
+
+def test_emitted_zero3_job_runs_to_completion(slurm, tmp_path):
+    """Issue 13: `plan --emit` of a ZeRO-3 layout at pp = 1 (DeepSpeed's plain engine), submitted
+    as written."""
+    run_dir = tmp_path / "zero3"
+    emit(run_dir, "--gpu", "cpu", "--gpus", "4", "--gpus-per-node", "4", "--layers", "4",
+         "--hidden", "64", "--heads", "4", "--vocab", "1024", "--seq-len", "64", "--dp", "4",
+         "--pp", "1", "--tp", "1", "--zero", "3", "--precision", "fp32", "--global-batch", "16",
+         "--micro-batch", "2", "--tokens", "4096")   # 4096 tokens = 4 steps of 16 x 64
+    assert "zero_stage: 3" in (run_dir / "run.yaml").read_text()
+    proc, _ = emitted_sbatch(slurm, run_dir)
+    assert proc.wait(timeout=400) == 0, emitted_log(run_dir)
+    assert "training finished" in emitted_log(run_dir)
+    assert [m["step"] for m in metrics(run_dir)] == [1, 2, 3, 4]
