@@ -5,6 +5,7 @@
 #   slurm/local-cluster.sh start [DIR]           # one host: localhost (127.0.0.1)
 #   NODES=3 slurm/local-cluster.sh start [DIR]   # three hosts node1..node3
 #   slurm/local-cluster.sh stop [DIR]            # stops what start made, even after a failed start
+#   NODE=2 slurm/local-cluster.sh start-node [DIR]   # host 2's slurmd again, after a test killed it
 #
 # DIR (default $LLMLAUNCH_SLURM_DIR or /tmp/llmlaunch-slurm) holds slurm.conf, state, spool, pid and
 # log files. Point SLURM_CONF at DIR/slurm.conf for sbatch, squeue and scontrol. CPUS (default 8) is
@@ -131,15 +132,13 @@ make_network() {
   done
 }
 
-start_slurmd_multi() {  # one slurmd per namespace: its hostname, its hosts file, its network
-  local i name
-  for i in $(seq 1 "$NODES"); do
-    name="$(node_name "$i")"
-    mkdir -p "$DIR/spool/$name"
-    # not `ip netns exec` (it remounts /sys and slurmd then finds no cgroup fs): nsenter --net only
-    unshare --uts --mount sh -c 'mount --bind "$1" /etc/hosts && hostname "$2" && exec nsenter --net="/run/netns/$3" slurmd -f "$4" -N "$2"' \
-      sh "$DIR/hosts" "$name" "$(netns_name "$i")" "$DIR/slurm.conf"
-  done
+start_slurmd() {  # host I's slurmd in its namespace: its hostname, its hosts file, its network
+  local i="$1" name
+  name="$(node_name "$i")"
+  mkdir -p "$DIR/spool/$name"
+  # not `ip netns exec` (it remounts /sys and slurmd then finds no cgroup fs): nsenter --net only
+  unshare --uts --mount sh -c 'mount --bind "$1" /etc/hosts && hostname "$2" && exec nsenter --net="/run/netns/$3" slurmd -f "$4" -N "$2"' \
+    sh "$DIR/hosts" "$name" "$(netns_name "$i")" "$DIR/slurm.conf"
 }
 
 wait_nodes_up() {
@@ -227,10 +226,19 @@ case "$ACTION" in
       trap 'echo "slurm: start failed; cleaning up" >&2; stop_all || true' ERR
       make_network
       slurmctld -f "$DIR/slurm.conf"
-      start_slurmd_multi
+      for i in $(seq 1 "$NODES"); do start_slurmd "$i"; done
       trap - ERR
     fi
     wait_nodes_up "$NODES"
+    ;;
+  start-node)  # NODE=I: start host I's slurmd again (a test killed it to lose the host)
+    NODES="$(cat "$DIR/nodes")"
+    case "${NODE:-}" in ''|*[!0-9]*) echo "local-cluster.sh: start-node needs NODE=I (1..$NODES)" >&2; exit 2;; esac
+    if [ "$NODES" -lt 2 ] || [ "$NODE" -lt 1 ] || [ "$NODE" -gt "$NODES" ]; then
+      echo "local-cluster.sh: NODE=$NODE is not a host of the $NODES-host cluster in $DIR" >&2; exit 2
+    fi
+    start_slurmd "$NODE"
+    echo "slurm: started $(node_name "$NODE")'s slurmd ($DIR)"
     ;;
   stop)
     stop_all

@@ -95,6 +95,15 @@ mkdir -p "$RUN_DIR/logs"
 RUN_DIR="$(cd "$RUN_DIR" && pwd)"
 SETS=()
 for kv in "${@:3}"; do SETS+=(--set "$kv"); done
+if [ "${LLMLAUNCH_ELASTIC:-0}" -ge 1 ] 2>/dev/null; then
+  # an elastic job (plan --emit --min-nodes): the layout for the hosts this start got, dp from
+  # the ranks and the global batch kept (launcher/elastic.py); the ranks reshard the checkpoint
+  PER_NODE="${SLURM_NTASKS_PER_NODE:-$(( SLURM_NTASKS / SLURM_JOB_NUM_NODES ))}"
+  PER_NODE="${PER_NODE%%(*}"   # "4(x2)" when Slurm lists it per node
+  ELASTIC="$(python3 -m llmlaunch.launcher.elastic --config "$CONFIG" --world "$SLURM_NTASKS" \
+             --tasks-per-node "$PER_NODE" "${SETS[@]}")" || exit 2
+  for kv in $ELASTIC; do SETS+=(--set "$kv"); done
+fi
 
 # MASTER_ADDR: the first host of the allocation (where this script runs) as an address every host
 # dials, never loopback on a multi-host job (launcher/hostnet.py); LLMLAUNCH_MASTER_ADDR pins one
@@ -141,15 +150,45 @@ fi
 # extension builds) are shielded from it
 PHASE=ranks
 rm -rf "$RUN_DIR/.signals"
-run_phase srun --kill-on-bad-exit=1 --output="$RUN_DIR/logs/train-%j-%t.out" \
+START="${SLURM_RESTART_COUNT:-0}"
+TRAIN_LOGS="$RUN_DIR/logs/train-${SLURM_JOB_ID}.${START}"   # one set per start of the job
+# a rank whose collective fails writes which ranks and hosts stopped answering here (liveness.py)
+export LLMLAUNCH_LOST_FILE="$RUN_DIR/logs/lost-${SLURM_JOB_ID}.${START}.txt"
+rm -f "$LLMLAUNCH_LOST_FILE"
+run_phase srun --kill-on-bad-exit=1 --output="${TRAIN_LOGS}-%t.out" \
   "${ON_HOST[@]}" python3 -m llmlaunch.launcher.rank --config "$CONFIG" --run-dir "$RUN_DIR" "${SETS[@]}"
 rc=$?
 [ -z "$RESENDER" ] || kill "$RESENDER" 2>/dev/null
 if [ "$rc" -eq 0 ] && [ -f "$RUN_DIR/stopped.json" ]; then
-  summary="$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(f"after step {r[\"step\"]}, checkpoint {r[\"checkpoint\"]}" if r.get("checkpoint") else "before the first step, nothing to checkpoint")' "$RUN_DIR/stopped.json")"
+  summary="$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print("after step {}, checkpoint {}".format(r["step"], r["checkpoint"]) if r.get("checkpoint") else "before the first step, nothing to checkpoint")' "$RUN_DIR/stopped.json")"
   echo "llmlaunch: stopped (${STOP:-signal}) $summary; requeueing job ${SLURM_JOB_ID}"
   scontrol requeue "$SLURM_JOB_ID"
   exit 0
 fi
-[ "$rc" -eq 0 ] && echo "llmlaunch: training finished" || echo "llmlaunch: error: training failed (exit $rc); logs in $RUN_DIR/logs" >&2
+[ "$rc" -eq 0 ] && { echo "llmlaunch: training finished"; exit 0; }
+# A rank whose collective failed names the ranks and hosts that stopped answering (liveness.py): a
+# host or rank was lost. Say which, and requeue (at most LLMLAUNCH_MAX_RESTARTS starts of this job
+# in all, default 2): the requeued job resumes from the last complete checkpoint.
+# the line that names ranks and hosts; else the first (rank 0's host gone: "rendezvous store ...")
+lost="$(grep -m 1 -v 'rendezvous store' "$LLMLAUNCH_LOST_FILE" 2>/dev/null || head -n 1 "$LLMLAUNCH_LOST_FILE" 2>/dev/null || true)"
+if [ -n "$lost" ]; then
+  echo "llmlaunch: error: lost a peer: $lost" >&2
+  if [ "$START" -lt "${LLMLAUNCH_MAX_RESTARTS:-2}" ]; then
+    echo "llmlaunch: requeueing job ${SLURM_JOB_ID} after a lost peer (start $((START + 1)) of at most" \
+         "$(( ${LLMLAUNCH_MAX_RESTARTS:-2} + 1 ))); it resumes from the last complete checkpoint"
+    # Slurm requeues a job on its own when it finds a node down first (--requeue): then this fails
+    scontrol requeue "$SLURM_JOB_ID" 2>/dev/null || echo "llmlaunch: job ${SLURM_JOB_ID} is requeued already (Slurm saw the node fail)"
+    if [ "${LLMLAUNCH_ELASTIC:-0}" -ge 1 ] 2>/dev/null; then
+      # Slurm keeps the task count of a job's first start (12 on 3 hosts) through a requeue, so the
+      # job would wait for all its hosts: ask for the minimum (LLMLAUNCH_ELASTIC hosts) instead
+      scontrol update JobId="$SLURM_JOB_ID" NumNodes="$LLMLAUNCH_ELASTIC" \
+        NumTasks="$(( LLMLAUNCH_ELASTIC * ${PER_NODE:-1} ))" \
+        && echo "llmlaunch: elastic: the requeued job asks for $LLMLAUNCH_ELASTIC host(s)"
+    fi
+    exit 0
+  fi
+  echo "llmlaunch: error: not requeued: job ${SLURM_JOB_ID} has started $((START + 1)) times" \
+       "(LLMLAUNCH_MAX_RESTARTS=${LLMLAUNCH_MAX_RESTARTS:-2})" >&2
+fi
+echo "llmlaunch: error: training failed (exit $rc); logs in $RUN_DIR/logs" >&2
 exit "$rc"

@@ -70,3 +70,29 @@ def leftovers(state: Path) -> list[str]:
         if pid and Path(f"/proc/{pid}").exists():
             left.append(f"daemon {pid_file.name} pid {pid}")
     return left
+
+
+def host_processes(host: str) -> list[int]:
+    """Every process on one host of the local cluster: those in its network namespace."""
+    ns = os.stat(f"/run/netns/llml-{host}").st_ino
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.stat(entry / "ns" / "net").st_ino == ns:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def lose_host(state: Path, host: str) -> None:
+    """SIGKILL a host of the local cluster: its slurmd, then every process in its namespace."""
+    import signal
+
+    slurmd = int((state / f"slurmd-{host}.pid").read_text())
+    for pid in [slurmd] + [p for p in host_processes(host) if p != slurmd]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -2,13 +2,15 @@
 slurm/local-cluster.sh: one network namespace, hostname and slurmd per host): 8 ranks, dp 2 x pp 2
 x tp 2, 4 per host, the pipeline crossing hosts and every tensor group inside one."""
 import json
+import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from slurm_cluster import local_cluster
+from slurm_cluster import LOCAL_CLUSTER, host_processes, local_cluster, lose_host
 from slurm_jobs import emit, job_log, sbatch, steps_logged
 from train_job import Job, losses
 
@@ -19,9 +21,15 @@ PLAN = ["--gpu", "cpu", "--gpus", "8", "--gpus-per-node", "4", "--layers", "4", 
 
 
 @pytest.fixture(scope="module")
-def two_hosts():
-    with local_cluster(2, "two-hosts") as (env, _state):
-        yield env
+def cluster():
+    """(env, state folder) of a two-host cluster, stopped when the module ends."""
+    with local_cluster(2, "two-hosts") as (env, state):
+        yield env, state
+
+
+@pytest.fixture(scope="module")
+def two_hosts(cluster):
+    return cluster[0]
 
 
 def printed_map(report: str) -> dict:
@@ -100,3 +108,71 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_curve(two_hosts, unin
     assert "requeueing job" in log and "restart 1" in log, log
     assert "resumed from" in (run_dir / "logs" / "rank00000.log").read_text()
     assert losses(run_dir) == losses(uninterrupted[0])   # bit for bit
+
+
+def wait_for_text(path_glob, text: str, deadline: float, proc) -> float:
+    """Wait until a file under `path_glob` (dir, pattern) holds `text`; the monotonic time then."""
+    folder, pattern = path_glob
+    while not any(text in p.read_text() for p in folder.glob(pattern)):
+        assert time.monotonic() < deadline, f"no {text!r} in {folder}/{pattern}"
+        assert proc.poll() is None or any(text in p.read_text() for p in folder.glob(pattern))
+        time.sleep(0.1)
+    return time.monotonic()
+
+
+def back_again(env, state, job):
+    """node2 comes back (its slurmd started again) while the requeued job is held: the controller
+    first ends the lost start's job on it (same job id: a TERM that would reach the new start's
+    ranks), then the job is released onto both hosts."""
+    subprocess.run(["scontrol", "hold", job], env=env, timeout=30, capture_output=True)
+    subprocess.run([str(LOCAL_CLUSTER), "start-node", str(state)], env=dict(env, NODE="2"),
+                   check=True, timeout=60)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["sinfo", "-h", "-n", "node2", "-o", "%t"], env=env, capture_output=True,
+                         text=True, timeout=30).stdout.strip() != "idle":
+        assert time.monotonic() < deadline, "node2 did not come back"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "release", job], env=env, check=True, timeout=30)
+
+
+@pytest.mark.parametrize("how", ["killed", "stalled"])
+def test_a_lost_host_ends_the_start_named_and_the_requeued_job_resumes(cluster, tmp_path, how):
+    """node2 lost mid-run: its slurmd and every process on it SIGKILLed ("killed"), or its ranks
+    SIGSTOPped ("stalled"). The start ends by itself within collective_timeout_s + MARGIN_S with
+    a line naming node2 and its ranks; the job requeues itself and resumes from the last complete
+    checkpoint; metrics.jsonl then holds every step once (nothing of the lost start past it)."""
+    env, state = cluster
+    timeout_s, margin_s, steps = 15, 30, 40
+    run_dir = tmp_path / "run"
+    emit(run_dir, *PLAN, train__steps=steps, train__collective_timeout_s=timeout_s,
+         checkpoint__every=4)
+    proc, job = sbatch(env, run_dir)
+    deadline = time.monotonic() + 300
+    while steps_logged(run_dir) < 6:
+        assert proc.poll() is None and time.monotonic() < deadline, job_log(run_dir)
+        time.sleep(0.05)
+    lost_at = time.monotonic()
+    if how == "killed":
+        lose_host(state, "node2")
+    else:
+        ranks = [p for p in host_processes("node2") if "llmlaunch.launcher.rank" in
+                 Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+        assert len(ranks) == 4
+        for pid in ranks:
+            os.kill(pid, signal.SIGSTOP)
+    try:
+        ended = wait_for_text((run_dir.parent, "slurm-*.out"), "requeueing job",
+                              lost_at + timeout_s + margin_s + 30, proc)
+    finally:
+        if how == "killed":
+            back_again(env, state, job)
+    log = job_log(run_dir)
+    assert ended - lost_at < timeout_s + margin_s, log
+    assert re.search(r"lost a peer: rank \d: ranks 4, 5, 6, 7 on node2 stopped answering", log), log
+    assert proc.wait(timeout=400) == 0, job_log(run_dir)
+    log = job_log(run_dir)
+    assert "restart 1" in log and "training finished" in log, log
+    resumed = re.search(r"resumed from \S+step(\d+) \(step (\d+)\)",
+                        (run_dir / "logs" / "rank00000.log").read_text())
+    assert resumed and int(resumed[2]) % 4 == 0 and int(resumed[2]) >= 4
+    assert [m for m, _ in losses(run_dir)] == list(range(1, steps + 1))

@@ -145,7 +145,8 @@ def test_data_that_does_not_fit_fails_before_any_rank_starts(slurm, tmp_path):
 
 def test_killed_rank_ends_the_job_within_a_minute(slurm, tmp_path):
     run_dir = tmp_path / "killed"
-    proc, _ = submit(slurm, tmp_path, str(TINY), str(run_dir), "train.steps=100000",
+    no_requeue = dict(slurm, LLMLAUNCH_MAX_RESTARTS="0")   # the job ends, with the rank named
+    proc, _ = submit(no_requeue, tmp_path, str(TINY), str(run_dir), "train.steps=100000",
                      "checkpoint.every=0")
     wait_for_steps(run_dir, 3, proc)
     victim = rank_processes(run_dir)[-1]
@@ -155,13 +156,15 @@ def test_killed_rank_ends_the_job_within_a_minute(slurm, tmp_path):
     assert rc != 0
     assert time.monotonic() - killed_at < 60
     assert not rank_processes(run_dir)
+    assert "not requeued: job" in job_log(tmp_path) and "stopped answering" in job_log(tmp_path)
 
 
 def test_stalled_rank_ends_the_job_after_the_timeout(slurm, tmp_path):
     timeout_s = 15
     run_dir = tmp_path / "stalled"
-    proc, _ = submit(slurm, tmp_path, str(TINY), str(run_dir), "train.steps=100000",
-                     "checkpoint.every=0", f"train.collective_timeout_s={timeout_s}")
+    proc, _ = submit(dict(slurm, LLMLAUNCH_MAX_RESTARTS="0"), tmp_path, str(TINY), str(run_dir),
+                     "train.steps=100000", "checkpoint.every=0",
+                     f"train.collective_timeout_s={timeout_s}")
     wait_for_steps(run_dir, 3, proc)
     victim = rank_processes(run_dir)[-1]
     stalled_at = time.monotonic()

@@ -71,3 +71,13 @@ def test_ranks_json_is_written_by_the_rank_that_completes_the_set(tmp_path):
     assert json.loads(path.read_text()) == [
         {"rank": 0, "host": "node1", "local_rank": 0, "stage": 0, "tensor_rank": 0, "replica": 0},
         {"rank": 1, "host": "node2", "local_rank": 0, "stage": 0, "tensor_rank": 0, "replica": 1}]
+
+
+def test_a_lost_peer_is_recorded_where_the_job_body_reads_it(tmp_path, monkeypatch):
+    from llmlaunch.launcher.liveness import record_lost
+
+    monkeypatch.setenv("LLMLAUNCH_LOST_FILE", str(tmp_path / "lost.txt"))
+    clause = "ranks 4, 5, 6, 7 on node2 stopped answering"
+    assert record_lost(1, clause) == clause
+    record_lost(0, clause)
+    assert (tmp_path / "lost.txt").read_text().splitlines() == [f"rank 1: {clause}", f"rank 0: {clause}"]
