@@ -169,7 +169,10 @@ fi
 # A rank whose collective failed names the ranks and hosts that stopped answering (liveness.py): a
 # host or rank was lost. Say which, and requeue (at most LLMLAUNCH_MAX_RESTARTS starts of this job
 # in all, default 2): the requeued job resumes from the last complete checkpoint.
-# the line that names ranks and hosts; else the first (rank 0's host gone: "rendezvous store ...")
+# the line that names ranks and hosts; else the first (rank 0's host gone: "rendezvous store ...").
+# srun can return before a failed rank wrote it (a stop signal ends the step while the rank reads
+# the heartbeats for 2.5 s): wait up to 4 s for it.
+for _ in $(seq 1 40); do [ -s "$LLMLAUNCH_LOST_FILE" ] && break; sleep 0.1; done
 lost="$(grep -m 1 -v 'rendezvous store' "$LLMLAUNCH_LOST_FILE" 2>/dev/null || head -n 1 "$LLMLAUNCH_LOST_FILE" 2>/dev/null || true)"
 if [ -n "$lost" ]; then
   echo "llmlaunch: error: lost a peer: $lost" >&2

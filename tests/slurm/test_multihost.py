@@ -147,32 +147,36 @@ def test_a_lost_host_ends_the_start_named_and_the_requeued_job_resumes(cluster, 
     emit(run_dir, *PLAN, train__steps=steps, train__collective_timeout_s=timeout_s,
          checkpoint__every=4)
     proc, job = sbatch(env, run_dir)
-    deadline = time.monotonic() + 300
-    while steps_logged(run_dir) < 6:
-        assert proc.poll() is None and time.monotonic() < deadline, job_log(run_dir)
-        time.sleep(0.05)
-    lost_at = time.monotonic()
-    if how == "killed":
-        lose_host(state, "node2")
-    else:
-        ranks = [p for p in host_processes("node2") if "llmlaunch.launcher.rank" in
-                 Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
-        assert len(ranks) == 4
-        for pid in ranks:
-            os.kill(pid, signal.SIGSTOP)
     try:
-        ended = wait_for_text((run_dir.parent, "slurm-*.out"), "requeueing job",
-                              lost_at + timeout_s + margin_s + 30, proc)
-    finally:
+        deadline = time.monotonic() + 300
+        while steps_logged(run_dir) < 6:
+            assert proc.poll() is None and time.monotonic() < deadline, job_log(run_dir)
+            time.sleep(0.05)
+        lost_at = time.monotonic()
         if how == "killed":
-            back_again(env, state, job)
-    log = job_log(run_dir)
-    assert ended - lost_at < timeout_s + margin_s, log
-    assert re.search(r"lost a peer: rank \d: ranks 4, 5, 6, 7 on node2 stopped answering", log), log
-    assert proc.wait(timeout=400) == 0, job_log(run_dir)
-    log = job_log(run_dir)
-    assert "restart 1" in log and "training finished" in log, log
-    resumed = re.search(r"resumed from \S+step(\d+) \(step (\d+)\)",
-                        (run_dir / "logs" / "rank00000.log").read_text())
-    assert resumed and int(resumed[2]) % 4 == 0 and int(resumed[2]) >= 4
-    assert [m for m, _ in losses(run_dir)] == list(range(1, steps + 1))
+            lose_host(state, "node2")
+        else:
+            ranks = [p for p in host_processes("node2")
+                     if "llmlaunch.launcher.rank" in (cmd := Path(f"/proc/{p}/cmdline").read_text(
+                         errors="replace")) and str(run_dir) in cmd]
+            assert len(ranks) == 4
+            for pid in ranks:
+                os.kill(pid, signal.SIGSTOP)
+        try:
+            ended = wait_for_text((run_dir.parent, "slurm-*.out"), "requeueing job",
+                                  lost_at + timeout_s + margin_s + 30, proc)
+        finally:
+            if how == "killed":
+                back_again(env, state, job)
+        log = job_log(run_dir)
+        assert ended - lost_at < timeout_s + margin_s, log
+        assert re.search(r"lost a peer: rank \d: ranks 4, 5, 6, 7 on node2 stopped answering", log), log
+        assert proc.wait(timeout=400) == 0, job_log(run_dir)
+        log = job_log(run_dir)
+        assert "restart 1" in log and "training finished" in log, log
+        resumed = re.search(r"resumed from \S+step(\d+) \(step (\d+)\)",
+                            (run_dir / "logs" / "rank00000.log").read_text())
+        assert resumed and int(resumed[2]) % 4 == 0 and int(resumed[2]) >= 4
+        assert [m for m, _ in losses(run_dir)] == list(range(1, steps + 1))
+    finally:
+        subprocess.run(["scancel", job], env=env, timeout=30)   # nothing left to the next test
