@@ -5,8 +5,9 @@ per host, tests/helpers/slurm_cluster.py), the job `plan --emit` writes for a ti
 4 ranks per host (dp N x pp 2 x tp 2): seconds from `sbatch` to the first step in metrics.jsonl,
 and to the job's end (2 steps). Then, on 2 hosts with collective_timeout_s = T: seconds from a
 host's loss (its slurmd and every process on it SIGKILLed, or its ranks SIGSTOPped) to the line in
-the job log that names it ("lost a peer: ...") and to the job's end (LLMLAUNCH_MAX_RESTARTS=0: no
-requeue, so the end is the detection's).
+the job log that names it ("lost a peer: ...") and to the end of that start (the job leaves
+RUNNING: LLMLAUNCH_MAX_RESTARTS=0 ends it, unless Slurm requeued it first on marking the host
+DOWN; then it waits for its 2 nodes and the benchmark cancels it).
 
 Every figure is one measurement on this machine (2 shared CPU cores: start-up is dominated by
 importing torch and DeepSpeed in every rank, all ranks of all "hosts" on the same cores).
@@ -51,7 +52,7 @@ def wait_until(predicate, proc, limit_s: float) -> float:
 
 def launch(hosts: int, work: Path) -> tuple[float, float]:
     """(sbatch -> first step, sbatch -> end) in seconds for a 2-step job on `hosts` hosts."""
-    run_dir = work / f"launch{hosts}"
+    run_dir = work / f"launch{hosts}" / "run"   # its own folder: the job log lies beside it
     emit(run_dir, *plan_args(hosts), train__steps=2, checkpoint__every=0)
     with local_cluster(hosts, f"bench{hosts}") as (env, _state):
         start = time.monotonic()
@@ -64,11 +65,11 @@ def launch(hosts: int, work: Path) -> tuple[float, float]:
 
 def host_loss(how: str, timeout_s: int, work: Path) -> tuple[float, float]:
     """(loss -> the job log names the host, loss -> job end) in seconds on 2 hosts."""
-    run_dir = work / f"loss-{how}"
+    run_dir = work / f"loss-{how}" / "run"
     emit(run_dir, *plan_args(2), train__steps=100000, checkpoint__every=0,
          train__collective_timeout_s=timeout_s)
     with local_cluster(2, f"bench-{how}") as (env, state):
-        proc, _ = sbatch(dict(env, LLMLAUNCH_MAX_RESTARTS="0"), run_dir)
+        proc, job = sbatch(dict(env, LLMLAUNCH_MAX_RESTARTS="0"), run_dir)
         wait_until(lambda: steps_logged(run_dir) >= 3, proc, 600)
         lost = time.monotonic()
         if how == "killed":
@@ -81,11 +82,20 @@ def host_loss(how: str, timeout_s: int, work: Path) -> tuple[float, float]:
                 except (OSError, ProcessLookupError):
                     pass
         named = wait_until(lambda: "lost a peer" in job_log(run_dir), None, timeout_s + 120)
-        proc.wait(timeout=timeout_s + 180)
-        ended = time.monotonic()
+        # the start's end: the job leaves RUNNING (it ends, or Slurm requeued it on its own after
+        # marking node2 DOWN: it then waits for 2 nodes, and is cancelled here)
+        ended = wait_until(lambda: job_state(env, job) != "RUNNING", None, timeout_s + 180)
+        subprocess.run(["scancel", job], env=env, timeout=30)
+        proc.wait(timeout=120)
         if "node2 stopped answering" not in job_log(run_dir):
             raise SystemExit("the job log does not name node2:\n" + job_log(run_dir))
         return named - lost, ended - lost
+
+
+def job_state(env, job: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=env, capture_output=True,
+                         text=True, timeout=30).stdout.strip()
+    return out or "GONE"
 
 
 def main() -> int:
@@ -103,10 +113,10 @@ def main() -> int:
             first, end = launch(hosts, work)
             print(f"{hosts:>5} {4 * hosts:>5} {first:>17.1f} {end:>14.1f}", flush=True)
         print(f"\nhost loss on 2 hosts, collective_timeout_s = {args.timeout_s}:")
-        print(f"{'how':>8} {'loss->host named s':>19} {'loss->job end s':>16}")
+        print(f"{'how':>8} {'loss->host named s':>19} {'loss->start end s':>18}")
         for how in ("killed", "stalled"):
             named, ended = host_loss(how, args.timeout_s, work)
-            print(f"{how:>8} {named:>19.1f} {ended:>16.1f}", flush=True)
+            print(f"{how:>8} {named:>19.1f} {ended:>18.1f}", flush=True)
     return 0
 
 
