@@ -96,7 +96,7 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_curve(two_hosts, unin
                                                                    tmp_path):
     run_dir = tmp_path / "run"
     emit(run_dir, *PLAN, train__steps=STEPS, checkpoint__every=4)
-    proc, job = sbatch(two_hosts, run_dir)
+    proc, job = sbatch(dict(two_hosts, LLMLAUNCH_PREFLIGHT="0"), run_dir)   # preflight: as above
     deadline = time.monotonic() + 300
     while steps_logged(run_dir) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, job_log(run_dir)
@@ -142,11 +142,11 @@ def test_a_lost_host_ends_the_start_named_and_the_requeued_job_resumes(cluster, 
     a line naming node2 and its ranks; the job requeues itself and resumes from the last complete
     checkpoint; metrics.jsonl then holds every step once (nothing of the lost start past it)."""
     env, state = cluster
-    timeout_s, margin_s, steps = 15, 30, 40
+    timeout_s, margin_s, steps = 15, 30, 24
     run_dir = tmp_path / "run"
     emit(run_dir, *PLAN, train__steps=steps, train__collective_timeout_s=timeout_s,
          checkpoint__every=4)
-    proc, job = sbatch(env, run_dir)
+    proc, job = sbatch(dict(env, LLMLAUNCH_PREFLIGHT="0"), run_dir)   # preflight: the first test's
     try:
         deadline = time.monotonic() + 300
         while steps_logged(run_dir) < 6:
