@@ -163,10 +163,15 @@ stop_all() {
   wait
   stop_pidfile "$MUNGE_PID"
   if [ -f "$DIR/created" ]; then
-    # namespaces first (their end of each veth pair goes with them), then links, then the bridge
+    # namespaces first (their end of each veth pair goes with them), then links, then the bridge.
+    # What still runs in a host's namespace (a job step's slurmstepd and ranks, left when the
+    # cluster stops mid-job) is ended first, by the pids `ip netns pids` lists for it.
     while read -r kind name; do
       [ "$kind" = netns ] || continue
-      if ip netns list | grep -qE "^$name( |$)"; then ip netns del "$name" || true; fi
+      if ip netns list | grep -qE "^$name( |$)"; then
+        for pid in $(ip netns pids "$name"); do kill -KILL "$pid" 2>/dev/null || true; done
+        ip netns del "$name" || true
+      fi
     done < "$DIR/created"
     while read -r kind name; do
       [ "$kind" = link ] || continue
