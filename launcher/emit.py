@@ -78,19 +78,23 @@ def resumed_config(source) -> RunConfig:
 
 
 def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: int,
-                  gpus_per_node: int) -> str:
+                  gpus_per_node: int, min_nodes: int | None = None) -> str:
     """A job-specific sbatch file: its #SBATCH lines, then the job body shipped with llmlaunch
     (JOB_BODY: one task per GPU, srun starts the ranks, USR1 before the time limit
     checkpoints and requeues). User input is sanitised on #SBATCH lines (sbatch parses them, not the
-    shell) and shell-quoted elsewhere."""
+    shell) and shell-quoted elsewhere. `min_nodes` < nodes: an elastic job (`--nodes=K-N`, the
+    layout derived at each start: launcher/elastic.py)."""
     s = config.slurm
     if not SLURM_TIME.match(s.time):
         raise ValueError(f"--time {s.time!r} is not a Slurm time limit (e.g. 02:00:00 or 1-12:00:00)")
+    if min_nodes is not None and not 1 <= min_nodes <= nodes:
+        raise ValueError(f"--min-nodes {min_nodes} must be between 1 and the plan's {nodes} node(s)")
+    elastic = min_nodes is not None and min_nodes < nodes
     lines = [
         "#!/bin/bash",
         f"# Written by llmlaunch {__version__} plan --emit. Submit with: sbatch train.sbatch",
         f"#SBATCH --job-name={slurm_safe_name(s.job_name)}",
-        f"#SBATCH --nodes={nodes}",
+        f"#SBATCH --nodes={min_nodes}-{nodes}" if elastic else f"#SBATCH --nodes={nodes}",
         f"#SBATCH --ntasks-per-node={tasks_per_node}",
     ]
     if gpus_per_node:
@@ -99,6 +103,7 @@ def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: i
         f"#SBATCH --time={s.time}",
         f"#SBATCH --signal=B:USR1@{int(s.signal_seconds)}",
         "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",   # a requeued start appends to the log, not replaces it
         "#SBATCH --output=slurm-%j.out",
     ]
     if s.partition:
@@ -107,6 +112,8 @@ def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: i
         lines.append(f"#SBATCH --account={slurm_safe_name(s.account)}")
     lines += [
         f"RUN_DIR={shlex.quote(run_dir)}",
+        *(["# elastic: each start derives dp and grad_accum from the nodes it got (global batch kept)",
+           f"export LLMLAUNCH_ELASTIC={min_nodes}"] if elastic else []),
         *EARLY_SIGNAL_LINES,
         "# the job body shipped with llmlaunch: checks, preflight, srun of the ranks, requeue",
         f'JOB="$({FIND_JOB_BODY})" || exit 2',
@@ -124,9 +131,11 @@ def cluster_is_cpu(inputs: PlanInputs) -> bool:
 
 def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: bool = False,
               job_name: str | None = None, time_limit: str = "02:00:00",
-              tokens: float | None = None, resume_from=None) -> list[str]:
+              tokens: float | None = None, resume_from=None,
+              min_nodes: int | None = None) -> list[str]:
     """Write the three files for a fitting candidate; returns their paths. `resume_from`: a
-    checkpoint_tools.ResumeSource the run resumes from (plan --from-checkpoint)."""
+    checkpoint_tools.ResumeSource the run resumes from (plan --from-checkpoint). `min_nodes`: an
+    elastic job on min_nodes..nodes hosts (plan --min-nodes)."""
     lay = candidate.layout
     if inputs.spec.moe:
         raise ValueError(f"--emit: MoE layouts are estimates until the model runs them "
@@ -151,7 +160,7 @@ def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: 
                   f"dp={lay.dp} pp={lay.pp} tp={lay.tp}). Schema: docs/run-yaml.md")
         (tmp / "run.yaml").write_text(dump_run_config(config, header))
         script = sbatch_script(config, run_dir, cluster.nodes, tasks_per_node,
-                               tasks_per_node if on_gpu else 0)
+                               tasks_per_node if on_gpu else 0, min_nodes)
         (tmp / "train.sbatch").write_text(script)
         os.chmod(tmp / "train.sbatch", 0o755)
     return [str(Path(out_dir) / n) for n in ("ds_config.json", "run.yaml", "train.sbatch")]

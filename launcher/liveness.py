@@ -85,18 +85,34 @@ def silent_ranks(world: int, me: int, wait_s: float = 2.5 * HEARTBEAT_S) -> list
 
 
 def describe_silent(world: int, me: int) -> str:
-    """A clause for an error message: who stopped answering, or why that cannot be told."""
+    """A clause for an error message: who stopped answering, or why that cannot be told. Also
+    appended (one line, 'rank ME: CLAUSE') to the file LLMLAUNCH_LOST_FILE names, when set: the
+    Slurm job body reads it there, on the shared run directory, whatever became of the ranks'
+    output streams."""
     try:
         silent = silent_ranks(world, me)
     except Exception:  # noqa: BLE001 - the store's host is gone with its rank (or the launcher)
-        return (f"the job's rendezvous store at {os.environ.get('MASTER_ADDR')}:"
-                f"{os.environ.get('MASTER_PORT')} stopped answering too: its host (rank 0's) or "
-                "the launcher is gone")
+        return record_lost(me, f"the job's rendezvous store at {os.environ.get('MASTER_ADDR')}:"
+                               f"{os.environ.get('MASTER_PORT')} stopped answering too: its host "
+                               "(rank 0's) or the launcher is gone")
     if not silent:
         return ""
     hosts = sorted({host for _, host in silent})
     ranks = ", ".join(str(rank) for rank, _ in silent)
-    return f"rank{'s' if len(silent) > 1 else ''} {ranks} on {', '.join(hosts)} stopped answering"
+    return record_lost(me, f"rank{'s' if len(silent) > 1 else ''} {ranks} on {', '.join(hosts)} "
+                           "stopped answering")
+
+
+def record_lost(me: int, clause: str) -> str:
+    """Append 'rank ME: CLAUSE' to $LLMLAUNCH_LOST_FILE (when set); returns the clause."""
+    path = os.environ.get("LLMLAUNCH_LOST_FILE")
+    if path:
+        try:
+            with open(path, "a") as f:   # one short write per rank: O_APPEND keeps lines whole
+                f.write(f"rank {me}: {clause}\n")
+        except OSError:
+            pass
+    return clause
 
 
 def short_cause(text: str) -> str:

@@ -25,6 +25,7 @@ from .checkpoint import (LAYOUT_STATE_KEYS, CheckpointError, all_parameters_of_m
                          same_state_layout, set_schedule_position, tag_for_step)
 from .entry import enter_rank
 from .metrics import METRICS_FILE, MetricsLog
+from .placement import record_placement
 from .run_data import ensure_data
 from .signals import STOP, mark_held
 
@@ -70,6 +71,7 @@ class Trainer:
         self.stop = STOP
         self.stop.hold()   # held since the process started (rank.py); again for in-process callers
         mark_held(run_dir, self.rank)
+        record_placement(run_dir, self.layout, self.rank, self.world)   # RUN_DIR/ranks.json
 
     def engine_kind(self) -> str:
         """The engine to build: the layout's, except that a pp = 1 run resuming a checkpoint the

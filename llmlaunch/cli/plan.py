@@ -77,6 +77,9 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--force", action="store_true", help="let --emit replace an existing DIR")
     o.add_argument("--job-name", help="Slurm job name for --emit (default: the model name)")
     o.add_argument("--time", default="02:00:00", help="Slurm time limit for --emit")
+    o.add_argument("--min-nodes", type=int, metavar="K",
+                   help="--emit an elastic job: #SBATCH --nodes=K-N, each start trains on the "
+                        "hosts it got (dp from the ranks, the global batch kept; docs/launch.md)")
 
 
 def resolve_model(args: argparse.Namespace) -> tuple[ModelSpec, int, str, list[str]]:
@@ -371,6 +374,6 @@ def run_plan(args: argparse.Namespace) -> int:
 
         written = emit_plan(args.emit, inputs, chosen, force=args.force, job_name=args.job_name,
                             time_limit=args.time, tokens=args.tokens,
-                            resume_from=resume_source_of(args))
+                            resume_from=resume_source_of(args), min_nodes=args.min_nodes)
         print(f"wrote {', '.join(written)}", file=sys.stderr if args.json else sys.stdout)
     return 0

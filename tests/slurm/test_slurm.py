@@ -3,8 +3,6 @@
 Needs root and Debian's slurmctld, slurmd, slurm-client and munge, which tests/setup.sh
 installs. Jobs are tiny CPU runs of the tiny-cpu config; each test cancels its jobs when it ends."""
 import json
-import os
-import shutil
 import signal
 import subprocess
 import time
@@ -12,6 +10,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from slurm_cluster import local_cluster
+from slurm_jobs import emit, job_log as emitted_log, sbatch as emitted_sbatch
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SH = REPO / "slurm" / "train.sh"
@@ -19,24 +19,9 @@ TINY = REPO / "llmlaunch" / "configs" / "tiny-cpu.yaml"
 
 
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    missing = [tool for tool in ("slurmctld", "slurmd", "sbatch", "munged") if not shutil.which(tool)
-               and not Path(f"/usr/sbin/{tool}").exists()]
-    if missing or os.geteuid() != 0:
-        pytest.fail(f"Slurm tests need root and {', '.join(missing) or 'the Slurm packages'}: run "
-                    "tests/setup.sh, which installs them")
-    state = tmp_path_factory.mktemp("slurm")
-    env = dict(os.environ, SLURM_CONF=str(state / "slurm.conf"), OMP_NUM_THREADS="1",
-               PYTHONWARNINGS="ignore")
-    env.pop("SLURM_JOB_ID", None)
-    subprocess.run([str(REPO / "slurm" / "local-cluster.sh"), "start", str(state)], check=True,
-                   env=env, timeout=60)
-    try:
+def slurm():
+    with local_cluster(1, "single") as (env, _state):
         yield env
-    finally:
-        subprocess.run(["scancel", "--user", "root"], env=env, timeout=30)
-        subprocess.run([str(REPO / "slurm" / "local-cluster.sh"), "stop", str(state)], env=env,
-                       timeout=60)
 
 
 def submit(env, cwd, *args, wait=True):
@@ -160,7 +145,8 @@ def test_data_that_does_not_fit_fails_before_any_rank_starts(slurm, tmp_path):
 
 def test_killed_rank_ends_the_job_within_a_minute(slurm, tmp_path):
     run_dir = tmp_path / "killed"
-    proc, _ = submit(slurm, tmp_path, str(TINY), str(run_dir), "train.steps=100000",
+    no_requeue = dict(slurm, LLMLAUNCH_MAX_RESTARTS="0")   # the job ends, with the rank named
+    proc, _ = submit(no_requeue, tmp_path, str(TINY), str(run_dir), "train.steps=100000",
                      "checkpoint.every=0")
     wait_for_steps(run_dir, 3, proc)
     victim = rank_processes(run_dir)[-1]
@@ -170,13 +156,15 @@ def test_killed_rank_ends_the_job_within_a_minute(slurm, tmp_path):
     assert rc != 0
     assert time.monotonic() - killed_at < 60
     assert not rank_processes(run_dir)
+    assert "not requeued: job" in job_log(tmp_path) and "stopped answering" in job_log(tmp_path)
 
 
 def test_stalled_rank_ends_the_job_after_the_timeout(slurm, tmp_path):
     timeout_s = 15
     run_dir = tmp_path / "stalled"
-    proc, _ = submit(slurm, tmp_path, str(TINY), str(run_dir), "train.steps=100000",
-                     "checkpoint.every=0", f"train.collective_timeout_s={timeout_s}")
+    proc, _ = submit(dict(slurm, LLMLAUNCH_MAX_RESTARTS="0"), tmp_path, str(TINY), str(run_dir),
+                     "train.steps=100000", "checkpoint.every=0",
+                     f"train.collective_timeout_s={timeout_s}")
     wait_for_steps(run_dir, 3, proc)
     victim = rank_processes(run_dir)[-1]
     stalled_at = time.monotonic()
@@ -190,3 +178,18 @@ def test_stalled_rank_ends_the_job_after_the_timeout(slurm, tmp_path):
             pass
     assert rc != 0
     assert time.monotonic() - stalled_at < timeout_s + 60
+
+
+def test_emitted_zero3_job_runs_to_completion(slurm, tmp_path):
+    """Issue 13: `plan --emit` of a ZeRO-3 layout at pp = 1 (DeepSpeed's plain engine), submitted
+    as written."""
+    run_dir = tmp_path / "zero3"
+    emit(run_dir, "--gpu", "cpu", "--gpus", "4", "--gpus-per-node", "4", "--layers", "4",
+         "--hidden", "64", "--heads", "4", "--vocab", "1024", "--seq-len", "64", "--dp", "4",
+         "--pp", "1", "--tp", "1", "--zero", "3", "--precision", "fp32", "--global-batch", "16",
+         "--micro-batch", "2", "--tokens", "4096")   # 4096 tokens = 4 steps of 16 x 64
+    assert "zero_stage: 3" in (run_dir / "run.yaml").read_text()
+    proc, _ = emitted_sbatch(slurm, run_dir)
+    assert proc.wait(timeout=400) == 0, emitted_log(run_dir)
+    assert "training finished" in emitted_log(run_dir)
+    assert [m["step"] for m in metrics(run_dir)] == [1, 2, 3, 4]

@@ -1,0 +1,182 @@
+"""The job `plan --emit` writes, on a two-host Slurm cluster on this machine (NODES=2
+slurm/local-cluster.sh: one network namespace, hostname and slurmd per host): 8 ranks, dp 2 x pp 2
+x tp 2, 4 per host, the pipeline crossing hosts and every tensor group inside one."""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from slurm_cluster import LOCAL_CLUSTER, host_processes, local_cluster, lose_host
+from slurm_jobs import emit, job_log, sbatch, steps_logged
+from train_job import Job, losses
+
+STEPS = 12
+PLAN = ["--gpu", "cpu", "--gpus", "8", "--gpus-per-node", "4", "--layers", "4", "--hidden", "64",
+        "--heads", "4", "--vocab", "1024", "--seq-len", "64", "--dp", "2", "--pp", "2", "--tp", "2",
+        "--precision", "fp32", "--global-batch", "16", "--micro-batch", "2"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """(env, state folder) of a two-host cluster, stopped when the module ends."""
+    with local_cluster(2, "two-hosts") as (env, state):
+        yield env, state
+
+
+@pytest.fixture(scope="module")
+def two_hosts(cluster):
+    return cluster[0]
+
+
+def printed_map(report: str) -> dict:
+    """The dry-run map `plan` printed: {'nodes': [(ranks, stages, replicas)], 'tensor': groups,
+    'pipeline': groups}."""
+    def span(text):
+        lo, _, hi = text.partition("-")
+        return set(range(int(lo), int(hi or lo) + 1))
+    nodes = [(span(m[1]), span(m[2]), span(m[3])) for m in
+             re.finditer(r"node \d+: ranks (\S+), stage (\S+), data replica (\S+)", report)]
+    groups = {}
+    for axis in ("tensor", "pipeline"):
+        line = next(l for l in report.splitlines() if l.strip().startswith(f"{axis} "))
+        groups[axis] = [list(map(int, g.split(","))) for g in re.findall(r"\[([\d,]+)\]", line)]
+    return {"nodes": nodes, **groups}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(two_hosts, tmp_path_factory):
+    """The emitted job run to the end on two hosts: (run dir, plan's printed report)."""
+    run_dir = tmp_path_factory.mktemp("mh") / "run"
+    report = emit(run_dir, *PLAN, train__steps=STEPS, checkpoint__every=4)
+    proc, _ = sbatch(two_hosts, run_dir)
+    assert proc.wait(timeout=400) == 0, job_log(run_dir)
+    return run_dir, report
+
+
+def test_emitted_job_runs_on_two_hosts_as_one_process_would(uninterrupted, tmp_path):
+    run_dir, _ = uninterrupted
+    assert "training finished" in job_log(run_dir)
+    one = Job(tmp_path / "one", "layout.dp=1", "layout.pp=1", "layout.tp=1", "layout.grad_accum=8",
+              config=run_dir / "run.yaml", nproc=1)
+    assert one.wait(timeout=300) == 0, one.output()[-3000:]
+    got, want = losses(run_dir), losses(tmp_path / "one")
+    assert [s for s, _ in got] == list(range(1, STEPS + 1)) == [s for s, _ in want]
+    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-5)
+
+
+def test_ranks_json_is_the_dry_run_map_plan_printed(uninterrupted):
+    run_dir, report = uninterrupted
+    ranks = json.loads((run_dir / "ranks.json").read_text())
+    assert [r["rank"] for r in ranks] == list(range(8))
+    assert {r["host"] for r in ranks} == {"node1", "node2"}
+    planned = printed_map(report)
+    assert len(planned["nodes"]) == 2
+    hosts = []
+    for node_ranks, stages, replicas in planned["nodes"]:
+        on_node = [ranks[r] for r in sorted(node_ranks)]
+        assert len({r["host"] for r in on_node}) == 1          # a planned node is one host
+        hosts.append(on_node[0]["host"])
+        assert [r["local_rank"] for r in on_node] == list(range(len(on_node)))
+        assert {r["stage"] for r in on_node} == stages
+        assert {r["replica"] for r in on_node} == replicas
+    assert len(set(hosts)) == 2
+    for group in planned["tensor"]:   # tensor groups inside one host, tensor rank = position
+        assert len({ranks[r]["host"] for r in group}) == 1
+        assert [ranks[r]["tensor_rank"] for r in group] == list(range(len(group)))
+    for group in planned["pipeline"]:  # the pipeline crosses hosts, stage = position
+        assert len({ranks[r]["host"] for r in group}) == 2
+        assert [ranks[r]["stage"] for r in group] == list(range(len(group)))
+
+
+def test_usr1_checkpoints_requeues_and_resumes_to_the_same_curve(two_hosts, uninterrupted,
+                                                                   tmp_path):
+    run_dir = tmp_path / "run"
+    emit(run_dir, *PLAN, train__steps=STEPS, checkpoint__every=4)
+    proc, job = sbatch(dict(two_hosts, LLMLAUNCH_PREFLIGHT="0"), run_dir)   # preflight: as above
+    deadline = time.monotonic() + 300
+    while steps_logged(run_dir) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, job_log(run_dir)
+        time.sleep(0.05)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=two_hosts, check=True,
+                   timeout=30)
+    assert proc.wait(timeout=400) == 0, job_log(run_dir)
+    log = job_log(run_dir)
+    assert "requeueing job" in log and "restart 1" in log, log
+    assert "resumed from" in (run_dir / "logs" / "rank00000.log").read_text()
+    assert losses(run_dir) == losses(uninterrupted[0])   # bit for bit
+
+
+def wait_for_text(path_glob, text: str, deadline: float, proc) -> float:
+    """Wait until a file under `path_glob` (dir, pattern) holds `text`; the monotonic time then."""
+    folder, pattern = path_glob
+    while not any(text in p.read_text() for p in folder.glob(pattern)):
+        assert time.monotonic() < deadline, f"no {text!r} in {folder}/{pattern}"
+        assert proc.poll() is None or any(text in p.read_text() for p in folder.glob(pattern))
+        time.sleep(0.1)
+    return time.monotonic()
+
+
+def back_again(env, state, job):
+    """node2 comes back (its slurmd started again) while the requeued job is held: the controller
+    first ends the lost start's job on it (same job id: a TERM that would reach the new start's
+    ranks), then the job is released onto both hosts."""
+    subprocess.run(["scontrol", "hold", job], env=env, timeout=30, capture_output=True)
+    subprocess.run([str(LOCAL_CLUSTER), "start-node", str(state)], env=dict(env, NODE="2"),
+                   check=True, timeout=60)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["sinfo", "-h", "-n", "node2", "-o", "%t"], env=env, capture_output=True,
+                         text=True, timeout=30).stdout.strip() != "idle":
+        assert time.monotonic() < deadline, "node2 did not come back"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "release", job], env=env, check=True, timeout=30)
+
+
+@pytest.mark.parametrize("how", ["killed", "stalled"])
+def test_a_lost_host_ends_the_start_named_and_the_requeued_job_resumes(cluster, tmp_path, how):
+    """node2 lost mid-run: its slurmd and every process on it SIGKILLed ("killed"), or its ranks
+    SIGSTOPped ("stalled"). The start ends by itself within collective_timeout_s + MARGIN_S with
+    a line naming node2 and its ranks; the job requeues itself and resumes from the last complete
+    checkpoint; metrics.jsonl then holds every step once (nothing of the lost start past it)."""
+    env, state = cluster
+    timeout_s, margin_s, steps = 15, 30, 24
+    run_dir = tmp_path / "run"
+    emit(run_dir, *PLAN, train__steps=steps, train__collective_timeout_s=timeout_s,
+         checkpoint__every=4)
+    proc, job = sbatch(dict(env, LLMLAUNCH_PREFLIGHT="0"), run_dir)   # preflight: the first test's
+    try:
+        deadline = time.monotonic() + 300
+        while steps_logged(run_dir) < 6:
+            assert proc.poll() is None and time.monotonic() < deadline, job_log(run_dir)
+            time.sleep(0.05)
+        lost_at = time.monotonic()
+        if how == "killed":
+            lose_host(state, "node2")
+        else:
+            ranks = [p for p in host_processes("node2")
+                     if "llmlaunch.launcher.rank" in (cmd := Path(f"/proc/{p}/cmdline").read_text(
+                         errors="replace")) and str(run_dir) in cmd]
+            assert len(ranks) == 4
+            for pid in ranks:
+                os.kill(pid, signal.SIGSTOP)
+        try:
+            ended = wait_for_text((run_dir.parent, "slurm-*.out"), "requeueing job",
+                                  lost_at + timeout_s + margin_s + 30, proc)
+        finally:
+            if how == "killed":
+                back_again(env, state, job)
+        log = job_log(run_dir)
+        assert ended - lost_at < timeout_s + margin_s, log
+        assert re.search(r"lost a peer: rank \d: ranks 4, 5, 6, 7 on node2 stopped answering", log), log
+        assert proc.wait(timeout=400) == 0, job_log(run_dir)
+        log = job_log(run_dir)
+        assert "restart 1" in log and "training finished" in log, log
+        resumed = re.search(r"resumed from \S+step(\d+) \(step (\d+)\)",
+                            (run_dir / "logs" / "rank00000.log").read_text())
+        assert resumed and int(resumed[2]) % 4 == 0 and int(resumed[2]) >= 4
+        assert [m for m, _ in losses(run_dir)] == list(range(1, steps + 1))
+    finally:
+        subprocess.run(["scancel", job], env=env, timeout=30)   # nothing left to the next test
