@@ -162,3 +162,25 @@ def test_the_planner_imports_nothing_that_runs_or_shows():
         if name.startswith("llmlaunch.topology"):
             outside = {t for t in targets if not t.startswith("llmlaunch.topology")}
             assert not outside, f"{name} imports {sorted(outside)}"
+
+
+def duplicate_test_basenames(root: Path) -> dict[str, list[str]]:
+    """Test files that share a basename across tier folders: pytest (rootdir-relative module names,
+    no __init__.py) imports only the first and refuses to collect the suite."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(root)))
+    return {name: paths for name, paths in seen.items() if len(paths) > 1}
+
+
+def test_test_files_have_unique_basenames():
+    assert not duplicate_test_basenames(REPO / "tests")
+
+
+def test_the_basename_check_finds_a_clash(tmp_path):
+    for tier in ("unit", "slurm"):
+        (tmp_path / tier).mkdir()
+        (tmp_path / tier / "test_elastic.py").write_text("")
+    (tmp_path / "unit" / "test_other.py").write_text("")
+    assert duplicate_test_basenames(tmp_path) == {
+        "test_elastic.py": ["slurm/test_elastic.py", "unit/test_elastic.py"]}
