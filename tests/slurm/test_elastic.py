@@ -6,10 +6,8 @@ import json
 import re
 import time
 
-import pytest
 from slurm_cluster import local_cluster, lose_host
-from slurm_jobs import emit, job_log, sbatch, steps_logged
-from train_job import Job, losses
+from slurm_jobs import assert_losses_equal_one_process, emit, job_log, sbatch, steps_logged
 
 STEPS = 24
 PLAN = ["--gpu", "cpu", "--gpus", "12", "--gpus-per-node", "4", "--layers", "4", "--hidden", "64",
@@ -38,9 +36,4 @@ def test_elastic_job_loses_a_host_and_finishes_on_two_with_the_same_curve(tmp_pa
     assert "training finished" in log
     assert {r["host"] for r in json.loads((run_dir / "ranks.json").read_text())} == {"node1", "node2"}
     assert "resharded" in (run_dir / "logs" / "rank00000.log").read_text()
-    one = Job(tmp_path / "one", "layout.dp=1", "layout.pp=1", "layout.tp=1", "layout.grad_accum=12",
-              config=run_dir / "run.yaml", nproc=1)
-    assert one.wait(timeout=300) == 0, one.output()[-3000:]
-    got, want = losses(run_dir), losses(tmp_path / "one")
-    assert [s for s, _ in got] == list(range(1, STEPS + 1)) == [s for s, _ in want]
-    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-5)
+    assert_losses_equal_one_process(run_dir, tmp_path / "one", grad_accum=12, steps=STEPS)

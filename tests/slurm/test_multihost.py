@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import LOCAL_CLUSTER, host_processes, local_cluster, lose_host
-from slurm_jobs import emit, job_log, sbatch, steps_logged
-from train_job import Job, losses
+from slurm_jobs import assert_losses_equal_one_process, emit, job_log, sbatch, steps_logged
+from train_job import losses
 
 STEPS = 12
 PLAN = ["--gpu", "cpu", "--gpus", "8", "--gpus-per-node", "4", "--layers", "4", "--hidden", "64",
@@ -60,12 +60,7 @@ def uninterrupted(two_hosts, tmp_path_factory):
 def test_emitted_job_runs_on_two_hosts_as_one_process_would(uninterrupted, tmp_path):
     run_dir, _ = uninterrupted
     assert "training finished" in job_log(run_dir)
-    one = Job(tmp_path / "one", "layout.dp=1", "layout.pp=1", "layout.tp=1", "layout.grad_accum=8",
-              config=run_dir / "run.yaml", nproc=1)
-    assert one.wait(timeout=300) == 0, one.output()[-3000:]
-    got, want = losses(run_dir), losses(tmp_path / "one")
-    assert [s for s, _ in got] == list(range(1, STEPS + 1)) == [s for s, _ in want]
-    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-5)
+    assert_losses_equal_one_process(run_dir, tmp_path / "one", grad_accum=8, steps=STEPS)
 
 
 def test_ranks_json_is_the_dry_run_map_plan_printed(uninterrupted):
