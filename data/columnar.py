@@ -28,10 +28,20 @@ def _fingerprint(files: list[Path], column: str) -> str:
     return hashlib.sha256(json.dumps([parts, column]).encode()).hexdigest()[:16]
 
 
+COLUMNAR_SUFFIXES = (".parquet", ".arrow")
+
+
+def columnar_files(path: Path) -> list[Path]:
+    """The .parquet/.arrow files of a source path (a file, or a folder searched recursively)."""
+    if path.is_file() and path.suffix in COLUMNAR_SUFFIXES:
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix in COLUMNAR_SUFFIXES and p.is_file())
+    return []
+
+
 def converted_prefix(spec, cache_dir: Path) -> Path:
     """Where the Megatron conversion of a columnar source lives in the cache."""
-    from .sources import columnar_files
-
     files = columnar_files(Path(spec.path))
     return Path(cache_dir) / CONVERTED_DIR / _fingerprint(files, spec.column) / "tokens"
 
@@ -87,8 +97,6 @@ def _flat(array, name: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def ensure_converted(spec, cache_dir: Path) -> Path:
     """The Megatron prefix of a columnar source, converting it (atomically) when not yet done."""
-    from .sources import columnar_files
-
     prefix = converted_prefix(spec, cache_dir)
     if Path(f"{prefix}.idx").is_file():
         return prefix

@@ -44,7 +44,7 @@ import numpy as np
 from .blend import Blend, blend_period, deficit_first, normalized, running_counts
 from .errors import DataError
 from .permutation import write_permutation
-from .sources import SourceSpec, TokenSource, open_source
+from .sources import SourceSpec, TokenSource, open_source, source_kind
 
 INDEX_DIR = "data-index"
 INDEX_FILE = "index.json"
@@ -144,7 +144,7 @@ def build_index(specs: list[SourceSpec], root: Path, *, seed: int, seq_len: int,
     root = Path(root)
     with _Lock(root):
         for spec in specs:
-            if Path(spec.path).suffix in (".parquet", ".arrow") or _is_columnar(spec):
+            if _is_columnar(spec):
                 ensure_converted(spec, root)
         sources = [open_source(spec, root) for spec in specs]
         key = index_key(sources, seed=seed, seq_len=seq_len, global_batch=global_batch)
@@ -166,10 +166,7 @@ def build_index(specs: list[SourceSpec], root: Path, *, seed: int, seq_len: int,
 
 
 def _is_columnar(spec: SourceSpec) -> bool:
-    from .sources import columnar_files, detect_kind
-
-    path = Path(spec.path)
-    return path.is_dir() and detect_kind(path) == "columnar" and bool(columnar_files(path))
+    return source_kind(spec) == "columnar"
 
 
 def _build_base(directory: Path, sources: list[TokenSource], *, seed: int, seq_len: int,

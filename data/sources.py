@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .columnar import columnar_files, converted_prefix
 from .datatrove_format import DatatroveFile, datatrove_files
 from .errors import DataError
 from .megatron import MegatronIndex, is_megatron, prefix_of
 from .shards import FORMAT_NAME
 
 MANIFEST_FILE = "manifest.json"
-COLUMNAR_SUFFIXES = (".parquet", ".arrow")
 KINDS = ("prepared", "megatron", "datatrove", "flat", "columnar")
 SOURCE_KEYS = ("path", "weight", "split", "name", "column", "dtype")
 CHUNK_DOCUMENTS = 1 << 22
@@ -85,18 +85,15 @@ def detect_kind(path: Path) -> str:
     if columnar_files(path):
         return "columnar"
     if not path.exists() and not Path(f"{prefix_of(path)}.idx").exists():
-        raise DataError(f"data source {str(path)!r} does not exist")
+        raise DataError(f"data source {str(path)!r} does not exist: prepare it with `llmlaunch "
+                        "data prepare --out DIR`, or point at existing token data")
+    if path.is_dir():
+        raise DataError(f"data source {str(path)!r} is a directory without manifest.json, .ds "
+                        "files or .parquet/.arrow files: give a `llmlaunch data prepare` "
+                        "directory, datatrove output or a folder of token columns")
     raise DataError(f"data source {str(path)!r} is none of: a `llmlaunch data prepare` directory, a "
                     "Megatron PREFIX (PREFIX.bin + PREFIX.idx), datatrove .ds output, a .npy/.bin "
                     "token file, or .parquet/.arrow files with a token column")
-
-
-def columnar_files(path: Path) -> list[Path]:
-    if path.is_file() and path.suffix in COLUMNAR_SUFFIXES:
-        return [path]
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix in COLUMNAR_SUFFIXES and p.is_file())
-    return []
 
 
 class TokenSource:
@@ -286,8 +283,6 @@ def open_source(spec: SourceSpec, cache_dir: Path | None = None) -> TokenSource:
         return DatatroveSource(spec, path)
     if kind == "flat":
         return FlatSource(spec, path)
-    from .columnar import converted_prefix
-
     if cache_dir is None:
         raise DataError(f"data source {spec.path!r}: parquet/arrow needs the run's index cache")
     prefix = converted_prefix(spec, cache_dir)

@@ -59,7 +59,7 @@ def test_flat_files_dtype_and_largest_id(tmp_path):
     as_uint32 = run_config(tmp_path / "tokens.bin", vocab=3000)
     as_uint32.data.dtype = "uint32"
     assert "40,000 uint16" not in check_run_data(as_uint32, tmp_path)
-    assert "20,000 uint32 tokens, token ids up to 2999" == check_run_data(as_uint32, tmp_path)
+    assert check_run_data(as_uint32, tmp_path).startswith("20,000 uint32 tokens, token ids up to 2999")
 
 
 def test_too_little_or_no_data(tmp_path):
