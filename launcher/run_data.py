@@ -163,6 +163,50 @@ def check_run_data(config: RunConfig, run_dir: Path, hosts: int = 1) -> str | No
     return prepare_run_data(config, run_dir, hosts)
 
 
+def parse_data_spec(spec: str) -> list[dict]:
+    """`plan --emit --data SPEC`: `PATH`, or `W1:PATH1,W2:PATH2,...` (weights, normalised later),
+    each path made absolute; ValueError naming the item otherwise."""
+    sources = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            raise ValueError(f"--data {spec!r}: an empty item (give PATH or W1:PATH1,W2:PATH2)")
+        weight, sep, path = item.partition(":")
+        try:
+            value = float(weight) if sep else 1.0
+        except ValueError:
+            value, path = 1.0, item
+        if not value > 0 or not path:
+            raise ValueError(f"--data {spec!r}: {item!r} is not PATH or WEIGHT:PATH with a "
+                             "positive weight")
+        sources.append({"path": str(Path(path).resolve()), "weight": value})
+    return sources
+
+
+def tokenizer_of_run(run_dir: Path):
+    """The run's tokenizer (export-hf writes it beside the weights): data.tokenizer, else the
+    tokenizer.json of its first prepared source (the shipped corpus's: RUN_DIR/data); None when the
+    run names none. Returns a RunTokenizer."""
+    from llmlaunch.config import load_run_dir_config
+    from llmlaunch.data.sources import MANIFEST_FILE
+    from llmlaunch.data.tokenizer_files import load_run_tokenizer
+
+    try:
+        config = load_run_dir_config(run_dir)
+    except ValueError:
+        return None
+    if config.data.tokenizer:
+        return load_run_tokenizer(_resolve(config.data.tokenizer, run_dir), config.data.eod_token)
+    for spec in data_specs(config, run_dir) or shipped_corpus_specs(run_dir):
+        manifest = Path(spec.path) / MANIFEST_FILE
+        if manifest.is_file():
+            import json
+
+            made = json.loads(manifest.read_text(encoding="utf-8"))
+            return load_run_tokenizer(manifest.parent / made["tokenizer"]["file"],
+                                      config.data.eod_token or made.get("eod_token", ""))
+    return None
+
+
 def hosts_of_job(environ=os.environ) -> int:
     """Hosts of the Slurm job this runs in (1 outside one)."""
     try:

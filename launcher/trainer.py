@@ -306,7 +306,7 @@ class StepMonitor:
         if self.samples_by_source is not None:   # cumulative samples per source (the blend's)
             record["samples_by_source"] = self.samples_by_source(step * self.global_batch)
             total = sum(record["samples_by_source"].values())
-            shares = " data " + " ".join(f"{name} {count / total:.1%}" for name, count in
+            shares = " | data: " + ", ".join(f"{name} {count / total:.1%}" for name, count in
                                          record["samples_by_source"].items())
         self.metrics.write(record)
         self.progress.update(1)
