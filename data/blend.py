@@ -7,7 +7,7 @@ Every source's count then stays within one sample of weight * i at every i, so a
 consecutive samples holds weight * n of each source to within two samples.
 
 llmlaunch builds that sequence once for a *period* of P samples (a whole number of global batches, at
-least 2^20) and repeats it: the source of global sample g is ``order[g mod P]``, its position in its
+least 2^16) and repeats it: the source of global sample g is ``order[g mod P]``, its position in its
 source ``(g div P) * per_period[s] + (samples of s before g mod P)``, the latter from a running count
 kept every COUNT_EVERY samples plus a count over at most COUNT_EVERY entries. Repeating adds at
 most one sample of error per source at each period boundary, never accumulating inside a window of
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-MIN_PERIOD = 1 << 20
+MIN_PERIOD = 1 << 16
 COUNT_EVERY = 1024
 MAX_SOURCES = 255
 
