@@ -1,11 +1,11 @@
 """A uniformly random permutation of [0, n) written to a ``.npy`` file in bounded memory.
 
-n up to a chunk (2^23 entries) is shuffled in memory. Larger n goes through disk in two passes (the
+n up to a chunk (2^22 entries) is shuffled in memory. Larger n goes through disk in two passes (the
 scatter-then-shuffle method: Rao 1961, Sandelius 1962): every value, in chunks, is sent to one of B
 buckets chosen uniformly at random, appended to that bucket's file; then each bucket is shuffled in
 memory and written out in turn. Each bucket's contents are a uniform random subset and its order a
-uniform shuffle, so the whole is a uniform permutation. Memory: about 16 bytes per entry of one chunk
-or one bucket (~n/B entries), whichever is larger, e.g. 10^9 entries in ~130 MB with 120 buckets.
+uniform shuffle, so the whole is a uniform permutation. Memory: about 24 bytes per entry of one chunk
+or one bucket (~n/B entries), whichever is larger: ~100 MB for 2^22 entries (10^9 entries: 239 buckets).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-CHUNK = 1 << 23
+CHUNK = 1 << 22
 MAX_BUCKETS = 4096
 
 

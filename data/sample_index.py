@@ -147,22 +147,29 @@ def build_index(specs: list[SourceSpec], root: Path, *, seed: int, seq_len: int,
             if _is_columnar(spec):
                 ensure_converted(spec, root)
         sources = [open_source(spec, root) for spec in specs]
-        key = index_key(sources, seed=seed, seq_len=seq_len, global_batch=global_batch)
-        directory = root / key
-        if not (directory / INDEX_FILE).is_file():
-            _build_base(directory, sources, seed=seed, seq_len=seq_len, global_batch=global_batch,
-                        log=log)
-        meta = json.loads((directory / INDEX_FILE).read_text())
-        index = SampleIndex(directory, sources)
-        needed = index.blend.samples_by_source(samples)
-        for s, source in enumerate(meta["sources"]):
-            epochs = -(-int(needed[s]) // source["windows"])
-            docs = np.load(directory / f"docs-{s}.npy", mmap_mode="r")
-            for e in range(epochs):
-                if not (directory / f"epoch-{s}-{e}-windows.npy").is_file():
-                    log(f"data index: {source['name']}: epoch {e} ({source['windows']:,} windows)")
-                    _write_epoch(directory, s, e, seed, docs, source["windows"])
-        return directory
+        return build_for_sources(sources, root, seed=seed, seq_len=seq_len,
+                                 global_batch=global_batch, samples=samples, log=log)
+
+
+def build_for_sources(sources: list[TokenSource], root: Path, *, seed: int, seq_len: int,
+                      global_batch: int, samples: int, log=lambda line: None) -> Path:
+    """build_index for opened sources (the caller holds the lock; benchmarks pass synthetic
+    ones)."""
+    key = index_key(sources, seed=seed, seq_len=seq_len, global_batch=global_batch)
+    directory = Path(root) / key
+    if not (directory / INDEX_FILE).is_file():
+        _build_base(directory, sources, seed=seed, seq_len=seq_len, global_batch=global_batch,
+                    log=log)
+    meta = json.loads((directory / INDEX_FILE).read_text())
+    needed = SampleIndex(directory, sources).blend.samples_by_source(samples)
+    for s, source in enumerate(meta["sources"]):
+        epochs = -(-int(needed[s]) // source["windows"])
+        docs = np.load(directory / f"docs-{s}.npy", mmap_mode="r")
+        for e in range(epochs):
+            if not (directory / f"epoch-{s}-{e}-windows.npy").is_file():
+                log(f"data index: {source['name']}: epoch {e} ({source['windows']:,} windows)")
+                _write_epoch(directory, s, e, seed, docs, source["windows"])
+    return directory
 
 
 def _is_columnar(spec: SourceSpec) -> bool:
