@@ -302,7 +302,12 @@ def finish(config, tasks: int, tokenizer, tokenizer_path: Path) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(work, ignore_errors=True)
+    for stage_files in ("scan", "digests", "bands", "dedup"):
+        shutil.rmtree(work / stage_files, ignore_errors=True)
+    try:
+        work.rmdir()   # kept while it holds the Slurm tasks' logs
+    except OSError:
+        pass
     return manifest
 
 

@@ -58,7 +58,7 @@ def load_run_tokenizer(path: str | Path, eod_token: str = "", label: str = "data
         tokenizer = Tokenizer.from_file(str(file))
     except Exception as exc:   # tokenizers raises a bare Exception for parse errors
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{label} {str(file)!r}: not a valid tokenizer.json ({reason})") from None
+        raise DataError(f"{file}: not a valid tokenizer.json ({reason}; {label})") from None
     eod = eod_token or (_eos_from(directory or file.parent)) or DEFAULT_EOD
     eod_id = tokenizer.token_to_id(eod)
     if eod_id is None:
