@@ -82,20 +82,33 @@ def test_shares_eval_loss_and_run_page(pipeline_run):
     assert 'id="fig-metric-eval_loss"' in run_page_html(pipeline_run)
 
 
-@pytest.fixture(scope="module")
-def resumed_on_plain_engine(data, pipeline_run):
-    """The run's step-3 checkpoint resumed on one rank (dp 1, pp 1: the plain engine)."""
-    root, _, sets = data
-    run_dir = root / "resumed"
+def resume_at_step_3(pipeline_run, run_dir, sets, *more, nproc=None):
+    """The run's step-3 checkpoint (and its metrics up to there) resumed with `more` settings."""
     (run_dir / "checkpoints").mkdir(parents=True)
     shutil.copytree(pipeline_run / "checkpoints" / "step00000003",
                     run_dir / "checkpoints" / "step00000003")
     (run_dir / "checkpoints" / "latest").write_text("step00000003")
     lines = (pipeline_run / "metrics.jsonl").read_text().splitlines()[:3]
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    job = Job(run_dir, *sets, "layout.dp=1", "layout.pp=1", "layout.grad_accum=8", nproc=1)
+    job = Job(run_dir, *sets, *more, nproc=nproc)
     assert job.wait(timeout=400) == 0, job.output()[-3000:]
     return run_dir
+
+
+def test_evaluation_does_not_disturb_training_and_resume_is_bit_exact(data, pipeline_run):
+    """Resumed at step 3 on the same layout without evaluating: steps 4-6 equal the run that
+    evaluated at steps 4 and 6, bit for bit (same data position, same randomness)."""
+    root, _, sets = data
+    run_dir = resume_at_step_3(pipeline_run, root / "no-eval", sets, "train.eval_every=0")
+    assert losses(run_dir) == losses(pipeline_run)
+
+
+@pytest.fixture(scope="module")
+def resumed_on_plain_engine(data, pipeline_run):
+    """The run's step-3 checkpoint resumed on one rank (dp 1, pp 1: the plain engine)."""
+    root, _, sets = data
+    return resume_at_step_3(pipeline_run, root / "resumed", sets, "layout.dp=1", "layout.pp=1",
+                            "layout.grad_accum=8", nproc=1)
 
 
 def test_resume_on_another_dp_gives_the_uninterrupted_losses(pipeline_run, resumed_on_plain_engine):

@@ -23,13 +23,25 @@ def data(tmp_path_factory):
     return {"megatron": write_megatron(root / "meg", DOCS),
             "datatrove": write_datatrove(root / "dt", DOCS),
             "columnar": write_parquet(root / "pq", DOCS), "flat": root / "flat.npy",
-            "root": root}
+            "arrow": write_arrow(root / "arrow", DOCS), "root": root}
 
 
-@pytest.mark.parametrize("kind", ["megatron", "datatrove", "columnar"])
+def write_arrow(folder, documents):
+    """An Arrow stream file, as `datasets.save_to_disk` writes its data-*.arrow."""
+    import pyarrow as pa
+
+    folder.mkdir()
+    table = pa.table({"input_ids": pa.array(documents, pa.list_(pa.int64()))})
+    with pa.ipc.new_stream(str(folder / "data-00000-of-00001.arrow"), table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=9):
+            writer.write_batch(batch)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["megatron", "datatrove", "columnar", "arrow"])
 def test_each_kind_reads_the_documents_with_their_boundaries(data, kind):
     spec = SourceSpec(str(data[kind]), name=kind)
-    assert detect_kind(data[kind]) == kind
+    assert detect_kind(data[kind]) == ("columnar" if kind == "arrow" else kind)
     index_dir = build_index([spec], data["root"] / f"index-{kind}", seed=1, seq_len=SEQ,
                             global_batch=4, samples=0)
     source = open_source(spec, data["root"] / f"index-{kind}")
