@@ -176,6 +176,26 @@ def _is_columnar(spec: SourceSpec) -> bool:
     return source_kind(spec) == "columnar"
 
 
+SCANNED_FILE = "scanned.json"
+
+
+def _read_once(root: Path, source: TokenSource) -> int | None:
+    """What needs a full read of a source, done once per set of files (path, size, time) and
+    remembered in ROOT/scanned.json: a prepared source's SHA-256s against its manifest, any other
+    kind's largest id (None for prepared data: its manifest says the vocabulary)."""
+    path = root / SCANNED_FILE
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    key = hashlib.sha256(json.dumps(source.fingerprint()).encode()).hexdigest()
+    if key not in known:
+        if hasattr(source, "check_hashes"):
+            source.check_hashes()
+        known[key] = {"max_token_id": scan_max_id(source) if source.vocab_size is None else None}
+        tmp = root / f".{SCANNED_FILE}.tmp"
+        tmp.write_text(json.dumps(known, indent=1) + "\n")
+        os.replace(tmp, path)
+    return known[key]["max_token_id"]
+
+
 def _build_base(directory: Path, sources: list[TokenSource], *, seed: int, seq_len: int,
                 global_batch: int, log) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
@@ -183,6 +203,7 @@ def _build_base(directory: Path, sources: list[TokenSource], *, seed: int, seq_l
         described = []
         for s, source in enumerate(sources):
             source.check_files()
+            largest = _read_once(directory.parent, source)
             windows = windows_of(source.tokens, seq_len)
             if windows == 0:
                 raise DataError(f"data source {source.label!r} ({source.spec.path}) holds "
@@ -195,8 +216,7 @@ def _build_base(directory: Path, sources: list[TokenSource], *, seed: int, seq_l
                               "documents": source.documents, "tokens": source.tokens,
                               "windows": windows, "dtype": source.dtype,
                               "vocab_size": source.vocab_size, "eod_id": source.eod_id,
-                              "max_token_id": (scan_max_id(source) if source.vocab_size is None
-                                               else None)})
+                              "max_token_id": largest})
         period = blend_period(global_batch)
         order = deficit_first([s.spec.weight for s in sources], period)
         np.save(tmp / "blend.npy", order)

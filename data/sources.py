@@ -188,6 +188,18 @@ class PreparedSource(TokenSource):
                     raise DataError(f"{path}: {path.stat().st_size} bytes, the manifest says "
                                     f"{unit * count}")
 
+    def check_hashes(self) -> None:
+        """Every shard's SHA-256 against the manifest (a full read: the index builder does it once
+        per set of files)."""
+        from .manifest import file_sha256
+
+        for shard in self.shards:
+            for key, digest in (("tokens_file", "tokens_sha256"), ("index_file", "index_sha256")):
+                path = self.directory / shard[key]
+                if digest in shard and file_sha256(path) != shard[digest]:
+                    raise DataError(f"{path}: its SHA-256 is not the one the manifest records: "
+                                    "the file changed after `data prepare` wrote it")
+
     def document_ends(self):
         for shard, file in zip([s for s in self.shards if int(s["tokens"])], self.files):
             offsets = np.fromfile(self.directory / shard["index_file"], "<u8")
@@ -289,10 +301,18 @@ def open_source(spec: SourceSpec, cache_dir: Path | None = None) -> TokenSource:
     if not is_megatron(prefix):
         raise DataError(f"data source {spec.path!r}: not converted yet (the pre-start data check "
                         "converts parquet/arrow once: run `python -m llmlaunch.launcher.run_data`)")
-    source = MegatronSource(spec, prefix)
-    source.kind = "columnar"
-    source._fingerprint_files = lambda: columnar_files(path)   # the data, not its conversion
-    return source
+    return ColumnarSource(spec, prefix)
+
+
+class ColumnarSource(MegatronSource):
+    """Parquet/arrow token columns, read from their Megatron conversion (data/columnar.py)."""
+
+    def __init__(self, spec: SourceSpec, prefix: Path):
+        super().__init__(spec, prefix)
+        self.kind = "columnar"
+
+    def _fingerprint_files(self) -> list[Path]:
+        return columnar_files(Path(self.spec.path))   # the data, not its conversion
 
 
 def source_kind(spec: SourceSpec) -> str:
