@@ -25,14 +25,22 @@ def index_dtype(n: int) -> np.dtype:
     return np.dtype("<u4") if n <= 2**32 else np.dtype("<u8")
 
 
+def _npy_writer(path: Path, dtype: np.dtype, n: int):
+    """An open .npy file of n entries of dtype, its header written: the entries follow with
+    write(). Written through a file, not a memmap, whose dirty pages would count in this process's
+    resident memory until written back (4 GB for 10^9 entries)."""
+    handle = open(path, "wb")
+    np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                  "fortran_order": False, "shape": (n,)})
+    return handle
+
+
 def write_permutation(path: Path, n: int, rng: np.random.Generator, chunk: int = CHUNK) -> None:
     """Write a uniform random permutation of range(n) to `path` (.npy, index_dtype(n))."""
     dtype = index_dtype(n)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n,))
     if n <= chunk:
-        out[:] = rng.permutation(n).astype(dtype)
-        out.flush()
-        del out
+        with _npy_writer(path, dtype, n) as out:
+            out.write(rng.permutation(n).astype(dtype).tobytes())
         return
     buckets = min(MAX_BUCKETS, math.ceil(n / chunk))
     bucket_type = np.uint8 if buckets <= 256 else np.uint16
@@ -46,18 +54,18 @@ def write_permutation(path: Path, n: int, rng: np.random.Generator, chunk: int =
                 order = np.argsort(ids, kind="stable")   # a radix sort for 8/16-bit keys
                 bounds = np.searchsorted(ids[order], np.arange(buckets + 1))
                 values = values[order]
+                del order
                 for k in range(buckets):
                     handles[k].write(values[bounds[k]:bounds[k + 1]].tobytes())
         finally:
             for handle in handles:
                 handle.close()
-        position = 0
-        for name in names:
-            part = np.fromfile(name, dtype=dtype)
-            os.remove(name)
-            rng.shuffle(part)
-            out[position:position + len(part)] = part
-            position += len(part)
-        assert position == n
-    out.flush()
-    del out
+        written = 0
+        with _npy_writer(path, dtype, n) as out:
+            for name in names:
+                part = np.fromfile(name, dtype=dtype)
+                os.remove(name)
+                rng.shuffle(part)
+                out.write(part.tobytes())
+                written += len(part)
+        assert written == n
