@@ -310,9 +310,11 @@ class StepMonitor:
                                          record["samples_by_source"].items())
         self.metrics.write(record)
         self.progress.update(1)
+        if eval_loss is not None:   # the progress line keeps the latest evaluation
+            self.last_eval = f"{eval_loss:.4f}"
         postfix = {"loss": f"{loss:.4f}"}
-        if eval_loss is not None:
-            postfix["eval_loss"] = f"{eval_loss:.4f}"
+        if getattr(self, "last_eval", None):
+            postfix["eval_loss"] = self.last_eval
         self.progress.set_postfix(postfix, refresh=False)
         every = self.config.train.log_every
         if eval_loss is not None:
