@@ -24,8 +24,9 @@ training one needs every document in one place.
    validation split, the shards (one sequential pass, the same ShardWriter), the manifest, and the
    rename to ``--out``.
 
-Memory: scan and dedup hold one file's or one partition's records; finish holds one byte per
-document and the confirmed pairs.
+Memory: scan and dedup hold one file's or one partition's records (dedup also every pair of a
+bucket); finish holds a set of the kept documents, the exact duplicates and the confirmed pairs, and
+one input file's tokens at a time.
 """
 from __future__ import annotations
 
