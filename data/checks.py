@@ -1,6 +1,7 @@
-"""Is this data for this model? Checked before any rank starts (llmlaunch.launcher.run_data), and
-again, cheaply, by every rank's loader on each batch it reads (the data may change under a running
-job), with the same messages.
+"""Is this one path's data for this model? The summary of a prepared directory or flat file for the
+0.1 loader (data/loader.py) and scripts; a run checks its sources before any rank starts through
+data/source_checks.py (every source kind, from the sample index), and every rank's loader checks
+each batch's ids (vocab_check.py), with the same messages.
 
 - A prepared directory: its manifest says the vocabulary it was tokenized with; a model with fewer
   embedding rows than that would index past its table (a CPU run trains on anyway, with a loss that

@@ -38,6 +38,7 @@ class PrepareConfig:
     near_dup: NearDupConfig = field(default_factory=NearDupConfig)
     decontam_ngram_words: int = 13
     progress: bool | None = None  # None: show a progress bar only when stderr is a terminal
+    work: str | Path | None = None  # --tasks: the stages' work folder (None: .OUT.work beside --out)
 
 
 def validate_config(config: PrepareConfig) -> None:

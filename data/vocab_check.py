@@ -11,7 +11,7 @@ from .errors import DataError
 
 def out_of_vocab_message(path: Path, held: str, needed: int, vocab: int) -> str:
     """The one message for data whose ids the model cannot embed (pre-start check and loader)."""
-    return (f"data.path {str(path)!r} holds {held}, but model.vocab is {vocab}: set model.vocab to "
+    return (f"data source {str(path)!r} holds {held}, but model.vocab is {vocab}: set model.vocab to "
             f"at least {needed}, or prepare the data with `llmlaunch data prepare --vocab-size "
             f"{vocab}`; ids that high in a flat file can also mean it is not token data at all")
 

@@ -69,6 +69,10 @@ def resumed_config(source) -> RunConfig:
     run_dir = source.ckpt_dir.parent
     if config.data.path and not Path(config.data.path).is_absolute():
         config.data.path = str((run_dir / config.data.path).resolve())
+    for entry in config.data.sources + config.data.eval_sources:
+        entry["path"] = str((run_dir / entry["path"]).resolve())
+    if config.data.tokenizer:
+        config.data.tokenizer = str((run_dir / config.data.tokenizer).resolve())
     if config.checkpoint.init_hf and not Path(config.checkpoint.init_hf).is_absolute():
         config.checkpoint.init_hf = str((run_dir / config.checkpoint.init_hf).resolve())
     config.model.hf_config = ""
@@ -132,7 +136,8 @@ def cluster_is_cpu(inputs: PlanInputs) -> bool:
 def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: bool = False,
               job_name: str | None = None, time_limit: str = "02:00:00",
               tokens: float | None = None, resume_from=None,
-              min_nodes: int | None = None) -> list[str]:
+              min_nodes: int | None = None, data: str | None = None,
+              tokenizer: str | None = None) -> list[str]:
     """Write the three files for a fitting candidate; returns their paths. `resume_from`: a
     checkpoint_tools.ResumeSource the run resumes from (plan --from-checkpoint). `min_nodes`: an
     elastic job on min_nodes..nodes hosts (plan --min-nodes)."""
@@ -149,6 +154,12 @@ def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: 
         raise ValueError(f"--emit: {lay.not_runnable_reason()}")
     name = job_name or (inputs.spec.name or "llmlaunch")
     config = run_config_for(inputs, candidate, name, time_limit, tokens, resume_from)
+    if data:   # plan --emit --data SPEC (launcher/run_data.py: parse_data_spec)
+        from .run_data import parse_data_spec
+
+        config.data.path, config.data.sources = "", parse_data_spec(data)
+    if tokenizer:
+        config.data.tokenizer = str(Path(tokenizer).resolve())
     ds = deepspeed_config(config, inputs.options.precision, on_gpu=not cluster_is_cpu(inputs))
     cluster = inputs.cluster
     on_gpu = not cluster_is_cpu(inputs)

@@ -54,7 +54,7 @@ class MetricsLog:
         self.file.flush()
         if self.tensorboard is not None:
             for key, value in record.items():
-                if key != "step" and value is not None:
+                if key != "step" and isinstance(value, (int, float)):
                     self.tensorboard.add_scalar(f"train/{key}", value, record["step"])
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ from .checkpoint import (LAYOUT_STATE_KEYS, CheckpointError, all_parameters_of_m
 from .entry import enter_rank
 from .metrics import METRICS_FILE, MetricsLog
 from .placement import record_placement
-from .run_data import ensure_data
+from .run_data import ensure_data, open_eval_index, open_training_index
 from .signals import STOP, mark_held
 
 # Written by rank 0 into the run directory when the ranks stopped for a signal with a checkpoint of
@@ -123,22 +123,34 @@ class Trainer:
                  describe_state(saved), describe_state(here), time.perf_counter() - started)
         return step
 
-    def batches(self, data_path: Path, start_step: int):
-        """This replica's micro-batches from the step after start_step (seeded, exact resume)."""
+    def batches(self, index, start_step: int):
+        """This replica's micro-batches from the step after start_step: step t reads global
+        samples [t * global_batch, (t + 1) * global_batch) of the sample index (exact resume on
+        any layout: data/batch_stream.py)."""
         import torch
 
-        from llmlaunch.data.loader import TokenWindowLoader
+        from llmlaunch.data.batch_stream import ReplicaBatches
         from llmlaunch.model import next_token_batch
 
         lay = self.layout
-        loader = TokenWindowLoader(data_path, self.config.model.seq_len, lay.micro_batch,
-                                   dp_size=lay.dp, dp_rank=self.run.dp_rank,
-                                   seed=self.config.train.seed,
-                                   consumed_samples=start_step * lay.global_batch,
-                                   dtype=self.config.data.dtype or None,
-                                   vocab=self.config.model.vocab,
-                                   samples_per_step=lay.global_batch)
-        return (next_token_batch(torch.from_numpy(tokens)) for tokens in loader)
+        stream = ReplicaBatches(index, global_batch=lay.global_batch, micro_batch=lay.micro_batch,
+                                dp=lay.dp, dp_rank=self.run.dp_rank, start_step=start_step,
+                                vocab=self.config.model.vocab, label=str(index.directory))
+        return (next_token_batch(torch.from_numpy(tokens)) for tokens in stream)
+
+    def eval_loss(self, eval_index) -> float:
+        """The evaluation loss (launcher/evaluation.py) over train.eval_batches global batches."""
+        import torch
+
+        from llmlaunch.data.batch_stream import eval_batches
+        from llmlaunch.model import next_token_batch
+
+        from .evaluation import evaluate
+
+        lay, count = self.layout, self.config.train.eval_batches
+        stream = eval_batches(eval_index, batches=count, global_batch=lay.global_batch,
+                              micro_batch=lay.micro_batch, dp=lay.dp, dp_rank=self.run.dp_rank)
+        return evaluate(self.run, (next_token_batch(torch.from_numpy(t)) for t in stream), count)
 
     def save(self, step: int) -> None:
         """Every rank saves, all meet, then rank 0 marks the checkpoint complete (checkpoint.py)."""
@@ -205,15 +217,18 @@ class Trainer:
         config, rank = self.config, self.rank
         if rank == 0:
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)
-        data_path = ensure_data(config, self.run_dir, rank)
+        specs = ensure_data(config, self.run_dir, rank)
         self.run = build_engine(config, kind=self.engine_kind())
         self.stop.release()   # a signal that came during start-up is acted on at step 0
         if rank == 0:
             self.write_effective_config()
         start_step = self.resume()
-        batches = self.batches(data_path, start_step)
-        monitor = StepMonitor(config, self.run_dir, self.world, self.run.precision, start_step) \
-            if rank == 0 else None
+        index = open_training_index(config, self.run_dir, specs)
+        eval_index = open_eval_index(config, self.run_dir, specs) if config.train.eval_every \
+            else None
+        batches = self.batches(index, start_step)
+        monitor = StepMonitor(config, self.run_dir, self.world, self.run.precision, start_step,
+                              index.samples_by_source) if rank == 0 else None
         step, last_saved = start_step, start_step
         flag = torch.zeros(1, device=self.run.device)
         try:
@@ -229,8 +244,10 @@ class Trainer:
                 loss = self.run.train_step(batches)
                 elapsed = time.perf_counter() - started
                 step += 1
+                evaluated = self.eval_loss(eval_index) if eval_index is not None and \
+                    step % config.train.eval_every == 0 else None
                 if monitor is not None:
-                    monitor.record(step, loss, lr, self.run.grad_norm, elapsed)
+                    monitor.record(step, loss, lr, self.run.grad_norm, elapsed, evaluated)
                 if config.checkpoint.every and step % config.checkpoint.every == 0:
                     self.save(step)
                     last_saved = step
@@ -246,7 +263,8 @@ class StepMonitor:
     """Rank 0's view of the run: the planner's prediction at start, metrics.jsonl and the progress
     bar per step, measured against predicted at the end."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, world: int, precision: str, start_step: int):
+    def __init__(self, config: RunConfig, run_dir: Path, world: int, precision: str, start_step: int,
+                 samples_by_source=None):
         from llmlaunch.topology.flops import hardware_flops_per_token, model_flops_per_token
         from llmlaunch.topology.plan_inputs import estimate_layout
 
@@ -263,13 +281,15 @@ class StepMonitor:
         except ValueError as exc:  # a cluster.gpu the catalog does not know: no prediction
             log.info("no prediction: %s", exc)
         self.tokens_per_step = lay.global_batch * spec.seq_len
+        self.global_batch, self.samples_by_source = lay.global_batch, samples_by_source
         self.hardware_flops = hardware_flops_per_token(spec, lay.recompute) * self.tokens_per_step
         self.model_flops = model_flops_per_token(spec) * self.tokens_per_step
         self.metrics = MetricsLog(run_dir / METRICS_FILE, start_step)
         self.progress = _progress(start_step, config.train.steps)
         self.step_times: list[float] = []
 
-    def record(self, step: int, loss: float, lr: float, grad_norm, elapsed: float) -> None:
+    def record(self, step: int, loss: float, lr: float, grad_norm, elapsed: float,
+               eval_loss: float | None = None) -> None:
         import torch
 
         self.step_times.append(elapsed)
@@ -280,13 +300,28 @@ class StepMonitor:
                   "mfu": (self.model_flops / elapsed / self.world / self.peak_flops
                           if self.peak_flops else None),
                   "step_time_s": elapsed, "memory_gib": measured_memory_gib(torch)}
+        if eval_loss is not None:
+            record["eval_loss"] = eval_loss
+        shares = ""
+        if self.samples_by_source is not None:   # cumulative samples per source (the blend's)
+            record["samples_by_source"] = self.samples_by_source(step * self.global_batch)
+            total = sum(record["samples_by_source"].values())
+            shares = " | data: " + ", ".join(f"{name} {count / total:.1%}" for name, count in
+                                         record["samples_by_source"].items())
         self.metrics.write(record)
         self.progress.update(1)
-        self.progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if eval_loss is not None:   # the progress line keeps the latest evaluation
+            self.last_eval = f"{eval_loss:.4f}"
+        postfix = {"loss": f"{loss:.4f}"}
+        if getattr(self, "last_eval", None):
+            postfix["eval_loss"] = self.last_eval
+        self.progress.set_postfix(postfix, refresh=False)
         every = self.config.train.log_every
+        if eval_loss is not None:
+            log.info("step %d eval_loss %.4f", step, eval_loss)
         if every and step % every == 0:
-            log.info("step %d loss %.4f lr %.3g grad_norm %s %.3f s", step, loss, lr,
-                     record["grad_norm"], elapsed)
+            log.info("step %d loss %.4f lr %.3g grad_norm %s %.3f s%s", step, loss, lr,
+                     record["grad_norm"], elapsed, shares)
 
     def close(self) -> None:
         import torch

@@ -108,6 +108,14 @@ class TrainSection:
     """Steps between log lines (metrics.jsonl gets every step)."""
     collective_timeout_s: int = 300
     """Seconds a collective may wait before the job fails (a stalled rank ends the job)."""
+    eval_every: int = 0
+    """Steps between evaluations of the validation data (0: never): eval_loss in metrics.jsonl."""
+    eval_batches: int = 4
+    """Global batches each evaluation reads (the same ones every time, in order)."""
+
+
+# The keys of one entry of data.sources / data.eval_sources (docs/data.md, data/sources.py).
+SOURCE_KEYS = ("path", "weight", "split", "name", "column", "dtype")
 
 
 @dataclass
@@ -115,11 +123,26 @@ class DataSection:
     """Training data."""
 
     path: str = ""
-    """A directory written by `llmlaunch data prepare`, or a flat token file; empty: the corpus
-    shipped with llmlaunch."""
+    """A directory written by `llmlaunch data prepare`, or a flat token file; empty (and no
+    sources): the corpus shipped with llmlaunch."""
     dtype: str = ""
     """Token dtype of a flat .bin file: uint16 or uint32 (empty: uint16; a prepared directory and a
     .npy file say their own)."""
+    sources: list = field(default_factory=list)
+    """A blend: [{path, weight, split?, name?, column?, dtype?}], each path a prepared directory, a
+    Megatron PREFIX (.bin + .idx), datatrove .ds output, a .npy/.bin file or .parquet/.arrow token
+    columns; samples drawn at the weights (normalised) over any window of the run."""
+    eval_sources: list = field(default_factory=list)
+    """What train.eval_every evaluates: [{path, weight?, split?, name?, ...}] (empty: the val split
+    of every prepared source of the run)."""
+    tokenizer: str = ""
+    """A Hugging Face tokenizer directory or tokenizer.json (offline): its vocabulary is checked
+    against the model before the ranks start, and export-hf writes it beside the weights."""
+    eod_token: str = ""
+    """The tokenizer's end-of-document token (empty: tokenizer_config.json's eos_token, else
+    <|endoftext|>)."""
+    allow_toy_corpus: bool = False
+    """Let a job on more than one host train on the shipped toy corpus (no path or sources)."""
 
 
 @dataclass
@@ -261,6 +284,17 @@ class RunConfig:
         if self.data.dtype not in ("", "uint16", "uint32"):
             raise ConfigError(f"data.dtype must be uint16 or uint32 (or empty), got "
                               f"{self.data.dtype!r}")
+        if self.data.sources and self.data.path:
+            raise ConfigError("give data.path or data.sources, not both (a single path is "
+                              "data.sources: [{path: ..., weight: 1}])")
+        for key in ("sources", "eval_sources"):
+            names = source_names(getattr(self.data, key))
+            if len(set(names)) != len(names):
+                raise ConfigError(f"data.{key}: two sources named "
+                                  f"{next(n for n in names if names.count(n) > 1)!r}: give each a "
+                                  "distinct name")
+        if self.train.eval_every < 0 or self.train.eval_batches < 1:
+            raise ConfigError("train.eval_every must be >= 0 and train.eval_batches >= 1")
         if not 0 <= self.train.min_lr <= self.train.lr:
             raise ConfigError("need 0 <= train.min_lr <= train.lr")
         if self.checkpoint.reshard not in ("auto", "never"):
@@ -300,10 +334,45 @@ def _coerce(where: str, value, kind):
                 return float(value)
             except ValueError:
                 pass
+    elif kind is list:
+        return _source_list(where, value)
     elif kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(f"{where} must be {kind.__name__}, got {value!r}")
+
+
+def _source_list(where: str, value) -> list:
+    """data.sources / data.eval_sources: a list of {path, weight?, split?, name?, column?, dtype?}."""
+    if value in (None, ""):
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{where} must be a list of {{path, weight, split?, name?}}, got {value!r}")
+    out = []
+    for n, item in enumerate(value):
+        item = {"path": item} if isinstance(item, str) else item
+        if not isinstance(item, dict) or "path" not in item:
+            raise ConfigError(f"{where}[{n}] must be a mapping with a path, got {item!r}")
+        unknown = set(item) - set(SOURCE_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}[{n}]: unknown key(s) {', '.join(sorted(unknown))} (known: "
+                              f"{', '.join(SOURCE_KEYS)})")
+        entry = {"path": _coerce(f"{where}[{n}].path", item["path"], str),
+                 "weight": _coerce(f"{where}[{n}].weight", item.get("weight", 1.0), float)}
+        for key in ("split", "name", "column", "dtype"):
+            if item.get(key) not in (None, ""):
+                entry[key] = _coerce(f"{where}[{n}].{key}", item[key], str)
+        if not entry["weight"] > 0:
+            raise ConfigError(f"{where}[{n}].weight must be positive, got {entry['weight']!r}")
+        if entry.get("split", "train") not in ("train", "val"):
+            raise ConfigError(f"{where}[{n}].split must be train or val, got {entry['split']!r}")
+        out.append(entry)
+    return out
+
+
+def source_names(sources: list) -> list[str]:
+    """Each source's name: its `name`, else its path's last part."""
+    return [s.get("name") or Path(s["path"]).name for s in sources]
 
 
 def from_dict(raw: dict, source: str = "run.yaml") -> RunConfig:

@@ -64,7 +64,9 @@ def _run_sections(metrics, validate_rows, cand, inputs, figures) -> list[str]:
         predicted = {"tokens_per_s": cand.tokens_per_s, "step_time_s": cand.step.total_s,
                      "memory_gib": cand.worst_stage.total / GIB, "tflops_per_gpu": cand.tflops_per_gpu,
                      "mfu": cand.mfu}
-        plots = [("loss", "loss", "", None, None), ("lr", "learning rate", "", None, None),
+        plots = [("loss", "loss", "", None, None),
+                 ("eval_loss", "validation loss (train.eval_every)", "", None, None),
+                 ("lr", "learning rate", "", None, None),
                  ("grad_norm", "gradient norm", "", None, None),
                  ("tokens_per_s", "throughput", "tokens/s", predicted["tokens_per_s"], None),
                  ("step_time_s", "step time", "s", predicted["step_time_s"], None),

@@ -65,8 +65,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
         "--vocab-size", type=int, default=None, metavar="N",
         help=f"train a byte-level BPE with N entries on the kept training documents (default: {_DEFAULT_VOCAB_SIZE})",
     )
-    choice.add_argument("--tokenizer", metavar="tokenizer.json", default=None, help="use this Hugging Face tokenizer.json instead of training one")
-    tok.add_argument("--eod-token", default=_EOD_TOKEN, metavar="TOKEN", help=f"end-of-document token appended to every document (default: {_EOD_TOKEN})")
+    choice.add_argument("--tokenizer", metavar="PATH", default=None, help="use this Hugging Face tokenizer (a directory or its tokenizer.json) instead of training one")
+    tok.add_argument("--eod-token", default=None, metavar="TOKEN", help=f"end-of-document token appended to every document (default: the given tokenizer's eos_token, else {_EOD_TOKEN})")
 
     cleaning = parser.add_argument_group("cleaning")
     cleaning.add_argument("--normalization", choices=("NFC", "NFKC"), default="NFC", help="Unicode normal form of the text (default: NFC)")
@@ -93,6 +93,21 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=_non_negative_int, default=0, metavar="N", help="seed for MinHash and the validation split (default: 0)")
     run.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="worker processes for cleaning and tokenisation (default: 1)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars on stderr (default: when stderr is a terminal)")
+    many = parser.add_argument_group("beyond one process (docs/data.md: the same output, from N tasks)")
+    many.add_argument("--tasks", type=_positive_int, default=1, metavar="N",
+                      help="split scanning and deduplication into N tasks (needs --tokenizer); "
+                      "without --slurm or --stage they run here, --workers at a time")
+    many.add_argument("--slurm", action="store_true",
+                      help="run the N tasks as Slurm array jobs of this command (sbatch), and wait")
+    many.add_argument("--slurm-option", dest="slurm_options", action="append", default=[], metavar="OPT",
+                      help="an sbatch option for those jobs, e.g. --slurm-option=--partition=cpu. Repeatable.")
+    many.add_argument("--stage", choices=("scan", "dedup", "finish"),
+                      help="run one stage's task only (what each Slurm task runs)")
+    many.add_argument("--task", type=_non_negative_int, default=None, metavar="I",
+                      help="the task of --stage (default: $SLURM_ARRAY_TASK_ID, else 0)")
+    many.add_argument("--work", metavar="DIR", default=None,
+                      help="the stages' work folder, on a file system every host sees "
+                      "(default: .OUT.work beside --out)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -106,11 +121,17 @@ def config_from_args(args: argparse.Namespace):
     thresholds = load_thresholds(args.quality_config, args.quality)
     if args.no_quality_filters:
         thresholds = dataclasses.replace(thresholds, disabled=FILTER_NAMES)
+    tokenizer, eod_token = args.tokenizer, args.eod_token or _EOD_TOKEN
+    if args.tokenizer:   # a directory or tokenizer.json; the EOD from tokenizer_config.json
+        from llmlaunch.data.tokenizer_files import load_run_tokenizer
+
+        found = load_run_tokenizer(args.tokenizer, args.eod_token or "", label="--tokenizer")
+        tokenizer, eod_token = str(found.path), found.eod_token
     return PrepareConfig(
         inputs=list(args.inputs),
         out=args.out,
         vocab_size=args.vocab_size,
-        tokenizer=args.tokenizer,
+        tokenizer=tokenizer,
         eval_inputs=list(args.eval_inputs),
         seed=args.seed,
         workers=args.workers,
@@ -119,7 +140,7 @@ def config_from_args(args: argparse.Namespace):
         text_split=args.text_split,
         normalization=args.normalization,
         val_fraction=args.val_fraction,
-        eod_token=args.eod_token,
+        eod_token=eod_token,
         shard_size_tokens=args.shard_size_tokens,
         thresholds=thresholds,
         near_dup=NearDupConfig(
@@ -130,6 +151,7 @@ def config_from_args(args: argparse.Namespace):
         ),
         decontam_ngram_words=args.decontam_ngram,
         progress=args.progress,
+        work=args.work,
     )
 
 
@@ -151,13 +173,66 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     Bad input raises :class:`~llmlaunch.data.errors.DataError` (a ``ValueError``) with a one-line message.
     """
+    import os
+
     from llmlaunch.data.prepare import prepare
 
-    result = prepare(config_from_args(args))
+    config = config_from_args(args)
+    if args.tasks == 1 and (args.stage or args.slurm):
+        raise DataError("--stage and --slurm go with --tasks N (N > 1)")
+    if args.tasks > 1:
+        from llmlaunch.data import prepare_tasks
+
+        if config.tokenizer is None:
+            raise DataError("data prepare --tasks needs --tokenizer (training a tokenizer needs every "
+                            "document in one place: train one first, or give your model's)")
+        if args.slurm:
+            from llmlaunch.data.prepare_slurm import submit
+
+            return submit(_argv_of(args), args.tasks, prepare_tasks.work_dir(config),
+                          args.slurm_options)
+        if args.stage:
+            task = args.task if args.task is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
+            print(f"data prepare: stage {args.stage} task {task} of {args.tasks} on "
+                  f"{os.uname().nodename}", flush=True)
+            manifest = prepare_tasks.run_stage(config, args.stage, task, args.tasks)
+        else:
+            manifest = prepare_tasks.run_local(config, args.tasks, args.workers)
+        if manifest is not None:
+            print(f"wrote {config.out}")
+            print(format_summary(manifest))
+        return 0
+    result = prepare(config)
     print(f"wrote {result.out}")
     print(format_summary(result.manifest))
     sys.stdout.flush()
     return 0
+
+
+_NOT_PASSED_ON = {"slurm", "slurm_options", "stage", "task", "func", "_parser", "command",
+                  "data_command", "help"}
+
+
+def _argv_of(args: argparse.Namespace) -> list[str]:
+    """The flags `args` was parsed from (those a stage task needs), for the same command on another
+    host: every option whose value is not its default, --out and --input always."""
+    out = []
+    for action in args._parser._actions:
+        if action.dest in _NOT_PASSED_ON or not action.option_strings:
+            continue
+        value, flag = getattr(args, action.dest, None), action.option_strings[-1]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            out += [] if value is None else [f"--{action.dest.replace('_', '-')}" if value
+                                             else f"--no-{action.dest.replace('_', '-')}"]
+        elif isinstance(action, argparse._StoreTrueAction):
+            out += [flag] if value else []
+        elif isinstance(action, (argparse._AppendAction, argparse._ExtendAction)) or action.nargs == "+":
+            if value:
+                out += [flag, *map(str, value)] if action.nargs == "+" else \
+                    [x for item in value for x in (flag, str(item))]
+        elif value is not None and (value != action.default or action.required):
+            out += [flag, str(value)]
+    return out
 
 
 __all__ = ["DataError", "add_prepare_arguments", "config_from_args", "format_summary", "run_prepare"]
@@ -169,4 +244,4 @@ def register(sub) -> None:
     data_sub = p.add_subparsers(dest="data_command", metavar="{prepare}", required=True)
     prep = data_sub.add_parser("prepare", help="raw text to deduplicated, filtered, tokenized shards")
     add_prepare_arguments(prep)
-    prep.set_defaults(func=run_prepare)
+    prep.set_defaults(func=run_prepare, _parser=prep)

@@ -75,6 +75,13 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
                         "candidates), or a PNG of the rank map and schedule")
     o.add_argument("--emit", metavar="DIR", help="write ds_config.json, run.yaml, train.sbatch")
     o.add_argument("--force", action="store_true", help="let --emit replace an existing DIR")
+    o.add_argument("--data", metavar="SPEC",
+                   help="--emit: the run's data, PATH or a blend W1:PATH1,W2:PATH2 (prepared "
+                        "directories, Megatron PREFIX, datatrove output, .npy/.bin, parquet/arrow; "
+                        "docs/data.md); without it the job trains on the toy corpus and refuses "
+                        "more than one host")
+    o.add_argument("--tokenizer", metavar="PATH",
+                   help="--emit: the run's Hugging Face tokenizer directory or tokenizer.json")
     o.add_argument("--job-name", help="Slurm job name for --emit (default: the model name)")
     o.add_argument("--time", default="02:00:00", help="Slurm time limit for --emit")
     o.add_argument("--min-nodes", type=int, metavar="K",
@@ -374,6 +381,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
         written = emit_plan(args.emit, inputs, chosen, force=args.force, job_name=args.job_name,
                             time_limit=args.time, tokens=args.tokens,
-                            resume_from=resume_source_of(args), min_nodes=args.min_nodes)
+                            resume_from=resume_source_of(args), min_nodes=args.min_nodes,
+                            data=args.data, tokenizer=args.tokenizer)
         print(f"wrote {', '.join(written)}", file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -17,7 +17,8 @@ PLAN = ["--gpu", "cpu", "--gpus", "12", "--gpus-per-node", "4", "--layers", "4",
 
 def test_elastic_job_loses_a_host_and_finishes_on_two_with_the_same_curve(tmp_path):
     run_dir = tmp_path / "run"
-    emit(run_dir, *PLAN, train__steps=STEPS, train__collective_timeout_s=15, checkpoint__every=4)
+    emit(run_dir, *PLAN, train__steps=STEPS, train__collective_timeout_s=15, checkpoint__every=4,
+         data__allow_toy_corpus=True)   # a multi-host job on the shipped corpus must say so
     assert "#SBATCH --nodes=2-3" in (run_dir / "train.sbatch").read_text()
     with local_cluster(3, "elastic") as (env, state):
         proc, _ = sbatch(dict(env, LLMLAUNCH_PREFLIGHT="0"), run_dir)   # tested in test_multihost

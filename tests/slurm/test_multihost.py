@@ -51,7 +51,8 @@ def printed_map(report: str) -> dict:
 def uninterrupted(two_hosts, tmp_path_factory):
     """The emitted job run to the end on two hosts: (run dir, plan's printed report)."""
     run_dir = tmp_path_factory.mktemp("mh") / "run"
-    report = emit(run_dir, *PLAN, train__steps=STEPS, checkpoint__every=4)
+    report = emit(run_dir, *PLAN, train__steps=STEPS, checkpoint__every=4,
+                  data__allow_toy_corpus=True)   # two hosts on the shipped corpus: said so
     proc, _ = sbatch(two_hosts, run_dir)
     assert proc.wait(timeout=400) == 0, job_log(run_dir)
     return run_dir, report
@@ -90,7 +91,7 @@ def test_ranks_json_is_the_dry_run_map_plan_printed(uninterrupted):
 def test_usr1_checkpoints_requeues_and_resumes_to_the_same_curve(two_hosts, uninterrupted,
                                                                    tmp_path):
     run_dir = tmp_path / "run"
-    emit(run_dir, *PLAN, train__steps=STEPS, checkpoint__every=4)
+    emit(run_dir, *PLAN, train__steps=STEPS, checkpoint__every=4, data__allow_toy_corpus=True)
     proc, job = sbatch(dict(two_hosts, LLMLAUNCH_PREFLIGHT="0"), run_dir)   # preflight: as above
     deadline = time.monotonic() + 300
     while steps_logged(run_dir) < 2:
@@ -140,7 +141,7 @@ def test_a_lost_host_ends_the_start_named_and_the_requeued_job_resumes(cluster, 
     timeout_s, margin_s, steps = 15, 30, 24
     run_dir = tmp_path / "run"
     emit(run_dir, *PLAN, train__steps=steps, train__collective_timeout_s=timeout_s,
-         checkpoint__every=4)
+         checkpoint__every=4, data__allow_toy_corpus=True)
     proc, job = sbatch(dict(env, LLMLAUNCH_PREFLIGHT="0"), run_dir)   # preflight: the first test's
     try:
         deadline = time.monotonic() + 300

@@ -92,7 +92,7 @@ def test_no_fit_error_says_how_many_gpus_are_needed():
     (["plan", "--dp", "16", "--pp", "8", "--tp", "4"], "dp*pp*tp = 16*8*4 = 512 != --gpus 1024"),
     (["train", "--config", "/nonexistent.yaml"], "cannot read run config"),
     (["train", "--config", "tiny-cpu", "--set", "layout.tp=3"], "tp=3 does not divide heads=4"),
-    (["train", "--config", "tiny-cpu", "--set", "data.path=/nonexistent"], "data.path '/nonexistent' does not exist"),
+    (["train", "--config", "tiny-cpu", "--set", "data.path=/nonexistent"], "data source '/nonexistent' does not exist"),
 ])
 def test_bad_input_is_one_clear_line(args, needle):
     proc = run_cli(*args)

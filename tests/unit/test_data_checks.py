@@ -59,7 +59,7 @@ def test_flat_files_dtype_and_largest_id(tmp_path):
     as_uint32 = run_config(tmp_path / "tokens.bin", vocab=3000)
     as_uint32.data.dtype = "uint32"
     assert "40,000 uint16" not in check_run_data(as_uint32, tmp_path)
-    assert "20,000 uint32 tokens, token ids up to 2999" == check_run_data(as_uint32, tmp_path)
+    assert check_run_data(as_uint32, tmp_path).startswith("20,000 uint32 tokens, token ids up to 2999")
 
 
 def test_too_little_or_no_data(tmp_path):
@@ -94,3 +94,16 @@ def test_loader_checks_every_batch_with_the_same_message(tmp_path):
             pass
     batches = TokenWindowLoader(tmp_path / "t.bin", 64, 2, seed=0, vocab=2048, max_epochs=1)
     assert sum(1 for _ in batches) > 0
+
+
+def test_a_shard_that_changed_after_prepare_is_refused(prepared_2048, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared_2048, copy)
+    shard = copy / "train-00000.bin"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 1                                         # same size, other bytes
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="train-00000.bin: its SHA-256 is not the one the manifest"):
+        check_run_data(run_config(copy, vocab=2048), tmp_path)
