@@ -78,6 +78,9 @@ class LayoutSection:
     """Activation recomputation: none, selective, full."""
     offload: str = "none"
     """ZeRO-Offload to CPU memory (pp = 1): none, optimizer (ZeRO >= 1), optimizer+params (ZeRO-3)."""
+    cp: int = 1
+    """Context-parallel degree (the planner's estimates read it); a run refuses cp > 1 until
+    llmlaunch's model runs context parallelism (issue 25)."""
 
 
 @dataclass
