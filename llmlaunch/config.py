@@ -250,6 +250,9 @@ class RunConfig:
                               "(layout.tp, layout.pp against the model section)")
         if not layout.runnable:
             raise ConfigError(f"layout: {layout.not_runnable_reason()}")
+        if self.train.precision == "fp8":
+            raise ConfigError("train.precision fp8 is an estimate (plan --precision fp8): "
+                              "llmlaunch's model trains in bf16 or fp32; use auto, bf16 or fp32")
         if self.train.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"train.precision must be auto, bf16 or fp32, got "
                               f"{self.train.precision!r}")

@@ -144,12 +144,16 @@ class Engine:
     """ZeRO stages (or FSDP sharding strategies) the engine runs at all; the search tries these."""
     tp_comm_overlap: bool = False
     """Every TP collective runs beside the GEMM it feeds (Transformer Engine's userbuffers)."""
+    sequence_parallel_default: bool = False
+    """The search runs tensor parallelism with sequence parallelism (Megatron-Core's recipes do:
+    TP > 1 always with SP)."""
     cp_overlap: bool = False
     """The all-gather form of context parallelism exchanges K and V chunk by chunk beside the
     attention of the previous chunk (Transformer Engine's ring); otherwise it is exposed (Llama 3)."""
     fp8: str = ""
     """How FP8 GEMMs run (fp8.py): 'te' (Transformer Engine: FP8 weight copies kept, inputs saved in
-    FP8), 'torchao' (Float8Linear: weights cast per use); '': the engine has no FP8 path of its own
+    FP8), 'te-fp8-params' (the same with FP8 primary weights: Megatron-Core's fp8_param_gather),
+    'torchao' (Float8Linear: weights cast per use); '': the engine has no FP8 path of its own
     (priced as Transformer Engine would run it)."""
     logits_bytes: float = 0.0
     """Bytes per logit element the loss holds at its peak (0: the activation bytes + 2 fp32 copies:
@@ -221,7 +225,8 @@ ENGINES = {
         optimizer_extra_bytes=MCORE_OPTIMIZER_EXTRA_BYTES, dp_grad_bytes=2,
         attention_kernel="cudnn", activations="fused", dp_overlap="bucketed",
         pipeline_zero_stages=(0, 1), zero_stages=(0, 1, 3), tp_comm_overlap=True, cp_overlap=True,
-        fp8="te", model_states="bf16-mcore", zero_accounting="sharded",
+        sequence_parallel_default=True,
+        fp8="te-fp8-params", model_states="bf16-mcore", zero_accounting="sharded",
         source="Megatron-Core 0.20 (NVIDIA/Megatron-LM megatron/core: distributed/"
                "distributed_data_parallel_config.py overlap_grad_reduce, overlap_param_gather, "
                "bucket_size; optimizer/distrib_optimizer.py), Transformer Engine's fused kernels, "

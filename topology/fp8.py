@@ -17,8 +17,12 @@ What FP8 changes, each term a function below:
   read), block scaling (DeepSeek-V3's 1 x 128 / 128 x 128 blocks, Blackwell's MXFP8 32-element
   blocks: the scale of each block found in the cast pass, plus a byte of scale per block);
 - Transformer Engine keeps an FP8 copy of every weight and its transpose between micro-batches
-  (2 bytes a linear parameter, FP8_WEIGHT_COPY_BYTES), cast once per step; torchao casts the
-  weights at every use (their bytes join the casts);
+  (2 bytes a linear parameter beside the bf16 weight, FP8_WEIGHT_COPY_BYTES), cast once per step;
+  with FP8 primary weights (Megatron-Core's `fp8_param_gather`, which Megatron-Bridge's FP8
+  recipes set: training/mixed_precision.py bf16_with_fp8_current_scaling_mixed) the FP8 weight and
+  its transpose replace the bf16 copy (2 bytes either way: nothing extra), and the distributed
+  optimizer gathers the updated weights in FP8; torchao casts the weights at every use (their
+  bytes join the casts);
 - Transformer Engine saves the linear layers' FP8 inputs for backward (activations.py, 'fused').
 Scale bookkeeping (an amax and a scale per tensor, an amax history of 1024 steps per tensor under
 delayed scaling) is a few kilobytes a layer: not counted.
@@ -41,7 +45,7 @@ DEFAULT_FP8_RECIPE = "current"
 # writes one scale byte per 32-element block of each copy.
 FP8_CAST_BYTES = {"delayed": 4.0, "current": 6.0, "block": 4.0 + 2 / 32}
 # Transformer Engine's cached FP8 weight and its transpose (or column-wise copy), per parameter.
-FP8_WEIGHT_COPY_BYTES = {"te": 2, "torchao": 0, "": 2}
+FP8_WEIGHT_COPY_BYTES = {"te": 2, "te-fp8-params": 0, "torchao": 0, "": 2}
 
 
 def fp8_gemm_gpu(gpu: GpuSpec) -> GpuSpec:

@@ -107,12 +107,20 @@ def layer_params(spec: ModelSpec, tp: int = 1) -> LayerParams:
     return _split(attn_sharded + mlp_sharded, attn_replicated + mlp_replicated + norms, tp)
 
 
+@functools.lru_cache(maxsize=256)
+def dense_variant(spec: ModelSpec) -> ModelSpec:
+    """The spec with a dense MLP of width f in every block: what an MoE model's first dense_layers
+    blocks are (the spec itself for a dense model)."""
+    if not spec.moe:
+        return spec
+    return spec.replace(experts=0, experts_per_token=0, expert_ffn_hidden=0,
+                        shared_expert_ffn_hidden=0, shared_expert_gate=False, dense_layers=0)
+
+
 def dense_layer_params(spec: ModelSpec, tp: int = 1) -> LayerParams:
     """A block with a dense MLP of width f: every block of a dense model, the first dense_layers
     blocks of an MoE model."""
-    return layer_params(spec.replace(experts=0, experts_per_token=0, expert_ffn_hidden=0,
-                                     shared_expert_ffn_hidden=0, shared_expert_gate=False,
-                                     dense_layers=0), tp)
+    return layer_params(dense_variant(spec), tp)
 
 
 def embedding_params(spec: ModelSpec, tp: int = 1, pad: bool = True) -> int:
