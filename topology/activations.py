@@ -110,10 +110,13 @@ def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recom
     linear_in = 1 if fused and fp8 else act_bytes      # Transformer Engine saves FP8 inputs
     norms = spec.block_norms
     replicated = (norms * norm_b + 2 * linear_in) * sbh / seq_split
-    qkv = act_bytes * s * b * (spec.q_width + 2 * spec.kv_hidden) / t
-    attn_out = act_bytes * s * b * spec.q_width / t
+    qkv = act_bytes * s * b * (spec.q_width + spec.kv_hidden + spec.v_width) / t
+    attn_out = act_bytes * s * b * spec.out_width / t
     if fused and fp8:           # the out-projection's FP8 copy of the attention output
-        attn_out += s * b * spec.q_width / t
+        attn_out += s * b * spec.out_width / t
+    if spec.mla:                # the latent inputs of the up-projections, their norms' inputs
+        latent = 2 * (spec.q_lora_rank + spec.kv_lora_rank) + spec.qk_rope_head_dim
+        qkv += act_bytes * s * b * latent / seq_split
     mlp = act_bytes * mlp_activation_elements(spec, s * b, t, gated_width=3 if fused else 4)
     if fused and fp8:           # the down projection's input, saved as FP8 (1 of its f bytes)
         mlp -= (act_bytes - 1) * mlp_down_input_elements(spec, s * b, t)

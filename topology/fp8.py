@@ -34,8 +34,8 @@ import dataclasses
 from .hardware import GpuSpec
 from .model_spec import ModelSpec
 
-FP8_GEMMS = ("qkv", "out-proj", "mlp-up", "mlp-gate", "mlp-down", "shared-up", "shared-gate",
-             "shared-down")
+FP8_GEMMS = ("qkv", "q-proj", "q-down", "q-up", "kv-down", "kv-up", "out-proj", "mlp-up",
+             "mlp-gate", "mlp-down", "shared-up", "shared-gate", "shared-down")
 """The GEMMs (gemms.py names) that run in FP8; attention, router, head and gates stay bf16."""
 FP8_RECIPES = ("delayed", "current", "block")
 DEFAULT_FP8_RECIPE = "current"

@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 
 from .flops import attention_core_flops_per_token
 from .model_spec import ModelSpec
-from .params import dense_variant, padded_vocab
+from .params import dense_variant, mla_projections, padded_vocab
 
 PHASES = ("forward", "backward-data", "backward-weight")
 ATTENTION_CORE = ("attention-scores", "attention-values")
@@ -88,8 +88,8 @@ class Gemm:
 
 
 def attended_keys(spec: ModelSpec, seq_len: int) -> float:
-    """s_k: keys per query, from the attention core's FLOPs per token (4 a d s_k)."""
-    return attention_core_flops_per_token(spec, seq_len) / (4 * spec.heads * spec.head_dim)
+    """s_k: keys per query, from the attention core's FLOPs per token (2 a (d + d_v) s_k)."""
+    return attention_core_flops_per_token(spec, seq_len) / (2 * (spec.q_width + spec.out_width))
 
 
 def block_forward_gemms(spec: ModelSpec, *, micro_batch: int, seq_len: int, tp: int,
@@ -111,13 +111,17 @@ def block_forward_gemms(spec: ModelSpec, *, micro_batch: int, seq_len: int, tp: 
     if cp > 1 and cp_kind == "alltoall":
         queries, heads_local = s, b * spec.heads // (t * cp)
     executed, on_chip = (0.5, queries * keys) if causal_skip else (1.0, 0.0)
-    gemms = [
-        Gemm("qkv", tokens, (q_width + 2 * spec.kv_hidden) / t, spec.hidden),
+    if spec.mla:     # the down-projections replicated over TP, the up-projections split
+        gemms = [Gemm(name, tokens, width / (t if split else 1), k)
+                 for name, k, width, split in mla_projections(spec)]
+    else:
+        gemms = [Gemm("qkv", tokens, (q_width + spec.kv_hidden + spec.v_width) / t, spec.hidden)]
+    gemms += [
         Gemm("attention-scores", queries, keys, spec.head_dim, heads_local, executed=executed,
              on_chip=on_chip),
-        Gemm("attention-values", queries, spec.head_dim, keys, heads_local, executed=executed,
+        Gemm("attention-values", queries, spec.value_head_dim, keys, heads_local, executed=executed,
              on_chip=on_chip),
-        Gemm("out-proj", tokens, spec.hidden, q_width / t),
+        Gemm("out-proj", tokens, spec.hidden, spec.out_width / t),
     ]
     if spec.moe:
         return tuple(gemms) + moe_forward_gemms(spec, tokens=tokens, tp=t, ep=ep,
