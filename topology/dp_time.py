@@ -27,7 +27,7 @@ every forward one).
 """
 from __future__ import annotations
 
-from .collectives import allgather_time_s
+from .collectives import allgather_time_s, comm_sm_share, overlapped_exposed_s
 from .engines import Engine
 from .hardware import GpuSpec
 from .layout import Layout
@@ -44,17 +44,20 @@ def mcore_bucket_params(dp: int) -> int:
     return max(MCORE_MIN_BUCKET_PARAMS, MCORE_BUCKET_PARAMS_PER_RANK * dp)
 
 
-def bucketed_exposed_s(total_s: float, bucket_s: float, window_s: float) -> float:
+def bucketed_exposed_s(total_s: float, bucket_s: float, window_s: float,
+                       comm_sm_share: float = 0.0) -> float:
     """What of bucketed communication a compute window of window_s leaves exposed: the last
-    bucket always, and what exceeds the window: max(bucket, total - window) (0 with nothing to send)."""
+    bucket always, and what exceeds the window, NCCL's channels taking comm_sm_share of the SMs
+    from the compute meanwhile (step_time.overlapped_exposed_s): max(bucket, exposed) (0 with
+    nothing to send)."""
     if total_s <= 0:
         return 0.0
-    return max(min(bucket_s, total_s), total_s - window_s)
+    return max(min(bucket_s, total_s), overlapped_exposed_s(total_s, window_s, comm_sm_share))
 
 
 def mcore_dp_exposed_s(params: float, *, grad_bytes: int, weight_bytes: int, dp: int,
                        distributed_optimizer: bool, compute_s: float, bw_gb_per_s: float,
-                       latency_s: float) -> float:
+                       latency_s: float, comm_sm_share: float = 0.0) -> float:
     """Megatron-Core's exposed data-parallel time per step (module docstring): the gradients'
     reduce-scatter (all-reduce: twice the bytes, without the distributed optimizer) behind the last
     micro-batch's backward, the weights' all-gather behind the next forward."""
@@ -67,18 +70,18 @@ def mcore_dp_exposed_s(params: float, *, grad_bytes: int, weight_bytes: int, dp:
 
     rounds = 1 if distributed_optimizer else 2
     reduce = bucketed_exposed_s(rounds * half(params, grad_bytes), rounds * half(bucket, grad_bytes),
-                                compute_s * 2 / 3)
+                                compute_s * 2 / 3, comm_sm_share)
     if not distributed_optimizer:
         return reduce
     gather = bucketed_exposed_s(half(params, weight_bytes), half(bucket, weight_bytes),
-                                compute_s / 3)
+                                compute_s / 3, comm_sm_share)
     return reduce + gather
 
 
 def fsdp_exposed_s(block_params: float, root_params: float, stage_params: float, *,
                    gather_bytes: int, reduce_bytes: int, dp: int, zero_stage: int,
                    reshard_after_forward: bool, compute_s: float, bw_gb_per_s: float,
-                   latency_s: float) -> float:
+                   latency_s: float, comm_sm_share: float = 0.0) -> float:
     """FSDP's exposed data-parallel time per micro-batch (module docstring)."""
     if dp <= 1:
         return 0.0
@@ -91,8 +94,10 @@ def fsdp_exposed_s(block_params: float, root_params: float, stage_params: float,
     regather = gathers if zero_stage == 3 and reshard_after_forward else 0.0
     edge = max(block_params, root_params)
     first, last = half(edge, gather_bytes), half(edge, reduce_bytes)
-    return (first + last + max(0.0, gathers - first - compute_s / 3)
-            + max(0.0, regather + reduce - last - compute_s * 2 / 3))
+    return (first + last
+            + max(0.0, overlapped_exposed_s(gathers - first, compute_s / 3, comm_sm_share))
+            + max(0.0, overlapped_exposed_s(regather + reduce - last, compute_s * 2 / 3,
+                                            comm_sm_share)))
 
 
 def overlapped_dp_time_s(spec: ModelSpec, gpu: GpuSpec, layout: Layout, eng: Engine, precision: Precision,
@@ -115,10 +120,12 @@ def overlapped_dp_time_s(spec: ModelSpec, gpu: GpuSpec, layout: Layout, eng: Eng
                              gather_bytes=precision.compute_weight_bytes,
                              reduce_bytes=precision.grad_bytes, dp=dpn,
                              zero_stage=layout.zero_stage, reshard_after_forward=reshard,
-                             compute_s=compute_s, bw_gb_per_s=bw, latency_s=alpha)
+                             compute_s=compute_s, bw_gb_per_s=bw, latency_s=alpha,
+                             comm_sm_share=comm_sm_share(gpu))
         return (layout.grad_accum if reshard else 1) * per, 0.0
     reduce = mcore_dp_exposed_s(worst.params, grad_bytes=eng.dp_grad_bytes or precision.grad_bytes,
                                 weight_bytes=precision.weight_bytes, dp=dpn,
                                 distributed_optimizer=layout.zero_stage == 1,
-                                compute_s=compute_s, bw_gb_per_s=bw, latency_s=alpha)
+                                compute_s=compute_s, bw_gb_per_s=bw, latency_s=alpha,
+                                comm_sm_share=comm_sm_share(gpu))
     return 0.0, reduce

@@ -6,7 +6,9 @@ under each:
 
 - pipeline sends: "blocking" (the stage waits for each send and receive: DeepSpeed's
   PipelineEngine, p2p.send/recv per instruction; Megatron-LM's 1F1B, which waits on its batched
-  isend/irecv before computing) or "async" (overlapped with compute).
+  isend/irecv before computing), "async" (overlapped with compute) or "async-interleaved"
+  (Megatron-Core as Megatron-Bridge configures it, training/comm_overlap.py: overlap_p2p_comm on
+  with virtual stages, batched blocking sends without).
 - scatter/gather (Narayanan et al. 2021, §4.1): each of the t tensor ranks of a stage sends 1/t of
   the activation across nodes and the receiving stage all-gathers it over NVLink. Megatron-LM only.
 - tp_backward_overlap: the column-parallel layers' backward collectives overlap their GEMMs: the
@@ -220,7 +222,7 @@ ENGINES = {
                "context parallelism, exposed; fused attention and the fused kernel set assumed (the "
                "report names no kernels: FlashAttention-2's rate)"),
     "megatron-core": Engine(
-        "megatron-core", kernels="megatron", dropout=False, pipeline_sends="blocking",
+        "megatron-core", kernels="megatron", dropout=False, pipeline_sends="async-interleaved",
         tp_backward_overlap=True, grad_accumulation_bytes=MCORE_ACCUMULATION_BYTES,
         optimizer_extra_bytes=MCORE_OPTIMIZER_EXTRA_BYTES, dp_grad_bytes=2,
         attention_kernel="cudnn", activations="fused", dp_overlap="bucketed",
@@ -242,6 +244,17 @@ ENGINES = {
                " at 9dec370, 2024-12: one unit per block, reshard_after_forward except under a "
                "pipeline, MixedPrecisionPolicy(bf16, fp32), per-op selective AC); zero_stage 2 is "
                "SHARD_GRAD_OP, 3 FULL_SHARD"),
+    "llm-foundry": Engine(
+        "llm-foundry", kernels="eager", dropout=False, pipeline_sends="blocking",
+        attention_kernel="fa2", activations="fused", dp_overlap="fsdp",
+        pipeline_zero_stages=(0, 1, 2, 3), zero_stages=(0, 2, 3), fp8="te",
+        logits_bytes=4.0, model_states="bf16-fsdp", zero_accounting="sharded",
+        source="MosaicML llm-foundry (scripts/train/benchmarking) on Composer's FSDP: FULL_SHARD or "
+               "SHARD_GRAD_OP over the MPT blocks, mixed precision DEFAULT (bf16 compute, fp32 "
+               "parameters and reduce), FSDP activation checkpointing of whole blocks, flash "
+               "attention, low-precision LayerNorm saving its bf16 input, and flash-attn's fused "
+               "cross-entropy (modeling_mpt.py loss_fn 'fused_crossentropy': bf16 logits and their "
+               "gradient, 4 bytes a logit)"),
 }
 DEFAULT_ENGINE = "deepspeed"
 

@@ -81,6 +81,14 @@ class GpuSpec:
     """Dense FP8 tensor-core peak (0: no FP8 tensor cores; `--precision fp8` is refused)."""
     fp8_matmul_efficiency: float = 0.0
     """Fraction of fp8_peak_tflops an FP8 GEMM of a well-tiled shape reaches (the FP8 MAMF)."""
+    gemm_wave_overhead_us: float = 0.0
+    """Fixed time each wave of GEMM output tiles spends outside its K loop (pipeline fill and
+    epilogue; topology/gemm_model.py); 0: not measured (taken as hidden)."""
+    sustained_clock_fraction: float = 1.0
+    """Fraction of the tensor-core rate the benchmarks measure (MAMF, attention kernels: short
+    bursts on an otherwise idle GPU, at the boost clock) that the GPU keeps under sustained full
+    load at its power limit, where its SM clock drops (the HBM clock does not); applied to GEMMs
+    and fused attention (step_time.priced_gemm_time_s). 1: no throttling measured."""
     attention_efficiency: tuple = ()
     """((kernel, forward fraction, backward fraction), ...): the fraction of the bf16 peak a fused
     attention kernel (fa2, cudnn, fa3) reaches at long sequences (its authors' benchmarks at head
@@ -111,6 +119,9 @@ class GpuSpec:
                 raise ValueError(f"GPU {self.name}: {field} must be a number >= 0, got {value!r}")
         if not 0 < self.hbm_efficiency <= 1:
             raise ValueError(f"GPU {self.name}: hbm_efficiency must be in (0, 1], got {self.hbm_efficiency}")
+        if not 0 < self.sustained_clock_fraction <= 1:
+            raise ValueError(f"GPU {self.name}: sustained_clock_fraction must be in (0, 1], got "
+                             f"{self.sustained_clock_fraction}")
         if self.matmul_efficiency > 1:
             raise ValueError(f"GPU {self.name}: matmul_efficiency must be <= 1, got {self.matmul_efficiency}")
         for field in ("sm_count", "gemm_tile_m", "gemm_tile_n"):

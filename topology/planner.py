@@ -20,9 +20,9 @@ from .engines import DEFAULT_ENGINE, Engine, engine as engine_named
 from .experts import DEFAULT_CAPACITY_FACTOR, expert_data_parallel
 from .fp8 import fp8_weight_cast_bytes
 from .params import padded_vocab
-from .step_time import (StageTime, StepTime, allgather_time_s, bubble_fraction, data_parallel_time_s,
-                        optimizer_time_s, pipeline_time_s, stage_micro_batch_time,
-                        tied_embedding_time_s)
+from .step_time import (StageTime, StepTime, allgather_time_s, bubble_fraction, comm_sm_share,
+                        data_parallel_time_s, optimizer_time_s, overlapped_exposed_s,
+                        pipeline_time_s, stage_micro_batch_time, tied_embedding_time_s)
 from .zero_time import (cpu_adam_time_s, host_link_time_s, offload_transfer_bytes, parameter_tensors,
                         zero3_exposed_s, zero3_gather_time_s, zero_host_time_s,
                         zero_micro_batch_time_s)
@@ -206,13 +206,15 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
         # gathers prefetched ahead of forward and backward, then the gradients' reduce-scatter
         # (zero3_exposed_s); the partitions stay put at the step
         gather = zero3_gather_time_s(max_params, precision, gpu, dp=dpn, dp_spans_nodes=dp_spans) / 2
-        exposed_zero = m * zero3_exposed_s(gather, zero_s - 2 * gather, slowest.compute_s)
+        exposed_zero = m * zero3_exposed_s(gather, zero_s - 2 * gather, slowest.compute_s,
+                                           comm_sm_share(gpu))
     elif layout.zero_stage == 2:
         zero_s = zero_micro_batch_time_s(max_params, precision, gpu, dp=dpn,
                                          zero_stage=layout.zero_stage, dp_spans_nodes=dp_spans)
         # each micro-batch's reduce-scatter overlaps its backward (2/3 of compute); the updated
         # weights are all-gathered after the step
-        exposed_zero = m * max(0.0, zero_s - slowest.compute_s * 2 / 3)
+        exposed_zero = m * overlapped_exposed_s(zero_s, slowest.compute_s * 2 / 3,
+                                                comm_sm_share(gpu))
         dp_s = allgather_time_s(max_params * precision.weight_bytes, dpn,
                                 gpu.inter_node_gb_per_s if dp_spans else gpu.intra_node_gb_per_s,
                                 gpu.link_latency_s(dp_spans))

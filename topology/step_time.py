@@ -196,7 +196,8 @@ def pipeline_send_time_s(*, first: bool, last: bool, pp: int, tp: int, tokens: i
     (Narayanan et al. 2021, Section 2.2.2). The message is T h A bytes, T h A / t under SP
     (already split). Megatron-LM's scatter/gather (§4.1) sends 1/t of it from each tensor rank and
     all-gathers it over NVLink (node_collective_time_s). Blocking engines wait for it; asynchronous ones hide it."""
-    if pp <= 1 or engine.pipeline_sends == "async":
+    if pp <= 1 or engine.pipeline_sends == "async" or (
+            engine.pipeline_sends == "async-interleaved" and virtual_stages > 1):
         return 0.0
     sends = ((0 if last else 1) + (0 if first else 1)) if virtual_stages == 1 else 2 * virtual_stages
     pp_bw = gpu.inter_node_gb_per_s if pp_spans_nodes else gpu.intra_node_gb_per_s
@@ -255,15 +256,17 @@ def priced_gemm_time_s(gemm: Gemm, gpu: GpuSpec, act: int, *, fp8: bool = False,
     """One GEMM's seconds: a fused attention kernel's GEMMs (flash: an operand kept on chip) at the
     kernel's measured fraction of peak (attention_rate: forward for the forward and recomputed
     ones, backward for the rest), the FP8 linear layers at the FP8 rate (fp8.py), every other GEMM
-    by the shape model (gemm_model.py)."""
+    by the shape model (gemm_model.py); each at the rate the GPU sustains under full load
+    (GpuSpec.sustained_clock_fraction: the benchmarks ran at the boost clock)."""
+    sustained = gpu.sustained_clock_fraction
     if gemm.name in ATTENTION_CORE and gemm.on_chip and attention_kernel:
         rate = attention_rate(gpu, attention_kernel,
                               "forward" if gemm.phase == "forward" else "backward")
         if rate is not None:
-            return gemm.executed_flops / (gpu.peak_tflops * 1e12 * rate)
+            return gemm.executed_flops / (gpu.peak_tflops * 1e12 * rate * sustained)
     if fp8 and gemm.name in FP8_GEMMS:
-        return gemm_time_s(gemm, fp8_gemm_gpu(gpu), 1)
-    return gemm_time_s(gemm, gpu, act)
+        return gemm_time_s(gemm, fp8_gemm_gpu(gpu), 1) / sustained
+    return gemm_time_s(gemm, gpu, act) / sustained
 
 
 @functools.lru_cache(maxsize=8192)
