@@ -30,6 +30,7 @@ delayed scaling) is a few kilobytes a layer: not counted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from .hardware import GpuSpec
 from .model_spec import ModelSpec
@@ -48,6 +49,7 @@ FP8_CAST_BYTES = {"delayed": 4.0, "current": 6.0, "block": 4.0 + 2 / 32}
 FP8_WEIGHT_COPY_BYTES = {"te": 2, "te-fp8-params": 0, "torchao": 0, "": 2}
 
 
+@functools.lru_cache(maxsize=64)
 def fp8_gemm_gpu(gpu: GpuSpec) -> GpuSpec:
     """The GPU as its FP8 GEMMs see it: FP8 peak and the FP8 MAMF's efficiency; ValueError on a GPU
     without FP8 tensor cores (A100)."""

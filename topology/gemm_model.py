@@ -49,11 +49,26 @@ tile model (sm_count 0): q = 1.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
 from .gemms import Gemm
 from .hardware import GpuSpec
+
+
+@functools.lru_cache(maxsize=64)
+def at_sustained_clock(gpu: GpuSpec) -> GpuSpec:
+    """The GPU as its tensor cores run under sustained full load (GpuSpec.sustained_clock_fraction
+    f): the SM clock drops, so the GEMM rates scale by f and each wave's fixed time (cycles) by
+    1/f; the HBM clock does not drop, so a memory-bound GEMM keeps its time."""
+    f = gpu.sustained_clock_fraction
+    if f == 1.0:
+        return gpu
+    return dataclasses.replace(gpu, matmul_efficiency=gpu.matmul_efficiency * f,
+                               fp8_matmul_efficiency=gpu.fp8_matmul_efficiency * f,
+                               gemm_wave_overhead_us=gpu.gemm_wave_overhead_us / f,
+                               sustained_clock_fraction=1.0)
 
 
 def wave_overhead_s(k_short: float, seconds_short: float, k_long: float, seconds_long: float,

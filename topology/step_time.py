@@ -55,7 +55,7 @@ from .context_parallel import cp_block_time_s
 from .engines import DEFAULT_ENGINE, ENGINES, Engine, instructions_per_micro_batch
 from .experts import DEFAULT_CAPACITY_FACTOR, alltoall_buffer_bytes, alltoalls_per_moe_layer
 from .fp8 import FP8_GEMMS, fp8_cast_bytes_per_token, fp8_gemm_gpu, fp8_weight_cast_bytes
-from .gemm_model import gemm_time_s
+from .gemm_model import at_sustained_clock, gemm_time_s
 from .gemms import ATTENTION_CORE, Gemm, stage_gemms
 from .hardware import GpuSpec
 from .kernels import block_kernel_bytes, block_kernels, embedding_kernel_bytes, head_kernel_bytes
@@ -256,17 +256,17 @@ def priced_gemm_time_s(gemm: Gemm, gpu: GpuSpec, act: int, *, fp8: bool = False,
     """One GEMM's seconds: a fused attention kernel's GEMMs (flash: an operand kept on chip) at the
     kernel's measured fraction of peak (attention_rate: forward for the forward and recomputed
     ones, backward for the rest), the FP8 linear layers at the FP8 rate (fp8.py), every other GEMM
-    by the shape model (gemm_model.py); each at the rate the GPU sustains under full load
-    (GpuSpec.sustained_clock_fraction: the benchmarks ran at the boost clock)."""
-    sustained = gpu.sustained_clock_fraction
+    by the shape model (gemm_model.py); each at the clock the GPU sustains under full load
+    (gemm_model.at_sustained_clock: the benchmarks ran at the boost clock)."""
     if gemm.name in ATTENTION_CORE and gemm.on_chip and attention_kernel:
         rate = attention_rate(gpu, attention_kernel,
                               "forward" if gemm.phase == "forward" else "backward")
         if rate is not None:
-            return gemm.executed_flops / (gpu.peak_tflops * 1e12 * rate * sustained)
+            return gemm.executed_flops / (gpu.peak_tflops * 1e12 * rate
+                                          * gpu.sustained_clock_fraction)
     if fp8 and gemm.name in FP8_GEMMS:
-        return gemm_time_s(gemm, fp8_gemm_gpu(gpu), 1) / sustained
-    return gemm_time_s(gemm, gpu, act) / sustained
+        return gemm_time_s(gemm, at_sustained_clock(fp8_gemm_gpu(gpu)), 1)
+    return gemm_time_s(gemm, at_sustained_clock(gpu), act)
 
 
 @functools.lru_cache(maxsize=8192)
