@@ -51,6 +51,7 @@ def mlp_activation_elements(spec: ModelSpec, tokens: float, tp: int, gated_width
     return elements + 2 * tokens * spec.experts
 
 
+@functools.lru_cache(maxsize=4096)
 def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recompute: str,
                                act_bytes: int = 2, flash_attention: bool = True,
                                dropout: bool = False, seq_len: int | None = None,

@@ -33,9 +33,12 @@ With gpt2, full recompute and V_p = V the FLOPs of this list sum to Narayanan et
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, replace
 
 from .flops import attention_core_flops_per_token
+from .frozen_hash import cached_hash
 from .model_spec import ModelSpec
 from .params import dense_variant, mla_projections, padded_vocab
 
@@ -68,6 +71,9 @@ class Gemm:
     @property
     def executed_flops(self) -> float:
         return self.flops * self.executed
+
+    def __hash__(self) -> int:
+        return cached_hash(self)
 
     def operand_elements(self) -> float:
         """Elements read and written once each: A (m k), B (k n), C (m n), per product, less what a
@@ -176,6 +182,7 @@ def recomputed_gemms(forward: tuple[Gemm, ...], recompute: str) -> tuple[Gemm, .
     return ()
 
 
+@functools.lru_cache(maxsize=4096)
 def block_gemms(spec: ModelSpec, *, micro_batch: int, seq_len: int, tp: int, recompute: str,
                 causal_skip: bool = False, ep: int = 1, capacity_factor: float = 1.0,
                 cp: int = 1, cp_kind: str = "allgather") -> tuple[Gemm, ...]:

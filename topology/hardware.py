@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from .frozen_hash import cached_hash
+
 _CATALOG = Path(__file__).parent / "data" / "gpus.yaml"
 GIB = 1024 ** 3
 
@@ -88,7 +90,7 @@ class GpuSpec:
     """Fraction of the tensor-core rate the benchmarks measure (MAMF, attention kernels: short
     bursts on an otherwise idle GPU, at the boost clock) that the GPU keeps under sustained full
     load at its power limit, where its SM clock drops (the HBM clock does not); applied to GEMMs
-    and fused attention (step_time.priced_gemm_time_s). 1: no throttling measured."""
+    and fused attention (gemm_pricing.priced_gemm_time_s). 1: no throttling measured."""
     attention_efficiency: tuple = ()
     """((kernel, forward fraction, backward fraction), ...): the fraction of the bf16 peak a fused
     attention kernel (fa2, cudnn, fa3) reaches at long sequences (its authors' benchmarks at head
@@ -139,6 +141,9 @@ class GpuSpec:
                              "peak")
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"GPU {self.name}: precision must be bf16 or fp32, got {self.precision!r}")
+
+    def __hash__(self) -> int:
+        return cached_hash(self)
 
     @property
     def memory_bytes(self) -> float:

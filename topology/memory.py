@@ -7,6 +7,8 @@ Psi parameters held by one GPU.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 from dataclasses import dataclass
 
 from .activations import (FP32_BYTES, activation_bytes_per_layer, logits_bytes,  # noqa: F401
@@ -213,6 +215,7 @@ def dense_blocks_in(spec: ModelSpec, first_block: int, blocks: int) -> int:
     return max(0, min(first_block + blocks, spec.dense_layers) - first_block)
 
 
+@functools.lru_cache(maxsize=4096)
 def stage_params(spec: ModelSpec, stage: int, pp: int, tp: int, blocks: int, ep: int = 1,
                  first_block: int = 0) -> float:
     """Parameters held by one GPU of `stage` (TP slice; the embedding on the first stage, the head
@@ -329,8 +332,35 @@ def stage_memory(spec: ModelSpec, *, stage: int, blocks: int, dp: int, pp: int, 
     Context parallelism (cp ranks per sequence) splits the activations cp-fold, and ZeRO, the
     distributed optimizer and FSDP shard over the dp x cp ranks that hold the same weights (the
     data-parallel group Megatron-Core, torchtitan and DeepSpeed-Ulysses reduce gradients over)."""
+    params, expert, states, buffers, saved, transient = _stage_fixed(
+        spec, stage == 0, stage == pp - 1, blocks, dense_blocks_in(spec, first_block, blocks), dp,
+        pp, tp, micro_batch, zero_stage, recompute, precision, flash_attention, seq_len,
+        sequence_parallel, ep, offload, engine, cp)
+    # saved tensors of every micro-batch in flight (the last stage has one), then what exists once:
+    # the block being recomputed (full recompute), the logits and their gradient (last stage)
+    activations = micro_batches_in_flight(stage, pp, micro_batches, virtual_stages) * saved + transient
+    allocated = sum(states.values()) + activations + buffers
+    overhead = FRAGMENTATION_FRACTION * allocated + framework_bytes
+    return StageMemory(stage=stage, blocks=blocks, params=params, activations=activations,
+                       buffers=buffers + overhead, overhead=overhead, expert_params=expert, **states)
+
+
+@functools.lru_cache(maxsize=8192)
+def _stage_fixed(spec: ModelSpec, first: bool, last: bool, blocks: int, dense: int, dp: int,
+                 pp: int, tp: int, micro_batch: int, zero_stage: int, recompute: str,
+                 precision: Precision, flash_attention: bool, seq_len: int | None,
+                 sequence_parallel: bool, ep: int, offload: str, engine: Engine,
+                 cp: int) -> tuple:
+    """What stage_memory needs that does not depend on the micro-batches in flight: (parameters,
+    routed-expert parameters, model states {weights, gradients, optimizer}, buffers, one
+    micro-batch's saved activations, the transient activations), for a stage of `blocks` blocks,
+    `dense` of them an MoE model's first dense layers, first and/or last in the pipeline. The
+    middle stages of a deep pipeline share it."""
+    stage = 0 if first else (pp - 1 if last else 1)
+    # a first block index giving the same `dense` count (all stage_params reads of it)
+    first_block = spec.dense_layers - dense if spec.moe else 0
     params = stage_params(spec, stage, pp, tp, blocks, ep, first_block)
-    moe_blocks = blocks - dense_blocks_in(spec, first_block, blocks)
+    moe_blocks = blocks - dense
     expert = expert_params_held(spec, moe_blocks, tp, ep)
     shard, expert_shard = dp * cp, expert_data_parallel(dp, ep) * cp
     states_of = (deepspeed_model_state_bytes if engine.zero_accounting == "deepspeed" else
@@ -343,35 +373,29 @@ def stage_memory(spec: ModelSpec, *, stage: int, blocks: int, dp: int, pp: int, 
         states["weights"] += fp8_weight_copy_bytes(linear_params_held(spec, tp, blocks, moe_blocks, ep),
                                                    engine.fp8)
     act = precision.activation_bytes
-    in_flight = micro_batches_in_flight(stage, pp, micro_batches, virtual_stages)
     rules = dict(flash_attention=flash_attention, seq_len=seq_len, sequence_parallel=sequence_parallel,
                  norm_bytes=precision.norm_bytes, policy=engine.activations, cp=cp,
                  fp8=precision.fp8 and engine.fp8 != "torchao")
-    # saved tensors of every micro-batch in flight (the last stage has one), then what exists once:
-    # the block being recomputed (full recompute), the logits and their gradient (last stage)
-    activations = in_flight * saved_activation_bytes(
-        spec, stage=stage, pp=pp, blocks=blocks, micro_batch=micro_batch, tp=tp, recompute=recompute,
-        act_bytes=act, **rules)
-    activations += transient_activation_bytes(
+    saved = saved_activation_bytes(spec, stage=stage, pp=pp, blocks=blocks, micro_batch=micro_batch,
+                                   tp=tp, recompute=recompute, act_bytes=act, **rules)
+    transient = transient_activation_bytes(
         spec, stage=stage, pp=pp, micro_batch=micro_batch, tp=tp, recompute=recompute, act_bytes=act,
         logits_per_element=engine.logits_bytes, **rules)
     block = layer_params(spec, tp).total
     if engine.zero_accounting == "deepspeed":
         largest = 0.0
         if zero_stage == 3:   # the largest module ZeRO-3 gathers whole: a block, the embedding or head
-            largest = max(block, embedding_params(spec, tp) if stage == 0 else 0,
-                          head_params(spec, tp, separate_stage=pp > 1) if stage == pp - 1 else 0)
+            largest = max(block, embedding_params(spec, tp) if first else 0,
+                          head_params(spec, tp, separate_stage=pp > 1) if last else 0)
         buffers = buffer_bytes(params, zero_stage, precision, shard, largest)
     else:
-        head = head_params(spec, tp, separate_stage=pp > 1) if stage == pp - 1 else 0
-        root = (embedding_params(spec, tp) if stage == 0 else 0) + head
+        head = head_params(spec, tp, separate_stage=pp > 1) if last else 0
+        root = (embedding_params(spec, tp) if first else 0) + head
         buffers = fsdp_unsharded_bytes(params, block, root, head, zero_stage, pp, precision)
-    allocated = sum(states.values()) + activations + buffers
-    overhead = FRAGMENTATION_FRACTION * allocated + framework_bytes
-    return StageMemory(stage=stage, blocks=blocks, params=params, activations=activations,
-                       buffers=buffers + overhead, overhead=overhead, expert_params=expert, **states)
+    return params, expert, states, buffers, saved, transient
 
 
+@functools.lru_cache(maxsize=4096)
 def linear_params_held(spec: ModelSpec, tp: int, blocks: int, moe_blocks: int, ep: int) -> float:
     """Parameters of the linear layers one GPU holds for `blocks` blocks (their TP-split matrices:
     what FP8 GEMMs read), the routed experts E/ep."""
@@ -388,7 +412,7 @@ def pipeline_memory(spec: ModelSpec, *, dp: int, pp: int, tp: int, micro_batch: 
                     engine: Engine = ENGINES[DEFAULT_ENGINE], cp: int = 1) -> list[StageMemory]:
     """Memory of every pipeline stage, with the same block split the model builds."""
     split = split_stages(spec, pp, tp)
-    firsts = [sum(split[:i]) for i in range(len(split))]
+    firsts = list(itertools.accumulate(split[:-1], initial=0))
     return [stage_memory(spec, stage=i, blocks=blocks, dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
                          micro_batches=micro_batches, zero_stage=zero_stage, recompute=recompute,
                          precision=precision, framework_bytes=framework_bytes,

@@ -18,6 +18,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from .frozen_hash import cached_hash
+
 # Families llmlaunch's model (model/) builds and trains.
 RUNNABLE_ARCHS = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 # Families the planner knows from their Hugging Face configs (transformers' model_type, except
@@ -165,6 +167,9 @@ class ModelSpec:
                              f"{self.layers} layers")
         if self.sliding_window_layers == self.layers or not self.sliding_window:
             object.__setattr__(self, "sliding_window_layers", 0)   # one spelling of "all" / none
+
+    def __hash__(self) -> int:
+        return cached_hash(self)
 
     def _resolve_family(self):
         defaults = FAMILY_DEFAULTS[self.arch]

@@ -151,6 +151,7 @@ def mla_projections(spec: ModelSpec) -> list[tuple[str, int, int, bool]]:
                   ("kv-up", spec.kv_lora_rank, a * (nope + spec.value_head_dim), True)]
 
 
+@functools.lru_cache(maxsize=4096)
 def dense_layer_params(spec: ModelSpec, tp: int = 1) -> LayerParams:
     """A block with a dense MLP of width f: every block of a dense model, the first dense_layers
     blocks of an MoE model."""

@@ -3,6 +3,7 @@ and ranked by throughput among the layouts whose worst pipeline stage fits in me
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -12,8 +13,8 @@ from .layout import CP_KINDS, OFFLOAD_MODES, RECOMPUTE_MODES, Layout
 from .layout_rules import (CP_MIN_TOKENS_PER_RANK, divisors, engine_reasons,  # noqa: F401
                            layout_reasons, searched_cp_degrees, searched_offloads,
                            searched_zero_stages, structural_reasons)
-from .memory import (Precision, StageMemory, linear_params_held, offloaded_bytes, pipeline_memory,
-                     precision_for)
+from .memory import (Precision, StageMemory, dense_blocks_in, linear_params_held, offloaded_bytes,
+                     pipeline_memory, precision_for)
 from .model_spec import ModelSpec
 from .dp_time import overlapped_dp_time_s
 from .engines import DEFAULT_ENGINE, Engine, engine as engine_named
@@ -174,20 +175,31 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
     pp_spans = layout.spans_nodes("pp", gpn)
     dp_spans = layout.spans_nodes("dp", gpn) or layout.spans_nodes("cp", gpn)
     ep_spans = layout.spans_nodes("ep", gpn)
-    firsts = [sum(st.blocks for st in stages[:i]) for i in range(len(stages))]
-    per_stage = [stage_micro_batch_time(
-        spec, gpu, precision, blocks=st.blocks, first=st.stage == 0, last=st.stage == pp - 1,
-        tp=tp, pp=pp, micro_batch=layout.micro_batch, recompute=layout.recompute,
-        tp_spans_nodes=tp_spans, pp_spans_nodes=pp_spans, flash_attention=options.flash_attention,
-        seq_len=options.seq_len, sequence_parallel=layout.sequence_parallel,
-        virtual_stages=layout.virtual_stages, engine=eng, params_local=st.params, ep=layout.ep,
-        ep_spans_nodes=ep_spans, capacity_factor=options.capacity_factor,
-        extra_host_s=zero_host_time_s(parameter_tensors(spec, blocks=st.blocks, first=st.stage == 0,
-                                                        last=st.stage == pp - 1),
-                                      layout.zero_stage, eng),
-        cp=layout.cp, cp_kind=layout.cp_kind, cp_spans_nodes=layout.spans_nodes("cp", gpn),
-        first_block=first)
-        for st, first in zip(stages, firsts)]
+    firsts = list(itertools.accumulate((st.blocks for st in stages[:-1]), initial=0))
+
+    def stage_time(st: StageMemory, first: int) -> StageTime:
+        return stage_micro_batch_time(
+            spec, gpu, precision, blocks=st.blocks, first=st.stage == 0, last=st.stage == pp - 1,
+            tp=tp, pp=pp, micro_batch=layout.micro_batch, recompute=layout.recompute,
+            tp_spans_nodes=tp_spans, pp_spans_nodes=pp_spans, flash_attention=options.flash_attention,
+            seq_len=options.seq_len, sequence_parallel=layout.sequence_parallel,
+            virtual_stages=layout.virtual_stages, engine=eng, params_local=st.params, ep=layout.ep,
+            ep_spans_nodes=ep_spans, capacity_factor=options.capacity_factor,
+            extra_host_s=zero_host_time_s(parameter_tensors(spec, blocks=st.blocks, first=st.stage == 0,
+                                                            last=st.stage == pp - 1),
+                                          layout.zero_stage, eng),
+            cp=layout.cp, cp_kind=layout.cp_kind, cp_spans_nodes=layout.spans_nodes("cp", gpn),
+            first_block=first)
+
+    # the middle stages of a deep pipeline are alike: each distinct one priced once
+    seen: dict = {}
+    per_stage = []
+    for st, first in zip(stages, firsts):
+        key = (st.blocks, st.stage == 0, st.stage == pp - 1, st.params,
+               dense_blocks_in(spec, first, st.blocks))
+        if key not in seen:
+            seen[key] = stage_time(st, first)
+        per_stage.append(seen[key])
     totals = [t.total_s for t in per_stage]
     slowest = per_stage[totals.index(max(totals))]
     pipeline_s = pipeline_time_s(totals, m, layout.virtual_stages)

@@ -54,9 +54,9 @@ from .collectives import (GB, allgather_time_s, allreduce_time_s, bus_gb_per_s, 
 from .context_parallel import cp_block_time_s
 from .engines import DEFAULT_ENGINE, ENGINES, Engine, instructions_per_micro_batch
 from .experts import DEFAULT_CAPACITY_FACTOR, alltoall_buffer_bytes, alltoalls_per_moe_layer
-from .fp8 import FP8_GEMMS, fp8_cast_bytes_per_token, fp8_gemm_gpu, fp8_weight_cast_bytes
-from .gemm_model import at_sustained_clock, gemm_time_s
-from .gemms import ATTENTION_CORE, Gemm, stage_gemms
+from .fp8 import fp8_cast_bytes_per_token, fp8_weight_cast_bytes
+from .gemm_pricing import attention_rate, priced_gemm_time_s, stage_gemm_times  # noqa: F401
+from .gemms import ATTENTION_CORE
 from .hardware import GpuSpec
 from .kernels import block_kernel_bytes, block_kernels, embedding_kernel_bytes, head_kernel_bytes
 from .memory import FP32_BYTES, Precision, dense_blocks_in, linear_params_held
@@ -241,34 +241,6 @@ def grad_accumulation_bytes(engine: Engine, precision: Precision) -> float:
     return engine.grad_accumulation_bytes
 
 
-def attention_rate(gpu: GpuSpec, kernel: str, phase: str) -> float | None:
-    """The fraction of peak a fused attention kernel reaches (GpuSpec.attention_efficiency): the
-    engine's kernel, else the first the catalog lists for the GPU; None when it lists none."""
-    rate = gpu.attention_fraction(kernel, phase)
-    if rate is None and gpu.attention_efficiency:
-        name = gpu.attention_efficiency[0][0]
-        rate = gpu.attention_fraction(name, phase)
-    return rate
-
-
-def priced_gemm_time_s(gemm: Gemm, gpu: GpuSpec, act: int, *, fp8: bool = False,
-                       attention_kernel: str = "") -> float:
-    """One GEMM's seconds: a fused attention kernel's GEMMs (flash: an operand kept on chip) at the
-    kernel's measured fraction of peak (attention_rate: forward for the forward and recomputed
-    ones, backward for the rest), the FP8 linear layers at the FP8 rate (fp8.py), every other GEMM
-    by the shape model (gemm_model.py); each at the clock the GPU sustains under full load
-    (gemm_model.at_sustained_clock: the benchmarks ran at the boost clock)."""
-    if gemm.name in ATTENTION_CORE and gemm.on_chip and attention_kernel:
-        rate = attention_rate(gpu, attention_kernel,
-                              "forward" if gemm.phase == "forward" else "backward")
-        if rate is not None:
-            return gemm.executed_flops / (gpu.peak_tflops * 1e12 * rate
-                                          * gpu.sustained_clock_fraction)
-    if fp8 and gemm.name in FP8_GEMMS:
-        return gemm_time_s(gemm, at_sustained_clock(fp8_gemm_gpu(gpu)), 1)
-    return gemm_time_s(gemm, at_sustained_clock(gpu), act)
-
-
 @functools.lru_cache(maxsize=8192)
 def _stage_parts(spec: ModelSpec, gpu: GpuSpec, precision: Precision, blocks: int, first: bool,
                  last: bool, tp: int, pp: int, micro_batch: int, recompute: str,
@@ -284,16 +256,10 @@ def _stage_parts(spec: ModelSpec, gpu: GpuSpec, precision: Precision, blocks: in
     tokens = micro_batch * seq_len / cp
     act = precision.activation_bytes
 
-    # GEMMs, each priced at its shape (gemms.py, gemm_model.py) or, fused attention, at its
-    # kernel's measured rate; each distinct one once
-    gemms = stage_gemms(spec, blocks=blocks, last=last, micro_batch=micro_batch, seq_len=seq_len,
-                        tp=tp, recompute=recompute, causal_skip=flash_attention, ep=ep,
-                        capacity_factor=capacity_factor, cp=cp, cp_kind=cp_kind,
-                        dense_blocks=dense)
-    kernel = engine.attention_kernel if flash_attention else ""
-    gemm_s = {g: priced_gemm_time_s(g, gpu, act, fp8=precision.fp8, attention_kernel=kernel)
-              for g, _ in gemms}
-    matmul_s = sum(gemm_s[g] * count for g, count in gemms)
+    matmul_s, by_name = stage_gemm_times(spec, gpu, act, precision.fp8,
+                                          engine.attention_kernel if flash_attention else "",
+                                          blocks, last, micro_batch, seq_len, tp, recompute,
+                                          flash_attention, ep, capacity_factor, cp, cp_kind, dense)
 
     # memory-bound kernels (kernels.py), and the FP8 casts (fp8.py)
     kernels = block_kernels(spec, kernels=engine.kernels, tp=tp, seq_len=seq_len, act=act,
@@ -319,9 +285,6 @@ def _stage_parts(spec: ModelSpec, gpu: GpuSpec, precision: Precision, blocks: in
     if engine.instruction_us:
         host_s += instructions_per_micro_batch(first, last, pp) * engine.instruction_us * 1e-6
 
-    by_name = {}
-    for g, t in gemm_s.items():
-        by_name[(g.name, g.phase)] = by_name.get((g.name, g.phase), 0.0) + t
     overlap_s = tuple(by_name.get((name, phase), 0.0) for name in ("qkv", "mlp-up")
                       for phase in ("backward-data", "backward-weight"))
     userbuffers = ()

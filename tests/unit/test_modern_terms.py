@@ -148,13 +148,13 @@ def test_compute_time_adds_each_waves_fixed_time():
 
 def test_sustained_clock_slows_the_tensor_cores_not_hbm():
     """The catalog's sustained clock (an H100 keeps 1575 of 1980 MHz under full load: 0.795) slows
-    a compute-bound GEMM, its waves' fixed time included, by 1/0.795 (step_time's
-    priced_gemm_time_s, gemm_model.at_sustained_clock); an HBM-bound one keeps its time (the
-    memory clock does not drop)."""
+    a compute-bound GEMM, its waves' fixed time included, by 1/0.795
+    (gemm_pricing.priced_gemm_time_s, gemm_model.at_sustained_clock); an HBM-bound one keeps its
+    time (the memory clock does not drop)."""
     import dataclasses
 
     from llmlaunch.topology.gemm_model import memory_time_s
-    from llmlaunch.topology.step_time import priced_gemm_time_s
+    from llmlaunch.topology.gemm_pricing import priced_gemm_time_s
 
     h100 = gpu("h100-80gb")
     assert h100.sustained_clock_fraction == 0.795
