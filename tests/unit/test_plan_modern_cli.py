@@ -145,3 +145,20 @@ def test_a100_zero3_offload_prices_deepspeeds_gradient_buffer(capsys):
     hand = 30 * partition / 51.2e9 + 64 * partition * 2 / 31.5e9
     assert cand["step_time_breakdown_s"]["optimizer_s"] == pytest.approx(hand, rel=1e-3)
     assert cand["mfu"] < 0.67
+
+
+def test_the_deepseek_v3_preset_is_its_config_json():
+    """--model deepseek-v3 is the published config.json's shape at 4k pre-training sequences:
+    MLA, 256 routed experts and a shared one, the first 3 layers dense; 671,026,404,352 parameters
+    by the formula (transformers' count of the same config: tests/torch/test_hf_counts.py)."""
+    import dataclasses
+
+    from family_configs import CONFIGS  # tests/helpers
+    from llmlaunch.topology.hf_config import spec_from_hf_config
+    from llmlaunch.topology.params import total_params
+    from llmlaunch.topology.shapes import preset
+
+    spec = preset("deepseek-v3")
+    assert dataclasses.replace(spec, name="") == spec_from_hf_config(CONFIGS["deepseek-v3"], 4096)
+    assert total_params(spec) == 671_026_404_352
+    assert (spec.kv_lora_rank, spec.q_lora_rank, spec.dense_layers, spec.experts) == (512, 1536, 3, 256)
