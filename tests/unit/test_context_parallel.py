@@ -106,3 +106,31 @@ def test_cp_block_time_hand_values():
     assert cp_block_time_s(LLAMA3_8B, kind="alltoall", **args) == pytest.approx(
         2 * (50331648 + 33554432) / 1e9)
     assert cp_block_time_s(LLAMA3_8B, kind="allgather", **{**args, "cp": 1}) == 0.0
+
+
+def test_rank_map_and_plan_page_show_the_context_axis(tmp_path):
+    """The page's rank map carries the axes in Megatron-Core's order with their strides and where
+    the context groups lie; the plan page states the rank rule with cp; at cp = 1 both read as
+    before (DeepSpeed's rule)."""
+    from llmlaunch.cli import build_parser
+    from llmlaunch.cli.plan import resolve_inputs
+    from llmlaunch.report import plan_page
+    from llmlaunch.report.rank_map import rank_map
+    from llmlaunch.topology import planner
+
+    rm = rank_map(Layout(dp=2, pp=2, tp=2, cp=2), 8)
+    assert [(a["name"], a["size"], a["stride"]) for a in rm["axes"]] == [
+        ("tp", 2, 1), ("cp", 2, 2), ("dp", 2, 4), ("pp", 2, 8)]
+    assert (rm["cp"], rm["cp_kind"], rm["cp_stride"], rm["cp_crosses_nodes"]) == (2, "allgather", 2, False)
+    assert rank_map(Layout(dp=1, pp=1, tp=8, cp=2), 8)["cp_crosses_nodes"] is True
+    assert [a["name"] for a in rank_map(Layout(dp=2, pp=2, tp=2), 8)["axes"]] == ["tp", "cp", "dp", "pp"]
+
+    for cp, rule in ((2, "Rank = ((stage × dp + replica) × cp + context rank) × tp + tensor rank"),
+                     (1, "Rank = (stage × dp + replica) × tp + tensor rank (DeepSpeed's topology")):
+        args = build_parser().parse_args(["plan", "--model", "llama3-8b", "--gpus", "8", "--gpu",
+                                          "h100-80gb", "--cp", str(cp), "--top", "1"])
+        inputs = resolve_inputs(args)
+        result = planner.search(inputs.spec, inputs.cluster, inputs.options, inputs.pins)
+        out = tmp_path / f"cp{cp}.html"
+        plan_page.write_plan_report(out, inputs, result, result.candidates[0])
+        assert rule in out.read_text()
