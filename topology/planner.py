@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from .flops import hardware_flops_per_token, model_flops_per_token
 from .hardware import GIB, Cluster
 from .layout import CP_KINDS, OFFLOAD_MODES, RECOMPUTE_MODES, Layout
-from .layout_rules import (CP_MIN_TOKENS_PER_RANK, divisors, engine_reasons,  # noqa: F401
-                           layout_reasons, searched_cp_degrees, searched_offloads,
-                           searched_zero_stages, structural_reasons)
+from .layout_rules import (divisors, layout_reasons, searched_cp_degrees,  # noqa: F401
+                           searched_offloads, searched_zero_stages, structural_reasons)
 from .memory import (Precision, StageMemory, dense_blocks_in, linear_params_held, offloaded_bytes,
                      pipeline_memory, precision_for)
 from .model_spec import ModelSpec

@@ -55,7 +55,7 @@ from .context_parallel import cp_block_time_s
 from .engines import DEFAULT_ENGINE, ENGINES, Engine, instructions_per_micro_batch
 from .experts import DEFAULT_CAPACITY_FACTOR, alltoall_buffer_bytes, alltoalls_per_moe_layer
 from .fp8 import fp8_cast_bytes_per_token, fp8_weight_cast_bytes
-from .gemm_pricing import attention_rate, priced_gemm_time_s, stage_gemm_times  # noqa: F401
+from .gemm_pricing import stage_gemm_times
 from .gemms import ATTENTION_CORE
 from .hardware import GpuSpec
 from .kernels import block_kernel_bytes, block_kernels, embedding_kernel_bytes, head_kernel_bytes
