@@ -9,7 +9,8 @@ import functools
 
 from .fp8 import FP8_GEMMS, fp8_gemm_gpu
 from .gemm_model import at_sustained_clock, gemm_time_s
-from .gemms import ATTENTION_CORE, Gemm, block_gemms, head_forward_gemm, with_backward
+from .gemms import (ATTENTION_CORE, Gemm, block_forward_gemms, head_forward_gemm, recomputed_gemms,
+                    with_backward)
 from .hardware import GpuSpec
 from .model_spec import ModelSpec
 from .params import dense_variant
@@ -46,40 +47,49 @@ def priced_gemm_time_s(gemm: Gemm, gpu: GpuSpec, act: int, *, fp8: bool = False,
 
 @functools.lru_cache(maxsize=4096)
 def _gemm_list_times(spec: ModelSpec, gpu: GpuSpec, act: int, fp8: bool, attention_kernel: str,
-                     micro_batch: int, seq_len: int, tp: int, recompute: str,
-                     flash_attention: bool, ep: int, capacity_factor: float, cp: int,
-                     cp_kind: str, head: bool = False) -> tuple[float, dict]:
-    """(seconds of one block's GEMMs for one micro-batch, or of the LM head's when `head`,
-    {GEMM: seconds} of each distinct one): each priced at its shape (gemms.py, gemm_model.py) or,
-    fused attention, at its kernel's measured rate (priced_gemm_time_s)."""
+                     micro_batch: int, seq_len: int, tp: int, flash_attention: bool, ep: int,
+                     capacity_factor: float, cp: int, cp_kind: str,
+                     head: bool = False) -> tuple[float, dict, dict]:
+    """(seconds of one block's forward and backward GEMMs for one micro-batch, or of the LM head's
+    when `head`; {GEMM: seconds} of each distinct one; {recompute mode: seconds of the forward GEMMs
+    it runs again}, gemms.recomputed_gemms: the same GEMMs, so they add no distinct one): each
+    priced at its shape (gemms.py, gemm_model.py) or, fused attention, at its kernel's measured
+    rate (priced_gemm_time_s)."""
     if head:
-        gemms = with_backward((head_forward_gemm(spec, micro_batch=micro_batch,
-                                                 seq_len=seq_len / cp, tp=tp),))
+        forward = (head_forward_gemm(spec, micro_batch=micro_batch, seq_len=seq_len / cp, tp=tp),)
     else:
-        gemms = block_gemms(spec, micro_batch=micro_batch, seq_len=seq_len, tp=tp,
-                            recompute=recompute, causal_skip=flash_attention, ep=ep,
-                            capacity_factor=capacity_factor, cp=cp, cp_kind=cp_kind)
+        forward = block_forward_gemms(spec, micro_batch=micro_batch, seq_len=seq_len, tp=tp,
+                                      causal_skip=flash_attention, ep=ep,
+                                      capacity_factor=capacity_factor, cp=cp, cp_kind=cp_kind)
+    gemms = with_backward(forward)
     times = {g: priced_gemm_time_s(g, gpu, act, fp8=fp8, attention_kernel=attention_kernel)
              for g in gemms}
-    return sum(times[g] for g in gemms), times
+    again = {mode: (0.0 if head else sum(times[g] for g in recomputed_gemms(forward, mode)))
+             for mode in ("none", "selective", "full")}
+    return sum(times[g] for g in gemms), times, again
 
 
 def stage_gemm_times(spec: ModelSpec, gpu: GpuSpec, act: int, fp8: bool, attention_kernel: str,
-                      blocks: int, last: bool, micro_batch: int, seq_len: int, tp: int,
-                      recompute: str, flash_attention: bool, ep: int, capacity_factor: float,
-                      cp: int, cp_kind: str, dense: int) -> tuple[float, dict]:
+                     blocks: int, last: bool, micro_batch: int, seq_len: int, tp: int,
+                     recompute: str, flash_attention: bool, ep: int, capacity_factor: float,
+                     cp: int, cp_kind: str, dense: int) -> tuple[float, dict]:
     """(seconds of a stage's GEMMs for one micro-batch, {(name, phase): seconds of one of each
     distinct GEMM}), the GEMMs of gemms.stage_gemms: its blocks (an MoE model's first `dense`
-    blocks with their dense MLP) and on the last stage the head. Priced block by block
-    (_gemm_list_times), so that stages of other block counts share the work. Callers read the
-    dict, never change it."""
-    shape = (gpu, act, fp8, attention_kernel, micro_batch, seq_len, tp, recompute,
-             flash_attention, ep, capacity_factor, cp, cp_kind)
+    blocks with their dense MLP) with what `recompute` runs again, and on the last stage the head.
+    Priced block by block (_gemm_list_times), so that stages of other block counts and other
+    recompute modes share the work. Callers read the dict, never change it."""
+    shape = (gpu, act, fp8, attention_kernel, micro_batch, seq_len, tp, flash_attention, ep,
+             capacity_factor, cp, cp_kind)
+
+    def block_s(part_spec: ModelSpec) -> float:
+        total, _, again = _gemm_list_times(part_spec, *shape)
+        return total + again[recompute]
+
     total = 0.0
     if blocks > dense:
-        total += (blocks - dense) * _gemm_list_times(spec, *shape)[0]
+        total += (blocks - dense) * block_s(spec)
     if dense:
-        total += dense * _gemm_list_times(dense_variant(spec), *shape)[0]
+        total += dense * block_s(dense_variant(spec))
     if last:
         total += _gemm_list_times(spec, *shape, head=True)[0]
     return total, _distinct_gemm_times(spec, shape, blocks > dense, dense > 0, last)
