@@ -15,6 +15,7 @@ from pathlib import Path
 from llmlaunch import __version__
 from llmlaunch.atomic import atomic_directory
 from llmlaunch.config import RunConfig, dump_run_config
+from llmlaunch.topology.engines import estimate_only_reason
 from llmlaunch.topology.plan_inputs import PlanInputs
 from llmlaunch.topology.planner import Candidate
 
@@ -48,7 +49,8 @@ def run_config_for(inputs: PlanInputs, candidate: Candidate, job_name: str, time
     for key, value in spec.to_dict().items():
         setattr(config.model, key, value)
     for key, value in lay.to_dict().items():
-        setattr(config.layout, key, value)
+        if hasattr(config.layout, key):     # cp_kind is the planner's; run.yaml has cp
+            setattr(config.layout, key, value)
     config.cluster.gpu = inputs.cluster.gpu.name
     config.cluster.gpus_per_node = inputs.cluster.gpus_per_node
     config.train.precision = inputs.options.precision
@@ -142,6 +144,12 @@ def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: 
     checkpoint_tools.ResumeSource the run resumes from (plan --from-checkpoint). `min_nodes`: an
     elastic job on min_nodes..nodes hosts (plan --min-nodes)."""
     lay = candidate.layout
+    engine_reason = estimate_only_reason(inputs.options.engine)
+    if engine_reason:
+        raise ValueError(f"--emit: {engine_reason}; drop --engine to plan a layout it runs")
+    if inputs.options.precision == "fp8":
+        raise ValueError("--emit: --precision fp8 is an estimate: llmlaunch's model trains in bf16 "
+                         "or fp32 (no FP8 GEMMs yet); drop --precision fp8 to emit")
     if inputs.spec.moe:
         raise ValueError(f"--emit: MoE layouts are estimates until the model runs them "
                          f"({inputs.spec.arch}: {inputs.spec.experts} experts per layer); "

@@ -78,6 +78,9 @@ class LayoutSection:
     """Activation recomputation: none, selective, full."""
     offload: str = "none"
     """ZeRO-Offload to CPU memory (pp = 1): none, optimizer (ZeRO >= 1), optimizer+params (ZeRO-3)."""
+    cp: int = 1
+    """Context-parallel degree (the planner's estimates read it); a run refuses cp > 1 until
+    llmlaunch's model runs context parallelism (issue 25)."""
 
 
 @dataclass
@@ -270,6 +273,9 @@ class RunConfig:
                               "(layout.tp, layout.pp against the model section)")
         if not layout.runnable:
             raise ConfigError(f"layout: {layout.not_runnable_reason()}")
+        if self.train.precision == "fp8":
+            raise ConfigError("train.precision fp8 is an estimate (plan --precision fp8): "
+                              "llmlaunch's model trains in bf16 or fp32; use auto, bf16 or fp32")
         if self.train.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"train.precision must be auto, bf16 or fp32, got "
                               f"{self.train.precision!r}")

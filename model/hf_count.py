@@ -29,13 +29,18 @@ def normalised_hf_config(cfg: dict, label: str = "HF config") -> dict:
 
 def count_hf_params(cfg: dict, label: str = "HF config") -> int:
     """Exact parameter count of the HF causal LM of a config.json dict (tied weights counted once),
-    built on the meta device. ValueError in one line when transformers cannot build it."""
+    built on the meta device from the start: every tensor constructor defaults to meta inside
+    `torch.device("meta")`, so nothing is allocated, not even the tensors a module creates with
+    torch.empty before init_empty_weights can move them (transformers 5's fused MoE experts,
+    DeepseekV3Experts: 30 GB for DeepSeek-V3 otherwise). ValueError in one line when transformers
+    cannot build it."""
+    import torch
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
     config = hf_config_object(cfg, label)
     try:
-        with init_empty_weights():
+        with torch.device("meta"), init_empty_weights():
             model = AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{label}: transformers cannot build a causal language model of "

@@ -21,6 +21,7 @@ def plan_json(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
                     "memory_gib": cluster.gpu.memory_gib, "peak_tflops": cluster.gpu.peak_tflops},
         "global_batch": inputs.options.global_batch,
         "precision": inputs.options.precision,
+        "engine": inputs.options.engine,
         "capacity_factor": inputs.options.capacity_factor,
         "candidates": [c.to_dict() for c in result.candidates],
         "evaluated": result.evaluated,
@@ -30,7 +31,8 @@ def plan_json(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
         out["pinned"] = chosen.to_dict()
     if horizon is not None:
         out["horizon"] = dict(horizon.to_dict(), tokens=tokens)
-    out["rejected"] = [{"dp": c.layout.dp, "pp": c.layout.pp, "tp": c.layout.tp, "ep": c.layout.ep,
+    out["rejected"] = [{"dp": c.layout.dp, "pp": c.layout.pp, "tp": c.layout.tp, "cp": c.layout.cp,
+                        "ep": c.layout.ep,
                         "micro_batch": c.layout.micro_batch, "zero_stage": c.layout.zero_stage,
                         "offload": c.layout.offload, "recompute": c.layout.recompute, "reasons": c.reasons} for c in result.rejected]
     return out

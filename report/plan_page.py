@@ -10,6 +10,8 @@ from llmlaunch.topology.planner import Candidate, SearchResult
 
 from .page import page
 from .sections import _candidates_section, _cards, _inputs_section, _layout_sections
+from .text import estimate_only_reasons
+
 
 def plan_page_html(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None) -> str:
     """The plan page as one HTML string (write_plan_report writes it)."""
@@ -19,10 +21,15 @@ def plan_page_html(inputs: PlanInputs, result: SearchResult, chosen: Candidate |
              f"{cluster.gpus} × {cluster.gpu.name}")
     if chosen is not None and chosen.estimated:
         lay = chosen.layout
+        cp = f" × cp={lay.cp} ({lay.cp_kind})" if lay.cp > 1 else ""
         subtitle = (f"{'Best' if chosen.fits else 'Pinned (does NOT fit)'} layout: dp={lay.dp} × "
-                    f"pp={lay.pp} × tp={lay.tp}, micro-batch {lay.micro_batch} × {lay.grad_accum} "
+                    f"pp={lay.pp} × tp={lay.tp}{cp}, micro-batch {lay.micro_batch} × {lay.grad_accum} "
                     f"accumulation × dp {lay.dp} = {lay.global_batch} sequences, ZeRO-{lay.zero_stage}, "
-                    f"recompute {lay.recompute}.")
+                    f"recompute {lay.recompute}; engine {inputs.options.engine}, "
+                    f"{inputs.options.precision}.")
+        estimate = estimate_only_reasons(lay, inputs)
+        if estimate:
+            subtitle += " Estimate only: " + "; ".join(estimate) + "."
         summary = f'<section id="summary">{_cards(chosen, cluster)}</section>'
     else:
         subtitle, summary = "No layout fits: see the ruled-out layouts below.", ""

@@ -2,7 +2,8 @@
 pipeline stage of its rank (pure Python; figures.py makes the plotly figure, png.py the image). Where
 a rank sits and which groups it is in come from the layout (topology/layout.py), whose axis order the
 page script also receives (`axes`), so the hover text follows the same maths. With expert
-parallelism the map also says how the expert groups lie (`ep`, `ep_stride`, `ep_crosses_nodes`)."""
+parallelism the map also says how the expert groups lie (`ep`, `ep_stride`, `ep_crosses_nodes`), and
+with context parallelism how the context groups do (`cp`, `cp_kind`, `cp_stride`, `cp_crosses_nodes`)."""
 from __future__ import annotations
 
 import math
@@ -69,4 +70,8 @@ def rank_map(layout: Layout, gpus_per_node: int) -> dict:
             # experts (Layout.groups("ep")), their stride and whether a group leaves its node
             "ep": layout.ep, "ep_stride": layout.stride("ep"),
             "ep_crosses_nodes": layout.spans_nodes("ep", gpn),
+            # context parallelism: the cp ranks sharing each sequence (Layout.groups("cp"),
+            # stride tp in Megatron-Core's order tp-cp-ep-dp-pp)
+            "cp": layout.cp, "cp_kind": layout.cp_kind, "cp_stride": layout.stride("cp"),
+            "cp_crosses_nodes": layout.spans_nodes("cp", gpn),
             "labelled": per_cell == 1 and world <= MAX_LABELLED_RANKS}

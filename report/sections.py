@@ -20,7 +20,8 @@ def _cards(cand, cluster, predicted: bool = False) -> str:
     lay, step = cand.layout, cand.step
     worst = cand.worst_stage
     est = "predicted " if predicted else ""
-    items = [(f"dp {lay.dp} × pp {lay.pp} × tp {lay.tp}", f"{lay.world_size} GPUs"),
+    shape = f"dp {lay.dp} × pp {lay.pp} × tp {lay.tp}" + (f" × cp {lay.cp}" if lay.cp > 1 else "")
+    items = [(shape, f"{lay.world_size} GPUs"),
              (f"{lay.micro_batch} × {lay.grad_accum}", "micro-batch × micro-batches (m)"),
              (f"ZeRO-{lay.zero_stage}, {lay.recompute}", "ZeRO stage, recompute"),
              (f"{step.total_s:.4g} s", f"{est}step time"),
@@ -37,8 +38,9 @@ def _rank_map_section(cand, cluster, figures) -> tuple[str, dict]:
     lay = cand.layout
     rm = rank_map(lay, cluster.gpus_per_node)
     per = rm["nodes_per_cell"]
-    crosses = [(axis, rm[f"{axis}_crosses_nodes"]) for axis in ("tp", "pp", "dp")]
-    words = {"tp": "TP groups", "pp": "PP groups", "dp": "DP groups"}
+    axes = ("tp", "cp", "pp", "dp") if lay.cp > 1 else ("tp", "pp", "dp")
+    crosses = [(axis, rm[f"{axis}_crosses_nodes"]) for axis in axes]
+    words = {"tp": "TP groups", "cp": "CP groups", "pp": "PP groups", "dp": "DP groups"}
     status = "; ".join(
         (f'<span class="{"warn" if axis == "tp" and c else ""}">{words[axis]} '
          f'{"cross nodes" if c else "stay inside a node"}</span>') for axis, c in crosses)
@@ -51,13 +53,18 @@ def _rank_map_section(cand, cluster, figures) -> tuple[str, dict]:
     labels = ("In-cell text: t = TP group, d = data-parallel replica; hover for details."
               if rm["labelled"] else
               "Hover a cell for its ranks, TP groups and DP replicas; drag to zoom.")
-    section_attrs = attrs(ranks=rm["world"], dp=lay.dp, pp=lay.pp, tp=lay.tp, nodes=rm["nodes"],
+    section_attrs = attrs(ranks=rm["world"], dp=lay.dp, pp=lay.pp, tp=lay.tp, cp=lay.cp,
+                          nodes=rm["nodes"],
                           gpus_per_node=rm["gpus_per_node"], nodes_per_cell=per,
                           cells=sum(v is not None for row in rm["z"] for v in row))
+    rank_rule = ("Rank = (stage × dp + replica) × tp + tensor rank (DeepSpeed's topology; "
+                 "topology/layout.py)." if lay.cp == 1 else
+                 f"Rank = ((stage × dp + replica) × cp + context rank) × tp + tensor rank "
+                 f"(Megatron-Core's order tp-cp-dp-pp; topology/layout.py); cp = {lay.cp} "
+                 f"({lay.cp_kind}).")
     html_ = (f'<section id="rank-map"{section_attrs}>'
              f"<h2>Rank map</h2><p class=note>{e(agg)} Colour: pipeline stage. {e(labels)} "
-             f"Rank = (stage × dp + replica) × tp + tensor rank (DeepSpeed's topology; "
-             f"topology/layout.py).</p>"
+             f"{rank_rule}</p>"
              f"<p class=note>{status}"
              + (f'; <span class="warn">{len(rm["tp_crossing_cells"])} cell(s) marked ✕ hold ranks '
                 f"whose TP group crosses a node</span>" if rm["tp_crossing_cells"] else "")

@@ -64,6 +64,11 @@ def plan_text(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
         if spec.moe:  # the expert-parallel degree after tp
             rows = [row[:4] + [c.layout.ep] + row[4:] for c, row in zip(shown, rows)]
             headers = headers[:4] + ["ep"] + headers[4:]
+        if any(c.layout.cp > 1 for c in shown):  # the context-parallel degree after tp
+            rows = [row[:4] + [c.layout.cp if c.layout.cp == 1 else
+                               f"{c.layout.cp} {c.layout.cp_kind}"] + row[4:]
+                    for c, row in zip(shown, rows)]
+            headers = headers[:4] + ["cp"] + headers[4:]
         lines.append(tabulate(rows, headers=headers, tablefmt="simple"))
         lines.append("")
     if chosen is not None and chosen.estimated:
@@ -115,16 +120,21 @@ def model_lines(inputs: PlanInputs) -> list[str]:
 def candidate_report(c: Candidate, inputs: PlanInputs, show_groups: bool = False) -> list[str]:
     lay, cluster = c.layout, inputs.cluster
     title = "best layout" if c.fits else "pinned layout (does NOT fit)"
-    out = [f"{title}: dp={lay.dp} x pp={lay.pp} x tp={lay.tp} = {lay.world_size} GPUs, micro-batch "
+    shape = f"dp={lay.dp} x pp={lay.pp} x tp={lay.tp}" + (f" x cp={lay.cp}" if lay.cp > 1 else "")
+    out = [f"{title}: {shape} = {lay.world_size} GPUs, micro-batch "
            f"{lay.micro_batch} x {lay.grad_accum} accumulation x dp {lay.dp} = {lay.global_batch} "
            f"sequences, ZeRO-{lay.zero_stage}, recompute {lay.recompute}"
            + (f", offload {lay.offload}" if lay.offload != "none" else "")
            + (", sequence parallel" if lay.sequence_parallel else "")
            + (f", interleaved x{lay.virtual_stages}" if lay.virtual_stages > 1 else "")
            + (f", experts split ep={lay.ep} ({inputs.spec.experts // lay.ep} of "
-              f"{inputs.spec.experts} per GPU)" if inputs.spec.moe else "")]
+              f"{inputs.spec.experts} per GPU)" if inputs.spec.moe else "")
+           + (f", context parallel ({lay.cp_kind})" if lay.cp > 1 else "")
+           + f", engine {inputs.options.engine}, {inputs.options.precision}"]
     for reason in c.reasons:
         out.append(f"  ruled out: {reason}")
+    for reason in estimate_only_reasons(lay, inputs):
+        out.append(f"  estimate only: {reason}")
     out.append("")
     out.extend(topology_report(lay, cluster.gpus_per_node, show_groups))
     out.append("")
@@ -147,6 +157,7 @@ def candidate_report(c: Candidate, inputs: PlanInputs, show_groups: bool = False
     out.append(f"step time {_fmt_seconds(step.total_s)} (bubble fraction {c.bubble_fraction:.1%} = "
                f"(p-1)/(m+p-1) with m={lay.grad_accum}):")
     parts = [("compute", step.compute_s), ("TP all-reduce", step.tp_comm_s),
+             *([(f"CP exchange (cp={lay.cp}, {lay.cp_kind})", step.cp_comm_s)] if lay.cp > 1 else []),
              ("PP send/recv", step.pp_comm_s), ("pipeline bubble", step.bubble_s),
              ("DP gradient reduce (exposed)", step.dp_comm_s), ("optimizer step", step.optimizer_s)]
     if inputs.spec.moe:
@@ -169,9 +180,11 @@ def topology_report(lay: Layout, gpus_per_node: int, show_groups: bool) -> list[
     are the layout's own (Layout.groups), the ones the job's process groups are built from."""
     world = lay.world_size
     strides = lay.strides()
-    out = ["dry-run topology (DeepSpeed PipeModelDataParallelTopology: rank = (pipe*dp + data)*tp + tensor):"]
+    out = ["dry-run topology (DeepSpeed PipeModelDataParallelTopology: rank = (pipe*dp + data)*tp + tensor):"
+           if lay.cp == 1 else "dry-run topology (Megatron-Core's order tp-cp-dp-pp: rank = "
+           "((pipe*dp + data)*cp + context)*tp + tensor):"]
     list_all = show_groups or world <= GROUP_LISTING_LIMIT
-    for axis in ("tp", "pp", "dp"):
+    for axis in ("tp", "cp", "pp", "dp") if lay.cp > 1 else ("tp", "pp", "dp"):
         size, stride = lay.size(axis), strides[axis]
         count = world // size
         where = "crosses nodes" if lay.spans_nodes(axis, gpus_per_node) else "inside a node"
@@ -199,6 +212,20 @@ def topology_report(lay: Layout, gpus_per_node: int, show_groups: bool) -> list[
         replicas = sorted({c["dp"] for c in coords})
         out.append(f"  node {node}: ranks {lo}-{hi}, stage {_span(stages)}, data replica {_span(replicas)}")
     return out
+
+
+def estimate_only_reasons(lay: Layout, inputs: PlanInputs) -> list[str]:
+    """Why llmlaunch cannot run what this layout is priced as (empty: it can): another engine, FP8,
+    context parallelism and the other options only the estimate has; `--emit` refuses each."""
+    from llmlaunch.topology.engines import estimate_only_reason
+
+    reasons = [r for r in (estimate_only_reason(inputs.options.engine),) if r]
+    if inputs.options.precision == "fp8":
+        reasons.append("FP8 GEMMs (llmlaunch's model trains in bf16 or fp32)")
+    runnable = lay.not_runnable_reason()
+    if runnable and (lay.cp > 1 or lay.sequence_parallel or lay.virtual_stages > 1):
+        reasons.append(runnable)
+    return reasons
 
 
 def expert_groups_report(lay: Layout, gpus_per_node: int, list_all: bool) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .flops import attended_keys
 from .memory import activation_bytes_per_layer
 from .model_spec import ModelSpec
-from .params import dense_layer_params, layer_params, total_params
+from .params import total_params
 
 
 def _share(part: float, whole: float) -> str:
@@ -26,9 +26,6 @@ def planning_notes(spec: ModelSpec, exact_params: int | None = None) -> list[str
                          f"({_share(formula - exact_params, exact_params)}): weights, gradients and "
                          "optimizer states per stage use the formula")
     act = activation_bytes_per_layer(spec, 1, 1, "none")
-    if spec.arch == "deepseek":
-        notes.append(f"multi-head latent attention planned as multi-head attention of head dim "
-                     f"{spec.head_dim} (qk_nope + qk_rope): its FLOPs and activations approximate")
     if spec.moe:
         per_token = spec.experts_per_token * spec.hidden * 2 * 2     # k copies in and out, 2 bytes
         notes.append(f"MoE: each GPU holds {spec.experts}/ep experts of its layers (ep, the expert-"
@@ -38,9 +35,9 @@ def planning_notes(spec: ModelSpec, exact_params: int | None = None) -> list[str
                      f"(k = {spec.experts_per_token} copies of each token in and out) are not counted: "
                      f"activations up to {_share(per_token * spec.seq_len, act)} low")
     if spec.moe and spec.dense_layers:
-        extra = spec.dense_layers * (layer_params(spec).total - dense_layer_params(spec).total)
-        notes.append(f"the first {spec.dense_layers} dense layers are held as MoE layers in memory per "
-                     f"stage: {extra / 1e9:.2f}B parameters ({_share(extra, total_params(spec))}) over")
+        notes.append(f"the first {spec.dense_layers} dense layers are counted as dense in memory and "
+                     "time, but the pipeline split weighs every block as an MoE block (the stage "
+                     "holding them gets as many blocks as the others)")
     if spec.windowed_layers and spec.sliding_window < spec.seq_len:
         keys = attended_keys(spec)
         notes.append(f"sliding window of {spec.sliding_window} tokens on {spec.windowed_layers} of "

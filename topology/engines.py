@@ -6,7 +6,9 @@ under each:
 
 - pipeline sends: "blocking" (the stage waits for each send and receive: DeepSpeed's
   PipelineEngine, p2p.send/recv per instruction; Megatron-LM's 1F1B, which waits on its batched
-  isend/irecv before computing) or "async" (overlapped with compute).
+  isend/irecv before computing), "async" (overlapped with compute) or "async-interleaved"
+  (Megatron-Core as Megatron-Bridge configures it, training/comm_overlap.py: overlap_p2p_comm on
+  with virtual stages, batched blocking sends without).
 - scatter/gather (Narayanan et al. 2021, §4.1): each of the t tensor ranks of a stage sends 1/t of
   the activation across nodes and the receiving stage all-gathers it over NVLink. Megatron-LM only.
 - tp_backward_overlap: the column-parallel layers' backward collectives overlap their GEMMs: the
@@ -27,6 +29,32 @@ under each:
   forward/backward/Adam loop without the engine, medians of six runs 96 us per instruction (72 to
   146) and 1.2 ms per step (0.7 to 2.6; the VM's load was 3 to 6 on 2 cores). On a GPU the
   per-instruction time overlaps the device like any host time; the step's is serial.
+
+Today's stacks (issue 23), each read off its own code:
+- `megatron-core` (NVIDIA Megatron-Core 0.20, megatron/core/distributed/, as NeMo / Megatron-Bridge
+  run it): `--overlap-grad-reduce` reduces (reduce-scatters, with the distributed optimizer) each
+  gradient bucket of max(40M, 1M x dp) parameters (distributed_data_parallel_config.py,
+  `bucket_size`) as soon as the last micro-batch's backward has produced it, and
+  `--overlap-param-gather` all-gathers the updated weights bucket by bucket ahead of the next step's
+  forward (param_and_grad_buffer.py): only what the backward (forward) cannot hide shows
+  (dp_time.py). The distributed optimizer (optimizer/distrib_optimizer.py) is ZeRO-1: fp32 main
+  gradients in one buffer, master weights and Adam states sharded over the data-parallel (x
+  context-parallel) ranks. Tensor-parallel communication overlap (Transformer Engine's
+  userbuffers, the per-GEMM configurations of Megatron-Bridge's training/comm_overlap.py: ring
+  exchange for the all-gathers, pipelined reduce-scatters on 16-24 SMs, bulk overlaps of 2-24 SMs
+  in backward) runs every TP collective beside the GEMM it feeds. Kernels: Transformer Engine's
+  fused norm, RoPE and SwiGLU, cuDNN's fused attention; activations as Korthikanti et al. count
+  them for fused kernels (activations.py); context parallelism through Transformer Engine's ring
+  (its KV exchange overlaps the attention of the chunk before). FP8 through Transformer Engine.
+- `fsdp` (PyTorch FSDP2 as torchtitan runs it: torchtitan/parallelisms/parallelize_llama.py,
+  commit 9dec370, 2024-12; Composer's FSDP for llm-foundry): every transformer block is one FSDP
+  unit; its bf16 weights are all-gathered before its forward and again before its backward
+  (reshard_after_forward; not under a pipeline) with the next unit's gather prefetched, and its
+  gradients reduce-scattered in fp32 (MixedPrecisionPolicy(param_dtype=bf16,
+  reduce_dtype=fp32)) while the backward goes on (dp_time.py). fp32 parameters, gradients and
+  Adam states sharded: 16 bytes a parameter over the shard group. Eager kernels (torchtitan's
+  RMSNorm upcasts, no fusion) unless compiled; SDPA's flash kernel (FlashAttention-2); per-op
+  selective checkpointing (activations.py); FP8 through torchao's Float8Linear.
 """
 from __future__ import annotations
 
@@ -64,6 +92,13 @@ DEEPSPEED_ZERO2_TENSOR_US = 218.0
 DEEPSPEED_ZERO3_TENSOR_US = 323.0
 MEGATRON_FP16_ACCUMULATION_BYTES = 6
 MEGATRON_OPTIMIZER_EXTRA_BYTES = 24
+# Megatron-Core (0.20) fuses each micro-batch's gradient accumulation into the weight-gradient
+# GEMM (gradient_accumulation_fusion: the epilogue reads and writes the main_grad buffer, bf16 in
+# the perf recipes' grad_reduce_in_fp32 = False): 2 more bytes a parameter than the GEMM's own
+# write. Its distributed optimizer's step beyond AdamW: the bf16 gradient shard copied to fp32
+# (read 2, write 4), the norm for clipping (read 4), the buffer zeroed (write 2).
+MCORE_ACCUMULATION_BYTES = 2
+MCORE_OPTIMIZER_EXTRA_BYTES = 12
 
 
 @dataclass(frozen=True)
@@ -92,6 +127,49 @@ class Engine:
     score_bias: bool = False
     """The attention scores start from a materialised bias (ALiBi in Megatron-DeepSpeed:
     kernels.block_kernels' score-bias)."""
+    attention_kernel: str = "fa2"
+    """The fused attention kernel it runs (GpuSpec.attention_efficiency's key: fa2, cudnn, fa3):
+    PyTorch's SDPA is FlashAttention-2; Transformer Engine picks cuDNN's."""
+    activations: str = "llmlaunch"
+    """What a block saves for backward (activations.py): 'llmlaunch' (model/'s eager modules, as
+    `validate` measures them), 'fused' (Korthikanti et al.'s terms with fused norms, RoPE and
+    SwiGLU: Megatron-Core with Transformer Engine), 'torchtitan' (eager modules under torchtitan's
+    per-op selective checkpointing)."""
+    dp_overlap: str = "after-flush"
+    """How data-parallel traffic meets compute (dp_time.py): 'after-flush' (reduced after the
+    pipeline flush; overlapped with the last backward at pp = 1), 'bucketed' (Megatron-Core's
+    overlapped buckets), 'fsdp' (FSDP's per-block prefetched gathers and reduce-scatters)."""
+    pipeline_zero_stages: tuple = (0, 1)
+    """ZeRO stages (or their FSDP equivalents: 2 SHARD_GRAD_OP, 3 FULL_SHARD) the engine runs
+    under a pipeline."""
+    zero_stages: tuple = (0, 1, 2, 3)
+    """ZeRO stages (or FSDP sharding strategies) the engine runs at all; the search tries these."""
+    tp_comm_overlap: bool = False
+    """Every TP collective runs beside the GEMM it feeds (Transformer Engine's userbuffers)."""
+    sequence_parallel_default: bool = False
+    """The search runs tensor parallelism with sequence parallelism (Megatron-Core's recipes do:
+    TP > 1 always with SP)."""
+    cp_overlap: bool = False
+    """The all-gather form of context parallelism exchanges K and V chunk by chunk beside the
+    attention of the previous chunk (Transformer Engine's ring); otherwise it is exposed (Llama 3)."""
+    fp8: str = ""
+    """How FP8 GEMMs run (fp8.py): 'te' (Transformer Engine: FP8 weight copies kept, inputs saved in
+    FP8), 'te-fp8-params' (the same with FP8 primary weights: Megatron-Core's fp8_param_gather),
+    'torchao' (Float8Linear: weights cast per use); '': the engine has no FP8 path of its own
+    (priced as Transformer Engine would run it)."""
+    logits_bytes: float = 0.0
+    """Bytes per logit element the loss holds at its peak (0: the activation bytes + 2 fp32 copies:
+    the logits, their fp32 softmax, the fp32 gradient)."""
+    model_states: str = "bf16"
+    """Which bf16 accounting of weights, gradients and optimizer states it keeps (memory.PRECISIONS):
+    'bf16' (DeepSpeed's BF16_Optimizer), 'bf16-megatron' (fp32 main gradients), 'bf16-fsdp' (fp32
+    parameters, gradients and Adam states, sharded)."""
+    zero_accounting: str = "deepspeed"
+    """How sharded states and their buffers are counted (memory.py): 'deepspeed' (DeepSpeed 0.19's
+    ZeRO buckets and partitions, measured by `validate`) or 'sharded' (the paper's 16/N split with
+    the engine's own gathered copies: Megatron-Core's distributed optimizer, FSDP)."""
+    runnable: bool = False
+    """llmlaunch's `train` runs it (`plan --emit` writes only such layouts)."""
     source: str = ""
 
 
@@ -102,6 +180,7 @@ ENGINES = {
         grad_accumulation_bytes=BF16_OPTIMIZER_ACCUMULATION_BYTES,
         optimizer_extra_bytes=BF16_OPTIMIZER_EXTRA_BYTES,
         zero_tensor_us=((2, DEEPSPEED_ZERO2_TENSOR_US), (3, DEEPSPEED_ZERO3_TENSOR_US)),
+        runnable=True,
         source="DeepSpeed's PipelineEngine (runtime/pipe/engine.py, schedule.py) running model/"),
     "megatron-lm-2021": Engine(
         "megatron-lm-2021", kernels="megatron-2021", dropout=True, scatter_gather=True,
@@ -136,8 +215,46 @@ ENGINES = {
         source="metaseq (OPT): FSDP with Megatron's tensor-parallel layers and fused kernels"),
     "llama3": Engine(
         "llama3", kernels="megatron", dropout=False, pipeline_sends="async",
-        source="Llama Team 2024, §3.3.2: asynchronous point-to-point in the pipeline; fused "
-               "attention; the fused kernel set is assumed (the report names no kernels)"),
+        activations="fused", pipeline_zero_stages=(0, 1, 2), model_states="bf16-megatron",
+        zero_accounting="sharded",
+        source="Llama Team 2024, §3.3.2: asynchronous point-to-point in the pipeline; FSDP "
+               "sharding gradients and optimizer states under the pipeline (ZeRO-2); all-gather "
+               "context parallelism, exposed; fused attention and the fused kernel set assumed (the "
+               "report names no kernels: FlashAttention-2's rate)"),
+    "megatron-core": Engine(
+        "megatron-core", kernels="megatron", dropout=False, pipeline_sends="async-interleaved",
+        tp_backward_overlap=True, grad_accumulation_bytes=MCORE_ACCUMULATION_BYTES,
+        optimizer_extra_bytes=MCORE_OPTIMIZER_EXTRA_BYTES, dp_grad_bytes=2,
+        attention_kernel="cudnn", activations="fused", dp_overlap="bucketed",
+        pipeline_zero_stages=(0, 1), zero_stages=(0, 1, 3), tp_comm_overlap=True, cp_overlap=True,
+        sequence_parallel_default=True,
+        fp8="te-fp8-params", model_states="bf16-mcore", zero_accounting="sharded",
+        source="Megatron-Core 0.20 (NVIDIA/Megatron-LM megatron/core: distributed/"
+               "distributed_data_parallel_config.py overlap_grad_reduce, overlap_param_gather, "
+               "bucket_size; optimizer/distrib_optimizer.py), Transformer Engine's fused kernels, "
+               "cuDNN attention and userbuffers TP overlap as Megatron-Bridge's perf recipes set "
+               "them (src/megatron/bridge/training/comm_overlap.py); zero_stage 1 is the "
+               "distributed optimizer, 3 Megatron-FSDP"),
+    "fsdp": Engine(
+        "fsdp", kernels="eager", dropout=False, pipeline_sends="blocking",
+        attention_kernel="fa2", activations="torchtitan", dp_overlap="fsdp",
+        pipeline_zero_stages=(0, 1, 2, 3), zero_stages=(0, 2, 3), fp8="torchao",
+        logits_bytes=12.0, model_states="bf16-fsdp", zero_accounting="sharded",
+        source="PyTorch FSDP2 as torchtitan runs it (torchtitan/parallelisms/parallelize_llama.py"
+               " at 9dec370, 2024-12: one unit per block, reshard_after_forward except under a "
+               "pipeline, MixedPrecisionPolicy(bf16, fp32), per-op selective AC); zero_stage 2 is "
+               "SHARD_GRAD_OP, 3 FULL_SHARD"),
+    "llm-foundry": Engine(
+        "llm-foundry", kernels="eager", dropout=False, pipeline_sends="blocking",
+        attention_kernel="fa2", activations="fused", dp_overlap="fsdp",
+        pipeline_zero_stages=(0, 1, 2, 3), zero_stages=(0, 2, 3), fp8="te",
+        logits_bytes=4.0, model_states="bf16-fsdp", zero_accounting="sharded",
+        source="MosaicML llm-foundry (scripts/train/benchmarking) on Composer's FSDP: FULL_SHARD or "
+               "SHARD_GRAD_OP over the MPT blocks, mixed precision DEFAULT (bf16 compute, fp32 "
+               "parameters and reduce), FSDP activation checkpointing of whole blocks, flash "
+               "attention, low-precision LayerNorm saving its bf16 input, and flash-attn's fused "
+               "cross-entropy (modeling_mpt.py loss_fn 'fused_crossentropy': bf16 logits and their "
+               "gradient, 4 bytes a logit)"),
 }
 DEFAULT_ENGINE = "deepspeed"
 
@@ -146,6 +263,19 @@ def engine(name: str) -> Engine:
     if name not in ENGINES:
         raise ValueError(f"engine {name!r} is unknown; use one of {', '.join(ENGINES)}")
     return ENGINES[name]
+
+
+def engine_names() -> list[str]:
+    """Every engine the planner prices (`plan --engine`), llmlaunch's own first."""
+    return list(ENGINES)
+
+
+def estimate_only_reason(name: str) -> str | None:
+    """Why a layout priced for this engine is an estimate llmlaunch cannot emit (None: it runs it)."""
+    if engine(name).runnable:
+        return None
+    return (f"engine {name} is an estimate: llmlaunch trains with DeepSpeed (--engine "
+            f"{DEFAULT_ENGINE}); the plan prices what {name} would do with this layout")
 
 
 def instructions_per_micro_batch(first: bool, last: bool, pp: int) -> int:

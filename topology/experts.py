@@ -28,6 +28,8 @@ dropped.
 """
 from __future__ import annotations
 
+import functools
+
 from .model_spec import ModelSpec
 from .params import mlp_params
 
@@ -38,6 +40,7 @@ ALLTOALLS_FORWARD = 2
 """Dispatch and combine, per MoE layer and micro-batch."""
 
 
+@functools.lru_cache(maxsize=4096)
 def routed_expert_params(spec: ModelSpec, tp: int = 1) -> float:
     """Parameters of one MoE layer's E routed experts on one of `tp` ranks: E (sharded / t +
     replicated) of one expert's MLP of width f_e (params.mlp_params). 0 for a dense model."""
@@ -47,6 +50,7 @@ def routed_expert_params(spec: ModelSpec, tp: int = 1) -> float:
     return spec.experts * (sharded / tp + replicated)
 
 
+@functools.lru_cache(maxsize=4096)
 def expert_params_held(spec: ModelSpec, blocks: int, tp: int, ep: int) -> float:
     """Routed-expert parameters one GPU holds for `blocks` MoE blocks: E/e experts of each,
     blocks x routed_expert_params / e (DeepSpeed-MoE Section 5.1)."""

@@ -21,6 +21,7 @@ where N counts the matmul parameters (for an MoE model: the active ones).
 from __future__ import annotations
 
 from .model_spec import ModelSpec
+from .params import mla_projections
 
 BACKWARD_TO_FORWARD = 2
 
@@ -43,10 +44,14 @@ def moe_matmul_flops_per_token(spec: ModelSpec) -> int:
 
 def block_matmul_flops_per_token(spec: ModelSpec) -> int:
     """Forward FLOPs per token of one block's weight GEMMs (QKV, out-proj, MLP or the active
-    experts). For an MoE model, an MoE block (what every block is planned as)."""
+    experts; multi-head latent attention's down- and up-projections). For an MoE model, an MoE
+    block (blocks_forward_flops_per_token counts the first dense layers as dense)."""
     h, q = spec.hidden, spec.q_width
-    qkv = 2 * h * (q + 2 * spec.kv_hidden)
-    out_proj = 2 * q * h
+    if spec.mla:
+        qkv = sum(2 * k * n for _, k, n, _ in mla_projections(spec))
+    else:
+        qkv = 2 * h * (q + spec.kv_hidden + spec.v_width)
+    out_proj = 2 * spec.out_width * h
     mlp = moe_matmul_flops_per_token(spec) if spec.moe else mlp_matmul_flops_per_token(
         spec, spec.ffn_hidden)
     return qkv + out_proj + mlp
@@ -63,12 +68,13 @@ def attended_keys(spec: ModelSpec, seq_len: int | None = None) -> float:
 
 
 def attention_core_flops_per_token(spec: ModelSpec, seq_len: int | None = None) -> float:
-    """Forward FLOPs per token and block of softmax(Q K^T) V: 2 s q for the scores, 2 s q for the
-    values (s: attended_keys, the layers' average under a sliding window)."""
+    """Forward FLOPs per token and block of softmax(Q K^T) V: 2 s q for the scores, 2 s a d_v for
+    the values (= 2 s q unless the value heads are narrower: MLA's 128 against 192; s:
+    attended_keys, the layers' average under a sliding window)."""
     keys = attended_keys(spec, seq_len)
     if keys == int(keys):
         keys = int(keys)
-    return 4 * keys * spec.q_width
+    return 2 * keys * (spec.q_width + spec.out_width)
 
 
 def block_forward_flops_per_token(spec: ModelSpec, seq_len: int | None = None) -> float:

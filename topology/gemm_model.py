@@ -27,6 +27,21 @@ Hopper's warp-specialised ping-pong kernels overlap one tile's epilogue with ano
 same document), so there the roofline's max holds. A fused kernel that keeps an operand on chip
 (flash attention: Gemm.on_chip) is not a library GEMM: the roofline's max.
 
+Every wave of output tiles also pays a fixed time before and after its K loop (filling the
+software pipeline, the epilogue): GpuSpec.gemm_wave_overhead_us, t_0, so a GEMM of short K (a
+narrow model's h-deep projections, an attention core's d-deep scores) runs further from peak than
+a deep one:
+
+  compute = executed FLOPs / (peak eff q) + waves t_0
+
+t_0 is read off a published K sweep at fixed M = N = 8192 (xwhzz/tilelang benchmark/matmul_fp8/
+README.md, H800 SXM, 2048 output tiles of 256 x 128: 16 waves of 132 SMs): its latency is linear in
+K; the line through K = 2048 (0.204672 ms) and K = 16384 (1.427264 ms) has 8.53e-5 ms per unit of K
+and 0.0300 ms at K = 0, 1.88 us a wave (wave_overhead_s). The catalog takes it for Hopper and for
+Ampere (the same multistage software pipeline, cp.async on Ampere, TMA on Hopper); no K sweep was
+found for Blackwell or CDNA 3, whose entries leave it 0. Each entry's matmul_efficiency is derived
+with its t_0 from its MAMF shape (matmul_efficiency_from).
+
 The tile is taken in whichever orientation (tile_m x tile_n or tile_n x tile_m) wastes less, as
 the library's heuristic would. A device measured at a shape (GpuSpec.measured_gemm_tflops, from
 `llmlaunch validate`'s probe) is priced at its measured rate there instead. A CPU entry has no
@@ -34,12 +49,44 @@ tile model (sm_count 0): q = 1.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
 from .gemms import Gemm
 from .hardware import GpuSpec
 
+
+@functools.lru_cache(maxsize=64)
+def at_sustained_clock(gpu: GpuSpec) -> GpuSpec:
+    """The GPU as its tensor cores run under sustained full load (GpuSpec.sustained_clock_fraction
+    f): the SM clock drops, so the GEMM rates scale by f and each wave's fixed time (cycles) by
+    1/f; the HBM clock does not drop, so a memory-bound GEMM keeps its time."""
+    f = gpu.sustained_clock_fraction
+    if f == 1.0:
+        return gpu
+    return dataclasses.replace(gpu, matmul_efficiency=gpu.matmul_efficiency * f,
+                               fp8_matmul_efficiency=gpu.fp8_matmul_efficiency * f,
+                               gemm_wave_overhead_us=gpu.gemm_wave_overhead_us / f,
+                               sustained_clock_fraction=1.0)
+
+
+def wave_overhead_s(k_short: float, seconds_short: float, k_long: float, seconds_long: float,
+                    wave_count: int) -> float:
+    """t_0 from two GEMMs of the same M, N (so the same waves) and different K: the time the line
+    through them has at K = 0, over the waves (module docstring)."""
+    per_k = (seconds_long - seconds_short) / (k_long - k_short)
+    return (seconds_short - per_k * k_short) / wave_count
+
+
+def waves(gemm: Gemm, gpu: GpuSpec) -> int:
+    """Waves of output tiles the GEMM runs in (the orientation with fewer tiles); 0 without a tile
+    model."""
+    if not gpu.sm_count:
+        return 0
+    tiles = min(math.ceil(gemm.m / a) * math.ceil(gemm.n / b)
+                for a, b in ((gpu.gemm_tile_m, gpu.gemm_tile_n), (gpu.gemm_tile_n, gpu.gemm_tile_m)))
+    return math.ceil(tiles * gemm.batch / gpu.sm_count)
 
 
 def useful_fraction(m: float, n: float, batch: int, tile_m: int, tile_n: int, sm_count: int) -> float:
@@ -60,8 +107,10 @@ def quantisation(gemm: Gemm, gpu: GpuSpec) -> float:
 
 
 def compute_time_s(gemm: Gemm, gpu: GpuSpec) -> float:
-    """Executed FLOPs at peak x matmul_efficiency x the useful fraction."""
-    return gemm.executed_flops / (gpu.achievable_flops_per_s * quantisation(gemm, gpu))
+    """Executed FLOPs at peak x matmul_efficiency x the useful fraction, plus every wave's fixed
+    time outside its K loop (GpuSpec.gemm_wave_overhead_us)."""
+    return (gemm.executed_flops / (gpu.achievable_flops_per_s * quantisation(gemm, gpu))
+            + waves(gemm, gpu) * gpu.gemm_wave_overhead_us * 1e-6)
 
 
 def memory_time_s(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
@@ -109,9 +158,11 @@ def gemm_efficiency(gemm: Gemm, gpu: GpuSpec, elem_bytes: int) -> float:
 def matmul_efficiency_from(flops: float, seconds: float, gemm: Gemm, gpu: GpuSpec,
                            elem_bytes: int) -> float:
     """The matmul_efficiency with which a compute-bound GEMM of this shape takes `seconds`:
-    flops / (peak q (seconds - the C store when the epilogue is serial)). How the catalog turns the
-    MAMF measurement at its best shape into its figure, and validate a measured rate."""
-    main_loop = seconds - (store_time_s(gemm, gpu, elem_bytes) if serial_epilogue(gemm, gpu) else 0.0)
+    flops / (peak q (seconds - the waves' fixed time - the C store when the epilogue is serial)).
+    How the catalog turns the MAMF measurement at its best shape into its figure, and validate a
+    measured rate."""
+    main_loop = (seconds - waves(gemm, gpu) * gpu.gemm_wave_overhead_us * 1e-6
+                 - (store_time_s(gemm, gpu, elem_bytes) if serial_epilogue(gemm, gpu) else 0.0))
     return flops / (gpu.peak_tflops * 1e12 * quantisation(gemm, gpu) * main_loop)
 
 

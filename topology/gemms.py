@@ -33,11 +33,14 @@ With gpt2, full recompute and V_p = V the FLOPs of this list sum to Narayanan et
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, replace
 
 from .flops import attention_core_flops_per_token
+from .frozen_hash import cached_hash
 from .model_spec import ModelSpec
-from .params import padded_vocab
+from .params import dense_variant, mla_projections, padded_vocab
 
 PHASES = ("forward", "backward-data", "backward-weight")
 ATTENTION_CORE = ("attention-scores", "attention-values")
@@ -69,6 +72,9 @@ class Gemm:
     def executed_flops(self) -> float:
         return self.flops * self.executed
 
+    def __hash__(self) -> int:
+        return cached_hash(self)
+
     def operand_elements(self) -> float:
         """Elements read and written once each: A (m k), B (k n), C (m n), per product, less what a
     fused kernel keeps on chip."""
@@ -88,30 +94,40 @@ class Gemm:
 
 
 def attended_keys(spec: ModelSpec, seq_len: int) -> float:
-    """s_k: keys per query, from the attention core's FLOPs per token (4 a d s_k)."""
-    return attention_core_flops_per_token(spec, seq_len) / (4 * spec.heads * spec.head_dim)
+    """s_k: keys per query, from the attention core's FLOPs per token (2 a (d + d_v) s_k)."""
+    return attention_core_flops_per_token(spec, seq_len) / (2 * (spec.q_width + spec.out_width))
 
 
 def block_forward_gemms(spec: ModelSpec, *, micro_batch: int, seq_len: int, tp: int,
-                        causal_skip: bool = False, ep: int = 1,
-                        capacity_factor: float = 1.0) -> tuple[Gemm, ...]:
-    """One block's forward GEMMs on one TP rank (table above). causal_skip: a fused attention
-    kernel (flash attention; Dao 2023) that skips the masked half of the causal scores and keeps
-    the score matrix on chip: each of its GEMMs, forward and backward, has one s x s_k operand
-    that never reaches HBM."""
+                        causal_skip: bool = False, ep: int = 1, capacity_factor: float = 1.0,
+                        cp: int = 1, cp_kind: str = "allgather") -> tuple[Gemm, ...]:
+    """One block's forward GEMMs on one TP (and CP) rank (table above). causal_skip: a fused
+    attention kernel (flash attention; Dao 2023) that skips the masked half of the causal scores
+    and keeps the score matrix on chip: each of its GEMMs, forward and backward, has one s x s_k
+    operand that never reaches HBM. Context parallelism (context_parallel.py): every linear layer
+    runs on T = b s / cp tokens; attention over the whole sequence's s_k keys runs for the rank's
+    s/cp queries of every local head (all-gather form) or for all s queries of a/cp of them
+    (all-to-all form): 1/cp of the attention either way."""
     s, b, t = seq_len, micro_batch, tp
-    tokens = b * s
+    tokens = b * s / cp
     q_width = spec.heads * spec.head_dim
     keys = attended_keys(spec, s)
     heads_local = b * spec.heads // t
-    executed, on_chip = (0.5, s * keys) if causal_skip else (1.0, 0.0)
-    gemms = [
-        Gemm("qkv", tokens, (q_width + 2 * spec.kv_hidden) / t, spec.hidden),
-        Gemm("attention-scores", s, keys, spec.head_dim, heads_local, executed=executed,
+    queries = s / cp
+    if cp > 1 and cp_kind == "alltoall":
+        queries, heads_local = s, b * spec.heads // (t * cp)
+    executed, on_chip = (0.5, queries * keys) if causal_skip else (1.0, 0.0)
+    if spec.mla:     # the down-projections replicated over TP, the up-projections split
+        gemms = [Gemm(name, tokens, width / (t if split else 1), k)
+                 for name, k, width, split in mla_projections(spec)]
+    else:
+        gemms = [Gemm("qkv", tokens, (q_width + spec.kv_hidden + spec.v_width) / t, spec.hidden)]
+    gemms += [
+        Gemm("attention-scores", queries, keys, spec.head_dim, heads_local, executed=executed,
              on_chip=on_chip),
-        Gemm("attention-values", s, spec.head_dim, keys, heads_local, executed=executed,
+        Gemm("attention-values", queries, spec.value_head_dim, keys, heads_local, executed=executed,
              on_chip=on_chip),
-        Gemm("out-proj", tokens, spec.hidden, q_width / t),
+        Gemm("out-proj", tokens, spec.hidden, spec.out_width / t),
     ]
     if spec.moe:
         return tuple(gemms) + moe_forward_gemms(spec, tokens=tokens, tp=t, ep=ep,
@@ -166,25 +182,32 @@ def recomputed_gemms(forward: tuple[Gemm, ...], recompute: str) -> tuple[Gemm, .
     return ()
 
 
+@functools.lru_cache(maxsize=4096)
 def block_gemms(spec: ModelSpec, *, micro_batch: int, seq_len: int, tp: int, recompute: str,
-                causal_skip: bool = False, ep: int = 1,
-                capacity_factor: float = 1.0) -> tuple[Gemm, ...]:
+                causal_skip: bool = False, ep: int = 1, capacity_factor: float = 1.0,
+                cp: int = 1, cp_kind: str = "allgather") -> tuple[Gemm, ...]:
     """One block's GEMMs for one micro-batch: forward, backward, and what recompute repeats."""
     forward = block_forward_gemms(spec, micro_batch=micro_batch, seq_len=seq_len, tp=tp,
-                                  causal_skip=causal_skip, ep=ep, capacity_factor=capacity_factor)
+                                  causal_skip=causal_skip, ep=ep, capacity_factor=capacity_factor,
+                                  cp=cp, cp_kind=cp_kind)
     return with_backward(forward) + recomputed_gemms(forward, recompute)
 
 
 def stage_gemms(spec: ModelSpec, *, blocks: int, last: bool, micro_batch: int, seq_len: int,
                 tp: int, recompute: str, causal_skip: bool = False, ep: int = 1,
-                capacity_factor: float = 1.0) -> list[tuple[Gemm, int]]:
-    """(GEMM, how many times) for one micro-batch on one GPU of a stage: every block's list, and
-    on the last stage the head (forward and backward; never recomputed)."""
-    out = [(g, blocks) for g in block_gemms(spec, micro_batch=micro_batch, seq_len=seq_len, tp=tp,
-                                            recompute=recompute, causal_skip=causal_skip, ep=ep,
-                                            capacity_factor=capacity_factor)]
+                capacity_factor: float = 1.0, cp: int = 1, cp_kind: str = "allgather",
+                dense_blocks: int = 0) -> list[tuple[Gemm, int]]:
+    """(GEMM, how many times) for one micro-batch on one GPU of a stage: every block's list (an
+    MoE model's first dense blocks, `dense_blocks` of the stage's, with their dense MLP), and on
+    the last stage the head (forward and backward; never recomputed)."""
+    shape = dict(micro_batch=micro_batch, seq_len=seq_len, tp=tp, recompute=recompute,
+                 causal_skip=causal_skip, ep=ep, capacity_factor=capacity_factor, cp=cp,
+                 cp_kind=cp_kind)
+    out = [(g, blocks - dense_blocks) for g in block_gemms(spec, **shape)] if blocks > dense_blocks else []
+    if dense_blocks:
+        out += [(g, dense_blocks) for g in block_gemms(dense_variant(spec), **shape)]
     if last:
-        head = head_forward_gemm(spec, micro_batch=micro_batch, seq_len=seq_len, tp=tp)
+        head = head_forward_gemm(spec, micro_batch=micro_batch, seq_len=seq_len / cp, tp=tp)
         out += [(g, 1) for g in with_backward((head,))]
     return out
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from .frozen_hash import cached_hash
+
 _CATALOG = Path(__file__).parent / "data" / "gpus.yaml"
 GIB = 1024 ** 3
 
@@ -77,6 +79,22 @@ class GpuSpec:
     inter_node_latency_us: float | None = None
     """collective_latency_us for a message between nodes, when it differs from the one inside a node
     (measured by `llmlaunch preflight` across hosts, plan --network-from); None: the same."""
+    fp8_peak_tflops: float = 0.0
+    """Dense FP8 tensor-core peak (0: no FP8 tensor cores; `--precision fp8` is refused)."""
+    fp8_matmul_efficiency: float = 0.0
+    """Fraction of fp8_peak_tflops an FP8 GEMM of a well-tiled shape reaches (the FP8 MAMF)."""
+    gemm_wave_overhead_us: float = 0.0
+    """Fixed time each wave of GEMM output tiles spends outside its K loop (pipeline fill and
+    epilogue; topology/gemm_model.py); 0: not measured (taken as hidden)."""
+    sustained_clock_fraction: float = 1.0
+    """Fraction of the tensor-core rate the benchmarks measure (MAMF, attention kernels: short
+    bursts on an otherwise idle GPU, at the boost clock) that the GPU keeps under sustained full
+    load at its power limit, where its SM clock drops (the HBM clock does not); applied to GEMMs
+    and fused attention (gemm_pricing.priced_gemm_time_s). 1: no throttling measured."""
+    attention_efficiency: tuple = ()
+    """((kernel, forward fraction, backward fraction), ...): the fraction of the bf16 peak a fused
+    attention kernel (fa2, cudnn, fa3) reaches at long sequences (its authors' benchmarks at head
+    dim 128); a kernel not listed is priced by the GEMM shape model (topology/gemm_model.py)."""
 
     def __post_init__(self):
         curve = tuple((float(size), float(bw)) for size, bw in self.allreduce_busbw)
@@ -103,6 +121,9 @@ class GpuSpec:
                 raise ValueError(f"GPU {self.name}: {field} must be a number >= 0, got {value!r}")
         if not 0 < self.hbm_efficiency <= 1:
             raise ValueError(f"GPU {self.name}: hbm_efficiency must be in (0, 1], got {self.hbm_efficiency}")
+        if not 0 < self.sustained_clock_fraction <= 1:
+            raise ValueError(f"GPU {self.name}: sustained_clock_fraction must be in (0, 1], got "
+                             f"{self.sustained_clock_fraction}")
         if self.matmul_efficiency > 1:
             raise ValueError(f"GPU {self.name}: matmul_efficiency must be <= 1, got {self.matmul_efficiency}")
         for field in ("sm_count", "gemm_tile_m", "gemm_tile_n"):
@@ -111,8 +132,18 @@ class GpuSpec:
                 raise ValueError(f"GPU {self.name}: {field} must be an integer >= 0, got {value!r}")
         if self.sm_count and not (self.gemm_tile_m and self.gemm_tile_n):
             raise ValueError(f"GPU {self.name}: sm_count needs gemm_tile_m and gemm_tile_n")
+        curve = tuple((str(k), float(f), float(b)) for k, f, b in self.attention_efficiency)
+        object.__setattr__(self, "attention_efficiency", curve)
+        if any(not (0 < f <= 1 and 0 < b <= 1) for _, f, b in curve):
+            raise ValueError(f"GPU {self.name}: attention_efficiency fractions must be in (0, 1]")
+        if self.fp8_peak_tflops and not 0 < self.fp8_matmul_efficiency <= 1:
+            raise ValueError(f"GPU {self.name}: fp8_matmul_efficiency must be in (0, 1] with an FP8 "
+                             "peak")
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"GPU {self.name}: precision must be bf16 or fp32, got {self.precision!r}")
+
+    def __hash__(self) -> int:
+        return cached_hash(self)
 
     @property
     def memory_bytes(self) -> float:
@@ -123,6 +154,13 @@ class GpuSpec:
         """What a GEMM of a shape that fills every tile and wave reaches: peak x matmul_efficiency
         (topology/gemm_model.py prices other shapes)."""
         return self.peak_tflops * 1e12 * self.matmul_efficiency
+
+    def attention_fraction(self, kernel: str, phase: str) -> float | None:
+        """The fraction of peak `kernel` reaches in `phase` ('forward' or backward), if known."""
+        for name, forward, backward in self.attention_efficiency:
+            if name == kernel:
+                return forward if phase == "forward" else backward
+        return None
 
     def measured_tflops(self, shape: str) -> float | None:
         """The measured rate of a GEMM of `shape` on this device, if one was measured."""

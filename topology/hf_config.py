@@ -16,6 +16,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from .hf_checks import check_hf_config
 from .hf_families import MAX_DEFAULT_SEQ_LEN, READERS, reader, rope
 from .model_spec import MLPS, ModelSpec
 from .params import total_params
@@ -27,19 +28,32 @@ KNOWN_TYPES = tuple(READERS)
 
 
 def read_hf_config(path: str | Path, label: str = "HF config") -> dict:
-    """config.json (or a directory holding one) as a dict; ValueError naming the file (and the
-    input it came from, `label`: e.g. --hf-config) otherwise."""
+    """config.json (or a directory holding one) as a dict, checked before anything is built from it
+    (hf_checks.check_hf_config: types, sizes, NaN, nesting); ValueError in one line naming the file
+    (and the input it came from, `label`: e.g. --hf-config) and the key otherwise."""
     file = Path(path)
     if file.is_dir():
         file = file / "config.json"
+    where = f"{label} {str(path)!r}"
     try:
-        cfg = json.loads(file.read_text())
+        raw = file.read_bytes()
+        text = raw.decode("utf-8")
+        cfg = json.loads(text)
     except OSError as exc:
-        raise ValueError(f"{label} {str(path)!r}: cannot read it ({exc.strerror})") from None
+        raise ValueError(f"{where}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{where}: not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x}); a "
+                         "config.json is UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{label} {str(path)!r}: not valid JSON (line {exc.lineno})") from None
+        raise ValueError(f"{where}: not valid JSON (line {exc.lineno})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: JSON nested too deeply to read; a transformers config nests "
+                         "a few levels") from None
     if not isinstance(cfg, dict) or "model_type" not in cfg:
-        raise ValueError(f"{label} {str(path)!r}: not a transformers config (no model_type)")
+        raise ValueError(f"{where}: not a transformers config (no model_type)")
+    if not isinstance(cfg["model_type"], str):
+        raise ValueError(f"{where}: key 'model_type' must be a string, got {cfg['model_type']!r}")
+    check_hf_config(cfg, where)
     return cfg
 
 

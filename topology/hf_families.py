@@ -159,12 +159,16 @@ def _qwen2_moe(cfg, seq_len):
 
 
 def _deepseek(cfg, seq_len):
-    """DeepSeek-V2/V3: MoE with shared experts and first dense layers; its multi-head latent
-    attention (MLA) is planned as multi-head attention of head dim qk_nope + qk_rope (approximate:
-    hf_config.planning_notes says by how much the count differs)."""
+    """DeepSeek-V2/V3: multi-head latent attention (kv_lora_rank, q_lora_rank, the rope and nope
+    head dims, v_head_dim), MoE with shared experts and the first dense layers
+    (first_k_dense_replace), as transformers' DeepseekV3Attention / DeepseekV3MoE build them."""
     spec = dict(base(cfg, seq_len), arch="deepseek")
     spec["kv_heads"] = spec["heads"]
-    spec["head_dim"] = (cfg.get("qk_nope_head_dim") or 0) + (cfg.get("qk_rope_head_dim") or 0) or 0
+    rope_dim = cfg.get("qk_rope_head_dim") or 0
+    spec["head_dim"] = (cfg.get("qk_nope_head_dim") or 0) + rope_dim or 0
+    if cfg.get("kv_lora_rank"):
+        spec.update(kv_lora_rank=cfg["kv_lora_rank"], q_lora_rank=cfg.get("q_lora_rank") or 0,
+                    qk_rope_head_dim=rope_dim, v_head_dim=cfg.get("v_head_dim") or 0)
     shared = (cfg.get("n_shared_experts") or 0) * cfg["moe_intermediate_size"]
     spec.update(experts=cfg["n_routed_experts"], experts_per_token=cfg["num_experts_per_tok"],
                 expert_ffn_hidden=cfg["moe_intermediate_size"], shared_expert_ffn_hidden=shared,

@@ -20,18 +20,26 @@ PIPELINE_ZERO_STAGES = (0, 1)
 RUNNABLE_ZERO_STAGES = PIPELINE_ZERO_STAGES  # name kept for callers of 0.1
 # ZeRO-Offload (DeepSpeed's offload_optimizer / offload_param to CPU memory): what leaves the GPU.
 OFFLOAD_MODES = ("none", "optimizer", "optimizer+params")
-# Rank order, fastest-varying axis first, as DeepSpeed's PipeModelDataParallelTopology lays ranks
-# out (its axes pipe, data, model with the last fastest): rank = (pp_coord * dp + dp_coord) * tp
-# + tp_coord. A TP group is tp consecutive ranks, so it stays inside a node when tp divides it.
-AXES = ("tp", "dp", "pp")
-AXIS_NAMES = {"tp": "tensor", "dp": "data", "pp": "pipeline", "ep": "expert",
+# Rank order, fastest-varying axis first, as Megatron-Core's RankGenerator lays ranks out (its
+# default order "tp-cp-ep-dp-pp", megatron/core/parallel_state.py, Megatron-Core 0.20): rank =
+# ((pp_coord * dp + dp_coord) * cp + cp_coord) * tp + tp_coord. With cp = 1 this is DeepSpeed's
+# PipeModelDataParallelTopology (axes pipe, data, model with the last fastest): every rank map of a
+# layout without context parallelism is what it was. A TP group is tp consecutive ranks, so it
+# stays inside a node when tp divides it; a CP group strides tp.
+AXES = ("tp", "cp", "dp", "pp")
+AXIS_NAMES = {"tp": "tensor", "cp": "context", "dp": "data", "pp": "pipeline", "ep": "expert",
               "edp": "expert-data"}
+# Context parallelism's two forms (topology/context_parallel.py): "allgather" (each rank all-gathers
+# K and V for its load-balanced query chunks: Llama 3, Section 3.3.2) and "alltoall" (DeepSpeed-
+# Ulysses: all-to-alls trade the sequence split for a head split around attention).
+CP_KINDS = ("allgather", "alltoall")
 # Expert parallelism splits the data-parallel axis in two, ep fastest: consecutive data-parallel
 # ranks form an expert-parallel group (the E experts split over them), and the ranks holding the
 # same experts form an expert-data-parallel group of dp/ep (Megatron-LM core's RankGenerator order
 # "tp-ep-dp-pp" for experts; DeepSpeed-MoE's _create_expert_and_data_parallel). The same generic
-# rank_groups computes both: rank = ((pp_coord * dp/ep + edp_coord) * ep + ep_coord) * tp + tp_coord.
-EXPERT_AXES = ("tp", "ep", "edp", "pp")
+# rank_groups computes both: rank = (((pp_coord * dp/ep + edp_coord) * ep + ep_coord) * cp + cp_coord)
+# * tp + tp_coord.
+EXPERT_AXES = ("tp", "cp", "ep", "edp", "pp")
 
 
 def rank_groups(sizes: Sequence[int], grouped: Sequence[bool]) -> list[list[int]]:
@@ -72,7 +80,8 @@ def rank_groups(sizes: Sequence[int], grouped: Sequence[bool]) -> list[list[int]
 
 @dataclass(frozen=True)
 class Layout:
-    """How world_size = dp * pp * tp GPUs split one training step. Validated once, on construction.
+    """How world_size = dp * pp * tp * cp GPUs split one training step. Validated once, on
+    construction.
     Expert parallelism (ep) is no fourth factor of the world size: it splits each data-parallel
     group into dp/ep groups of ep ranks that share out a Mixture-of-Experts layer's experts."""
 
@@ -103,9 +112,14 @@ class Layout:
     """Expert-parallel degree (Mixture-of-Experts only): consecutive data-parallel ranks that split
     the E experts of every MoE layer, E/ep each; divides dp (and E: model_reasons). 1: every rank
     holds every expert."""
+    cp: int = 1
+    """Context-parallel degree: ranks splitting every sequence into cp parts (2 cp load-balanced
+    causal chunks); topology/context_parallel.py. Estimate only until llmlaunch's model runs it."""
+    cp_kind: str = "allgather"
+    """How the cp ranks exchange what attention needs (CP_KINDS); meaningless at cp = 1."""
 
     def __post_init__(self):
-        for field in ("dp", "pp", "tp", "micro_batch", "grad_accum", "virtual_stages", "ep"):
+        for field in ("dp", "pp", "tp", "micro_batch", "grad_accum", "virtual_stages", "ep", "cp"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"layout {field} must be a positive integer, got {value!r}")
@@ -117,6 +131,9 @@ class Layout:
                              f"groups are sub-groups of a data-parallel group); ep can be {fits}")
         if self.virtual_stages > 1 and self.pp == 1:
             raise ValueError("an interleaved schedule (virtual_stages > 1) needs a pipeline (pp > 1)")
+        if self.cp_kind not in CP_KINDS:
+            raise ValueError(f"layout cp_kind must be one of {', '.join(CP_KINDS)}, got "
+                             f"{self.cp_kind!r}")
         if self.recompute not in RECOMPUTE_MODES:
             raise ValueError(f"layout recompute must be one of {', '.join(RECOMPUTE_MODES)}, "
                              f"got {self.recompute!r}")
@@ -140,18 +157,27 @@ class Layout:
         return "pipeline" if self.pp > 1 else "plain"
 
     def not_runnable_reason(self) -> str | None:
-        """Why llmlaunch's model on DeepSpeed cannot run it (None: it can)."""
+        """Why llmlaunch's model on DeepSpeed cannot run it (None: it can). What DeepSpeed itself
+        refuses comes first (ZeRO-2/3 or offload under a pipeline), then what only llmlaunch's model
+        lacks (context parallelism, sequence parallelism, interleaving)."""
+        if self.pp > 1 and (self.zero_stage not in PIPELINE_ZERO_STAGES or self.offload != "none"):
+            return self.pipeline_zero_reason()
+        if self.cp > 1:
+            return (f"context parallelism (cp={self.cp}) is an estimate until llmlaunch's model runs "
+                    "it (the context-parallel engine, issue 25); pin cp=1")
         if self.sequence_parallel or self.virtual_stages > 1:
             return ("sequence parallelism and interleaved pipelines are estimates only (DeepSpeed's "
                     "pipeline engine runs plain 1F1B; llmlaunch's model has no sequence "
                     "parallelism)")
-        if self.pp > 1 and (self.zero_stage not in PIPELINE_ZERO_STAGES or self.offload != "none"):
-            what = (f"ZeRO-{self.zero_stage}" if self.zero_stage not in PIPELINE_ZERO_STAGES
-                    else f"offload {self.offload}")
-            return (f"{what} with a pipeline (pp={self.pp}): DeepSpeed's pipeline engine runs ZeRO "
-                    f"0 and 1 without offload; pin pp=1 (dp*tp = {self.world_size}, the plain "
-                    "engine runs every ZeRO stage and offload) or zero_stage 1")
         return None
+
+    def pipeline_zero_reason(self) -> str:
+        """Why DeepSpeed's pipeline engine refuses this ZeRO stage or offload (pp > 1)."""
+        what = (f"ZeRO-{self.zero_stage}" if self.zero_stage not in PIPELINE_ZERO_STAGES
+                else f"offload {self.offload}")
+        return (f"{what} with a pipeline (pp={self.pp}): DeepSpeed's pipeline engine runs ZeRO "
+                f"0 and 1 without offload; pin pp=1 (dp*tp = {self.world_size}, the plain "
+                "engine runs every ZeRO stage and offload) or zero_stage 1")
 
     @property
     def runnable(self) -> bool:
@@ -161,7 +187,7 @@ class Layout:
 
     @property
     def world_size(self) -> int:
-        return self.dp * self.pp * self.tp
+        return self.dp * self.pp * self.tp * self.cp
 
     @property
     def global_batch(self) -> int:
@@ -169,8 +195,8 @@ class Layout:
         return self.micro_batch * self.grad_accum * self.dp
 
     def size(self, axis: str) -> int:
-        """The degree of one axis ('tp', 'dp' or 'pp'; or of the expert split of dp: 'ep', and
-        'edp' = dp/ep, the ranks holding the same experts)."""
+        """The degree of one axis ('tp', 'cp', 'dp' or 'pp'; or of the expert split of dp: 'ep',
+        and 'edp' = dp/ep, the ranks holding the same experts)."""
         if axis == "edp":
             return self.dp // self.ep
         if axis not in AXES and axis != "ep":
@@ -178,12 +204,17 @@ class Layout:
         return getattr(self, axis)
 
     def describe(self) -> str:
-        """'dp=2 pp=2 tp=1' (and ' ep=2' when experts are split): the degrees, as messages name them."""
-        return f"dp={self.dp} pp={self.pp} tp={self.tp}" + (f" ep={self.ep}" if self.ep > 1 else "")
+        """'dp=2 pp=2 tp=1' (and ' cp=2', ' ep=2' when sequences or experts are split): the
+        degrees, as messages name them."""
+        return (f"dp={self.dp} pp={self.pp} tp={self.tp}" + (f" cp={self.cp}" if self.cp > 1 else "")
+                + (f" ep={self.ep}" if self.ep > 1 else ""))
 
     @property
     def product(self) -> str:
-        """'dp*pp*tp = 2*2*1 = 4': the world size with its factors, as errors print it."""
+        """'dp*pp*tp = 2*2*1 = 4' ('dp*pp*tp*cp = ...' with context parallelism): the world size
+        with its factors, as errors print it."""
+        if self.cp > 1:
+            return (f"dp*pp*tp*cp = {self.dp}*{self.pp}*{self.tp}*{self.cp} = {self.world_size}")
         return f"dp*pp*tp = {self.dp}*{self.pp}*{self.tp} = {self.world_size}"
 
     # ------------------------------------------------------------------------------------------
@@ -210,7 +241,26 @@ class Layout:
                 reasons.append(f"tp={self.tp} does not divide {what}={value}")
         if self.pp > spec.layers:
             reasons.append(f"pp={self.pp} exceeds the {spec.layers} layers (every stage needs one)")
-        return reasons + self.expert_reasons(spec)
+        return reasons + self.context_reasons(spec) + self.expert_reasons(spec)
+
+    def context_reasons(self, spec: ModelSpec) -> list[str]:
+        """Why the sequence split does not fit `spec`: each of the cp ranks holds two of 2 cp equal
+        chunks (load-balanced causal attention: Megatron-Core and Llama 3 both split the sequence
+        so), so 2 cp must divide the sequence; the all-to-all form splits the heads instead around
+        attention, so cp must divide the query and KV heads each TP rank holds (DeepSpeed-Ulysses)."""
+        if self.cp == 1:
+            return []
+        reasons = []
+        if spec.seq_len % (2 * self.cp):
+            reasons.append(f"cp={self.cp} needs the sequence ({spec.seq_len}) divisible by 2*cp = "
+                           f"{2 * self.cp} (two load-balanced chunks per rank)")
+        if self.cp_kind == "alltoall":
+            for what, value in (("heads", spec.heads), ("kv_heads", spec.kv_heads)):
+                if value % self.tp == 0 and (value // self.tp) % self.cp:
+                    reasons.append(f"cp={self.cp} (all-to-all) does not divide the {value // self.tp} "
+                                   f"{what} per TP rank ({what}={value}, tp={self.tp}); use the "
+                                   "all-gather form")
+        return reasons
 
     def expert_reasons(self, spec: ModelSpec) -> list[str]:
         """Why the expert split does not fit `spec`: ep > 1 needs an MoE model and must divide its
@@ -246,7 +296,7 @@ class Layout:
         return tuple(self.size(axis) for axis in AXES)
 
     def coords(self, rank: int) -> dict[str, int]:
-        """{'tp': t, 'dp': d, 'pp': p} of a global rank."""
+        """{'tp': t, 'cp': c, 'dp': d, 'pp': p} of a global rank."""
         if not 0 <= rank < self.world_size:
             raise ValueError(f"rank {rank} outside world size {self.world_size}")
         out, rest = {}, rank
@@ -254,9 +304,9 @@ class Layout:
             rest, out[axis] = divmod(rest, self.size(axis))
         return out
 
-    def rank_of(self, *, tp: int = 0, dp: int = 0, pp: int = 0) -> int:
+    def rank_of(self, *, tp: int = 0, dp: int = 0, pp: int = 0, cp: int = 0) -> int:
         """The global rank at these coordinates."""
-        coords = {"tp": tp, "dp": dp, "pp": pp}
+        coords = {"tp": tp, "cp": cp, "dp": dp, "pp": pp}
         rank, stride = 0, 1
         for axis in AXES:
             if not 0 <= coords[axis] < self.size(axis):
@@ -266,8 +316,8 @@ class Layout:
         return rank
 
     def groups(self, *axes: str) -> list[list[int]]:
-        """The groups of ranks that differ only along `axes` (one axis: its TP/DP/PP groups; 'ep':
-        the expert-parallel groups, 'edp': the expert-data-parallel ones, over EXPERT_AXES)."""
+        """The groups of ranks that differ only along `axes` (one axis: its TP/CP/DP/PP groups;
+        'ep': the expert-parallel groups, 'edp': the expert-data-parallel ones, over EXPERT_AXES)."""
         order = EXPERT_AXES if {"ep", "edp"} & set(axes) else AXES
         unknown = set(axes) - set(order)
         if unknown or not axes:
@@ -300,8 +350,8 @@ class Layout:
         return out
 
     def stride(self, axis: str) -> int:
-        """Rank distance between neighbours along one axis of AXES or EXPERT_AXES (ep: tp,
-        edp: tp * ep)."""
+        """Rank distance between neighbours along one axis of AXES or EXPERT_AXES (cp: tp,
+        ep: tp * cp, edp: tp * cp * ep)."""
         order = EXPERT_AXES if axis in ("ep", "edp") else AXES
         if axis not in order:
             raise ValueError(f"unknown axis {axis!r}; axes are {', '.join(AXES)}, ep, edp")

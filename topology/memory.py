@@ -6,16 +6,23 @@ Psi parameters held by one GPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 from dataclasses import dataclass
 
+from .activations import (FP32_BYTES, activation_bytes_per_layer, logits_bytes,  # noqa: F401
+                          logits_saved_bytes, micro_batches_in_flight, mlp_activation_elements,
+                          saved_activation_bytes, saved_norm_input_bytes,
+                          transient_activation_bytes)
+from .engines import DEFAULT_ENGINE, ENGINES, Engine
 from .experts import expert_data_parallel, expert_params_held
+from .fp8 import fp8_weight_copy_bytes
 from .model_spec import ModelSpec
-from .params import embedding_params, head_params, layer_params, padded_vocab
+from .params import dense_layer_params, embedding_params, head_params, layer_params
 from .stage_split import split_stages
 
 GIB = 1024 ** 3
-FP32_BYTES = 4
 
 # Memory the caching allocator reserves beyond what tensors use (block rounding, fragmentation):
 # a stated allowance as a fraction of the allocated bytes, applied the same way to every layout.
@@ -60,9 +67,20 @@ class Precision:
     its single flat fp32 gradient buffer in place (DeepSpeed's `buffered_allreduce_fallback`
     flattens a one-tensor bucket to a view: no copy), so it needs no buffer beyond the states."""
 
+    lp_weight_bytes: int = 0
+    """Bytes per element of the weights the GEMMs read and the data-parallel gathers move, when the
+    stored weights are wider (FSDP keeps fp32 parameters and gathers bf16 copies); 0: weight_bytes."""
+    fp8: bool = False
+    """The block's linear layers run as FP8 GEMMs (fp8.py), everything else in bf16."""
+
     @property
     def norm_bytes(self) -> int:
         return self.norm_input_bytes or self.activation_bytes
+
+    @property
+    def compute_weight_bytes(self) -> int:
+        """Bytes per weight element the step reads and the gathers move."""
+        return self.lp_weight_bytes or self.weight_bytes
 
 
 PRECISIONS = {
@@ -76,6 +94,14 @@ PRECISIONS = {
     # gradients and no 16-bit gradient kept, fused norm kernels that save the 16-bit input.
     # Used for topology/data/published_runs.yaml, not offered by the CLI (llmlaunch runs "bf16").
     "bf16-megatron": Precision(weight_bytes=2, grad_bytes=4, optimizer_bytes=12, activation_bytes=2),
+    # Megatron-Core as NeMo / Megatron-Bridge's perf recipes run it: bf16 weights and a bf16 main-
+    # gradient buffer (`grad_reduce_in_fp32 = False`, perf_recipes/_common.py), fp32 master weights
+    # and Adam m, v in the (distributed) optimizer.
+    "bf16-mcore": Precision(weight_bytes=2, grad_bytes=2, optimizer_bytes=12, activation_bytes=2),
+    # FSDP2 with MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32) (torchtitan): fp32
+    # parameters and gradients, Adam m and v, sharded; the forward and backward gather bf16 copies.
+    "bf16-fsdp": Precision(weight_bytes=4, grad_bytes=4, optimizer_bytes=8, activation_bytes=2,
+                           lp_weight_bytes=2),
     # plain fp32 AdamW (CPU runs): no master copy, Adam m and v. Under ZeRO >= 1,
     # DeepSpeedZeroOptimizer clones this rank's partition of the weights into an fp32 master
     # (single_partition_of_fp32_groups, runtime/zero/stage_1_and_2.py) even when the weights are
@@ -84,6 +110,22 @@ PRECISIONS = {
     "fp32": Precision(weight_bytes=4, grad_bytes=4, optimizer_bytes=8, activation_bytes=4,
                       zero_master_bytes=4),
 }
+
+
+PRECISION_CHOICES = ("bf16", "fp8", "fp32")
+"""What `plan --precision` offers: fp8 is bf16 with FP8 GEMMs (fp8.py)."""
+
+
+def precision_for(name: str, engine: Engine) -> Precision:
+    """The Precision of a plan: 'bf16' and 'fp8' take the engine's bf16 accounting of the model
+    states (Engine.model_states), 'fp8' with its linear layers' GEMMs in FP8; any key of PRECISIONS
+    as it is (fp32; the published runs' bf16-megatron)."""
+    if name in ("bf16", "fp8"):
+        base = PRECISIONS[engine.model_states]
+        return dataclasses.replace(base, fp8=True) if name == "fp8" else base
+    if name not in PRECISIONS:
+        raise ValueError(f"precision {name!r} is not one of {', '.join(PRECISION_CHOICES)}")
+    return PRECISIONS[name]
 
 
 def model_state_bytes(params: float, dp: int, zero_stage: int, precision: Precision) -> dict:
@@ -165,178 +207,27 @@ def offloaded_bytes(params: float, dp: int, precision: Precision, offload: str) 
     return states
 
 
-@functools.lru_cache(maxsize=4096)
-def saved_norm_input_bytes(spec: ModelSpec, act_bytes: int, norm_bytes: int | None) -> int:
-    """Element size of a norm input saved for backward: norm_bytes for RMSNorm (HF's form upcasts
-    to fp32), act_bytes otherwise (gpt2's LayerNorm saves its input as it is)."""
-    return norm_bytes if norm_bytes is not None and spec.rms_norm else act_bytes
-
-
-def mlp_activation_elements(spec: ModelSpec, tokens: float, tp: int) -> float:
-    """Elements one block's MLP saves for `tokens` tokens, per TP rank: GELU input and output
-    2 f, or the gated MLP's gate, activation(gate), up and their product 4 f, per token; an MoE layer
-    saves that for each of the k experts a token is routed to (f_e wide) and for the shared expert
-    (f_s), plus the router's logits and probabilities (2E, replicated). The routing's own buffers
-    (token permutation, the expert inputs gathered k times) are not counted: see moe_note."""
-    per_width = 4 if spec.gated_mlp else 2
+def dense_blocks_in(spec: ModelSpec, first_block: int, blocks: int) -> int:
+    """Of `blocks` blocks from `first_block` on, how many are an MoE model's first dense layers
+    (DeepSeek's first_k_dense_replace); 0 for a dense model, whose blocks are all alike."""
     if not spec.moe:
-        return per_width * tokens * spec.ffn_hidden / tp
-    elements = per_width * tokens * spec.experts_per_token * spec.expert_ffn_hidden / tp
-    elements += per_width * tokens * spec.shared_expert_ffn_hidden / tp
-    return elements + 2 * tokens * spec.experts
+        return 0
+    return max(0, min(first_block + blocks, spec.dense_layers) - first_block)
 
 
-def activation_bytes_per_layer(spec: ModelSpec, micro_batch: int, tp: int, recompute: str,
-                               act_bytes: int = 2, flash_attention: bool = True,
-                               dropout: bool = False, seq_len: int | None = None,
-                               sequence_parallel: bool = False, norm_bytes: int | None = None) -> float:
-    """Bytes one block keeps for backward for one micro-batch, per TP rank.
-
-    With sequence_parallel (Megatron-LM, Korthikanti et al. 2022 Section 4.2.2) the terms that tensor
-    parallelism replicates (norm inputs, QKV and MLP inputs, dropout masks, and the block input kept
-    under full recompute) are split over the t ranks along the sequence: Table 2 gives
-    sbh(34/t + 5as/(ht)) for gpt2 with dropout and no flash attention.
-
-    Korthikanti et al. 2022 (Reducing Activation Recomputation), Section 4.1, eq. (1) and Table 2,
-    term by term, generalised to GQA, an explicit head dim (q = a d), gated MLPs and MoE; with gpt2,
-    dropout, no flash attention and 2-byte activations it is exactly sbh(10 + 24/t + 5as/(ht)).
-    Terms (elements, x act_bytes):
-      replicated over TP:  2 norm inputs 2sbh, QKV input sbh, MLP input sbh
-      sharded over TP:     Q, K, V  sb(q + 2 a_kv d)/t, attention output sbq/t,
-                           MLP: mlp_activation_elements (GELU 2sbf/t, gated 4sbf/t, MoE per expert)
-      attention core:      without flash, softmax probabilities a s^2 b/t (and the dropout output
-                           another a s^2 b/t); flash kernels keep only the log-sum-exp (fp32, asb/t)
-      dropout masks (1 byte each): attention probs a s^2 b/t, after attention sbh, after MLP sbh
-    selective recompute drops the attention core (recomputed in backward); full recompute keeps only
-    the block input, 2sbh at 2 bytes (the per-stage function adds back one block being recomputed).
-
-    The RMSNorm + RoPE families as model/layers.py builds them save more than the paper's terms
-    (found by `llmlaunch validate`: +20% at the tiny shape before these terms), all selected by the
-    spec's features, so the gpt2 form above is untouched:
-      RMSNorm, written as HF's LlamaRMSNorm in plain ops: the weight multiply saves the normalised
-      tensor, act sbh per norm, 2 per block (replicated over TP)
-      RoPE: the rotated q and k are new tensors that attention saves while the QKV output stays saved
-      (v is a view of it): sb(q + a_kv d)/t more
-      the cos/sin tables that the rotary multiplies save: s x d each, fp32 (2 x 4 bytes), or their
-      per-use casts for q and k in a 16-bit run (4 x 2 bytes): 8 s d bytes either way
-      QK-norm (Qwen3): each of the two RMSNorms saves its input (norm_bytes) and its normalised
-      tensor (act): sb(q + a_kv d)/t x (norm_bytes + act_bytes)
-    Norms beyond two per block (Gemma-2's post-norms) save their input and normalised tensor too.
-    Per-token norm statistics (mean/rstd, 4-8 bytes a token per norm, under 8/h of the norm input)
-    are not counted. norm_bytes (default act_bytes) is the element size of the saved RMSNorm
-    inputs: 4 in a bf16 run, HF's RMSNorm upcasting to fp32.
-    """
-    s = seq_len or spec.seq_len
-    b, h, a, t = micro_batch, spec.hidden, spec.heads, tp
-    sbh = s * b * h
-    if recompute == "full":
-        return act_bytes * sbh / (t if sequence_parallel else 1)
-    seq_split = t if sequence_parallel else 1
-    norm_b = saved_norm_input_bytes(spec, act_bytes, norm_bytes)
-    norms = spec.block_norms
-    replicated = (norms * norm_b + 2 * act_bytes) * sbh / seq_split
-    qkv = act_bytes * s * b * (spec.q_width + 2 * spec.kv_hidden) / t
-    attn_out = act_bytes * s * b * spec.q_width / t
-    mlp = act_bytes * mlp_activation_elements(spec, s * b, t)
-    masks = 2 * sbh / seq_split if dropout else 0
-    if flash_attention:
-        core = FP32_BYTES * a * s * b / t
-    else:
-        core = act_bytes * a * s * s * b / t * (2 if dropout else 1) + (a * s * s * b / t if dropout else 0)
-    if recompute == "selective":
-        core = 0
-    ours = 0.0
-    if spec.rms_norm:
-        ours += act_bytes * norms * sbh / seq_split
-    if spec.rotary:
-        ours += act_bytes * s * b * (spec.q_width + spec.kv_hidden) / t + 8 * s * spec.head_dim
-    if spec.qk_norm:
-        ours += (norm_b + act_bytes) * s * b * (spec.q_width + spec.kv_hidden) / t
-    return replicated + qkv + attn_out + mlp + masks + core + ours
-
-
-def logits_bytes(spec: ModelSpec, micro_batch: int, tp: int, act_bytes: int = 2,
-                 seq_len: int | None = None) -> float:
-    """LM head buffers on the last stage for one micro-batch, per TP rank: the logits in the
-    compute dtype, their fp32 softmax kept for backward, and the fp32 gradient of the logits during
-    backward: s b V_pad/t (act_bytes + 4 + 4). Large at big vocabularies (BLOOM's 250k).
-    Of these only the softmax is saved by autograd (logits_saved_bytes); the logits are the stage
-    output the pipeline engine holds and the gradient exists during backward only."""
-    s = seq_len or spec.seq_len
-    return s * micro_batch * padded_vocab(spec.vocab, tp) / tp * (act_bytes + 2 * FP32_BYTES)
-
-
-def logits_saved_bytes(spec: ModelSpec, micro_batch: int, tp: int,
-                       seq_len: int | None = None) -> float:
-    """The part of logits_bytes that autograd saves for backward: the vocab-parallel cross-entropy's
-    fp32 softmax, s b V_pad/t x 4 (model/tp.py saves nothing else of size V)."""
-    s = seq_len or spec.seq_len
-    return s * micro_batch * padded_vocab(spec.vocab, tp) / tp * FP32_BYTES
-
-
-def saved_activation_bytes(spec: ModelSpec, *, stage: int, pp: int, blocks: int, micro_batch: int,
-                           tp: int, recompute: str, act_bytes: int, flash_attention: bool = True,
-                           seq_len: int | None = None, sequence_parallel: bool = False,
-                           norm_bytes: int | None = None) -> float:
-    """Bytes that one micro-batch's forward on one GPU of `stage` leaves saved for backward (what
-    `llmlaunch validate` measures with saved-tensor hooks): the stage's blocks, and on the last
-    stage the final-norm input, the head input and the cross-entropy's fp32 softmax. A stage holds
-    this once per micro-batch in flight (micro_batches_in_flight), plus transient_activation_bytes."""
-    saved = blocks * activation_bytes_per_layer(spec, micro_batch, tp, recompute, act_bytes,
-                                                flash_attention, seq_len=seq_len,
-                                                sequence_parallel=sequence_parallel,
-                                                norm_bytes=norm_bytes)
-    if stage == pp - 1:
-        s = seq_len or spec.seq_len
-        # the final norm's input (norm_bytes for RMSNorm) and the head input; RMSNorm also
-        # saves its normalised tensor (see activation_bytes_per_layer)
-        inputs = 2 if spec.rms_norm else 1
-        saved += ((saved_norm_input_bytes(spec, act_bytes, norm_bytes) + inputs * act_bytes)
-                  * s * micro_batch * spec.hidden)
-        saved += logits_saved_bytes(spec, micro_batch, tp, seq_len)
-    return saved
-
-
-def transient_activation_bytes(spec: ModelSpec, *, stage: int, pp: int, micro_batch: int, tp: int,
-                               recompute: str, act_bytes: int, flash_attention: bool = True,
-                               seq_len: int | None = None, sequence_parallel: bool = False,
-                               norm_bytes: int | None = None) -> float:
-    """Activation memory beyond the saved tensors at a stage's peak, once (not per micro-batch in
-    flight): with full recompute, the block being recomputed in backward holds its full activations;
-    on the last stage, the logits in the compute dtype and their fp32 gradient in backward."""
-    extra = 0.0
-    if recompute == "full":
-        extra += activation_bytes_per_layer(spec, micro_batch, tp, "none", act_bytes,
-                                            flash_attention, seq_len=seq_len,
-                                            sequence_parallel=sequence_parallel,
-                                            norm_bytes=norm_bytes)
-    if stage == pp - 1:
-        extra += (logits_bytes(spec, micro_batch, tp, act_bytes, seq_len)
-                  - logits_saved_bytes(spec, micro_batch, tp, seq_len))
-    return extra
-
-
-def micro_batches_in_flight(stage: int, pp: int, micro_batches: int, virtual_stages: int = 1) -> float:
-    """Micro-batches of a whole stage's activations that stage i holds at its peak.
-
-    1F1B: stage i runs p - i forwards before its first backward, so it keeps min(p - i, m)
-    (Narayanan et al. 2021, Section 2.2.1): the first stage the most.
-    Interleaved (v model chunks of 1/v of the stage's blocks each): Megatron-LM warms up
-    2(p - i - 1) + (v - 1)p chunks and holds one more, at most m*v; in whole-stage units that count
-    over v. For i = 0 it is p + (p - 1)/v: Korthikanti et al. 2022's factor (1 + (p - 1)/(pv))."""
-    if virtual_stages == 1:
-        return min(pp - stage, micro_batches)
-    chunks = 2 * (pp - stage - 1) + (virtual_stages - 1) * pp + 1
-    return min(chunks, micro_batches * virtual_stages) / virtual_stages
-
-
-def stage_params(spec: ModelSpec, stage: int, pp: int, tp: int, blocks: int, ep: int = 1) -> float:
+@functools.lru_cache(maxsize=4096)
+def stage_params(spec: ModelSpec, stage: int, pp: int, tp: int, blocks: int, ep: int = 1,
+                 first_block: int = 0) -> float:
     """Parameters held by one GPU of `stage` (TP slice; the embedding on the first stage, the head
     on the last; with tied embeddings and p > 1 the last stage holds its own copy; with expert
-    parallelism E/ep of the routed experts, topology/experts.py)."""
-    params = blocks * layer_params(spec, tp).total
+    parallelism E/ep of the routed experts, topology/experts.py). An MoE model's first dense
+    layers (from `first_block`, the stage's first block index) are counted as the dense blocks
+    they are."""
+    dense = dense_blocks_in(spec, first_block, blocks)
+    moe = blocks - dense
+    params = moe * layer_params(spec, tp).total + dense * dense_layer_params(spec, tp).total
     if ep > 1:
-        params -= expert_params_held(spec, blocks, tp, 1) - expert_params_held(spec, blocks, tp, ep)
+        params -= expert_params_held(spec, moe, tp, 1) - expert_params_held(spec, moe, tp, ep)
     if stage == 0:
         params += embedding_params(spec, tp)
     if stage == pp - 1:
@@ -408,55 +299,124 @@ class StageMemory:
         return out
 
 
+def fsdp_unsharded_bytes(stage_params_count: float, block_params: float, root_params: float,
+                         head_params_count: float, zero_stage: int, pp: int,
+                         precision: Precision) -> float:
+    """FSDP's gathered compute copies at the stage's activation peak (the start of the backward),
+    lp = the compute dtype's bytes. FULL_SHARD without a pipeline (torchtitan's reshard_after_forward:
+    one unit per block, the root unit holding the embedding, final norm and head): the block running
+    and the one prefetched (2 blocks), the root unit, gathered for the whole forward and again for
+    the whole backward, and the head's unsharded gradient, kept until the root's reduce-scatter at
+    the end of the backward: lp (2 blocks + root + head). SHARD_GRAD_OP, or FULL_SHARD under a
+    pipeline (torchtitan keeps the weights gathered between the micro-batches: no
+    reshard_after_forward), keeps the stage's whole compute copy plus one block's unsharded
+    gradient: lp (stage + block). Megatron-FSDP is priced the same way."""
+    lp = precision.compute_weight_bytes
+    if zero_stage == 3 and pp == 1:
+        return lp * (2 * block_params + root_params + head_params_count)
+    if zero_stage >= 2:
+        return lp * (stage_params_count + block_params)
+    return 0.0
+
+
 def stage_memory(spec: ModelSpec, *, stage: int, blocks: int, dp: int, pp: int, tp: int,
                  micro_batch: int, micro_batches: int, zero_stage: int, recompute: str,
                  precision: Precision, framework_bytes: float, flash_attention: bool = True,
                  seq_len: int | None = None, sequence_parallel: bool = False,
-                 virtual_stages: int = 1, ep: int = 1, offload: str = "none") -> StageMemory:
-    """Everything one GPU of `stage` holds at its peak (during the 1F1B steady state). An MoE
-    model's routed experts (E/ep of them) have their states sharded over dp/ep (experts.py)."""
-    params = stage_params(spec, stage, pp, tp, blocks, ep)
-    expert = expert_params_held(spec, blocks, tp, ep)
-    states = deepspeed_model_state_bytes(params - expert, dp, zero_stage, precision, offload)
-    if expert:
-        expert_states = deepspeed_model_state_bytes(expert, expert_data_parallel(dp, ep), zero_stage,
-                                                    precision, offload)
-        states = {key: value + expert_states[key] for key, value in states.items()}
-    act = precision.activation_bytes
-    in_flight = micro_batches_in_flight(stage, pp, micro_batches, virtual_stages)
+                 virtual_stages: int = 1, ep: int = 1, offload: str = "none",
+                 engine: Engine = ENGINES[DEFAULT_ENGINE], cp: int = 1,
+                 first_block: int = 0) -> StageMemory:
+    """Everything one GPU of `stage` holds at its peak (during the 1F1B steady state), under the
+    engine that runs it (its activation rules, its accounting of sharded states and buffers). An
+    MoE model's routed experts (E/ep of them) have their states sharded over dp/ep (experts.py).
+    Context parallelism (cp ranks per sequence) splits the activations cp-fold, and ZeRO, the
+    distributed optimizer and FSDP shard over the dp x cp ranks that hold the same weights (the
+    data-parallel group Megatron-Core, torchtitan and DeepSpeed-Ulysses reduce gradients over)."""
+    params, expert, states, buffers, saved, transient = _stage_fixed(
+        spec, stage == 0, stage == pp - 1, blocks, dense_blocks_in(spec, first_block, blocks), dp,
+        pp, tp, micro_batch, zero_stage, recompute, precision, flash_attention, seq_len,
+        sequence_parallel, ep, offload, engine, cp)
     # saved tensors of every micro-batch in flight (the last stage has one), then what exists once:
     # the block being recomputed (full recompute), the logits and their gradient (last stage)
-    activations = in_flight * saved_activation_bytes(
-        spec, stage=stage, pp=pp, blocks=blocks, micro_batch=micro_batch, tp=tp, recompute=recompute,
-        act_bytes=act, flash_attention=flash_attention, seq_len=seq_len,
-        sequence_parallel=sequence_parallel, norm_bytes=precision.norm_bytes)
-    activations += transient_activation_bytes(
-        spec, stage=stage, pp=pp, micro_batch=micro_batch, tp=tp, recompute=recompute, act_bytes=act,
-        flash_attention=flash_attention, seq_len=seq_len, sequence_parallel=sequence_parallel,
-        norm_bytes=precision.norm_bytes)
-    largest = 0.0
-    if zero_stage == 3:   # the largest module ZeRO-3 gathers whole: a block, the embedding or head
-        largest = max(layer_params(spec, tp).total,
-                      embedding_params(spec, tp) if stage == 0 else 0,
-                      head_params(spec, tp, separate_stage=pp > 1) if stage == pp - 1 else 0)
-    buffers = buffer_bytes(params, zero_stage, precision, dp, largest)
+    activations = micro_batches_in_flight(stage, pp, micro_batches, virtual_stages) * saved + transient
     allocated = sum(states.values()) + activations + buffers
     overhead = FRAGMENTATION_FRACTION * allocated + framework_bytes
     return StageMemory(stage=stage, blocks=blocks, params=params, activations=activations,
                        buffers=buffers + overhead, overhead=overhead, expert_params=expert, **states)
 
 
+@functools.lru_cache(maxsize=8192)
+def _stage_fixed(spec: ModelSpec, first: bool, last: bool, blocks: int, dense: int, dp: int,
+                 pp: int, tp: int, micro_batch: int, zero_stage: int, recompute: str,
+                 precision: Precision, flash_attention: bool, seq_len: int | None,
+                 sequence_parallel: bool, ep: int, offload: str, engine: Engine,
+                 cp: int) -> tuple:
+    """What stage_memory needs that does not depend on the micro-batches in flight: (parameters,
+    routed-expert parameters, model states {weights, gradients, optimizer}, buffers, one
+    micro-batch's saved activations, the transient activations), for a stage of `blocks` blocks,
+    `dense` of them an MoE model's first dense layers, first and/or last in the pipeline. The
+    middle stages of a deep pipeline share it."""
+    stage = 0 if first else (pp - 1 if last else 1)
+    # a first block index giving the same `dense` count (all stage_params reads of it)
+    first_block = spec.dense_layers - dense if spec.moe else 0
+    params = stage_params(spec, stage, pp, tp, blocks, ep, first_block)
+    moe_blocks = blocks - dense
+    expert = expert_params_held(spec, moe_blocks, tp, ep)
+    shard, expert_shard = dp * cp, expert_data_parallel(dp, ep) * cp
+    states_of = (deepspeed_model_state_bytes if engine.zero_accounting == "deepspeed" else
+                 lambda p, n, z, prec, off: model_state_bytes(p, n, z, prec))
+    states = states_of(params - expert, shard, zero_stage, precision, offload)
+    if expert:
+        expert_states = states_of(expert, expert_shard, zero_stage, precision, offload)
+        states = {key: value + expert_states[key] for key, value in states.items()}
+    if precision.fp8 and engine.fp8 != "torchao":   # Transformer Engine's FP8 weight copies
+        states["weights"] += fp8_weight_copy_bytes(linear_params_held(spec, tp, blocks, moe_blocks, ep),
+                                                   engine.fp8)
+    act = precision.activation_bytes
+    rules = dict(flash_attention=flash_attention, seq_len=seq_len, sequence_parallel=sequence_parallel,
+                 norm_bytes=precision.norm_bytes, policy=engine.activations, cp=cp,
+                 fp8=precision.fp8 and engine.fp8 != "torchao")
+    saved = saved_activation_bytes(spec, stage=stage, pp=pp, blocks=blocks, micro_batch=micro_batch,
+                                   tp=tp, recompute=recompute, act_bytes=act, **rules)
+    transient = transient_activation_bytes(
+        spec, stage=stage, pp=pp, micro_batch=micro_batch, tp=tp, recompute=recompute, act_bytes=act,
+        logits_per_element=engine.logits_bytes, **rules)
+    block = layer_params(spec, tp).total
+    if engine.zero_accounting == "deepspeed":
+        largest = 0.0
+        if zero_stage == 3:   # the largest module ZeRO-3 gathers whole: a block, the embedding or head
+            largest = max(block, embedding_params(spec, tp) if first else 0,
+                          head_params(spec, tp, separate_stage=pp > 1) if last else 0)
+        buffers = buffer_bytes(params, zero_stage, precision, shard, largest)
+    else:
+        head = head_params(spec, tp, separate_stage=pp > 1) if last else 0
+        root = (embedding_params(spec, tp) if first else 0) + head
+        buffers = fsdp_unsharded_bytes(params, block, root, head, zero_stage, pp, precision)
+    return params, expert, states, buffers, saved, transient
+
+
+@functools.lru_cache(maxsize=4096)
+def linear_params_held(spec: ModelSpec, tp: int, blocks: int, moe_blocks: int, ep: int) -> float:
+    """Parameters of the linear layers one GPU holds for `blocks` blocks (their TP-split matrices:
+    what FP8 GEMMs read), the routed experts E/ep."""
+    dense = blocks - moe_blocks
+    held = moe_blocks * layer_params(spec, tp).sharded + dense * dense_layer_params(spec, tp).sharded
+    return held - (expert_params_held(spec, moe_blocks, tp, 1) - expert_params_held(spec, moe_blocks, tp, ep))
+
+
 def pipeline_memory(spec: ModelSpec, *, dp: int, pp: int, tp: int, micro_batch: int,
                     micro_batches: int, zero_stage: int, recompute: str, precision: Precision,
                     framework_bytes: float, flash_attention: bool = True,
                     seq_len: int | None = None, sequence_parallel: bool = False,
-                    virtual_stages: int = 1, ep: int = 1, offload: str = "none") -> list[StageMemory]:
+                    virtual_stages: int = 1, ep: int = 1, offload: str = "none",
+                    engine: Engine = ENGINES[DEFAULT_ENGINE], cp: int = 1) -> list[StageMemory]:
     """Memory of every pipeline stage, with the same block split the model builds."""
     split = split_stages(spec, pp, tp)
+    firsts = list(itertools.accumulate(split[:-1], initial=0))
     return [stage_memory(spec, stage=i, blocks=blocks, dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
                          micro_batches=micro_batches, zero_stage=zero_stage, recompute=recompute,
                          precision=precision, framework_bytes=framework_bytes,
                          flash_attention=flash_attention, seq_len=seq_len,
                          sequence_parallel=sequence_parallel, virtual_stages=virtual_stages, ep=ep,
-                         offload=offload)
+                         offload=offload, engine=engine, cp=cp, first_block=firsts[i])
             for i, blocks in enumerate(split)]

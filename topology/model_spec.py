@@ -18,6 +18,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from .frozen_hash import cached_hash
+
 # Families llmlaunch's model (model/) builds and trains.
 RUNNABLE_ARCHS = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 # Families the planner knows from their Hugging Face configs (transformers' model_type, except
@@ -125,6 +127,16 @@ class ModelSpec:
     """A sigmoid gate Linear(h, 1) on the shared expert's output (Qwen2-MoE)."""
     dense_layers: int = 0
     """MoE models only: the first layers keep a dense MLP of width f (DeepSeek first_k_dense_replace)."""
+    kv_lora_rank: int = 0
+    """Multi-head latent attention (DeepSeek-V2/V3): the rank r_kv of the joint key/value
+    compression (K and V of every head come up from an r_kv-wide latent); 0: ordinary attention.
+    With MLA head_dim is the query/key head width qk_nope + qk_rope."""
+    q_lora_rank: int = 0
+    """MLA: the rank r_q of the query compression (DeepSeek-V3 1536); 0: a full-rank query projection."""
+    qk_rope_head_dim: int = 0
+    """MLA: the rotary part of each query/key head (64), its key part shared by all heads."""
+    v_head_dim: int = 0
+    """Width of one value head (MLA: 128 in DeepSeek-V3, head_dim 192); 0 means head_dim."""
     name: str = ""
     """Preset name or a description of how the shape was derived (informational)."""
 
@@ -135,7 +147,8 @@ class ModelSpec:
             _check_int(field, getattr(self, field), 1)
         for field in ("kv_heads", "ffn_hidden", "head_dim", "block_norms", "sliding_window",
                       "sliding_window_layers", "experts", "experts_per_token", "expert_ffn_hidden",
-                      "shared_expert_ffn_hidden", "dense_layers"):
+                      "shared_expert_ffn_hidden", "dense_layers", "kv_lora_rank", "q_lora_rank",
+                      "qk_rope_head_dim", "v_head_dim"):
             _check_int(field, getattr(self, field), 0)
         for field in ("rope_theta", "norm_eps", "rotary_fraction"):
             value = getattr(self, field)
@@ -154,6 +167,9 @@ class ModelSpec:
                              f"{self.layers} layers")
         if self.sliding_window_layers == self.layers or not self.sliding_window:
             object.__setattr__(self, "sliding_window_layers", 0)   # one spelling of "all" / none
+
+    def __hash__(self) -> int:
+        return cached_hash(self)
 
     def _resolve_family(self):
         defaults = FAMILY_DEFAULTS[self.arch]
@@ -189,6 +205,14 @@ class ModelSpec:
         if self.arch == "gpt2" and self.head_dim * self.heads != self.hidden:
             raise ValueError(f"arch gpt2 has head_dim = hidden/heads = {self.hidden // self.heads}, "
                              f"not {self.head_dim}")
+        if (self.q_lora_rank or self.qk_rope_head_dim) and not self.kv_lora_rank:
+            raise ValueError("model q_lora_rank / qk_rope_head_dim are multi-head latent attention's: "
+                             "set kv_lora_rank too")
+        if self.kv_lora_rank and (self.kv_heads != self.heads or
+                                  not 0 < self.qk_rope_head_dim < self.head_dim):
+            raise ValueError(f"multi-head latent attention needs kv_heads = heads and 0 < "
+                             f"qk_rope_head_dim < head_dim, got kv_heads {self.kv_heads}, "
+                             f"qk_rope_head_dim {self.qk_rope_head_dim}, head_dim {self.head_dim}")
         if self.positions == "rope" and int(self.head_dim * self.rotary_fraction) % 2:
             raise ValueError(f"RoPE rotates pairs: head_dim {self.head_dim} x rotary_fraction "
                              f"{self.rotary_fraction:g} must be even")
@@ -220,8 +244,29 @@ class ModelSpec:
 
     @property
     def kv_hidden(self) -> int:
-        """Width of the K (or V) projection: a_kv * d."""
+        """Width of the K projection: a_kv * d (MLA: a heads of qk_nope + qk_rope)."""
         return self.kv_heads * self.head_dim
+
+    @property
+    def value_head_dim(self) -> int:
+        """d_v: width of one value head (v_head_dim, else head_dim)."""
+        return self.v_head_dim or self.head_dim
+
+    @property
+    def v_width(self) -> int:
+        """Width of the V projection: a_kv * d_v."""
+        return self.kv_heads * self.value_head_dim
+
+    @property
+    def out_width(self) -> int:
+        """Width of the attention output, the out-projection's input: a * d_v (q_width unless the
+        value heads are narrower: MLA)."""
+        return self.heads * self.value_head_dim
+
+    @property
+    def mla(self) -> bool:
+        """Multi-head latent attention (DeepSeek-V2/V3: kv_lora_rank set)."""
+        return self.kv_lora_rank > 0
 
     @property
     def learned_positions(self) -> bool:

@@ -64,9 +64,32 @@ def mlp_params(spec: ModelSpec, width: int) -> tuple[int, int]:
     return matrices, 0
 
 
+def mla_attention_params(spec: ModelSpec) -> tuple[int, int]:
+    """(sharded, replicated) of one multi-head latent attention sub-layer (DeepSeek-V2/V3, as
+    transformers' DeepseekV3Attention builds it), r_q, r_kv the ranks, d = qk_nope + qk_rope,
+    d_r = qk_rope, d_v the value head: the query either full-rank, q_proj h a d, or compressed,
+    q_a_proj h r_q + its RMSNorm r_q + q_b_proj r_q a d; kv_a_proj_with_mqa h (r_kv + d_r) + its
+    RMSNorm r_kv; kv_b_proj r_kv a (d - d_r + d_v); o_proj a d_v h. Under TP (Megatron-Core's MLA)
+    the up-projections and o_proj split over the heads; the down-projections and their norms are
+    replicated."""
+    h, a, d = spec.hidden, spec.heads, spec.head_dim
+    nope = d - spec.qk_rope_head_dim
+    sharded = spec.kv_lora_rank * a * (nope + spec.value_head_dim) + spec.out_width * h
+    replicated = h * (spec.kv_lora_rank + spec.qk_rope_head_dim) + spec.kv_lora_rank
+    if spec.q_lora_rank:
+        sharded += spec.q_lora_rank * a * d
+        replicated += h * spec.q_lora_rank + spec.q_lora_rank
+    else:
+        sharded += h * a * d
+    return sharded, replicated
+
+
 def attention_params(spec: ModelSpec) -> tuple[int, int]:
     """(sharded, replicated) of one attention sub-layer: QKV h(q + 2 a_kv d), its bias, out-proj
-    q h and its bias (replicated, row-parallel), QK-norm weights 2d (replicated)."""
+    q h and its bias (replicated, row-parallel), QK-norm weights 2d (replicated); multi-head latent
+    attention: mla_attention_params."""
+    if spec.mla:
+        return mla_attention_params(spec)
     h, q, kv = spec.hidden, spec.q_width, spec.kv_hidden
     sharded = (q + 2 * kv) * h + q * h
     if spec.qkv_bias:
@@ -107,12 +130,32 @@ def layer_params(spec: ModelSpec, tp: int = 1) -> LayerParams:
     return _split(attn_sharded + mlp_sharded, attn_replicated + mlp_replicated + norms, tp)
 
 
+@functools.lru_cache(maxsize=256)
+def dense_variant(spec: ModelSpec) -> ModelSpec:
+    """The spec with a dense MLP of width f in every block: what an MoE model's first dense_layers
+    blocks are (the spec itself for a dense model)."""
+    if not spec.moe:
+        return spec
+    return spec.replace(experts=0, experts_per_token=0, expert_ffn_hidden=0,
+                        shared_expert_ffn_hidden=0, shared_expert_gate=False, dense_layers=0)
+
+
+def mla_projections(spec: ModelSpec) -> list[tuple[str, int, int, bool]]:
+    """(name, input width, output width, split over TP) of an MLA block's projections in the order
+    they run (mla_attention_params: the GEMMs gemms.py prices and the FLOPs flops.py counts)."""
+    h, a, d = spec.hidden, spec.heads, spec.head_dim
+    nope = d - spec.qk_rope_head_dim
+    out = ([("q-down", h, spec.q_lora_rank, False), ("q-up", spec.q_lora_rank, a * d, True)]
+           if spec.q_lora_rank else [("q-proj", h, a * d, True)])
+    return out + [("kv-down", h, spec.kv_lora_rank + spec.qk_rope_head_dim, False),
+                  ("kv-up", spec.kv_lora_rank, a * (nope + spec.value_head_dim), True)]
+
+
+@functools.lru_cache(maxsize=4096)
 def dense_layer_params(spec: ModelSpec, tp: int = 1) -> LayerParams:
     """A block with a dense MLP of width f: every block of a dense model, the first dense_layers
     blocks of an MoE model."""
-    return layer_params(spec.replace(experts=0, experts_per_token=0, expert_ffn_hidden=0,
-                                     shared_expert_ffn_hidden=0, shared_expert_gate=False,
-                                     dense_layers=0), tp)
+    return layer_params(dense_variant(spec), tp)
 
 
 def embedding_params(spec: ModelSpec, tp: int = 1, pad: bool = True) -> int:

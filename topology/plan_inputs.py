@@ -17,7 +17,8 @@ from .params import active_params, total_params
 from .planner import Candidate, Pins, PlanOptions, evaluate
 
 PRECISIONS_OFFERED = ("bf16", "fp32")
-"""What a run or `plan --precision` may ask for ('auto' resolves to one of them)."""
+"""What a run may ask for ('auto' resolves to one of them); `plan --precision` also takes fp8 (an
+estimate: llmlaunch's model trains in bf16 or fp32)."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ def resolve_precision(requested: str, device_precision: str) -> str:
     GPUs, fp32 on a CPU; for a running rank, what its hardware is), anything else as given."""
     if requested == "auto":
         return device_precision
-    if requested not in PRECISIONS_OFFERED and requested != "bf16-megatron":
-        raise ValueError(f"precision must be auto, bf16 or fp32, got {requested!r}")
+    if requested not in PRECISIONS_OFFERED + ("fp8", "bf16-megatron"):
+        raise ValueError(f"precision must be auto, bf16, fp8 or fp32, got {requested!r}")
     return requested
 
 

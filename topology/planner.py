@@ -3,20 +3,26 @@ and ranked by throughput among the layouts whose worst pipeline stage fits in me
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 
 from .flops import hardware_flops_per_token, model_flops_per_token
 from .hardware import GIB, Cluster
-from .layout import OFFLOAD_MODES, PIPELINE_ZERO_STAGES, RECOMPUTE_MODES, ZERO_STAGES, Layout
-from .memory import PRECISIONS, Precision, StageMemory, offloaded_bytes, pipeline_memory
+from .layout import CP_KINDS, OFFLOAD_MODES, RECOMPUTE_MODES, Layout
+from .layout_rules import (divisors, layout_reasons, searched_cp_degrees,  # noqa: F401
+                           searched_offloads, searched_zero_stages, structural_reasons)
+from .memory import (Precision, StageMemory, dense_blocks_in, linear_params_held, offloaded_bytes,
+                     pipeline_memory, precision_for)
 from .model_spec import ModelSpec
-from .engines import DEFAULT_ENGINE, engine as engine_named
+from .dp_time import overlapped_dp_time_s
+from .engines import DEFAULT_ENGINE, Engine, engine as engine_named
 from .experts import DEFAULT_CAPACITY_FACTOR, expert_data_parallel
+from .fp8 import fp8_weight_cast_bytes
 from .params import padded_vocab
-from .step_time import (StageTime, StepTime, allgather_time_s, bubble_fraction, data_parallel_time_s,
-                        optimizer_time_s, pipeline_time_s, stage_micro_batch_time,
-                        tied_embedding_time_s)
+from .step_time import (StageTime, StepTime, allgather_time_s, bubble_fraction, comm_sm_share,
+                        data_parallel_time_s, optimizer_time_s, overlapped_exposed_s,
+                        pipeline_time_s, stage_micro_batch_time, tied_embedding_time_s)
 from .zero_time import (cpu_adam_time_s, host_link_time_s, offload_transfer_bytes, parameter_tensors,
                         zero3_exposed_s, zero3_gather_time_s, zero_host_time_s,
                         zero_micro_batch_time_s)
@@ -73,7 +79,8 @@ class Candidate:
     def to_dict(self) -> dict:
         """The public JSON shape of a candidate (see docs/plan-json.md)."""
         lay = self.layout
-        out = {"dp": lay.dp, "pp": lay.pp, "tp": lay.tp, "ep": lay.ep, "micro_batch": lay.micro_batch,
+        out = {"dp": lay.dp, "pp": lay.pp, "tp": lay.tp, "cp": lay.cp, "cp_kind": lay.cp_kind,
+               "ep": lay.ep, "micro_batch": lay.micro_batch,
                "grad_accum": lay.grad_accum, "global_batch": lay.global_batch,
                "zero_stage": lay.zero_stage, "offload": lay.offload, "recompute": lay.recompute,
                "sequence_parallel": lay.sequence_parallel, "virtual_stages": lay.virtual_stages,
@@ -107,49 +114,21 @@ def default_global_batch(params: float, seq_len: int, gpus: int, gpus_per_node: 
     return max(batch, math.ceil(gpus / gpus_per_node))
 
 
-def structural_reasons(spec: ModelSpec, cluster: Cluster, dp: int, pp: int, tp: int,
-                       ep: int = 1) -> list[str]:
-    """Why a (dp, pp, tp, ep) cannot be built at all (no estimate is possible): Layout's own checks."""
-    layout = Layout(dp=dp, pp=pp, tp=tp, ep=ep)
-    reasons = [] if layout.world_size == cluster.gpus else [f"{layout.product} != {cluster.gpus} GPUs"]
-    return reasons + layout.model_reasons(spec)
-
-
-def layout_reasons(spec: ModelSpec, cluster: Cluster, layout: Layout, global_batch: int) -> list[str]:
-    """Why an estimable layout is still ruled out (besides memory)."""
-    reasons = []
-    if layout.spans_nodes("tp", cluster.gpus_per_node):
-        reasons.append(f"TP would straddle nodes (tp={layout.tp}, {cluster.gpus_per_node} GPUs per node)")
-    if layout.pp > 1 and (layout.zero_stage not in PIPELINE_ZERO_STAGES or layout.offload != "none"):
-        reasons.append(layout.not_runnable_reason())
-    if layout.offload != "none" and not cluster.gpu.host_link_gb_per_s:
-        reasons.append(f"offload on {cluster.gpu.name}: the catalog has no host link bandwidth "
-                       "(host_link_gb_per_s) to price it")
-    if layout.global_batch != global_batch:
-        reasons.append(f"micro_batch*grad_accum*dp = {layout.micro_batch}*{layout.grad_accum}*"
-                       f"{layout.dp} = {layout.global_batch} != global batch {global_batch}")
-    if layout.pp > 1 and layout.grad_accum < layout.pp:
-        reasons.append(f"fewer micro-batches ({layout.grad_accum}) than pipeline stages ({layout.pp})")
-    if layout.virtual_stages > 1 and layout.grad_accum % layout.pp:
-        # Megatron-LM's interleaved schedule runs micro-batches in groups of pp (and asserts it)
-        reasons.append(f"interleaved 1F1B needs micro-batches ({layout.grad_accum}) divisible by "
-                       f"pp={layout.pp}")
-    return reasons
-
-
 def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOptions,
              estimate_rejected: bool = True) -> Candidate:
     """Estimate one layout: memory of every stage, step time, throughput; `fits` when nothing rules
     it out and the worst stage fits the GPU. With estimate_rejected=False a layout that a rule
     already rules out is returned unestimated (the search does this to save time)."""
     cand = Candidate(layout=layout)
-    cand.reasons = structural_reasons(spec, cluster, layout.dp, layout.pp, layout.tp, layout.ep)
+    cand.reasons = structural_reasons(spec, cluster, layout.dp, layout.pp, layout.tp, layout.ep,
+                                      layout.cp, layout.cp_kind)
     if cand.reasons:
         return cand
-    cand.reasons = layout_reasons(spec, cluster, layout, options.global_batch)
+    eng = engine_named(options.engine)
+    cand.reasons = layout_reasons(spec, cluster, layout, options.global_batch, eng)
     if cand.reasons and not estimate_rejected:
         return cand
-    precision = PRECISIONS[options.precision]
+    precision = precision_for(options.precision, eng)
     gpu = cluster.gpu
     cand.stages = pipeline_memory(
         spec, dp=layout.dp, pp=layout.pp, tp=layout.tp, micro_batch=layout.micro_batch,
@@ -157,7 +136,7 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
         precision=precision, framework_bytes=gpu.framework_gib * GIB,
         flash_attention=options.flash_attention, seq_len=options.seq_len,
         sequence_parallel=layout.sequence_parallel, virtual_stages=layout.virtual_stages,
-        ep=layout.ep, offload=layout.offload)
+        ep=layout.ep, offload=layout.offload, engine=eng, cp=layout.cp)
     if layout.offload != "none":
         edp = expert_data_parallel(layout.dp, layout.ep)
         host = max(offloaded_bytes(st.params - st.expert_params, layout.dp, precision, layout.offload)
@@ -193,45 +172,66 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
     eng = engine_named(options.engine)
     tp_spans = layout.spans_nodes("tp", gpn)
     pp_spans = layout.spans_nodes("pp", gpn)
-    dp_spans = layout.spans_nodes("dp", gpn)
+    dp_spans = layout.spans_nodes("dp", gpn) or layout.spans_nodes("cp", gpn)
     ep_spans = layout.spans_nodes("ep", gpn)
-    per_stage = [stage_micro_batch_time(
-        spec, gpu, precision, blocks=st.blocks, first=st.stage == 0, last=st.stage == pp - 1,
-        tp=tp, pp=pp, micro_batch=layout.micro_batch, recompute=layout.recompute,
-        tp_spans_nodes=tp_spans, pp_spans_nodes=pp_spans, flash_attention=options.flash_attention,
-        seq_len=options.seq_len, sequence_parallel=layout.sequence_parallel,
-        virtual_stages=layout.virtual_stages, engine=eng, params_local=st.params, ep=layout.ep,
-        ep_spans_nodes=ep_spans, capacity_factor=options.capacity_factor,
-        extra_host_s=zero_host_time_s(parameter_tensors(spec, blocks=st.blocks, first=st.stage == 0,
-                                                        last=st.stage == pp - 1),
-                                      layout.zero_stage, eng))
-        for st in stages]
+    firsts = list(itertools.accumulate((st.blocks for st in stages[:-1]), initial=0))
+
+    def stage_time(st: StageMemory, first: int) -> StageTime:
+        return stage_micro_batch_time(
+            spec, gpu, precision, blocks=st.blocks, first=st.stage == 0, last=st.stage == pp - 1,
+            tp=tp, pp=pp, micro_batch=layout.micro_batch, recompute=layout.recompute,
+            tp_spans_nodes=tp_spans, pp_spans_nodes=pp_spans, flash_attention=options.flash_attention,
+            seq_len=options.seq_len, sequence_parallel=layout.sequence_parallel,
+            virtual_stages=layout.virtual_stages, engine=eng, params_local=st.params, ep=layout.ep,
+            ep_spans_nodes=ep_spans, capacity_factor=options.capacity_factor,
+            extra_host_s=zero_host_time_s(parameter_tensors(spec, blocks=st.blocks, first=st.stage == 0,
+                                                            last=st.stage == pp - 1),
+                                          layout.zero_stage, eng),
+            cp=layout.cp, cp_kind=layout.cp_kind, cp_spans_nodes=layout.spans_nodes("cp", gpn),
+            first_block=first)
+
+    # the middle stages of a deep pipeline are alike: each distinct one priced once
+    seen: dict = {}
+    per_stage = []
+    for st, first in zip(stages, firsts):
+        key = (st.blocks, st.stage == 0, st.stage == pp - 1, st.params,
+               dense_blocks_in(spec, first, st.blocks))
+        if key not in seen:
+            seen[key] = stage_time(st, first)
+        per_stage.append(seen[key])
     totals = [t.total_s for t in per_stage]
     slowest = per_stage[totals.index(max(totals))]
     pipeline_s = pipeline_time_s(totals, m, layout.virtual_stages)
     busy_s = m * slowest.total_s
     max_params = max(st.params for st in stages)
     max_expert = max(st.expert_params for st in stages)
-    edp = expert_data_parallel(dp, layout.ep)
-    zero_s = zero_micro_batch_time_s(max_params, precision, gpu, dp=dp, zero_stage=layout.zero_stage,
-                                     dp_spans_nodes=dp_spans)
-    if layout.zero_stage == 3:
+    dpn = dp * layout.cp            # the ranks holding the same weights: data x context parallel
+    edp = expert_data_parallel(dp, layout.ep) * layout.cp
+    exposed_zero, dp_s = 0.0, 0.0
+    if eng.dp_overlap in ("bucketed", "fsdp"):
+        exposed_zero, dp_s = overlapped_dp_time_s(spec, gpu, layout, eng, precision, stages,
+                                                  slowest.compute_s, dp_spans)
+    elif layout.zero_stage == 3:
+        zero_s = zero_micro_batch_time_s(max_params, precision, gpu, dp=dpn,
+                                         zero_stage=layout.zero_stage, dp_spans_nodes=dp_spans)
         # gathers prefetched ahead of forward and backward, then the gradients' reduce-scatter
         # (zero3_exposed_s); the partitions stay put at the step
-        gather = zero3_gather_time_s(max_params, precision, gpu, dp=dp, dp_spans_nodes=dp_spans) / 2
-        exposed_zero = m * zero3_exposed_s(gather, zero_s - 2 * gather, slowest.compute_s)
-        dp_s = 0.0
+        gather = zero3_gather_time_s(max_params, precision, gpu, dp=dpn, dp_spans_nodes=dp_spans) / 2
+        exposed_zero = m * zero3_exposed_s(gather, zero_s - 2 * gather, slowest.compute_s,
+                                           comm_sm_share(gpu))
     elif layout.zero_stage == 2:
+        zero_s = zero_micro_batch_time_s(max_params, precision, gpu, dp=dpn,
+                                         zero_stage=layout.zero_stage, dp_spans_nodes=dp_spans)
         # each micro-batch's reduce-scatter overlaps its backward (2/3 of compute); the updated
         # weights are all-gathered after the step
-        exposed_zero = m * max(0.0, zero_s - slowest.compute_s * 2 / 3)
-        dp_s = allgather_time_s(max_params * precision.weight_bytes, dp,
+        exposed_zero = m * overlapped_exposed_s(zero_s, slowest.compute_s * 2 / 3,
+                                                comm_sm_share(gpu))
+        dp_s = allgather_time_s(max_params * precision.weight_bytes, dpn,
                                 gpu.inter_node_gb_per_s if dp_spans else gpu.intra_node_gb_per_s,
                                 gpu.link_latency_s(dp_spans))
     else:
-        exposed_zero = 0.0
         # MoE: the routed experts' gradients reduce over dp/ep (experts.py), the rest over dp
-        dp_s = data_parallel_time_s(max_params - max_expert, precision, gpu, dp=dp,
+        dp_s = data_parallel_time_s(max_params - max_expert, precision, gpu, dp=dpn,
                                     zero_stage=layout.zero_stage, dp_spans_nodes=dp_spans,
                                     grad_bytes=eng.dp_grad_bytes)
         if max_expert:
@@ -246,7 +246,7 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
         dp_s += tied_embedding_time_s(padded_vocab(spec.vocab, tp) // tp * spec.hidden, precision, gpu,
                                       spans_nodes=pp_spans)
     sharded = layout.zero_stage >= 1
-    optimizer_params = ((max_params - max_expert) / (dp if sharded else 1)
+    optimizer_params = ((max_params - max_expert) / (dpn if sharded else 1)
                         + max_expert / (edp if sharded else 1))
     if layout.offload == "none":
         optimizer_s = optimizer_time_s(optimizer_params, precision, gpu.hbm_bytes_per_s,
@@ -256,11 +256,15 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
                        + host_link_time_s(offload_transfer_bytes(optimizer_params, precision,
                                                                  layout.offload, m),
                                           gpu.host_link_gb_per_s))
+    if precision.fp8:   # Transformer Engine refreshes its FP8 weight copies once per step
+        linear = max(linear_params_held(spec, tp, st.blocks, st.blocks, layout.ep) for st in stages)
+        optimizer_s += fp8_weight_cast_bytes(linear, eng.fp8, per_micro_batch=False) / gpu.hbm_bytes_per_s
     optimizer_s += eng.step_overhead_us * 1e-6
     step = StepTime(compute_s=m * slowest.compute_s, tp_comm_s=m * slowest.tp_comm_s,
                     pp_comm_s=m * slowest.pp_comm_s, bubble_s=pipeline_s - busy_s,
                     dp_comm_s=dp_s + exposed_zero, optimizer_s=optimizer_s,
-                    host_bound=slowest.host_bound, ep_comm_s=m * slowest.ep_comm_s)
+                    host_bound=slowest.host_bound, ep_comm_s=m * slowest.ep_comm_s,
+                    cp_comm_s=m * slowest.cp_comm_s)
     return step, per_stage
 
 
@@ -279,6 +283,10 @@ class Pins:
     virtual_stages: int = 1
     ep: int | None = None
     """Expert-parallel degree (MoE); None: searched among the divisors of dp that divide E."""
+    cp: int | None = None
+    """Context-parallel degree; None: searched (searched_cp_degrees)."""
+    cp_kind: str | None = None
+    """Context parallelism's form (CP_KINDS); None: the faster of the two that fits."""
 
 
 @dataclass
@@ -286,11 +294,6 @@ class SearchResult:
     candidates: list  # fitting candidates, best first
     rejected: list  # candidates ruled out, with reasons
     evaluated: int
-
-
-def divisors(n: int) -> list[int]:
-    small = [d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0]
-    return sorted(set(small + [n // d for d in small]))
 
 
 def _simplicity(c: Candidate) -> tuple:
@@ -308,87 +311,89 @@ def rank_key(c: Candidate) -> tuple:
     return (bucket,) + _simplicity(c)
 
 
-def searched_zero_stages(precision: str, pp: int = 1, dp: int = 1) -> tuple[int, ...]:
-    """ZeRO stages the search tries: those llmlaunch can run (Layout.runnable): with a pipeline
-    (pp > 1) ZeRO 0 and 1, at pp = 1 (DeepSpeed's plain engine) ZeRO 0-3. In bf16 not ZeRO-0:
-    DeepSpeed accumulates bf16 gradients in fp32 only through ZeRO-1's BF16_Optimizer path (ZeRO-0
-    with fp32 accumulation raises "unsupported mix"; launcher/ds_config.py refuses it), and at
-    dp = 1 ZeRO-1 holds exactly what ZeRO-0 would. ZeRO-2/3 only where dp > 1: at dp = 1 they
-    partition nothing and only add DeepSpeed's per-micro-batch reductions."""
-    stages = PIPELINE_ZERO_STAGES if pp > 1 or dp == 1 else ZERO_STAGES
-    return tuple(z for z in stages if not (precision.startswith("bf16") and z == 0))
-
-
-def searched_offloads(zero_stage: int, cluster: Cluster) -> tuple[str, ...]:
-    """Offload modes the search tries for a layout that does not fit without one (cheapest first):
-    at ZeRO-2 the optimizer, at ZeRO-3 the optimizer, then also the parameters; none where the
-    catalog has no host link figure to price the copies. (ZeRO-1's bf16 path, BF16_Optimizer, has
-    no offload; ZeRO-2 offload holds less than ZeRO-1 offload would.)"""
-    if not cluster.gpu.host_link_gb_per_s or not cluster.gpu.host_memory_gb_per_s:
-        return ()
-    return {2: ("optimizer",), 3: ("optimizer", "optimizer+params")}.get(zero_stage, ())
-
-
 def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins = Pins()) -> SearchResult:
     """Evaluate every layout allowed by the pins; fitting ones ranked best first."""
     fitting, rejected, evaluated = [], [], 0
-    gpus = cluster.gpus
+    gpus, eng = cluster.gpus, engine_named(options.engine)
     for tp in ([pins.tp] if pins.tp else divisors(gpus)):
-        for pp in ([pins.pp] if pins.pp else divisors(gpus // tp) if gpus % tp == 0 else []):
-            dp = gpus // (tp * pp)
-            if pins.dp and pins.dp != dp or dp * pp * tp != gpus:
-                if pins.dp and pins.tp and pins.pp:
-                    cand = Candidate(layout=Layout(dp=pins.dp, pp=pp, tp=tp))
-                    cand.reasons = structural_reasons(spec, cluster, pins.dp, pp, tp)
-                    rejected.append(cand)
-                continue
-            reasons = structural_reasons(spec, cluster, dp, pp, tp)
-            if not reasons and tp > cluster.gpus_per_node:
-                reasons = [f"TP would straddle nodes (tp={tp} > {cluster.gpus_per_node} GPUs per node)"]
-            if reasons:
-                rejected.append(Candidate(layout=Layout(dp=dp, pp=pp, tp=tp), reasons=reasons))
-                continue
-            best_rejected = None
-            if options.global_batch % dp:
-                rejected.append(Candidate(layout=Layout(dp=dp, pp=pp, tp=tp), reasons=[
-                    f"global batch {options.global_batch} not divisible by dp={dp}"]))
-                continue
-            if pins.ep and dp % pins.ep:
-                rejected.append(Candidate(layout=Layout(dp=dp, pp=pp, tp=tp), reasons=[
-                    f"ep={pins.ep} does not divide dp={dp}"]))
-                continue
-            per_replica = options.global_batch // dp
-            for micro_batch in ([pins.micro_batch] if pins.micro_batch else divisors(per_replica)):
-                grad_accum = max(1, per_replica // micro_batch)
-                zeros = ([pins.zero_stage] if pins.zero_stage is not None
-                         else searched_zero_stages(options.precision, pp, dp))
-                for zero, ep in [(z, e) for z in zeros for e in expert_degrees(spec, dp, pins.ep)]:
-                    for recompute in ([pins.recompute] if pins.recompute else RECOMPUTE_MODES):
-                        layout = Layout(dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
-                                        grad_accum=grad_accum, zero_stage=zero, recompute=recompute,
-                                        sequence_parallel=pins.sequence_parallel,
-                                        virtual_stages=pins.virtual_stages if pp > 1 else 1, ep=ep)
-                        cand = evaluate(spec, cluster, layout, options, estimate_rejected=False)
-                        evaluated += 1
-                        # offload only where memory alone rules the layout out (it was estimated)
-                        offloads = (searched_offloads(zero, cluster)
-                                    if pp == 1 and not cand.fits and cand.stages else ())
-                        for offload in offloads:
-                            moved = evaluate(spec, cluster, dataclasses.replace(layout, offload=offload),
-                                             options, estimate_rejected=False)
-                            evaluated += 1
-                            if moved.fits or offload == offloads[-1]:
-                                cand = moved
-                                break
-                        if cand.fits:
-                            fitting.append(cand)
-                        elif best_rejected is None or _closer(cand, best_rejected):
-                            best_rejected = cand
-            if best_rejected is not None and not any(
-                    c.layout.dp == dp and c.layout.pp == pp and c.layout.tp == tp for c in fitting):
-                rejected.append(best_rejected)
+        for cp in (searched_cp_degrees(spec, gpus // tp, pins.cp) if gpus % tp == 0 else []):
+            for pp in ([pins.pp] if pins.pp else divisors(gpus // (tp * cp))):
+                dp = gpus // (tp * cp * pp)
+                shape = dict(dp=dp, pp=pp, tp=tp, cp=cp, cp_kind=pins.cp_kind or "allgather")
+                if pins.dp and pins.dp != dp or dp * pp * tp * cp != gpus:
+                    if pins.dp and pins.tp and pins.pp:
+                        cand = Candidate(layout=Layout(**dict(shape, dp=pins.dp)))
+                        cand.reasons = structural_reasons(spec, cluster, pins.dp, pp, tp, 1, cp,
+                                                          shape["cp_kind"])
+                        rejected.append(cand)
+                    continue
+                reasons = structural_reasons(spec, cluster, dp, pp, tp, 1, cp, shape["cp_kind"])
+                if not reasons and tp > cluster.gpus_per_node:
+                    reasons = [f"TP would straddle nodes (tp={tp} > {cluster.gpus_per_node} GPUs per node)"]
+                if not reasons and options.global_batch % dp:
+                    reasons = [f"global batch {options.global_batch} not divisible by dp={dp}"]
+                if not reasons and pins.ep and dp % pins.ep:
+                    reasons = [f"ep={pins.ep} does not divide dp={dp}"]
+                if reasons:
+                    rejected.append(Candidate(layout=Layout(**shape), reasons=reasons))
+                    continue
+                found, evaluated = _search_shape(spec, cluster, options, pins, eng, shape, evaluated)
+                fitting += [c for c in found if c.fits]
+                misses = [c for c in found if not c.fits]
+                if misses and not any(c.fits for c in found):
+                    best = misses[0]
+                    for cand in misses[1:]:
+                        best = cand if _closer(cand, best) else best
+                    rejected.append(best)
     fitting.sort(key=rank_key)
     return SearchResult(candidates=fitting, rejected=rejected, evaluated=evaluated)
+
+
+def _search_shape(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins, eng: Engine,
+                  shape: dict, evaluated: int) -> tuple[list[Candidate], int]:
+    """Every micro-batch, ZeRO stage, expert degree, recompute mode (and context-parallel form,
+    the faster that fits) of one (dp, pp, tp, cp); offload tried where memory alone rules a
+    DeepSpeed layout out."""
+    dp, pp, tp, cp = shape["dp"], shape["pp"], shape["tp"], shape["cp"]
+    per_replica = options.global_batch // dp
+    kinds = [pins.cp_kind] if pins.cp_kind or cp == 1 else list(CP_KINDS)
+    sequence_parallel = pins.sequence_parallel or (eng.sequence_parallel_default and tp > 1)
+    zeros = ([pins.zero_stage] if pins.zero_stage is not None
+             else searched_zero_stages(options.precision, pp, dp * cp, eng))
+    found = []
+    for micro_batch in ([pins.micro_batch] if pins.micro_batch else divisors(per_replica)):
+        grad_accum = max(1, per_replica // micro_batch)
+        for zero, ep in [(z, e) for z in zeros for e in expert_degrees(spec, dp, pins.ep)]:
+            for recompute in ([pins.recompute] if pins.recompute else RECOMPUTE_MODES):
+                best = None
+                for kind in kinds:
+                    layout = Layout(dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
+                                    grad_accum=grad_accum, zero_stage=zero, recompute=recompute,
+                                    sequence_parallel=sequence_parallel,
+                                    virtual_stages=pins.virtual_stages if pp > 1 else 1, ep=ep,
+                                    cp=cp, cp_kind=kind or "allgather")
+                    cand = evaluate(spec, cluster, layout, options, estimate_rejected=False)
+                    evaluated += 1
+                    # offload only where memory alone rules the layout out (it was estimated)
+                    offloads = (searched_offloads(zero, cluster)
+                                if pp == 1 and not cand.fits and cand.stages
+                                and eng.zero_accounting == "deepspeed" else ())
+                    for offload in offloads:
+                        moved = evaluate(spec, cluster, dataclasses.replace(layout, offload=offload),
+                                         options, estimate_rejected=False)
+                        evaluated += 1
+                        if moved.fits or offload == offloads[-1]:
+                            cand = moved
+                            break
+                    if best is None or _better_kind(cand, best):
+                        best = cand
+                found.append(best)
+    return found, evaluated
+
+
+def _better_kind(a: Candidate, b: Candidate) -> bool:
+    """Of one layout in two context-parallel forms: the one that fits, then the faster."""
+    return (a.fits, a.tokens_per_s) > (b.fits, b.tokens_per_s)
 
 
 def expert_degrees(spec: ModelSpec, dp: int, pinned: int | None = None) -> list[int]:
@@ -417,8 +422,7 @@ def minimum_gpus(spec: ModelSpec, cluster: Cluster, options: PlanOptions, limit:
     while gpus <= limit:
         bigger = Cluster(gpus=gpus, gpus_per_node=cluster.gpus_per_node, gpu=cluster.gpu)
         batch = max(options.global_batch, math.ceil(gpus / cluster.gpus_per_node))
-        if search(spec, bigger, PlanOptions(batch, options.seq_len, options.precision,
-                                            options.flash_attention),
+        if search(spec, bigger, dataclasses.replace(options, global_batch=batch),
                   Pins(recompute="full", micro_batch=1)).candidates:
             return gpus
         gpus *= 2

@@ -17,18 +17,25 @@ from .plan_inputs import estimate_layout, layout_inputs
 from .planner import Candidate
 
 _RUNS = Path(__file__).parent / "data" / "published_runs.yaml"
+_MODERN_RUNS = Path(__file__).parent / "data" / "modern_runs.yaml"
 # The runs trained with Megatron-LM's (or Megatron-DeepSpeed's) mixed precision and fused norm
 # kernels, and their papers count memory that way: see memory.PRECISIONS.
 PUBLISHED_PRECISION = "bf16-megatron"
 
 
-@functools.lru_cache(maxsize=1)
-def load_runs() -> list[dict]:
-    with open(_RUNS) as f:
+@functools.lru_cache(maxsize=2)
+def load_runs(modern: bool = False) -> list[dict]:
+    """The 2021-22 table (published_runs.yaml) or, modern=True, the table of runs of 2023 and later
+    on H100 or newer (modern_runs.yaml)."""
+    with open(_MODERN_RUNS if modern else _RUNS) as f:
         runs = yaml.safe_load(f)
     for run in runs:
         engine(run["engine"])    # an unknown engine is one clear line, at load
     return runs
+
+
+def load_modern_runs() -> list[dict]:
+    return load_runs(modern=True)
 
 
 def run_spec(run: dict) -> ModelSpec:
@@ -66,15 +73,29 @@ def evaluate_run(run: dict) -> Candidate:
                          f"{layout.micro_batch} do not give its {run['gpus']} GPUs and global batch "
                          f"{run['global_batch']}")
     inputs = layout_inputs(spec, layout, gpu=device, gpus_per_node=run.get("gpus_per_node", 8),
-                           precision=PUBLISHED_PRECISION,
+                           precision=run.get("precision", PUBLISHED_PRECISION),
                            flash_attention=run.get("flash_attention", True))
     options = dataclasses.replace(inputs.options, engine=run["engine"])
     return estimate_layout(dataclasses.replace(inputs, options=options), layout)
 
 
 def error(run: dict, cand: Candidate) -> float:
-    """Estimated over published TFLOP/s, minus 1 (positive: the estimate is too fast)."""
+    """Estimated over published throughput, minus 1 (positive: the estimate is too fast): tokens/s
+    per GPU where the run publishes them (the modern table), else TFLOP/s per GPU."""
+    if "tokens_per_s_per_gpu" in run:
+        return estimated_tokens_per_s_per_gpu(run, cand) / run["tokens_per_s_per_gpu"] - 1
     return cand.tflops_per_gpu / published_tflops(run) - 1
+
+
+def estimated_tokens_per_s_per_gpu(run: dict, cand: Candidate) -> float:
+    return cand.tokens_per_s / run["gpus"]
+
+
+def memory_error(run: dict, cand: Candidate) -> float | None:
+    """Estimated worst-stage memory over the measured peak, minus 1 (None: no peak published)."""
+    if "memory_gib" not in run:
+        return None
+    return cand.worst_stage.total / 2 ** 30 / run["memory_gib"] - 1
 
 
 def summary(errors: list[float]) -> dict:

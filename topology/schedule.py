@@ -81,7 +81,7 @@ def forward_backward_times(times: list[StageTime], recompute: str) -> tuple[list
     for i, t in enumerate(times):
         sends = (0 if i == pp - 1 else 1) + (0 if i == 0 else 1)
         p2p = t.pp_comm_s / sends if sends else 0.0
-        work = t.compute_s + t.tp_comm_s + t.ep_comm_s   # MoE all-to-alls split like compute
+        work = t.compute_s + t.tp_comm_s + t.ep_comm_s + t.cp_comm_s   # MoE, CP exchanges too
         fwd.append(share * work + (p2p if i < pp - 1 else 0.0))
         bwd.append((1 - share) * work + (p2p if i > 0 else 0.0))
     return fwd, bwd

@@ -47,96 +47,33 @@ regime).
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
+from .collectives import (GB, allgather_time_s, allreduce_time_s, bus_gb_per_s,  # noqa: F401
+                          comm_sm_share, node_collective_time_s, overlapped_exposed_s, p2p_time_s)
+from .context_parallel import cp_block_time_s
 from .engines import DEFAULT_ENGINE, ENGINES, Engine, instructions_per_micro_batch
 from .experts import DEFAULT_CAPACITY_FACTOR, alltoall_buffer_bytes, alltoalls_per_moe_layer
-from .gemm_model import gemm_time_s
-from .gemms import stage_gemms
+from .fp8 import fp8_cast_bytes_per_token, fp8_weight_cast_bytes
+from .gemm_pricing import stage_gemm_times
+from .gemms import ATTENTION_CORE
 from .hardware import GpuSpec
 from .kernels import block_kernel_bytes, block_kernels, embedding_kernel_bytes, head_kernel_bytes
-from .memory import FP32_BYTES, Precision
+from .memory import FP32_BYTES, Precision, dense_blocks_in, linear_params_held
 from .model_spec import ModelSpec
 from .op_counts import stage_ops_per_micro_batch
 
-GB = 1e9
-
-
-def allreduce_time_s(nbytes: float, group_size: int, bus_gb_per_s: float,
-                     latency_s: float = 0.0) -> float:
-    """Ring all-reduce: 2 (n-1) steps (reduce-scatter, then all-gather), each GPU sending and
-    receiving 2 (n-1)/n of the buffer: 2 (n-1) alpha + 2 (n-1)/n N / B."""
-    if group_size <= 1:
-        return 0.0
-    n = group_size
-    return 2 * (n - 1) * latency_s + 2 * (n - 1) / n * nbytes / (bus_gb_per_s * GB)
-
-
-def allgather_time_s(nbytes: float, group_size: int, bus_gb_per_s: float,
-                     latency_s: float = 0.0) -> float:
-    """Ring all-gather (or reduce-scatter) of a buffer of nbytes in total: n-1 steps, (n-1)/n of it
-    per GPU: (n-1) alpha + (n-1)/n N / B."""
-    if group_size <= 1:
-        return 0.0
-    n = group_size
-    return (n - 1) * latency_s + (n - 1) / n * nbytes / (bus_gb_per_s * GB)
-
-
-def bus_gb_per_s(nbytes: float, curve: tuple) -> float:
-    """The bus bandwidth a collective of an nbytes buffer reaches, read off a measured curve
-    ((bytes, GB/s), ... ascending; GpuSpec.allreduce_busbw): between two measured sizes the
-    log of the bandwidth is linear in the log of the size; past the largest, its bandwidth; below
-    the smallest, that size's time (a latency-bound collective takes as long at any smaller size)."""
-    first_size, first_bw = curve[0]
-    if nbytes <= first_size:
-        return first_bw * nbytes / first_size
-    for (size_a, bw_a), (size_b, bw_b) in zip(curve, curve[1:]):
-        if nbytes <= size_b:
-            f = math.log(nbytes / size_a) / math.log(size_b / size_a)
-            return math.exp(math.log(bw_a) + f * (math.log(bw_b) - math.log(bw_a)))
-    return curve[-1][1]
-
-
-def node_collective_time_s(kind: str, nbytes: float, group_size: int, gpu: GpuSpec) -> float:
-    """An all-reduce, reduce-scatter or all-gather of an nbytes buffer among GPUs of one node. With
-    a measured curve (GpuSpec.allreduce_busbw) the ring's bytes, 2 (n-1)/n N for an all-reduce and
-    (n-1)/n N for each half, move at the bus bandwidth that buffer reaches (a ring all-reduce is a
-    reduce-scatter then an all-gather of the same buffer; the halves never above the ring bandwidth
-    intra_node_gb_per_s, which NVLink SHARP's all-reduce may pass); without one, the alpha-beta
-    ring of allreduce_time_s / allgather_time_s."""
-    if kind not in ("all-reduce", "reduce-scatter", "all-gather"):
-        raise ValueError(f"collective {kind!r} is not all-reduce, reduce-scatter or all-gather")
-    if group_size <= 1:
-        return 0.0
-    n = group_size
-    if not gpu.allreduce_busbw:
-        if kind == "all-reduce":
-            return allreduce_time_s(nbytes, n, gpu.intra_node_gb_per_s, gpu.collective_latency_s)
-        return allgather_time_s(nbytes, n, gpu.intra_node_gb_per_s, gpu.collective_latency_s)
-    bus = bus_gb_per_s(nbytes, gpu.allreduce_busbw)
-    if kind == "all-reduce":
-        return 2 * (n - 1) / n * nbytes / (bus * GB)
-    return (n - 1) / n * nbytes / (min(bus, gpu.intra_node_gb_per_s) * GB)
-
-
-def overlapped_exposed_s(comm_s: float, gemm_s: float, comm_sm_share: float) -> float:
-    """What a collective launched beside a GEMM adds to it. The collective's kernel holds
-    comm_sm_share of the SMs while it runs (NCCL's channels, one thread block on an SM each), so the
-    GEMM advances at 1 - comm_sm_share of its speed meanwhile: together they take
-    comm + max(0, gemm - comm (1 - share)), i.e. comm - min(gemm, comm (1 - share)) beyond the GEMM
-    alone. share 0: the overlap is free (what exceeds the GEMM shows)."""
-    return comm_s - min(gemm_s, comm_s * (1.0 - comm_sm_share))
-
-
-def comm_sm_share(gpu: GpuSpec) -> float:
-    """Fraction of the SMs NCCL's kernel occupies (GpuSpec.nccl_channels / sm_count); 0 unknown."""
-    return gpu.nccl_channels / gpu.sm_count if gpu.nccl_channels and gpu.sm_count else 0.0
-
-
-def p2p_time_s(nbytes: float, gb_per_s: float, latency_s: float = 0.0) -> float:
-    """One send: alpha + N / B."""
-    return latency_s + nbytes / (gb_per_s * GB)
+# Transformer Engine's userbuffers TP overlap as Megatron-Bridge configures it for H100 (training/
+# comm_overlap.py, userbuffers_bf16_h100_h8192_tp4_mbs1_seqlen8192): each sequence-parallel
+# collective of a block, the GEMM (name, phase) it runs beside and the SMs it takes from it (ring
+# exchanges run on the copy engines: 0).
+USERBUFFERS_OVERLAP = (
+    (("qkv",), "forward", 0), (("out-proj",), "forward", 24),            # AG ring, RS pipelined
+    (("mlp-up", "mlp-gate"), "forward", 0), (("mlp-down",), "forward", 16),
+    (("out-proj",), "backward-data", 0), (("mlp-down",), "backward-data", 0),   # AG ring
+    (("qkv",), "backward-data", 4), (("mlp-up", "mlp-gate"), "backward-data", 2),  # input AG bulk
+    (("qkv",), "backward-weight", 24), (("mlp-up", "mlp-gate"), "backward-weight", 4),  # dgrad RS
+)
 
 
 def host_time_s(ops: float, op_overhead_s: float) -> float:
@@ -176,16 +113,19 @@ class StageTime:
     """Of compute_s: the GEMMs (topology/gemm_model.py), the rest memory-bound kernels."""
     ep_comm_s: float = 0.0
     """The MoE layers' all-to-alls of token routing (expert_alltoall_time_s)."""
+    cp_comm_s: float = 0.0
+    """Context parallelism's exposed exchanges (context_parallel.py)."""
 
     @property
     def total_s(self) -> float:
-        return self.compute_s + self.tp_comm_s + self.pp_comm_s + self.ep_comm_s
+        return self.compute_s + self.tp_comm_s + self.pp_comm_s + self.ep_comm_s + self.cp_comm_s
 
 
 def tp_collective_time_s(*, blocks: int, first: bool, last: bool, tp: int, tokens: int,
                          hidden: int, act: int, recompute: str, sequence_parallel: bool,
                          overlap_s: tuple[float, float, float, float], gpu: GpuSpec,
-                         spans_nodes: bool, overlap: bool) -> float:
+                         spans_nodes: bool, overlap: bool,
+                         userbuffers_s: tuple = ()) -> float:
     """Exposed tensor-parallel communication of one micro-batch (Megatron-LM's f/g pairs).
 
     Per block, each of T h A bytes: without SP, two all-reduces forward (after the out-projection
@@ -201,7 +141,9 @@ def tp_collective_time_s(*, blocks: int, first: bool, last: bool, tp: int, token
     at the bus bandwidth its buffer reaches (node_collective_time_s); across nodes at
     inter_node_gb_per_s. The first stage's vocab-parallel embedding reduces its output (SP:
     reduce-scatter); the last stage's head all-reduces its input gradient and the cross-entropy
-    three fp32 [T] vectors."""
+    three fp32 [T] vectors. userbuffers_s (Transformer Engine's TP overlap, sequence-parallel only):
+    the (GEMM seconds, SMs taken) beside each of a block's ten collectives, USERBUFFERS_OVERLAP's
+    order (4 forward, 6 backward); each adds overlapped_exposed_s at its own SM share."""
     if tp <= 1:
         return 0.0
 
@@ -218,7 +160,11 @@ def tp_collective_time_s(*, blocks: int, first: bool, last: bool, tp: int, token
     half = collective("all-gather", message)       # one reduce-scatter or all-gather
     share = comm_sm_share(gpu)
     qkv_weight, mlp_weight = overlap_s[1], overlap_s[3]
-    if sequence_parallel:
+    if sequence_parallel and userbuffers_s:
+        exposed = [overlapped_exposed_s(half, g, sms / gpu.sm_count if gpu.sm_count else 0.0)
+                   for g, sms in userbuffers_s]
+        forward, backward = sum(exposed[:4]), sum(exposed[4:])
+    elif sequence_parallel:
         forward = 4 * half
         backward = 2 * half
         if overlap:
@@ -250,7 +196,8 @@ def pipeline_send_time_s(*, first: bool, last: bool, pp: int, tp: int, tokens: i
     (Narayanan et al. 2021, Section 2.2.2). The message is T h A bytes, T h A / t under SP
     (already split). Megatron-LM's scatter/gather (§4.1) sends 1/t of it from each tensor rank and
     all-gathers it over NVLink (node_collective_time_s). Blocking engines wait for it; asynchronous ones hide it."""
-    if pp <= 1 or engine.pipeline_sends == "async":
+    if pp <= 1 or engine.pipeline_sends == "async" or (
+            engine.pipeline_sends == "async-interleaved" and virtual_stages > 1):
         return 0.0
     sends = ((0 if last else 1) + (0 if first else 1)) if virtual_stages == 1 else 2 * virtual_stages
     pp_bw = gpu.inter_node_gb_per_s if pp_spans_nodes else gpu.intra_node_gb_per_s
@@ -300,29 +247,37 @@ def _stage_parts(spec: ModelSpec, gpu: GpuSpec, precision: Precision, blocks: in
                  tp_spans_nodes: bool, pp_spans_nodes: bool, flash_attention: bool, seq_len: int,
                  sequence_parallel: bool, virtual_stages: int,
                  engine: Engine, ep: int = 1,
-                 capacity_factor: float = DEFAULT_CAPACITY_FACTOR) -> tuple[float, float, float, float, float]:
-    """(GEMM, memory-bound, host, TP, PP) seconds of one micro-batch on one GPU of a stage."""
-    tokens = micro_batch * seq_len
+                 capacity_factor: float = DEFAULT_CAPACITY_FACTOR, cp: int = 1,
+                 cp_kind: str = "allgather", cp_spans_nodes: bool = False,
+                 dense: int = 0) -> tuple[float, float, float, float, float, float]:
+    """(GEMM, memory-bound, host, TP, PP, CP) seconds of one micro-batch on one GPU of a stage
+    (of cp ranks sharing each sequence: T = b s / cp tokens of it here; `dense` of its blocks an
+    MoE model's first dense layers)."""
+    tokens = micro_batch * seq_len / cp
     act = precision.activation_bytes
 
-    # GEMMs, each priced at its shape (gemms.py, gemm_model.py), each distinct one once
-    gemms = stage_gemms(spec, blocks=blocks, last=last, micro_batch=micro_batch, seq_len=seq_len,
-                        tp=tp, recompute=recompute, causal_skip=flash_attention, ep=ep,
-                        capacity_factor=capacity_factor)
-    gemm_s = {g: gemm_time_s(g, gpu, act) for g, _ in gemms}
-    matmul_s = sum(gemm_s[g] * count for g, count in gemms)
+    matmul_s, by_name = stage_gemm_times(spec, gpu, act, precision.fp8,
+                                          engine.attention_kernel if flash_attention else "",
+                                          blocks, last, micro_batch, seq_len, tp, recompute,
+                                          flash_attention, ep, capacity_factor, cp, cp_kind, dense)
 
-    # memory-bound kernels (kernels.py)
+    # memory-bound kernels (kernels.py), and the FP8 casts (fp8.py)
     kernels = block_kernels(spec, kernels=engine.kernels, tp=tp, seq_len=seq_len, act=act,
                             flash_attention=flash_attention, dropout=engine.dropout,
                             sequence_parallel=sequence_parallel, score_bias=engine.score_bias)
     per_token = blocks * block_kernel_bytes(kernels, recompute)
+    if precision.fp8:
+        per_token += blocks * fp8_cast_bytes_per_token(spec, tp, sequence_parallel=sequence_parallel)
     if first:
         per_token += embedding_kernel_bytes(spec, act=act, dropout=engine.dropout)
     if last:
         per_token += head_kernel_bytes(spec, kernels=engine.kernels, tp=tp, act=act,
                                        sequence_parallel=sequence_parallel)
-    memory_s = tokens * per_token / gpu.hbm_bytes_per_s
+    memory_bytes = tokens * per_token
+    if precision.fp8:
+        linear = linear_params_held(spec, tp, blocks, blocks - dense, ep)
+        memory_bytes += fp8_weight_cast_bytes(linear, engine.fp8, per_micro_batch=True)
+    memory_s = memory_bytes / gpu.hbm_bytes_per_s
 
     # host: the model's dispatched ops and, under DeepSpeed, the pipeline's instructions
     ops = stage_ops_per_micro_batch(spec, blocks=blocks, first=first, last=last, recompute=recompute)
@@ -330,18 +285,39 @@ def _stage_parts(spec: ModelSpec, gpu: GpuSpec, precision: Precision, blocks: in
     if engine.instruction_us:
         host_s += instructions_per_micro_batch(first, last, pp) * engine.instruction_us * 1e-6
 
-    by_name = {(g.name, g.phase): t for g, t in gemm_s.items()}
     overlap_s = tuple(by_name.get((name, phase), 0.0) for name in ("qkv", "mlp-up")
                       for phase in ("backward-data", "backward-weight"))
+    userbuffers = ()
+    if engine.tp_comm_overlap:
+        userbuffers = tuple((sum(by_name.get((n, phase), 0.0) for n in names), sms)
+                            for names, phase, sms in USERBUFFERS_OVERLAP)
     tp_s = tp_collective_time_s(blocks=blocks, first=first, last=last, tp=tp, tokens=tokens,
                                 hidden=spec.hidden, act=act, recompute=recompute,
                                 sequence_parallel=sequence_parallel, overlap_s=overlap_s, gpu=gpu,
-                                spans_nodes=tp_spans_nodes, overlap=engine.tp_backward_overlap)
+                                spans_nodes=tp_spans_nodes, overlap=engine.tp_backward_overlap,
+                                userbuffers_s=userbuffers)
     pp_s = pipeline_send_time_s(first=first, last=last, pp=pp, tp=tp, tokens=tokens,
                                 hidden=spec.hidden, act=act, virtual_stages=virtual_stages,
                                 sequence_parallel=sequence_parallel, engine=engine, gpu=gpu,
                                 pp_spans_nodes=pp_spans_nodes)
-    return matmul_s, memory_s, host_s, tp_s, pp_s
+    cp_s = 0.0
+    if cp > 1:
+        attention = [sum(t for (name, phase), t in by_name.items()
+                         if name in ATTENTION_CORE and (phase == "forward") == forward)
+                     for forward in (True, False)]
+        cp_s = blocks * cp_block_time_s(
+            spec, kind=cp_kind, micro_batch=micro_batch, seq_len=seq_len, tp=tp, cp=cp, act=act,
+            recompute=recompute, collective=lambda n: group_collective_time_s(n, cp, gpu, cp_spans_nodes),
+            overlap=engine.cp_overlap, attention_s=(attention[0], attention[1]))
+    return matmul_s, memory_s, host_s, tp_s, pp_s, cp_s
+
+
+def group_collective_time_s(nbytes: float, group: int, gpu: GpuSpec, spans_nodes: bool) -> float:
+    """A ring all-gather (reduce-scatter, all-to-all: the same bytes per GPU) of nbytes over a
+    group: at the measured bus bandwidth inside a node, alpha-beta on the network across nodes."""
+    if spans_nodes:
+        return allgather_time_s(nbytes, group, gpu.inter_node_gb_per_s, gpu.inter_node_latency_s)
+    return node_collective_time_s("all-gather", nbytes, group, gpu)
 
 
 def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, *, blocks: int,
@@ -352,25 +328,31 @@ def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, 
                            engine: Engine = ENGINES[DEFAULT_ENGINE],
                            params_local: float = 0.0, ep: int = 1, ep_spans_nodes: bool = False,
                            capacity_factor: float = DEFAULT_CAPACITY_FACTOR,
-                           extra_host_s: float = 0.0) -> StageTime:
+                           extra_host_s: float = 0.0, cp: int = 1, cp_kind: str = "allgather",
+                           cp_spans_nodes: bool = False, first_block: int = 0) -> StageTime:
     """Forward + backward of one micro-batch on one GPU of a stage, under `engine`; params_local,
     the stage's parameters on this GPU, prices the engine's gradient accumulation pass; ep > 1 adds
-    the MoE all-to-alls (expert_alltoall_time_s); extra_host_s is host time beyond the model's ops
-    (ZeRO's hooks: zero_host_time_s)."""
-    matmul_s, memory_s, host_s, tp_s, pp_s = _stage_parts(
+    the MoE all-to-alls (expert_alltoall_time_s), cp > 1 the context-parallel exchanges
+    (context_parallel.py); extra_host_s is host time beyond the model's ops (ZeRO's hooks:
+    zero_host_time_s)."""
+    seq = seq_len or spec.seq_len
+    matmul_s, memory_s, host_s, tp_s, pp_s, cp_s = _stage_parts(
         spec, gpu, precision, blocks, first, last, tp, pp, micro_batch, recompute, tp_spans_nodes,
-        pp_spans_nodes, flash_attention, seq_len or spec.seq_len, sequence_parallel,
-        virtual_stages, engine, ep, capacity_factor)
+        pp_spans_nodes, flash_attention, seq, sequence_parallel,
+        virtual_stages, engine, ep, capacity_factor, cp, cp_kind, cp_spans_nodes,
+        dense_blocks_in(spec, first_block, blocks))
     memory_s += params_local * grad_accumulation_bytes(engine, precision) / gpu.hbm_bytes_per_s
     host_s += extra_host_s
     device_s = matmul_s + memory_s
     compute_s = pass_time_s(device_s, host_s, gpu.async_dispatch)
-    ep_s = expert_alltoall_time_s(spec, blocks=blocks, tokens=micro_batch * (seq_len or spec.seq_len),
+    moe_blocks = blocks - dense_blocks_in(spec, first_block, blocks)
+    ep_s = expert_alltoall_time_s(spec, blocks=moe_blocks, tokens=micro_batch * seq / cp,
                                   act=precision.activation_bytes, ep=ep, recompute=recompute,
                                   gpu=gpu, spans_nodes=ep_spans_nodes,
                                   capacity_factor=capacity_factor)
     return StageTime(compute_s=compute_s, tp_comm_s=tp_s, pp_comm_s=pp_s,
-                     host_bound=host_s > device_s, matmul_s=matmul_s, ep_comm_s=ep_s)
+                     host_bound=host_s > device_s, matmul_s=matmul_s, ep_comm_s=ep_s,
+                     cp_comm_s=cp_s)
 
 
 def pipeline_time_s(stage_times: list[float], micro_batches: int, virtual_stages: int = 1) -> float:
@@ -405,15 +387,17 @@ class StepTime:
     """The slowest stage's micro-batch is bound by host dispatch, not by the device."""
     ep_comm_s: float = 0.0
     """MoE token routing: the all-to-alls over the expert-parallel group (0 at ep = 1)."""
+    cp_comm_s: float = 0.0
+    """Context parallelism: the exposed K/V or all-to-all exchanges over the cp group (0 at cp 1)."""
 
     @property
     def total_s(self) -> float:
         return (self.compute_s + self.tp_comm_s + self.pp_comm_s + self.bubble_s + self.dp_comm_s
-                + self.optimizer_s + self.ep_comm_s)
+                + self.optimizer_s + self.ep_comm_s + self.cp_comm_s)
 
     def to_dict(self) -> dict:
         keys = ("compute_s", "tp_comm_s", "pp_comm_s", "bubble_s", "dp_comm_s", "optimizer_s",
-                "ep_comm_s")
+                "ep_comm_s", "cp_comm_s")
         out = {k: getattr(self, k) for k in keys}
         out["total_s"] = self.total_s
         return out

@@ -8,7 +8,7 @@ from .engines import Engine
 from .hardware import GpuSpec
 from .memory import Precision
 from .model_spec import ModelSpec
-from .step_time import GB, allgather_time_s, optimizer_time_s
+from .step_time import GB, allgather_time_s, optimizer_time_s, overlapped_exposed_s
 
 
 def zero3_gather_time_s(stage_params: float, precision: Precision, gpu: GpuSpec, *, dp: int,
@@ -45,13 +45,15 @@ def zero_micro_batch_time_s(stage_params: float, precision: Precision, gpu: GpuS
     return reduce_scatter
 
 
-def zero3_exposed_s(gather_s: float, reduce_scatter_s: float, compute_s: float) -> float:
+def zero3_exposed_s(gather_s: float, reduce_scatter_s: float, compute_s: float,
+                    comm_sm_share: float = 0.0) -> float:
     """What ZeRO-3's collectives add to one micro-batch: the two all-gathers (forward, backward),
-    prefetched, hide behind the micro-batch's compute, what exceeds it shows; the gradient
-    reduce-scatter shows whole. Hiding it too would put OPT-175B's published FSDP run (dp 124 x
-    tp 8, Zhang et al. 2022: 147 TFLOP/s per GPU) at 196 (tests/unit/test_published_runs.py): the
-    reduce-scatters of the last layers finish after the backward, and the gathers share the link."""
-    return max(0.0, 2 * gather_s - compute_s) + reduce_scatter_s
+    prefetched, hide behind the micro-batch's compute, what exceeds it shows, and while they run
+    NCCL's channels hold comm_sm_share of the SMs the compute loses (overlapped_exposed_s); the
+    gradient reduce-scatter shows whole. Hiding it too would put OPT-175B's published FSDP run
+    (dp 124 x tp 8, Zhang et al. 2022: 147 TFLOP/s per GPU) at 196 (tests/unit/test_published_runs.py):
+    the reduce-scatters of the last layers finish after the backward, and the gathers share the link."""
+    return overlapped_exposed_s(2 * gather_s, compute_s, comm_sm_share) + reduce_scatter_s
 
 
 def parameter_tensors(spec: ModelSpec, *, blocks: int, first: bool, last: bool) -> int:
@@ -82,13 +84,16 @@ def offload_transfer_bytes(partition_params: float, precision: Precision, offloa
                            micro_batches: int) -> float:
     """Bytes one GPU moves over its host link per step under ZeRO-Offload (Ren et al. 2021, Section
     4: gradients go to the CPU, updated weights come back), partition = Psi/N in the model dtype:
-    each micro-batch's reduced gradient partition down (DeepSpeed accumulates it on the CPU), the
-    updated weight partition up once; with the parameters offloaded (ZeRO-Infinity, Rajbhandari et
-    al. 2021) the weight partition also comes up before every micro-batch's forward and backward."""
+    the reduced gradient partition accumulates in a pinned CPU buffer (DeepSpeed 0.19
+    runtime/zero/stage3.py: grad_partitions_flat_buffer on the offload device), so the first
+    micro-batch copies it down and every later one copies the buffer up, adds on the GPU ("adding
+    directly to cpu is very slow") and copies it back down: (2m - 1) partitions; then the updated
+    weight partition up once; with the parameters offloaded (ZeRO-Infinity, Rajbhandari et al. 2021)
+    the weight partition also comes up before every micro-batch's forward and backward."""
     if offload == "none":
         return 0.0
     g = precision.weight_bytes
-    moved = micro_batches * partition_params * g + partition_params * g
+    moved = (2 * micro_batches - 1) * partition_params * g + partition_params * g
     if offload == "optimizer+params":
         moved += 2 * micro_batches * partition_params * g
     return moved

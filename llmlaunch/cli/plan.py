@@ -8,9 +8,10 @@ import sys
 
 from llmlaunch.topology import planner
 from llmlaunch.topology.cost import DEFAULT_PUE, cost_from_throughput
+from llmlaunch.topology.engines import DEFAULT_ENGINE, ENGINES, engine_names
 from llmlaunch.topology.flops import hardware_flops_per_token
 from llmlaunch.topology.hardware import GpuSpec, gpu as catalog_gpu
-from llmlaunch.topology.layout import RECOMPUTE_MODES, Layout
+from llmlaunch.topology.layout import CP_KINDS, RECOMPUTE_MODES, Layout
 from llmlaunch.topology.approximations import planning_notes
 from llmlaunch.topology.model_spec import ModelSpec
 from llmlaunch.topology.params import total_params
@@ -50,9 +51,21 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--capacity-factor", type=float, default=1.0, metavar="C",
                    help="MoE: expert buffers (all-to-all, expert GEMMs) padded to C x the balanced "
                         "load (default 1.0)")
+    g.add_argument("--cp", type=int, metavar="N",
+                   help="context-parallel degree: N ranks share each sequence (estimate only until "
+                        "the model runs it; default: searched where sequences are long)")
+    g.add_argument("--cp-kind", choices=CP_KINDS,
+                   help="context parallelism's form: allgather (K and V gathered, Llama 3) or "
+                        "alltoall (heads split, DeepSpeed-Ulysses); default: the faster that fits")
     g.add_argument("--recompute", choices=RECOMPUTE_MODES)
-    g.add_argument("--precision", choices=("bf16", "fp32"),
-                   help="default: bf16 on GPUs, fp32 on --gpu cpu")
+    g.add_argument("--precision", choices=("bf16", "fp8", "fp32"),
+                   help="default: bf16 on GPUs, fp32 on --gpu cpu; fp8: FP8 GEMMs in the linear "
+                        "layers, bf16 elsewhere (estimate only: --emit refuses)")
+    g.add_argument("--engine", choices=engine_names(), default=DEFAULT_ENGINE, metavar="NAME",
+                   help="the training engine the step is priced for: "
+                        + "; ".join(f"{name}{' (what llmlaunch runs, default)' if e.runnable else ''}"
+                                    for name, e in ENGINES.items())
+                        + " (docs/planner.md, 'Engines'); only deepspeed layouts are emitted")
     g.add_argument("--no-flash", action="store_true",
                    help="attention without a fused kernel (materialised s x s scores)")
     g.add_argument("--sequence-parallel", action="store_true",
@@ -233,13 +246,21 @@ def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
                          f"{args.capacity_factor:g}")
     options = planner.PlanOptions(global_batch=batch, seq_len=spec.seq_len, precision=precision,
                                   flash_attention=not args.no_flash,
-                                  capacity_factor=args.capacity_factor)
+                                  capacity_factor=args.capacity_factor, engine=args.engine)
+    if precision == "fp8" and not gpu.fp8_peak_tflops:
+        raise ValueError(f"--precision fp8: {gpu.name} has no FP8 tensor cores; use bf16, or a GPU "
+                         "with FP8 (h100-80gb, h200-141gb, b200-180gb, gb200-186gb, mi300x-192gb)")
     if args.virtual_stages < 1:
         raise ValueError(f"--virtual-stages must be a positive integer, got {args.virtual_stages}")
+    cp = args.cp
+    if cp is None and getattr(args, "emit", None):
+        cp = 1
+        notes.append("cp 1: --emit writes only what llmlaunch's model runs (no context parallelism "
+                     "until issue 25)")
     pins = planner.Pins(dp=args.dp, pp=args.pp, tp=args.tp, micro_batch=args.micro_batch,
                         zero_stage=args.zero, recompute=args.recompute,
                         sequence_parallel=args.sequence_parallel, virtual_stages=args.virtual_stages,
-                        ep=args.ep)
+                        ep=args.ep, cp=cp, cp_kind=args.cp_kind)
     check_pins(pins, cluster.gpus)
     check_expert_pin(pins, spec)
     for flag, default in (("gpus", DEFAULTS["gpus"]), ("gpu", DEFAULTS["gpu"])):
@@ -248,6 +269,8 @@ def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
     if args.gpus_per_node == DEFAULTS["gpus_per_node"]:
         notes.append(f"gpus per node {cluster.gpus_per_node} (default)")
     notes.append(f"precision {precision}, attention {'flash (fused SDPA)' if options.flash_attention else 'materialised'}")
+    if args.engine != DEFAULT_ENGINE:
+        notes.append(f"engine {args.engine} (an estimate: llmlaunch runs {DEFAULT_ENGINE})")
     return PlanInputs(spec=spec, cluster=cluster, options=options, pins=pins, params=params,
                       defaults=notes, params_source=source,
                       approximations=planning_notes(spec, params if args.hf_config else None))
@@ -256,7 +279,7 @@ def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
 def check_pins(pins: planner.Pins, gpus: int) -> None:
     """Pinned degrees must be positive and divide the GPU count (together, too)."""
     product = 1
-    for name in ("dp", "pp", "tp", "micro_batch"):
+    for name in ("dp", "pp", "tp", "cp", "micro_batch"):
         value = getattr(pins, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -265,10 +288,12 @@ def check_pins(pins: planner.Pins, gpus: int) -> None:
                 raise ValueError(f"--{name} {value} does not divide --gpus {gpus}")
             product *= value
     if gpus % product:
-        pinned = " x ".join(f"{n}={getattr(pins, n)}" for n in ("dp", "pp", "tp") if getattr(pins, n))
+        pinned = " x ".join(f"{n}={getattr(pins, n)}" for n in ("dp", "pp", "tp", "cp")
+                            if getattr(pins, n))
         raise ValueError(f"{pinned} = {product} does not divide --gpus {gpus}")
     if all(getattr(pins, n) for n in ("dp", "pp", "tp")) and product != gpus:
-        raise ValueError(f"{Layout(dp=pins.dp, pp=pins.pp, tp=pins.tp).product} != --gpus {gpus}")
+        lay = Layout(dp=pins.dp, pp=pins.pp, tp=pins.tp, cp=pins.cp or 1)
+        raise ValueError(f"{lay.product} != --gpus {gpus}")
 
 
 def check_expert_pin(pins: planner.Pins, spec: ModelSpec) -> None:
@@ -301,7 +326,8 @@ def pinned_layout(inputs: PlanInputs) -> Layout | None:
     return Layout(dp=p.dp, pp=p.pp, tp=p.tp, micro_batch=p.micro_batch, grad_accum=per_replica,
                   zero_stage=p.zero_stage, recompute=p.recompute,
                   sequence_parallel=p.sequence_parallel,
-                  virtual_stages=p.virtual_stages if p.pp > 1 else 1, ep=p.ep or 1)
+                  virtual_stages=p.virtual_stages if p.pp > 1 else 1, ep=p.ep or 1, cp=p.cp or 1,
+                  cp_kind=p.cp_kind or "allgather")
 
 
 def no_fit_message(inputs: PlanInputs, result: planner.SearchResult) -> str:
@@ -309,7 +335,7 @@ def no_fit_message(inputs: PlanInputs, result: planner.SearchResult) -> str:
     size = f"{inputs.params / 1e9:.1f}B"
     cl = inputs.cluster
     where = f"{size} does not fit on {cl.gpus} x {cl.gpu.name}"
-    defaults = {"sequence_parallel": False, "virtual_stages": 1}
+    defaults = {"sequence_parallel": False, "virtual_stages": 1, "cp": 1}
     pinned = [f"{k}={v}" for k, v in vars(inputs.pins).items()
               if v is not None and defaults.get(k, None) != v]
     if pinned:

@@ -26,7 +26,7 @@
       var c = coords(rm, r);
       var g0 = r - c.tp * tpAxis.stride, g1 = g0 + (tpAxis.size - 1) * tpAxis.stride;
       var cross = Math.floor(g0 / gpn) !== Math.floor(g1 / gpn);
-      return {pipe: c.pp, data: c.dp, tensor: c.tp, tpGroup: groupIndex(rm, c, "tp"),
+      return {pipe: c.pp, data: c.dp, tensor: c.tp, context: c.cp || 0, tpGroup: groupIndex(rm, c, "tp"),
               tpRanks: tpAxis.size > 1 ? " (ranks " + g0 + "\u2013" + g1 + (cross ? ", CROSSES NODES" : "") + ")" : "",
               dpGroup: groupIndex(rm, c, "dp"), ppGroup: groupIndex(rm, c, "pp")};
     }
@@ -42,6 +42,7 @@
         if (per === 1) {
           hrow.push("rank " + r0 + " \u00b7 node " + n0 + ", GPU " + g + "<br>pipeline stage " + a.pipe +
                     "<br>TP group " + a.tpGroup + a.tpRanks + ", tensor rank " + a.tensor +
+                    (rm.cp > 1 ? "<br>context rank " + a.context + " of " + rm.cp + " (" + rm.cp_kind + ")" : "") +
                     "<br>DP replica " + a.data + " (DP group " + a.dpGroup + ")" +
                     "<br>PP group " + a.ppGroup);
           crow.push("t" + a.tpGroup + "<br>d" + a.data);

@@ -84,16 +84,44 @@ CONFIGS = {
                      "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000,
                      "max_position_embeddings": 32768, "rope_theta": 1e6, "rms_norm_eps": 1e-5,
                      "sliding_window": None, "hidden_act": "silu", "tie_word_embeddings": False},
+    # deepseek-ai/DeepSeek-V3 config.json: multi-head latent attention (kv_lora_rank 512,
+    # q_lora_rank 1536, 64-dim RoPE keys), 256 routed experts (8 per token) and a shared one, the
+    # first 3 layers dense; transformers builds no multi-token-prediction layer (671B of 685B)
+    "deepseek-v3": {"model_type": "deepseek_v3", "vocab_size": 129280, "hidden_size": 7168,
+                    "intermediate_size": 18432, "moe_intermediate_size": 2048,
+                    "num_hidden_layers": 61, "num_nextn_predict_layers": 1,
+                    "num_attention_heads": 128, "num_key_value_heads": 128, "n_shared_experts": 1,
+                    "n_routed_experts": 256, "routed_scaling_factor": 2.5, "kv_lora_rank": 512,
+                    "q_lora_rank": 1536, "qk_rope_head_dim": 64, "v_head_dim": 128,
+                    "qk_nope_head_dim": 128, "topk_method": "noaux_tc", "n_group": 8,
+                    "topk_group": 4, "num_experts_per_tok": 8, "moe_layer_freq": 1,
+                    "first_k_dense_replace": 3, "norm_topk_prob": True, "scoring_func": "sigmoid",
+                    "hidden_act": "silu", "max_position_embeddings": 163840, "rms_norm_eps": 1e-06,
+                    "rope_theta": 10000,
+                    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
+                                     "mscale_all_dim": 1.0,
+                                     "original_max_position_embeddings": 4096, "type": "yarn"},
+                    "tie_word_embeddings": False, "attention_bias": False},
 }
+
+# DeepSeek-V3's family scaled down (every feature kept: the query and KV latents, a first dense layer,
+# the shared expert, grouped routing), small enough for transformers to build on the CPU
+DEEPSEEK_V3_SMALL = dict(CONFIGS["deepseek-v3"], vocab_size=1000, hidden_size=1024,
+                         intermediate_size=2048, moe_intermediate_size=256, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=8, n_routed_experts=16,
+                         kv_lora_rank=64, q_lora_rank=96, qk_rope_head_dim=16, v_head_dim=32,
+                         qk_nope_head_dim=32, n_group=4, topk_group=2, num_experts_per_tok=4,
+                         first_k_dense_replace=1)
 
 # billions, as published (model card / paper); the exact counts are transformers' (EXACT)
 PUBLISHED = {"gpt2": 0.124, "llama2-7b": 6.7, "mistral-7b-v0.1": 7.24, "qwen2-7b": 7.6,
              "qwen2-0.5b": 0.49, "qwen2.5-14b": 14.7, "qwen3-8b": 8.2, "qwen3-0.6b": 0.6,
-             "phi3-mini-4k": 3.8, "gemma2-9b": 9.24, "gpt-neox-20b": 20.6, "mixtral-8x7b": 46.7}
+             "phi3-mini-4k": 3.8, "gemma2-9b": 9.24, "gpt-neox-20b": 20.6, "mixtral-8x7b": 46.7,
+             "deepseek-v3": 671}
 
 # transformers' meta-device counts of CONFIGS (tests/torch/test_hf_counts.py measures them)
 EXACT = {"gpt2": 124_439_808, "llama2-7b": 6_738_415_616, "mistral-7b-v0.1": 7_241_732_096,
          "qwen2-7b": 7_615_616_512, "qwen2-0.5b": 494_032_768, "qwen2.5-14b": 14_770_033_664,
          "qwen3-8b": 8_190_735_360, "qwen3-0.6b": 596_049_920, "phi3-mini-4k": 3_821_079_552,
          "gemma2-9b": 9_241_705_984, "gpt-neox-20b": 20_554_567_680,
-         "mixtral-8x7b": 46_702_792_704}
+         "mixtral-8x7b": 46_702_792_704, "deepseek-v3": 671_026_404_352}

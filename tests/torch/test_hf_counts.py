@@ -95,3 +95,30 @@ def test_a_generic_decoder_gets_a_plan(tmp_path, capsys):
     notes = out["model"]["approximations"]
     # OLMo-2's QK-norm spans the whole q and k width (2 x 4096 a layer), not modelled: 0.0036%
     assert notes[0].startswith("parameter formula 7,298,355,200 vs transformers' 7,298,617,344")
+
+
+def test_deepseek_v3_scaled_down_equals_transformers():
+    """DeepSeek-V3's family at a small size (the query and KV latents, a first dense layer, the
+    shared expert): transformers' count of the built model equals the formula."""
+    from family_configs import DEEPSEEK_V3_SMALL
+
+    assert count_hf_params(DEEPSEEK_V3_SMALL) == total_params(spec_from_hf_config(DEEPSEEK_V3_SMALL))
+    assert count_hf_params(DEEPSEEK_V3_SMALL) == 50_554_496
+
+
+def test_deepseek_v3_plans_with_its_exact_count_without_allocating(tmp_path, capsys):
+    """The published DeepSeek-V3 config.json: transformers' count on the meta device, from the
+    start (it used to create the fused expert tensors on the CPU first: 30 GB), 671,026,404,352
+    parameters, 37.55B active; the process's peak memory grows by well under a GB."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    args = ["plan", "--hf-config", write(tmp_path, "deepseek-v3"), "--gpus", "256", "--gpu",
+            "h100-80gb", "--seq-len", "4096", "--pp", "16", "--ep", "8", "--engine",
+            "megatron-core", "--precision", "fp8", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"]["params"] == 671_026_404_352 == EXACT["deepseek-v3"]
+    assert round(out["model"]["active_params"] / 1e9, 2) == 37.55
+    assert out["candidates"] and out["engine"] == "megatron-core"
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 1e9

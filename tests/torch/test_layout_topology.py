@@ -11,7 +11,8 @@ def test_coords_and_groups_match_deepspeed_topology():
         lay = Layout(dp=dp, pp=pp, tp=tp)
         for rank in range(lay.world_size):
             c = topo.get_coord(rank)
-            assert lay.coords(rank) == {"pp": c.pipe, "dp": c.data, "tp": c.model}
+            # cp = 1: the context axis adds coordinate 0 and changes no rank's place
+            assert lay.coords(rank) == {"pp": c.pipe, "dp": c.data, "tp": c.model, "cp": 0}
         for axis, ds_axis in (("tp", "model"), ("dp", "data"), ("pp", "pipe")):
             assert sorted(map(sorted, lay.groups(axis))) == sorted(
                 map(sorted, topo.get_axis_comm_lists(ds_axis)))
