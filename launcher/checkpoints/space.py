@@ -1,7 +1,8 @@
 """What a checkpoint tag takes on disk, sizes a person reads, and a full disk named.
 
 A tag holds, for every canonical tensor and TP slice, one torch.save file of its fp32 weight and
-both Adam moments, and the manifest. Its size (an upper bound, within 1% on the tiny model):
+both Adam moments, and the manifest. Its size, an estimate that errs high (tests/torch/
+test_checkpoint_store.py and the fault tests compare it with tags written):
 
     bytes(tag) = sum over files of [ 12 * numel(slice) + container + 4 * 64 ] + bytes(manifest)
 
