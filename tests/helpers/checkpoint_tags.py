@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from llmlaunch.launcher.checkpoints.comm import Comm
-from llmlaunch.launcher.checkpoints.manifest import (LEGACY_MARKER, LEGACY_META, Manifest,
-                                                     tensor_path)
+from llmlaunch.launcher.checkpoints.digest import file_record
+from llmlaunch.launcher.checkpoints.manifest import (LEGACY_MARKER, LEGACY_META, MANIFEST, Manifest,
+                                                     read_manifest, tensor_path, write_manifest)
 from llmlaunch.launcher.checkpoints.save import PendingSave, ShareWriter
 from llmlaunch.launcher.checkpoints.tags import LATEST, tag_for_step
 from llmlaunch.model.sharding import canonical_shapes, shard_tensor, tp_split
@@ -63,17 +64,58 @@ def _write_legacy(ckpt_dir: Path, draft: Manifest, share: list, complete: bool) 
     for path, state in share:
         (tag_dir / path).parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, tag_dir / path)
-    (tag_dir / LEGACY_META).write_text(json.dumps({
-        "format": "llmlaunch-canonical-1", "step": draft.step, "adam_steps": draft.adam_steps,
-        "engine": draft.engine, "layout": draft.layout, "model": draft.model,
-        "tensors": draft.tensors, "tp": draft.tp, "files": draft.canonical_files()}))
+    write_legacy_records(tag_dir, draft, complete)
     if complete:
-        (tag_dir / LEGACY_MARKER).write_text(json.dumps({
-            "tag": draft.tag, "step": draft.step, "layout": draft.layout, "engine": draft.engine,
-            "global_batch": draft.global_batch, "consumed_samples": draft.consumed_samples,
-            "model": draft.model}))
         (ckpt_dir / LATEST).write_text(draft.tag)
     return tag_dir
+
+
+def write_legacy_records(tag_dir: Path, manifest: Manifest, complete: bool = True) -> None:
+    """llmlaunch 0.2's records of a tag (canonical/meta.json, then the marker) for `manifest`."""
+    (tag_dir / LEGACY_META).write_text(json.dumps({
+        "format": "llmlaunch-canonical-1", "step": manifest.step, "adam_steps": manifest.adam_steps,
+        "engine": manifest.engine, "layout": manifest.layout, "model": manifest.model,
+        "tensors": manifest.tensors, "tp": manifest.tp, "files": manifest.canonical_files()}))
+    if complete:
+        (tag_dir / LEGACY_MARKER).write_text(json.dumps({
+            "tag": manifest.tag, "step": manifest.step, "layout": manifest.layout,
+            "engine": manifest.engine, "global_batch": manifest.global_batch,
+            "consumed_samples": manifest.consumed_samples, "model": manifest.model}))
+
+
+def make_legacy(tag_dir: Path) -> None:
+    """A tag written by this release turned into what llmlaunch 0.2 wrote: the same state files,
+    the marker and meta instead of the manifest (no checksums)."""
+    manifest = read_manifest(tag_dir)
+    write_legacy_records(tag_dir, manifest)
+    (tag_dir / MANIFEST).unlink()
+
+
+def resign(tag_dir: Path) -> None:
+    """Rewrite a tag's checksums for its files as they are now: a change made before the save's
+    hashing (memory, a diverging run), which verification cannot see."""
+    manifest = read_manifest(tag_dir)
+    manifest.files = {name: file_record(tag_dir / name) for name in manifest.files}
+    write_manifest(tag_dir, manifest)
+
+
+STATE_RECORDS = {"param": 0, "exp_avg": 1, "exp_avg_sq": 2}
+
+
+def flip_bit_in_tensor(path: Path, key: str, fraction: float = 0.5, bit: int = 3) -> None:
+    """Flip one bit inside the data of one tensor of a canonical file: torch.save's zip record
+    archive/data/N (N: the tensor's place in {param, exp_avg, exp_avg_sq})."""
+    import zipfile
+
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist()
+                    if i.filename.endswith(f"/data/{STATE_RECORDS[key]}"))
+    name_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little")
+    extra_len = int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + int(info.file_size * fraction)] ^= 1 << bit
+    path.write_bytes(data)
 
 
 def flip_bit(path: Path, offset_fraction: float = 0.6, bit: int = 2) -> None:
