@@ -7,21 +7,28 @@ resumes a copy of it after doing one kind of harm.
   verifies (here one written before checksums existed) and its losses equal the source run's.
 - A state that verifies but is poison (a NaN weight, signed again as if it had been saved so):
   the steps after it are not finite, and pruning keeps the trusted tag before it.
-- Another model shape and another global batch are refused in one line naming what differs; a
-  raised train.steps continues the learning rate without a jump; a save into a full file system
+- A tag of llmlaunch 0.1 (DeepSpeed's files and the marker, no layout-free state) still resumes,
+  through DeepSpeed's own load (this file is also the driver that writes one from a run's tag).
+- A raised train.steps continues the learning rate without a jump; a save into a full file system
   (a small tmpfs) names the path, the space a tag needs and the space free.
+(Another model shape and another global batch are refused before any engine is built: the torch
+tier's tests/torch/test_checkpoint_store.py runs the same store.choose in one process.)
 """
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from checkpoint_tags import file_listing, flip_bit_in_tensor, make_legacy, resign, truncate
-from train_job import Job, losses
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))  # as a driver, too
+from checkpoint_tags import flip_bit_in_tensor, make_legacy, resign, truncate  # noqa: E402
+from train_job import Job, losses  # noqa: E402
 
 STEPS, EVERY = 8, 2
 COMMON = [f"train.steps={STEPS}", f"checkpoint.every={EVERY}", "train.log_every=1"]
@@ -117,44 +124,27 @@ def test_poison_that_verifies_keeps_the_trusted_tag(tmp_path, source):
     assert (ckpt / "trusted").read_text() == "step00000002"
 
 
-def test_another_shape_or_global_batch_is_refused_naming_what_differs(tmp_path, source):
-    run_dir = tmp_path / "run"
-    ckpt = copy_of(source, run_dir)
-    before = file_listing(ckpt)
-    job = Job(run_dir, *COMMON, "model.hidden=128")
-    assert job.wait(timeout=300) != 0
-    out = job.output()
-    assert ("checkpoint step00000008 holds another model: embed.token.weight is [1024, 64] in the "
-            "checkpoint and [1024, 128] in the model (model.hidden 64 -> 128, model.ffn_hidden 256 "
-            "-> 512") in out, out[-3000:]
-    assert "Error(s) in loading state_dict" not in out and "Traceback" not in out
-    job = Job(run_dir, *COMMON, "layout.grad_accum=8")
-    assert job.wait(timeout=300) != 0
-    out = job.output()
-    assert ("checkpoint step00000008 trained with a global batch of 16 sequences (micro_batch 2 x "
-            "grad_accum 4 x dp 2), the run has 32 (micro_batch 2 x grad_accum 8 x dp 2)") in out
-    assert "set layout.grad_accum=4" in out
-    assert file_listing(ckpt) == before
-
-
 def test_raised_steps_continue_the_learning_rate(tmp_path, source):
     from llmlaunch.config import load_run_dir_config
     from llmlaunch.launcher.lr_schedule import continued, schedule_of
 
     run_dir = tmp_path / "run"
-    copy_of(source, run_dir)
+    copy_of(source, run_dir, tags={"step00000006"})          # mid-way down the 8-step cosine
     job = Job(run_dir, "train.steps=12", f"checkpoint.every={EVERY}", "train.log_every=1")
     assert job.wait(timeout=400) == 0, job.output()[-3000:]
     rates = {r["step"]: r["lr"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text()
                                                .splitlines())}
-    train = load_run_dir_config(source).train
-    saved = schedule_of(train)
-    schedule, line = continued(saved, schedule_of(load_run_dir_config(run_dir).train), STEPS)
-    assert f"train.steps 8 -> 12 since the checkpoint (step 8): the learning rate continues" \
-        in rank0_log(run_dir) and line in rank0_log(run_dir)
-    assert [rates[k] for k in range(9, 13)] == pytest.approx([schedule.lr_at(k) for k in range(9, 13)])
-    assert rates[12] == pytest.approx(train.min_lr)
-    assert rates[8] - rates[9] < rates[7] - rates[8]          # no jump: it falls as it fell
+    saved = schedule_of(load_run_dir_config(source).train)
+    wanted = schedule_of(load_run_dir_config(run_dir).train)
+    schedule, line = continued(saved, wanted, 6)
+    assert line.startswith("train.steps 8 -> 12 since the checkpoint (step 6): the learning rate "
+                           "continues from step 6's") and line in rank0_log(run_dir)
+    assert [rates[k] for k in range(7, 13)] == pytest.approx([schedule.lr_at(k) for k in range(7, 13)])
+    assert rates[12] == pytest.approx(wanted.min_lr)
+    # no jump: step 7 falls from step 6's rate, by less than the 8-step schedule would have (the
+    # 12-step one from scratch would have gone up, to its own step 7)
+    assert 0 < rates[6] - rates[7] < rates[6] - saved.lr_at(7)
+    assert wanted.lr_at(7) > rates[6]
 
 
 @pytest.fixture
@@ -189,3 +179,58 @@ def test_a_save_into_a_full_disk_names_the_path_and_the_space(tmp_path, source, 
     assert "Traceback" not in out and "enforce fail" not in out
     assert (ckpt / "latest").read_text() == "step00000002"
     assert not (ckpt / "step00000004").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# a tag of llmlaunch 0.1: DeepSpeed's files only
+
+def driver_main():
+    """On 4 ranks: resume RUN_DIR's tag and write it as DeepSpeed's own checkpoint into OUT."""
+    from rank_harness import finish_test_distributed, write_rank_result
+
+    from llmlaunch.config import load_run_dir_config
+    from llmlaunch.launcher.checkpoints.store import CheckpointStore
+    from llmlaunch.launcher.engine import build_engine, rank_context
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    config = load_run_dir_config(args.run_dir)
+    ctx = rank_context(config)
+    store = CheckpointStore.of_run(config, args.run_dir, ctx)
+    ctx.start(60)
+    store.choose()
+    run = build_engine(config, ctx, kind=store.engine_for(ctx.layout), schedule=store.schedule())
+    step = store.resume(run)
+    run.engine.save_checkpoint(str(args.out), tag=f"step{step:08d}", client_state={"step": step},
+                               save_latest=False)
+    write_rank_result({"step": step})
+    finish_test_distributed()
+
+
+def test_a_tag_of_llmlaunch_0_1_resumes_through_deepspeeds_files(tmp_path, source):
+    from rank_harness import run_ranks
+
+    run_dir = tmp_path / "run"
+    ckpt = copy_of(source, run_dir, tags={"step00000006"})
+    written = tmp_path / "deepspeed"
+    run_ranks(__file__, 4, ["--run-dir", run_dir, "--out", written], timeout_s=300,
+              results_dir=tmp_path / "results").check()
+    shutil.rmtree(ckpt / "step00000006")
+    shutil.copytree(written / "step00000006", ckpt / "step00000006")
+    layout = {"dp": 2, "pp": 2, "tp": 1, "micro_batch": 2, "grad_accum": 4, "zero_stage": 1,
+              "recompute": "none"}
+    (ckpt / "step00000006" / "llmlaunch_complete.json").write_text(json.dumps(
+        {"tag": "step00000006", "step": 6, "layout": layout, "consumed_samples": 6 * 16}))
+    job = Job(run_dir, *COMMON)
+    assert job.wait(timeout=300) == 0, job.output()[-3000:]
+    log = rank0_log(run_dir)
+    assert "step00000006 was written by llmlaunch 0.1, DeepSpeed's files only: its files carry " \
+           "no checksums" in log
+    assert f"resumed from {ckpt / 'step00000006'} (step 6)" in log
+    assert losses(run_dir) == losses(source)
+
+
+if __name__ == "__main__":
+    driver_main()

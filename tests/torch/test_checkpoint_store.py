@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from checkpoint_tags import flip_bit, full_state, truncate, write_tag
+from checkpoint_tags import file_listing, flip_bit, full_state, truncate, write_tag
 from llmlaunch.launcher.checkpoints.canonical import tensor_file
 from llmlaunch.launcher.checkpoints.checks import CheckpointError, model_refusal
 from llmlaunch.launcher.checkpoints.manifest import LEGACY_MARKER, MANIFEST, read_manifest
@@ -91,6 +91,56 @@ def test_another_model_names_the_tensor_and_both_shapes(tmp_path):
                            "32 -> 64")
     line = model_refusal(written, ModelSpec(**{**SPEC.to_dict(), "layers": 3}))
     assert "blocks.2.ln1.weight is absent in the checkpoint and [32] in the model" in line
+
+
+def run_config(**layout):
+    from llmlaunch.config import RunConfig
+
+    config = RunConfig()
+    for key, value in SPEC.to_dict().items():
+        setattr(config.model, key, value)
+    for key, value in {"dp": 1, "pp": 1, "tp": 2, "micro_batch": 2, "grad_accum": 4,
+                       **layout}.items():
+        setattr(config.layout, key, value)
+    return config.validate()
+
+
+def store_for(ckpt, config):
+    from llmlaunch.launcher.checkpoints.store import CheckpointStore
+    from llmlaunch.model.rank_context import RankContext
+
+    layout = config.layout_obj()
+    return CheckpointStore(ckpt, config, RankContext(layout, rank=0, world=layout.world_size))
+
+
+def test_a_resume_refuses_another_shape_or_global_batch_before_any_engine(tmp_path):
+    """What every rank raises in store.choose(), before the engine is built (one line each)."""
+    ckpt = tmp_path / "checkpoints"
+    write_tag(ckpt, 10, {"dp": 1, "pp": 1, "tp": 2, "micro_batch": 2, "grad_accum": 4},
+              full_state(SPEC, 1), SPEC, 8)
+    before = file_listing(ckpt)
+    assert store_for(ckpt, run_config()).choose().manifest.tag == "step00000010"
+    config = run_config()
+    config.model.hidden = 64
+    with pytest.raises(CheckpointError) as shape:
+        store_for(ckpt, config.validate()).choose()
+    assert str(shape.value).startswith(
+        "checkpoint step00000010 holds another model: embed.token.weight is [96, 32] in the "
+        "checkpoint and [96, 64] in the model (model.hidden 32 -> 64")
+    with pytest.raises(CheckpointError) as batch:
+        store_for(ckpt, run_config(grad_accum=8)).choose()
+    assert str(batch.value).startswith(
+        "checkpoint step00000010 trained with a global batch of 8 sequences (micro_batch 2 x "
+        "grad_accum 4 x dp 1), the run has 16 (micro_batch 2 x grad_accum 8 x dp 1)")
+    assert "set layout.grad_accum=4" in str(batch.value)
+    moved = run_config(dp=2, tp=1, grad_accum=2)       # the same 8 sequences on another layout
+    assert store_for(ckpt, moved).choose() is not None
+    moved.checkpoint.reshard = "never"
+    with pytest.raises(CheckpointError, match="written with dp=1 pp=1 tp=2, ZeRO-1, pipeline "
+                                              "engine but the run uses dp=2 pp=1 tp=1, ZeRO-0, "
+                                              "plain engine, and checkpoint.reshard is never"):
+        store_for(ckpt, moved).choose()
+    assert file_listing(ckpt) == before
 
 
 @pytest.mark.parametrize("spec,tp", [(SPEC, 2), (GPT2, 1), (GPT2, 2)])
