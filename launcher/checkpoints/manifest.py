@@ -114,7 +114,7 @@ def read_manifest(tag_dir: Path) -> Manifest:
         return manifest
     if (tag_dir / LEGACY_MARKER).exists():
         return _legacy(tag_dir, _json_of(tag, tag_dir / LEGACY_MARKER, LEGACY_MARKER))
-    raise TagProblem(tag, None, f"incomplete: no {MANIFEST} (a save that did not finish)")
+    raise TagProblem(tag, None, f"no {MANIFEST}: a save that did not finish")
 
 
 def _legacy(tag_dir: Path, marker: dict) -> Manifest:

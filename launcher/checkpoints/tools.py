@@ -51,7 +51,8 @@ def inspect(ckpt_dir: str | Path, verify: bool = False) -> dict:
                  "checksums": manifest is not None and manifest.files is not None,
                  "verified": (problem is None and manifest is not None
                               and manifest.files is not None) if verify else None,
-                 "problem": problem.describe() if problem else None}
+                 "problem": (("incomplete: " if problem.incomplete else "") + problem.describe()
+                             if problem else None)}
         if manifest is not None:
             state = state_layout(manifest)
             entry.update({"layout": {k: state[k] for k in ("dp", "pp", "tp")},

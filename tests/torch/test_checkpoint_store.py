@@ -42,7 +42,7 @@ def test_a_resume_passes_over_damaged_tags_naming_each_file(tmp_path):
     lines = choice.lines()
     assert lines[0].startswith(f"{ckpt / LATEST} is not UTF-8 text")
     expected = [
-        ("step00000070 is incomplete", "incomplete: no manifest.json"),
+        ("step00000070 is incomplete", "(no manifest.json: a save that did not finish)"),
         ("step00000060 failed verification", "canonical/blocks.1.mlp.gate_up.weight/tp0.pt: sha256 "
                                              "differs from the manifest's"),
         ("step00000050 failed verification", "canonical/embed.token.weight/tp1.pt: "),

@@ -84,7 +84,7 @@ def test_inspect_verify_names_the_corrupt_file_of_each_tag(run_dir, capsys):
 
 
 def test_a_torn_or_partial_checkpoint_is_never_converted(run_dir, tmp_path, capsys):
-    with pytest.raises(ValueError, match="is not complete .incomplete: no manifest.json"):
+    with pytest.raises(ValueError, match=r"is not complete \(no manifest.json: a save that did not finish\)"):
         resolve_tag(run_dir / "checkpoints" / "step00000030")
     victim = tensor_file(run_dir / "checkpoints" / "step00000020", "blocks.1.attn.qkv.weight", 1)
     victim.unlink()

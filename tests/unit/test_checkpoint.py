@@ -66,7 +66,7 @@ def test_the_manifest_round_trips_and_a_torn_one_names_itself(tmp_path):
         read_manifest(tag_dir)
     assert torn.value.file == MANIFEST and "not valid JSON" in torn.value.why
     (tag_dir / MANIFEST).unlink()
-    with pytest.raises(TagProblem, match="incomplete: no manifest.json") as none:
+    with pytest.raises(TagProblem, match="no manifest.json: a save that did not finish") as none:
         read_manifest(tag_dir)
     assert none.value.file is None
     write_manifest(tag_dir, manifest(step=20))
