@@ -9,9 +9,9 @@ loop stalls per save, before and after issue 22 (docs/checkpoints.md, "Cost").
 - after (the default): the same, the state copied to CPU memory in the loop and written beside it
   on a thread.
 
-The stall of one save is the wall time of [save, W training steps, wait for the save] minus W
-times the median step time measured just before without saving: what the run loses to the save,
-contention for the cores included. Two configs on CPU (gloo): tiny-cpu (4 ranks, dp 2 x pp 2,
+The stall of one save is the wall time of [save, W training steps, wait for the save] minus the
+wall time of the W steps trained just before it without saving (paired, so that the drift of a
+shared host cancels): what the run loses to the save, contention for the cores included. Two configs on CPU (gloo): tiny-cpu (4 ranks, dp 2 x pp 2,
 ZeRO-1, the pipeline engine) and a 1B-shaped one (TinyLlama-1.1B's width: hidden 2048, 32 heads,
 4 KV heads, MLP 5632, vocabulary 32000, but 2 layers: 0.22 B parameters; 1 rank, the plain
 engine, ZeRO-0). Random tokens; the figures do not depend on them.
@@ -112,7 +112,8 @@ def driver(args) -> None:
         store = CheckpointStore(root / f"mode{MODES.index(mode)}", config, ctx)
         stalls, blocking = [], []
         for _ in range(args.saves):
-            step += 1
+            base_s = sum(timed_steps(run, batches, window))        # the same steps, no save
+            step += window + 1
             run.train_step(batches)
             dist.barrier()
             start = time.perf_counter()
@@ -121,13 +122,14 @@ def driver(args) -> None:
             else:
                 store.save(run, step)
             blocking.append(time.perf_counter() - start)
-            for _ in range(window):
+            for _ in range(window):                                # as timed_steps, and the store's poll
                 step += 1
+                dist.barrier()
                 run.train_step(batches)
                 store.after_step(step, 1.0, 1.0)
             store.wait()
             dist.barrier()
-            stalls.append(time.perf_counter() - start - window * step_s)
+            stalls.append(time.perf_counter() - start - base_s)
         tag_dir = sorted(store.ckpt_dir.glob("step*"))[-1]
         size = directory_bytes(tag_dir) if ctx.rank == 0 else 0
         result["modes"][mode] = {"bytes_per_param": size / result["params"],
@@ -214,7 +216,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=sorted(CONFIGS))
     parser.add_argument("--saves", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=5, help="steps timed without saving")
+    parser.add_argument("--steps", type=int, default=5, help="steps timed for the median step")
     parser.add_argument("--window", type=int, default=3, help="steps trained after each save")
     parser.add_argument("--dir", default=None, help="where the tags go (default: the temp dir)")
     parser.add_argument("--hashes", action="store_true")

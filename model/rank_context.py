@@ -50,11 +50,16 @@ class RankContext:
         return self.rank == 0
 
     def start(self, timeout_s: float, backend: str | None = None) -> "RankContext":
-        """torch.distributed's world group (model/distributed.py), once."""
+        """torch.distributed's world group (model/distributed.py), once. On GPUs the rank's device
+        is set first (DeepSpeed sets the same one later, in its engine): the collectives that run
+        before the engine exists (the checkpoint store's) need it under NCCL."""
+        import torch
         import torch.distributed as dist
 
         from .distributed import init_distributed
 
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.local_rank)
         if not dist.is_initialized():
             init_distributed(backend=backend, timeout_s=timeout_s)
         return self

@@ -89,7 +89,14 @@ def get_state(engine, param) -> dict:
         if value is None:
             raise RuntimeError(f"no {key} for a parameter of shape {tuple(param.shape)}: the "
                                "optimizer state is not initialised")
-    return {key: value.detach().float().cpu().clone() for key, value in out.items()}
+    return {key: _own_fp32_cpu_copy(value) for key, value in out.items()}
+
+
+def _own_fp32_cpu_copy(value):
+    """An fp32 CPU tensor that shares no memory with `value` (training goes on while it is
+    written): a GPU or bf16 tensor is copied once by the conversion, an fp32 CPU one by clone."""
+    out = value.detach().float().cpu()
+    return out.clone() if out.data_ptr() == value.data_ptr() else out
 
 
 def set_state(engine, param, state: dict, dp_rank: int) -> None:

@@ -98,19 +98,20 @@ def _verdict(entry: dict) -> str:
     return "no checksums"
 
 
-def resolve_tag(path: str | Path, say=_stderr) -> Choice:
+def resolve_tag(path: str | Path, say=_stderr, files: bool = True) -> Choice:
     """A tag directory (it must verify), or a checkpoint directory (its newest tag that verifies,
-    the newer ones passed over said through `say`). ValueError naming the file and why."""
+    the newer ones passed over said through `say`). ValueError naming the file and why.
+    files=False: only the manifest is read (planning reads no state)."""
     path = Path(path)
     if step_of(path.name) is not None or (path / MANIFEST).exists() or (path / LEGACY_MARKER).exists():
-        manifest, problem = verify_tag(path)
+        manifest, problem = verify_tag(path, files=files)
         if problem is not None:
             kind = "is not complete" if problem.incomplete else "failed verification"
             raise ValueError(f"checkpoint {str(path)!r} {kind} ({problem.describe()}); use an "
                              "earlier tag (`llmlaunch checkpoint inspect --verify` lists them)")
         choice = Choice(path, manifest)
     else:
-        choice = choose(path) if path.is_dir() else None
+        choice = choose(path, files=files) if path.is_dir() else None
         if choice is None:
             raise ValueError(f"{str(path)!r} holds no complete checkpoint (no tag with a "
                              f"{MANIFEST}; `llmlaunch checkpoint inspect` lists what is there)")
@@ -263,11 +264,12 @@ class ResumeSource:
 
 def resume_source(ckpt_dir: str | Path, say=_stderr) -> ResumeSource:
     """ResumeSource of a checkpoint directory (a run's checkpoints/ folder) or one of its tags:
-    its newest verified tag, which must hold layout-free state."""
+    its newest complete tag, which must hold layout-free state. Only manifests are read: planning
+    a 70B run's next layout should not hash 0.8 TB (the run verifies the tag when it resumes)."""
     from llmlaunch.config import ConfigError, load_run_dir_config
     from llmlaunch.topology.model_spec import ModelSpec
 
-    choice = resolve_tag(ckpt_dir, say)
+    choice = resolve_tag(ckpt_dir, say, files=False)
     manifest = choice.manifest
     if manifest.tensors is None or manifest.model is None:
         raise ValueError(f"checkpoint {str(choice.tag_dir)!r} was written by llmlaunch 0.1: it "

@@ -90,13 +90,15 @@ def legacy_problem(tag_dir: Path, manifest: Manifest):
     return None
 
 
-def verify_tag(tag_dir: Path, comm: Comm | None = None) -> tuple[Manifest | None, Rejected | None]:
+def verify_tag(tag_dir: Path, comm: Comm | None = None,
+               files: bool = True) -> tuple[Manifest | None, Rejected | None]:
     """(manifest, None) when the tag verifies, (manifest or None, why) when it does not.
-    Collective when `comm` spans ranks: every rank must call it for the same tag."""
+    Collective when `comm` spans ranks: every rank must call it for the same tag. files=False:
+    the manifest only (what planning needs; no file is read)."""
     comm = comm or Comm()
     manifest, rejected = comm.from_first(lambda: read_or_problem(tag_dir))
-    if rejected is not None:
-        return None, rejected
+    if rejected is not None or not files:
+        return manifest, rejected
     if manifest.files is None:
         found = [comm.from_first(lambda: legacy_problem(tag_dir, manifest))]
     else:
@@ -107,15 +109,16 @@ def verify_tag(tag_dir: Path, comm: Comm | None = None) -> tuple[Manifest | None
     return manifest, None
 
 
-def choose(ckpt_dir: Path, comm: Comm | None = None) -> Choice | None:
+def choose(ckpt_dir: Path, comm: Comm | None = None, files: bool = True) -> Choice | None:
     """The newest usable tag of a checkpoint directory (None: nothing to resume from). A directory
-    holding tags that all fail verification is refused rather than trained over."""
+    holding tags that all fail verification is refused rather than trained over. files=False:
+    the newest tag whose manifest reads, no file checked."""
     comm = comm or Comm()
     ckpt_dir = Path(ckpt_dir)
     _, pointer_problem = comm.from_first(lambda: read_pointer(ckpt_dir, LATEST))
     rejected = []
     for tag_dir in reversed(comm.from_first(lambda: tag_dirs(ckpt_dir))):
-        manifest, problem = verify_tag(tag_dir, comm)
+        manifest, problem = verify_tag(tag_dir, comm, files)
         if problem is None:
             return Choice(tag_dir, manifest, rejected, pointer_problem)
         rejected.append(problem)

@@ -178,3 +178,17 @@ def test_a_save_into_a_full_disk_names_the_path_and_the_space(small_disk):
     assert (ckpt / LATEST).read_text() == "step00000010"
     assert not (ckpt / "step00000020").exists()          # the partial tag is gone
     assert choose(ckpt).manifest.tag == "step00000010"
+
+
+def test_preflight_counts_every_file_of_a_tag_in_sizes_a_person_reads(tmp_path):
+    from llmlaunch.config import load_run_config
+    from llmlaunch.launcher.preflight import checkpoint_bytes, disk_check
+
+    config = load_run_config("tiny-cpu")
+    tag = checkpoint_bytes(config, "fp32")
+    assert tag == tag_bytes(config.model_spec(), 1) and 3.1 * 2**20 < tag < 3.3 * 2**20
+    check = disk_check(config, tmp_path, "fp32")
+    assert check.ok
+    assert f"{(config.checkpoint.keep + 1) * tag / 2**20:.3g} MiB needed (2 kept + 1 being " \
+           "written, 3.2 MiB each)" in check.detail
+    assert " free at " in check.detail and "GiB" in check.detail.split(" free at ")[0]
