@@ -55,7 +55,11 @@ def model_refusal(manifest: Manifest, spec) -> str | None:
 
     if manifest.model is None or manifest.model == spec.to_dict():
         return None
-    saved_spec = ModelSpec(**manifest.model)
+    try:
+        saved_spec = ModelSpec(**manifest.model)
+    except (TypeError, ValueError) as exc:
+        return (f"checkpoint {manifest.tag} records a model this llmlaunch cannot read ({exc}): "
+                "resume it with the release that wrote it")
     saved, wanted = canonical_shapes(saved_spec), canonical_shapes(spec)
     keys = [k for k in spec.to_dict() if manifest.model.get(k) != spec.to_dict()[k]]
     differ = ", ".join(f"model.{k} {manifest.model.get(k)!r} -> {spec.to_dict()[k]!r}" for k in keys)
