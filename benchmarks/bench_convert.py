@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-IMPORTS = ("import torch, llmlaunch.launcher.checkpoint_tools, llmlaunch.cli.checkpoint, "
-           "llmlaunch.model.sharding")
+IMPORTS = ("import torch, llmlaunch.launcher.checkpoints.tools, "
+           "llmlaunch.launcher.checkpoints.store, llmlaunch.cli.checkpoint, llmlaunch.model.sharding")
 
 
 def child_peak_rss_bytes(argv: list[str]) -> tuple[int, float]:
@@ -43,12 +43,12 @@ def child_peak_rss_bytes(argv: list[str]) -> tuple[int, float]:
 def write_checkpoint(root: Path, layers: int, hidden: int, tp: int) -> tuple[Path, int, int]:
     """A complete tag under root/checkpoints; returns (tag dir, largest tensor's state bytes,
     largest layer's state bytes)."""
-    import json
-
     import torch
 
-    from llmlaunch.launcher.canonical import tensor_file, write_meta
-    from llmlaunch.launcher.checkpoint import LATEST, MARKER
+    from llmlaunch.launcher.checkpoints.canonical import tensor_file
+    from llmlaunch.launcher.checkpoints.digest import file_record
+    from llmlaunch.launcher.checkpoints.manifest import Manifest, write_manifest
+    from llmlaunch.launcher.checkpoints.tags import LATEST
     from llmlaunch.model.sharding import canonical_shapes, shard_tensor, tp_split
     from llmlaunch.topology.model_spec import ModelSpec
 
@@ -58,6 +58,7 @@ def write_checkpoint(root: Path, layers: int, hidden: int, tp: int) -> tuple[Pat
     tag_dir = root / "checkpoints" / "step00000100"
     shapes = canonical_shapes(spec)
     per_layer: dict[str, int] = {}
+    files = {}
     largest = 0
     for name, shape in shapes.items():          # one tensor at a time: the writer stays small too
         numel = 1
@@ -74,13 +75,12 @@ def write_checkpoint(root: Path, layers: int, hidden: int, tp: int) -> tuple[Pat
             path = tensor_file(tag_dir, name, rank)
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"param": piece, "exp_avg": piece * 0.1, "exp_avg_sq": piece.abs()}, path)
+            files[str(path.relative_to(tag_dir))] = file_record(path)
         del full
-    write_meta(tag_dir, spec=spec, layout={"dp": 1, "pp": 1, "tp": tp}, engine="plain", step=100,
-               adam_steps=100, names=sorted(shapes), tp=tp)
-    (tag_dir / MARKER).write_text(json.dumps({"tag": tag_dir.name, "step": 100, "engine": "plain",
-                                              "layout": {"dp": 1, "pp": 1, "tp": tp,
-                                                         "zero_stage": 0},
-                                              "global_batch": 8, "model": spec.to_dict()}))
+    write_manifest(tag_dir, Manifest(
+        tag=tag_dir.name, step=100, layout={"dp": 1, "pp": 1, "tp": tp, "zero_stage": 0},
+        engine="plain", model=spec.to_dict(), global_batch=8, consumed_samples=800,
+        adam_steps=100, tp=tp, tensors=sorted(shapes), schedule=None, files=files))
     (tag_dir.parent / LATEST).write_text(tag_dir.name)
     largest_layer = max(v for k, v in per_layer.items() if k.isdigit())
     return tag_dir, largest, largest_layer
@@ -89,7 +89,7 @@ def write_checkpoint(root: Path, layers: int, hidden: int, tp: int) -> tuple[Pat
 def convert_case(root: Path, layers: int, hidden: int, base: int) -> tuple[int, int]:
     """Write a checkpoint of `layers` layers, convert it tp 2 -> 4 in a fresh process, print the
     figures; returns (bytes held above the baseline, checkpoint bytes)."""
-    from llmlaunch.launcher.canonical import directory_bytes
+    from llmlaunch.launcher.checkpoints.space import directory_bytes
 
     start = time.perf_counter()
     tag_dir, largest_tensor, largest_layer = write_checkpoint(root / f"L{layers}", layers, hidden, 2)

@@ -2,7 +2,9 @@
 (docs/checkpoints.md).
 
 Trains a tiny llama (grouped-query attention) for 4 steps on dp 1 x pp 2 x tp 2 with a checkpoint,
-runs DeepSpeed's `ds_to_universal` on it (with `--inject_missing_state`: without it the tool
+has the same 4 ranks load it and write it again as DeepSpeed's own checkpoint (llmlaunch writes
+only its layout-free state since issue 22: engine.save_checkpoint on the resumed engine), runs
+DeepSpeed's `ds_to_universal` on that (with `--inject_missing_state`: without it the tool
 refuses, since only a client that describes its tensor-parallel parameters, as Megatron-DeepSpeed
 does, writes `universal_checkpoint_info`), and compares every merged fp32 weight and Adam moment
 with the full tensors llmlaunch's canonical state gives. Prints each parameter's shapes and
@@ -38,14 +40,39 @@ def universal_to_canonical(layers: int) -> dict[str, str]:
     return names
 
 
+def driver(run_dir: Path, out: Path) -> None:
+    """On each of the 4 ranks: resume the run's tag into its engine, save it as DeepSpeed's own."""
+    from llmlaunch.config import load_run_dir_config
+    from llmlaunch.launcher.checkpoints.store import CheckpointStore
+    from llmlaunch.launcher.engine import build_engine, rank_context
+    from llmlaunch.launcher.entry import exit_process
+    from llmlaunch.model.distributed import finish_distributed
+
+    config = load_run_dir_config(run_dir)
+    ctx = rank_context(config)
+    store = CheckpointStore.of_run(config, run_dir, ctx)
+    ctx.start(config.train.collective_timeout_s)
+    store.choose()
+    run = build_engine(config, ctx, kind=store.engine_for(ctx.layout), schedule=store.schedule())
+    step = store.resume(run)
+    run.engine.save_checkpoint(str(out), tag=f"step{step:08d}")
+    finish_distributed()
+    exit_process(0)
+
+
 def main() -> None:
     import torch
 
-    from llmlaunch.launcher.canonical import CanonicalReader, directory_bytes
+    from llmlaunch.launcher.checkpoints.canonical import CanonicalReader
+    from llmlaunch.launcher.checkpoints.manifest import read_manifest
+    from llmlaunch.launcher.checkpoints.space import directory_bytes
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--keep", help="work here and keep it (default: a temp dir)")
+    parser.add_argument("--driver", nargs=2, metavar=("RUN_DIR", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.driver:
+        return driver(Path(args.driver[0]), Path(args.driver[1]))
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="uc-compare-"))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     try:
@@ -55,15 +82,21 @@ def main() -> None:
                         "--run-dir", str(run), *sets], check=True, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tag = run / "checkpoints" / "step00000004"
+        deepspeed_dir = root / "deepspeed"
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4",
+                        "--master_addr", "127.0.0.1", "--master_port", "29655", __file__,
+                        "--driver", str(run), str(deepspeed_dir)], check=True, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         out = root / "universal"
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-                               "--input_folder", str(tag), "--output_folder", str(out),
+                               "--input_folder", str(deepspeed_dir / tag.name),
+                               "--output_folder", str(out),
                                "--inject_missing_state"], env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if proc.returncode:
             raise SystemExit(f"ds_to_universal failed:\n{proc.stderr[-2000:]}")
-        reader = CanonicalReader(tag)
+        reader = CanonicalReader(tag, read_manifest(tag))
         agree = differ = 0
         print(f"{'universal name':22s} {'canonical name':28s} {'universal':>12s} {'canonical':>12s}  fp32/exp_avg/exp_avg_sq")
         for uname, cname in universal_to_canonical(reader.spec.layers).items():
@@ -79,9 +112,9 @@ def main() -> None:
             print(f"{uname:22s} {cname:28s} {shapes[0]:>12s} {shapes[1]:>12s}  {'/'.join(marks)}")
         print(f"\n{agree} of {agree + differ} tensors equal, {differ} differ")
         print(f"ds_to_universal: {seconds:.1f} s (a process, imports included), "
-              f"{directory_bytes(out) / 2**20:.1f} MiB written; llmlaunch's canonical state is "
-              f"written with the checkpoint: {directory_bytes(tag / 'canonical') / 2**20:.1f} MiB "
-              f"of the tag's {directory_bytes(tag) / 2**20:.1f} MiB")
+              f"{directory_bytes(out) / 2**20:.1f} MiB written, from DeepSpeed's checkpoint of "
+              f"{directory_bytes(deepspeed_dir) / 2**20:.1f} MiB; llmlaunch's tag (its layout-free "
+              f"state, the only copy) is {directory_bytes(tag) / 2**20:.1f} MiB")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

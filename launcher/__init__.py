@@ -7,7 +7,10 @@
   trainer.py        one rank's training loop: resume, steps, checkpoints, graceful stop
   rank.py           `python -m llmlaunch.launcher.rank`: the training rank srun starts
   metrics.py        metrics.jsonl: the writer and the one reader
-  checkpoint.py     complete-or-absent checkpoints around DeepSpeed's save and load
+  checkpoints/      the checkpoint store: one manifest per tag with every file's checksum, the
+                    layout-free state written beside the loop, verified resume, trust and
+                    pruning, inspect and convert (checkpoints/__init__.py has its map)
+  lr_schedule.py    the learning-rate schedule, and how a resume continues a changed one
   preflight.py      checks of an allocation before the expensive start
   validate.py       measured memory and step time against the planner (memory_probe.py,
                     device_probe.py measure)

@@ -67,10 +67,12 @@ def zero_section(layout, on_gpu: bool, spec=None) -> dict:
     return zero
 
 
-def deepspeed_config(config: RunConfig, precision: str, on_gpu: bool = True) -> dict:
-    """The ds_config.json dict for a run (on_gpu: the ranks run on GPUs, else on CPUs)."""
+def deepspeed_config(config: RunConfig, precision: str, on_gpu: bool = True,
+                     layout=None) -> dict:
+    """The ds_config.json dict for a run (on_gpu: the ranks run on GPUs, else on CPUs). `layout`:
+    the rank's (its context's), or run.yaml's when not given (emit)."""
     lay, train = config.layout, config.train
-    layout = config.layout_obj()
+    layout = layout or config.layout_obj()
     if not layout.runnable:
         raise ConfigError(f"layout: {layout.not_runnable_reason()}")
     if precision not in ("bf16", "fp32"):

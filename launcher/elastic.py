@@ -7,7 +7,7 @@ it. The rule (one pure function, `layout_for_world`):
 - the global batch stays (micro_batch * grad_accum * dp), so grad_accum = global batch /
   (micro_batch * dp): the loss curve is the planned run's, whatever the allocation.
 
-The trainer moves the last checkpoint onto the new layout when it differs (launcher/canonical.py,
+The trainer moves the last checkpoint onto the new layout when it differs (launcher/checkpoints/,
 checkpoint.reshard auto). `python3 -m llmlaunch.launcher.elastic --config RUN.yaml --world W
 --tasks-per-node T [--set k=v ...]` prints the `--set` overrides for this start (nothing when the
 planned layout fits), or one error line (exit 2) when no layout fits.

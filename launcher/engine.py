@@ -9,8 +9,9 @@
   micro-batch engine(inputs, labels), engine.backward, engine.step, the engine accumulating and
   stepping the optimizer at the boundary. ZeRO 0-3 and offload.
 
-A run resuming a checkpoint the other engine wrote at its own layout keeps that engine (0.1's pp = 1
-checkpoints are pipeline ones): DeepSpeed's files are engine-specific.
+The engine is built for the rank's context (model/rank_context.py: the layout, this rank, its
+groups), made once by the trainer; the checkpoint store says which engine a resumed run needs
+(checkpoints/store.py: `engine_for`) and which learning-rate schedule it continues.
 """
 from __future__ import annotations
 
@@ -24,8 +25,20 @@ from llmlaunch.topology.plan_inputs import resolve_precision
 
 from .build_locks import check_build_locks
 from .ds_config import deepspeed_config
-from .entry import start_heartbeat
-from .lr_schedule import lr_scheduler_factory
+from .entry import rank_environment, start_heartbeat
+from .lr_schedule import Schedule, lr_scheduler_factory, schedule_of
+
+
+def rank_context(config: RunConfig):
+    """This rank's identity exported (RANK, LOCAL_RANK, WORLD_SIZE: entry.rank_environment) and its
+    context (model/rank_context.py), built once: the layout checked against the world size, the
+    coordinates, later the groups. The trainer and validate pass it down."""
+    import os
+
+    from llmlaunch.model.rank_context import RankContext
+
+    os.environ.update(rank_environment())
+    return RankContext.from_environment(config.layout_obj())
 
 
 def run_precision(config: RunConfig, on_gpu: bool) -> str:
@@ -50,6 +63,8 @@ class RunEngine:
     """'pipeline' or 'plain' (module docstring)."""
     groups: Any = None
     """The plain engine's ParallelGroups (its mpu); None for the pipeline engine."""
+    schedule: Schedule | None = None
+    """The learning-rate schedule the engine's LambdaLR follows."""
 
     @property
     def dp_rank(self) -> int:
@@ -103,23 +118,29 @@ class RunEngine:
         return self.engine.optimizer.param_groups[0]["lr"]
 
 
-def build_engine(config: RunConfig, kind: str | None = None) -> RunEngine:
-    """Process groups (every group with the run's collective timeout), the model at the run's
+def build_engine(config: RunConfig, ctx=None, kind: str | None = None,
+                 schedule: Schedule | None = None) -> RunEngine:
+    """Process groups (every group with the run's collective timeout), the model at the rank's
     layout and precision (seeded, or from checkpoint.init_hf), and the DeepSpeed engine with the
-    config derived from run.yaml. `kind` ('pipeline' or 'plain') overrides the layout's engine: a
-    pp = 1 run resuming a pipeline checkpoint. Needs RANK/WORLD_SIZE/MASTER_* in the environment
-    (entry.py)."""
+    config derived from run.yaml. `ctx`: the rank's context (model/rank_context.py; made from the
+    environment when not given). `kind` ('pipeline' or 'plain') overrides the layout's engine: a
+    pp = 1 run resuming a pipeline checkpoint of llmlaunch 0.1. `schedule`: the learning-rate
+    schedule (run.yaml's by default; a resumed run's continued one). Needs RANK/WORLD_SIZE/MASTER_*
+    in the environment (entry.py)."""
     import deepspeed
     import torch
 
-    from llmlaunch.model import build_pipeline_model, init_distributed
+    from llmlaunch.model.pipeline import LMPipeline
+    from llmlaunch.model.rank_context import RankContext
 
-    layout = config.layout_obj()
+    ctx = ctx or RankContext.from_environment(config.layout_obj())
+    layout = ctx.layout
     spec = config.model_spec()
     kind = kind or layout.engine
+    schedule = schedule or schedule_of(config.train)
     if kind == "pipeline" and not layout.zero_stage <= 1:
         raise ValueError(f"the pipeline engine runs ZeRO 0 and 1, not {layout.zero_stage}")
-    init_distributed(timeout_s=config.train.collective_timeout_s)
+    ctx.start(config.train.collective_timeout_s)
     start_heartbeat()   # from here a failed collective names the ranks that stopped answering
     on_gpu = torch.cuda.is_available()
     precision = run_precision(config, on_gpu)
@@ -128,14 +149,12 @@ def build_engine(config: RunConfig, kind: str | None = None) -> RunEngine:
     hf_dir = config.checkpoint.init_hf or None
     groups = None
     if kind == "pipeline":
-        model = build_pipeline_model(spec, pp=layout.pp, tp=layout.tp, dp=layout.dp,
-                                     recompute=layout.recompute, seed=config.train.seed,
-                                     dtype=dtype, hf_dir=hf_dir)
+        model = LMPipeline(spec, layout, recompute=layout.recompute, seed=config.train.seed,
+                           dtype=dtype, hf_dir=hf_dir)
     else:
         from llmlaunch.model.dense import build_dense_model
-        from llmlaunch.model.parallel_groups import ParallelGroups
 
-        groups = ParallelGroups(layout)
+        groups = ctx.plain_groups()
         model = build_dense_model(spec, groups, recompute=layout.recompute,
                                   seed=config.train.seed, dtype=dtype, hf_dir=hf_dir)
         if layout.zero_stage == 3:
@@ -143,10 +162,10 @@ def build_engine(config: RunConfig, kind: str | None = None) -> RunEngine:
     check_build_locks()
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(config, precision, on_gpu=on_gpu),
-        lr_scheduler=lr_scheduler_factory(config.train), mpu=groups)
+        config=deepspeed_config(config, precision, on_gpu=on_gpu, layout=layout),
+        lr_scheduler=lr_scheduler_factory(schedule), mpu=groups)
     run = RunEngine(engine=engine, precision=precision, dtype=dtype, spec=spec, layout=layout,
-                    kind=kind, groups=groups)
+                    kind=kind, groups=groups, schedule=schedule)
     if layout.zero_stage == 0 and precision == "fp32" and config.train.grad_clip > 0:
         record_fp32_clip_norms(run)
     return run

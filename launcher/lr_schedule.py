@@ -12,10 +12,21 @@ two steps and never the peak (its warmup ratio is (k - 2)/W at step k).
 
 DeepSpeed steps the scheduler after every optimizer step; LambdaLR's epoch e is the number of steps
 taken, so its multiplier at epoch e is the one for step k = e + 1.
+
+A resumed run whose schedule differs from the one its checkpoint trained under (train.steps raised
+or lowered, say) does not jump: past the warmup it continues from the rate its last step applied,
+R = lr_r of the checkpoint's schedule at its step r, on a cosine to the new floor at the new end:
+
+    lr_k = min_lr + (R - min_lr) * (1 + cos(pi * (k - r) / (S - r))) / 2     for r < k <= S
+
+(`continued`). Inside the warmup nothing is re-anchored when lr and warmup_steps are unchanged: the
+warmup does not depend on S, and the new cosine starts from the peak as the old one would have.
+The checkpoint's manifest records the schedule its steps followed, re-anchored or not.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 
 def lr_factor(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
@@ -46,13 +57,74 @@ def lr_multiplier(epoch: int, *, lr: float, min_lr: float, warmup_steps: int,
                      total_steps=total_steps)
 
 
-def lr_scheduler_factory(train):
-    """A callable DeepSpeed calls with the basic optimizer (deepspeed.initialize(lr_scheduler=...))
-    to build the schedule of run.yaml's `train` section."""
-    import functools
+@dataclass(frozen=True)
+class Schedule:
+    """A run's learning-rate schedule: run.yaml's train section, re-anchored at restart_step with
+    restart_lr when a resume changed it (restart_step 0: never)."""
 
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    steps: int
+    restart_step: int = 0
+    restart_lr: float = 0.0
+
+    def factor(self, step: int) -> float:
+        """lr_k / lr for optimizer step `step` (1-based)."""
+        r = self.restart_step
+        if r and step >= r:
+            span = self.steps - r
+            progress = min(1.0, (step - r) / span) if span > 0 else 1.0
+            rate = self.min_lr + (self.restart_lr - self.min_lr) * 0.5 * (1.0 + math.cos(
+                math.pi * progress))
+            return rate / self.lr if self.lr else 0.0
+        return lr_factor(step, lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps,
+                         total_steps=self.steps)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate optimizer step `step` (1-based) applies."""
+        return self.lr * self.factor(step)
+
+    def multiplier(self, epoch: int) -> float:
+        """LambdaLR's factor of the peak lr after `epoch` scheduler steps (for step epoch + 1)."""
+        return self.factor(epoch + 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def schedule_of(train) -> Schedule:
+    """The schedule of run.yaml's train section."""
+    return Schedule(lr=train.lr, min_lr=train.min_lr, warmup_steps=train.warmup_steps,
+                    steps=train.steps)
+
+
+def continued(saved: Schedule, wanted: Schedule, step: int) -> tuple[Schedule, str | None]:
+    """The schedule a run resuming after `step` follows when its checkpoint trained under `saved`
+    and run.yaml now says `wanted` (module docstring), and one line saying what changed (None when
+    nothing did)."""
+    base = Schedule(wanted.lr, wanted.min_lr, wanted.warmup_steps, wanted.steps)
+    old = Schedule(saved.lr, saved.min_lr, saved.warmup_steps, saved.steps)
+    if base == old or step >= wanted.steps:
+        return Schedule(**{**base.to_dict(), **{k: getattr(saved, k) for k in
+                                                ("restart_step", "restart_lr")}}), None
+    changed = ", ".join(f"train.{key} {getattr(old, key):g} -> {getattr(base, key):g}"
+                        for key in ("steps", "lr", "min_lr", "warmup_steps")
+                        if getattr(old, key) != getattr(base, key))
+    if step <= wanted.warmup_steps and (old.lr, old.warmup_steps) == (base.lr, base.warmup_steps):
+        return base, (f"{changed} since the checkpoint (step {step}, inside the warmup): the warmup "
+                      f"goes on unchanged, then the cosine reaches min_lr {base.min_lr:.3g} at "
+                      f"step {base.steps}")
+    rate = saved.lr_at(step) if step else base.lr_at(1)
+    anchored = Schedule(**{**base.to_dict(), "restart_step": step, "restart_lr": rate})
+    return anchored, (f"{changed} since the checkpoint (step {step}): the learning rate continues "
+                      f"from step {step}'s {rate:.4g} on a cosine to min_lr {base.min_lr:.3g} at "
+                      f"step {base.steps} (no jump)")
+
+
+def lr_scheduler_factory(schedule: Schedule):
+    """A callable DeepSpeed calls with the basic optimizer (deepspeed.initialize(lr_scheduler=...))
+    to build the LambdaLR of `schedule`."""
     from torch.optim.lr_scheduler import LambdaLR
 
-    factor = functools.partial(lr_multiplier, lr=train.lr, min_lr=train.min_lr,
-                               warmup_steps=train.warmup_steps, total_steps=train.steps)
-    return lambda optimizer: LambdaLR(optimizer, factor)
+    return lambda optimizer: LambdaLR(optimizer, schedule.multiplier)

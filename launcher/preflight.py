@@ -44,23 +44,26 @@ class Check:
 
 
 def checkpoint_bytes(config: RunConfig, precision: str) -> float:
-    """One checkpoint, all ranks together: weights plus optimizer states (DeepSpeed saves both)."""
-    from llmlaunch.topology.memory import PRECISIONS
-    from llmlaunch.topology.params import total_params
+    """One checkpoint tag, every file it holds (launcher/checkpoints/space.py: tag_bytes): the fp32
+    weights and both Adam moments of every tensor-parallel slice (12 bytes per parameter, whatever
+    the training precision), torch.save's containers, and the manifest."""
+    from .checkpoints.space import tag_bytes
 
-    bytes_per_param = PRECISIONS[precision].weight_bytes + PRECISIONS[precision].optimizer_bytes
-    return total_params(config.model_spec()) * bytes_per_param
+    return tag_bytes(config.model_spec(), config.layout.tp)
 
 
 def disk_check(config: RunConfig, run_dir: Path, precision: str) -> Check:
+    from .checkpoints.space import human_bytes
+
     ckpt = Path(config.checkpoint.dir)
     ckpt = ckpt if ckpt.is_absolute() else run_dir / ckpt
     probe = ckpt if ckpt.exists() else run_dir
     free = shutil.disk_usage(probe).free
-    need = checkpoint_bytes(config, precision) * (config.checkpoint.keep + 1)
+    tag = checkpoint_bytes(config, precision)
+    need = tag * (config.checkpoint.keep + 1)
     return Check("disk for checkpoints", free >= need,
-                 f"{free / GIB:.1f} GiB free at {probe}, {need / GIB:.2f} GiB needed "
-                 f"({config.checkpoint.keep} kept + 1 being written)")
+                 f"{human_bytes(free)} free at {probe}, {human_bytes(need)} needed "
+                 f"({config.checkpoint.keep} kept + 1 being written, {human_bytes(tag)} each)")
 
 
 def memory_checks(config: RunConfig, world: int, local_world: int, precision: str) -> list[Check]:

@@ -1,8 +1,8 @@
-"""One rank's training run: the engine (engine.py), the prepared token shards through a seeded
-resumable loader, metrics.jsonl on rank 0 (metrics.py), checkpoints every N steps (complete-or-absent,
-checkpoint.py), automatic resume, and a graceful stop: SIGUSR1 or SIGTERM sets a flag that the ranks
-reduce at every step boundary, so all of them stop after the same step, save it, write
-RUN_DIR/stopped.json and exit.
+"""One rank's training run: the rank's context (model/rank_context.py, built once), the engine
+(engine.py), the prepared token shards through a seeded resumable loader, metrics.jsonl on rank 0
+(metrics.py), the checkpoint store (checkpoints/store.py: verified resume, saves beside the loop,
+pruning), and a graceful stop: SIGUSR1 or SIGTERM sets a flag that the ranks reduce at every step
+boundary, so all of them stop after the same step, save it, write RUN_DIR/stopped.json and exit.
 
 `python -m llmlaunch.launcher.rank` (rank.py) runs `train` in each rank process.
 """
@@ -19,11 +19,10 @@ from pathlib import Path
 from llmlaunch.atomic import write_text_atomic
 from llmlaunch.config import EFFECTIVE_CONFIG, RunConfig, dump_run_config
 
-from .canonical import adam_step_count, load_canonical_into, save_canonical, write_meta
-from .checkpoint import (LAYOUT_STATE_KEYS, CheckpointError, all_parameters_of_model,
-                         checkpoint_state_layout, describe_state, latest_good, mark_complete, prune,
-                         same_state_layout, set_schedule_position, tag_for_step)
-from .entry import enter_rank
+from .checkpoints.store import CheckpointStore
+from .checkpoints.tags import tag_for_step
+from .engine import rank_context
+from .entry import start_heartbeat
 from .metrics import METRICS_FILE, MetricsLog
 from .placement import record_placement
 from .run_data import ensure_data, open_eval_index, open_training_index
@@ -62,66 +61,15 @@ class Trainer:
     """One rank's training run: engine, resume, steps, checkpoints, metrics, graceful stop."""
 
     def __init__(self, config: RunConfig, run_dir: Path):
-        self.rank, self.world = enter_rank(config)
+        self.ctx = rank_context(config)
+        self.rank, self.world, self.layout = self.ctx.rank, self.ctx.world, self.ctx.layout
         self.config, self.run_dir = config, run_dir
-        self.layout = config.layout_obj()
-        ckpt_dir = Path(config.checkpoint.dir)
-        self.ckpt_dir = ckpt_dir if ckpt_dir.is_absolute() else run_dir / ckpt_dir
+        self.store = CheckpointStore.of_run(config, run_dir, self.ctx)
         setup_logging(run_dir, self.rank)
         self.stop = STOP
         self.stop.hold()   # held since the process started (rank.py); again for in-process callers
         mark_held(run_dir, self.rank)
         record_placement(run_dir, self.layout, self.rank, self.world)   # RUN_DIR/ranks.json
-
-    def engine_kind(self) -> str:
-        """The engine to build: the layout's, except that a pp = 1 run resuming a checkpoint the
-        pipeline engine wrote at this very layout (llmlaunch 0.1's) keeps that engine, whose
-        files DeepSpeed can then load as they are."""
-        found = latest_good(self.ckpt_dir)
-        if found is not None:
-            saved = checkpoint_state_layout(found[1])
-            if saved["engine"] == "pipeline" and same_state_layout(saved, self.state_layout("pipeline")):
-                return "pipeline"
-        return self.layout.engine
-
-    def state_layout(self, engine: str) -> dict:
-        return {**{k: getattr(self.layout, k) for k in LAYOUT_STATE_KEYS}, "engine": engine}
-
-    def resume(self) -> int:
-        """Load the newest complete checkpoint, if any; returns the step it finished. Written at
-        this layout and engine: DeepSpeed loads its own files (bit-exact). Written at another:
-        its layout-free state is moved onto this layout (canonical.py), unless
-        checkpoint.reshard is never."""
-        import time
-
-        found = latest_good(self.ckpt_dir)
-        if found is None:
-            return 0
-        tag, record = found
-        saved = checkpoint_state_layout(record)
-        here = self.state_layout(self.run.kind)
-        if same_state_layout(saved, here):
-            self.run.engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
-            log.info("resumed from %s (step %d)", self.ckpt_dir / tag, record["step"])
-            return record["step"]
-        if self.config.checkpoint.reshard == "never":
-            raise CheckpointError(f"checkpoint {tag} was written with {describe_state(saved)} but "
-                                  f"the run uses {describe_state(here)}, and checkpoint.reshard is "
-                                  "never: set it to auto to move the checkpoint, or restore the "
-                                  "original layout")
-        step = record["step"]
-        written_batch = record.get("global_batch", record.get("consumed_samples", 0) // max(step, 1))
-        if written_batch != self.layout.global_batch:
-            raise CheckpointError(f"checkpoint {tag} trained with a global batch of {written_batch} "
-                                  f"sequences, the run uses {self.layout.global_batch}: a moved "
-                                  "checkpoint keeps its global batch (set layout.grad_accum so "
-                                  "that micro_batch * grad_accum * dp equals it)")
-        started = time.perf_counter()
-        load_canonical_into(self.run, self.ckpt_dir / tag)
-        set_schedule_position(self.run.engine, step, self.layout.global_batch)
-        log.info("resharded %s (step %d) from %s to %s in %.2f s", self.ckpt_dir / tag, step,
-                 describe_state(saved), describe_state(here), time.perf_counter() - started)
-        return step
 
     def batches(self, index, start_step: int):
         """This replica's micro-batches from the step after start_step: step t reads global
@@ -151,31 +99,6 @@ class Trainer:
         stream = eval_batches(eval_index, batches=count, global_batch=lay.global_batch,
                               micro_batch=lay.micro_batch, dp=lay.dp, dp_rank=self.run.dp_rank)
         return evaluate(self.run, (next_token_batch(torch.from_numpy(t)) for t in stream), count)
-
-    def save(self, step: int) -> None:
-        """Every rank saves, all meet, then rank 0 marks the checkpoint complete (checkpoint.py)."""
-        import torch.distributed as dist
-
-        tag = tag_for_step(step)
-        self.run.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state={"step": step},
-                                        save_latest=False)
-        module = self.run.engine.module
-        save_canonical(self.run, self.ckpt_dir / tag, step, module.tp_group.rank,
-                       module.tp_group.size)
-        dist.barrier()
-        if self.rank == 0:
-            names = sorted({name for name, _ in all_parameters_of_model(self.config)})
-            write_meta(self.ckpt_dir / tag, spec=self.run.spec, layout=self.layout.to_dict(),
-                       engine=self.run.kind, step=step, adam_steps=adam_step_count(self.run.engine),
-                       names=names, tp=self.layout.tp)
-            mark_complete(self.ckpt_dir, tag, {
-                "tag": tag, "step": step, "layout": dict(vars(self.config.layout)),
-                "engine": self.run.kind, "global_batch": self.layout.global_batch,
-                "consumed_samples": step * self.layout.global_batch,
-                "model": self.run.spec.to_dict()})
-            prune(self.ckpt_dir, self.config.checkpoint.keep)
-        dist.barrier()
-        log.info("checkpoint %s saved", self.ckpt_dir / tag)
 
     def stop_agreed(self, flag) -> bool:
         """True on every rank when any rank received a stop signal (a MAX all-reduce)."""
@@ -218,25 +141,31 @@ class Trainer:
         if rank == 0:
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)
         specs = ensure_data(config, self.run_dir, rank)
-        self.run = build_engine(config, kind=self.engine_kind())
+        self.ctx.start(config.train.collective_timeout_s)
+        start_heartbeat()
+        store = self.store
+        store.choose()            # collective: the newest verified tag, checked against the run
+        self.run = build_engine(config, self.ctx, kind=store.engine_for(self.layout),
+                                schedule=store.schedule())
         self.stop.release()   # a signal that came during start-up is acted on at step 0
         if rank == 0:
             self.write_effective_config()
-        start_step = self.resume()
+        start_step = store.resume(self.run)
         index = open_training_index(config, self.run_dir, specs)
         eval_index = open_eval_index(config, self.run_dir, specs) if config.train.eval_every \
             else None
         batches = self.batches(index, start_step)
-        monitor = StepMonitor(config, self.run_dir, self.world, self.run.precision, start_step,
-                              index.samples_by_source) if rank == 0 else None
+        monitor = StepMonitor(config, self.layout, self.run_dir, self.world, self.run.precision,
+                              start_step, index.samples_by_source) if rank == 0 else None
         step, last_saved = start_step, start_step
         flag = torch.zeros(1, device=self.run.device)
         try:
             while step < config.train.steps:
                 if self.stop_agreed(flag):
                     if step > last_saved:
-                        self.save(step)
+                        store.save(self.run, step)
                         last_saved = step
+                    store.wait()
                     self.record_stop(step, tag_for_step(last_saved) if last_saved else None)
                     return 0
                 lr = self.run.lr  # the rate this step applies
@@ -244,15 +173,18 @@ class Trainer:
                 loss = self.run.train_step(batches)
                 elapsed = time.perf_counter() - started
                 step += 1
+                grad_norm = self.run.grad_norm
                 evaluated = self.eval_loss(eval_index) if eval_index is not None and \
                     step % config.train.eval_every == 0 else None
                 if monitor is not None:
-                    monitor.record(step, loss, lr, self.run.grad_norm, elapsed, evaluated)
+                    monitor.record(step, loss, lr, grad_norm, elapsed, evaluated)
+                store.after_step(step, loss, grad_norm)
                 if config.checkpoint.every and step % config.checkpoint.every == 0:
-                    self.save(step)
+                    store.save(self.run, step)
                     last_saved = step
             if step > last_saved:
-                self.save(step)
+                store.save(self.run, step)
+            store.wait()
         finally:
             if monitor is not None:
                 monitor.close()
@@ -263,16 +195,16 @@ class StepMonitor:
     """Rank 0's view of the run: the planner's prediction at start, metrics.jsonl and the progress
     bar per step, measured against predicted at the end."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, world: int, precision: str, start_step: int,
-                 samples_by_source=None):
+    def __init__(self, config: RunConfig, layout, run_dir: Path, world: int, precision: str,
+                 start_step: int, samples_by_source=None):
         from llmlaunch.topology.flops import hardware_flops_per_token, model_flops_per_token
         from llmlaunch.topology.plan_inputs import estimate_layout
 
-        spec, lay = config.model_spec(), config.layout_obj()
+        spec, lay = config.model_spec(), layout
         self.config, self.world = config, world
         self.estimate, self.peak_flops = None, None
         try:
-            inputs = config.plan_inputs(precision)
+            inputs = config.plan_inputs(precision, layout=lay)
             self.estimate = estimate_layout(inputs, lay)
             self.peak_flops = inputs.cluster.gpu.peak_tflops * 1e12
             log.info("planner predicts %.3f s per step, %.2f GiB on the worst stage (%s)",

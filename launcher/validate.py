@@ -64,7 +64,7 @@ from pathlib import Path
 from llmlaunch.atomic import write_text_atomic
 from llmlaunch.config import RunConfig
 
-from .entry import enter_rank, exit_process, run_rank
+from .entry import exit_process, run_rank
 from .memory_probe import (GradientProbe, optimizer_bytes,
                            saved_activation_bytes_measured, weight_bytes)
 
@@ -88,9 +88,10 @@ def token_batches(spec, micro_batch: int, seed: int):
                                              generator=generator))
 
 
-def measure(config: RunConfig, steps: int) -> tuple[dict, dict]:
-    """Train `steps` steps on this rank and measure it. Returns (this rank's record, run facts)."""
-    rank, world = enter_rank(config)
+def measure(config: RunConfig, steps: int, ctx) -> tuple[dict, dict]:
+    """Train `steps` steps on this rank (its context: model/rank_context.py) and measure it.
+    Returns (this rank's record, run facts)."""
+    rank, world = ctx.rank, ctx.world
     import deepspeed
     import torch
 
@@ -99,7 +100,7 @@ def measure(config: RunConfig, steps: int) -> tuple[dict, dict]:
     from .device_probe import probe_device
     from .engine import build_engine
 
-    run = build_engine(config)
+    run = build_engine(config, ctx)
     engine, spec, lay, dtype, precision = run.engine, run.spec, run.layout, run.dtype, run.precision
     on_gpu = torch.cuda.is_available()
     dp_rank = run.dp_rank
@@ -170,15 +171,16 @@ def prediction_device(config: RunConfig, figures_by_rank: list[dict]):
     return device
 
 
-def predictions(config: RunConfig, precision: str, device) -> dict:
+def predictions(config: RunConfig, precision: str, device, layout) -> dict:
     """{stage: {quantity: predicted}} from the planner for the run's layout; step_time_s only when
     `device` (see prediction_device) is known."""
     from llmlaunch.topology.hardware import gpu
     from llmlaunch.topology.memory import PRECISIONS, saved_activation_bytes
     from llmlaunch.topology.plan_inputs import estimate_layout
 
-    inputs = config.plan_inputs(precision, device=device if device is not None else gpu("cpu"))
-    estimate = estimate_layout(inputs, config.layout_obj())
+    inputs = config.plan_inputs(precision, device=device if device is not None else gpu("cpu"),
+                                layout=layout)
+    estimate = estimate_layout(inputs, layout)
     spec, lay = config.model_spec(), config.layout
     act = PRECISIONS[precision].activation_bytes
     norm_bytes = PRECISIONS[precision].norm_bytes
@@ -259,11 +261,12 @@ def gemm_rates(config: RunConfig, precision: str, figures_by_rank: list[dict]) -
             "fitted": {"matmul_efficiency": fitted_matmul_efficiency(measured, gemms, catalog, act)}}
 
 
-def report(config: RunConfig, run_dir: Path, records: list[dict], facts: dict, steps: int) -> dict:
+def report(config: RunConfig, run_dir: Path, records: list[dict], facts: dict, steps: int,
+           layout) -> dict:
     lay = config.layout
     device = prediction_device(config, [r["device_figures"] for r in records])
     result = {
-        "rows": build_rows(records, predictions(config, facts["precision"], device)),
+        "rows": build_rows(records, predictions(config, facts["precision"], device, layout)),
         "layout": {"dp": lay.dp, "pp": lay.pp, "tp": lay.tp, "micro_batch": lay.micro_batch,
                    "grad_accum": lay.grad_accum, "zero_stage": lay.zero_stage,
                    "offload": lay.offload, "recompute": lay.recompute},
@@ -299,11 +302,15 @@ def validate_rank(config: RunConfig, run_dir: Path) -> int:
     as_json = os.environ.get(ENV_JSON, "0") == "1"
     if steps < 2:
         raise ValueError(f"{ENV_STEPS}={steps}: at least 2 steps (the first is not timed)")
+    from .engine import rank_context
+
+    ctx = rank_context(config)
     saved_stdout = _redirect_stdout()
     try:
-        record, facts = measure(config, steps)
+        record, facts = measure(config, steps, ctx)
         records = gather_records(record)
-        result = report(config, run_dir, records, facts, steps) if records is not None else None
+        result = (report(config, run_dir, records, facts, steps, ctx.layout)
+                  if records is not None else None)
     finally:
         _restore_stdout(saved_stdout)
     if result is not None:

@@ -150,14 +150,20 @@ class DataSection:
 
 @dataclass
 class CheckpointSection:
-    """DeepSpeed checkpoints."""
+    """Checkpoints: the layout-free training state, one verified tag per save (docs/checkpoints.md)."""
 
     dir: str = "checkpoints"
     """Checkpoint directory (relative paths are under the run directory)."""
     every: int = 50
     """Save every N optimizer steps (0: only at the end and on preemption)."""
     keep: int = 3
-    """Keep the last K checkpoints."""
+    """Keep the last K checkpoints (and, beyond them, the newest trusted one and every newer one)."""
+    healthy_steps: int = 5
+    """A checkpoint is trusted once this many steps with a finite loss and gradient norm followed
+    it; pruning never deletes the newest trusted checkpoint nor a newer one."""
+    async_save: bool = True
+    """Write checkpoints on a background thread (the loop stalls only to copy the state to CPU
+    memory); false: write in the loop."""
     init_hf: str = ""
     """A local Hugging Face model directory of the same architecture to start from (empty: seeded
     initialisation). Ignored when resuming from a checkpoint."""
@@ -238,11 +244,13 @@ class RunConfig:
     def layout_obj(self) -> Layout:
         return Layout(**dataclasses.asdict(self.layout))
 
-    def plan_inputs(self, precision: str | None = None, device=None, measure: bool = True):
+    def plan_inputs(self, precision: str | None = None, device=None, measure: bool = True,
+                    layout: Layout | None = None):
         """The planner's inputs for this run at its layout (topology.plan_inputs.layout_inputs, the
         one adapter): on `device` (a GpuSpec), by default cluster.gpu from the catalog (this host
         measured for `cpu` unless measure=False); at the precision given (a rank's resolved one) or
-        train.precision. ConfigError when cluster.gpu is not in the catalog."""
+        train.precision; at `layout` (a rank's, from its context) or run.yaml's. ConfigError when
+        cluster.gpu is not in the catalog."""
         from llmlaunch.topology.hardware import gpu
         from llmlaunch.topology.plan_inputs import layout_inputs
 
@@ -251,7 +259,7 @@ class RunConfig:
                 device = gpu(self.cluster.gpu, measure=measure)
             except ValueError as exc:
                 raise ConfigError(f"run.yaml cluster.gpu: {exc}") from None
-        return layout_inputs(self.model_spec(), self.layout_obj(), gpu=device,
+        return layout_inputs(self.model_spec(), layout or self.layout_obj(), gpu=device,
                              gpus_per_node=self.cluster.gpus_per_node,
                              precision=precision or self.train.precision)
 
@@ -308,6 +316,8 @@ class RunConfig:
                               f"{self.checkpoint.reshard!r}")
         if self.checkpoint.every < 0 or self.checkpoint.keep < 1:
             raise ConfigError("checkpoint.every must be >= 0 and checkpoint.keep >= 1")
+        if self.checkpoint.healthy_steps < 1:
+            raise ConfigError("checkpoint.healthy_steps must be >= 1")
         return self
 
     def to_dict(self) -> dict:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "build_pipeline_model": "pipeline", "LMPipeline": "pipeline", "LMLoss": "pipeline",
-    "LocalLM": "pipeline", "count_parameters": "pipeline", "check_layout": "pipeline",
+    "build_pipeline_model": "pipeline", "LMPipeline": "pipeline", "LMLoss": "lm",
+    "LocalLM": "lm", "count_parameters": "lm", "check_layout": "lm", "RankContext": "rank_context",
     "canonical_named_parameters": "sharding",
     "TensorParallelGroup": "tp", "ColumnParallelLinear": "tp", "RowParallelLinear": "tp",
     "VocabParallelEmbedding": "tp", "vocab_parallel_cross_entropy": "tp", "gather_logits": "tp",

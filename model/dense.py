@@ -1,7 +1,7 @@
 """The model without a pipeline (pp = 1), for DeepSpeed's plain engine (engine(inputs, labels),
 engine.backward, engine.step; ZeRO 0-3 and offload).
 
-The same items as the pipeline (model/pipeline.py: layer_specs) in one nn.Module, tensor-parallel
+The same items as the pipeline (model/lm.py: layer_specs) in one nn.Module, tensor-parallel
 over an explicit group (model/parallel_groups.py), initialised layout-independently the same way, so
 a pp = 1 run and a pipeline run of the same seed start from the same weights. gpt2's tied LM head is
 a module of its own (`TiedHead`) that reads the token table it shares; under ZeRO-3 that table is
@@ -16,7 +16,7 @@ from torch import nn
 from llmlaunch.topology.model_spec import ModelSpec
 
 from .layers import TokenEmbedding
-from .pipeline import LMLoss, layer_specs, load_weights, mark_gradient_norm_owners
+from .lm import LMLoss, layer_specs, load_weights, mark_gradient_norm_owners
 from .tp import TensorParallelGroup
 
 

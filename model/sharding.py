@@ -151,7 +151,7 @@ def merge_shards(shards: list[torch.Tensor], split: TPSplit | None) -> torch.Ten
 
 
 def pipeline_layer_prefixes(spec: ModelSpec) -> list[str | None]:
-    """Canonical prefix of each pipeline item by index (model/pipeline.py's layer order), which is
+    """Canonical prefix of each pipeline item by index (model/lm.py's item order), which is
     how DeepSpeed names its per-layer checkpoint files (layer_XX-model_YY-model_states.pt). None
     marks gpt2's tied head, which holds no parameters of its own."""
     prefixes = ["embed.token."]

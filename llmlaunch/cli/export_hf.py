@@ -1,5 +1,5 @@
 """`llmlaunch export-hf CKPT_DIR OUT_DIR`: a Hugging Face model directory from a complete
-checkpoint of any layout and engine. A thin layer over llmlaunch.launcher.checkpoint_tools."""
+checkpoint of any layout and engine. A thin layer over llmlaunch.launcher.checkpoints.tools."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +8,11 @@ import argparse
 def register(sub) -> None:
     p = sub.add_parser("export-hf", help="write a Hugging Face model directory from a checkpoint",
                        description="OUT_DIR gets config.json and the weights (fp32 master weights) "
-                                   "of CKPT_DIR's newest complete tag, or of the tag given, "
+                                   "of CKPT_DIR's newest tag that verifies, or of the tag given, "
                                    "whatever the layout and ZeRO stage it was written under; "
-                                   "AutoModelForCausalLM.from_pretrained(OUT_DIR) loads it.")
+                                   "AutoModelForCausalLM.from_pretrained(OUT_DIR) loads it. An "
+                                   "OUT_DIR that is, contains or lies inside the checkpoint is "
+                                   "refused.")
     p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="a checkpoint directory or one tag of it")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--tokenizer", metavar="PATH",
@@ -22,7 +24,7 @@ def register(sub) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from llmlaunch.launcher.checkpoint_tools import export_hf
+    from llmlaunch.launcher.checkpoints.tools import export_hf
 
     out = export_hf(args.ckpt_dir, args.out_dir, force=args.force,
                     tokenizer=export_tokenizer(args.ckpt_dir, args.tokenizer))

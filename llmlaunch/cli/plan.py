@@ -162,7 +162,7 @@ def resume_source_of(args: argparse.Namespace):
     if not path:
         return None
     if getattr(args, "_resume_source", None) is None:
-        from llmlaunch.launcher.checkpoint_tools import resume_source
+        from llmlaunch.launcher.checkpoints.tools import resume_source
 
         args._resume_source = resume_source(path)
     return args._resume_source

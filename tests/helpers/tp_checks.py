@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmlaunch.model.pipeline import LMLoss, LocalLM, build_items, initialise, layer_specs
+from llmlaunch.model.lm import LMLoss, LocalLM, build_items, initialise, layer_specs
 from llmlaunch.model.sharding import canonical_named_parameters, merge_shards, shard_tensor, tp_split
 from llmlaunch.model.tp import (TensorParallelGroup, VocabParallelEmbedding, gather_logits,
                                 vocab_parallel_cross_entropy)

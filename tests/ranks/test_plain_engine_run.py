@@ -63,20 +63,22 @@ def test_zero3_signal_checkpoints_and_resumes_to_the_same_losses(tmp_path, hf_di
     resumed = Job(run_dir, *sets)
     assert resumed.wait(timeout=600) == 0, resumed.output()[-3000:]
     assert "resumed from" in (run_dir / "logs" / "rank00000.log").read_text()
-    assert losses(run_dir) == losses(zero3_run)          # DeepSpeed's own ZeRO-3 files: bit for bit
+    assert losses(run_dir) == losses(zero3_run)          # the ZeRO-3 state at its own layout: bit for bit
 
 
 def test_export_hf_of_a_zero3_checkpoint_holds_its_master_weights(tmp_path, zero3_run):
     from transformers import AutoModelForCausalLM
 
     from llmlaunch.cli import main
-    from llmlaunch.launcher.canonical import CanonicalReader
+    from llmlaunch.launcher.checkpoints.canonical import CanonicalReader
+    from llmlaunch.launcher.checkpoints.manifest import read_manifest
     from llmlaunch.model.hf_mapping import canonical_to_hf
 
     out = tmp_path / "hf"
     assert main(["export-hf", str(zero3_run / "checkpoints"), str(out)]) == 0
-    reader = CanonicalReader(zero3_run / "checkpoints" / f"step{STEPS:08d}")
-    want = canonical_to_hf(reader.spec, {n: reader.full(n)["param"] for n in reader.meta["tensors"]})
+    tag_dir = zero3_run / "checkpoints" / f"step{STEPS:08d}"
+    reader = CanonicalReader(tag_dir, read_manifest(tag_dir))
+    want = canonical_to_hf(reader.spec, {n: reader.full(n)["param"] for n in reader.tensors})
     got = AutoModelForCausalLM.from_pretrained(out).state_dict()
     assert set(want) <= set(got)
     for name, tensor in want.items():

@@ -57,7 +57,7 @@ MOVES = [
     ("llama dp2 pp2 tp2", (2, 2, 1, 1), "tp 2->1"),
     ("llama dp2 pp2 tp2", (1, 2, 4, 1), "(2,2,2) -> (1,2,4)"),
     ("llama zero3 dp2 tp2", (1, 2, 2, 1), "ZeRO-3 -> pipeline"),
-    ("llama zero3 dp2 tp2", (2, 1, 2, 3), "same layout (DeepSpeed's own files)"),
+    ("llama zero3 dp2 tp2", (2, 1, 2, 3), "same layout (loaded as it is)"),
 ]
 TAG = f"step{K:08d}"
 
@@ -98,16 +98,15 @@ def test_resume_on_another_layout_equals_the_uninterrupted_run(tmp_path, sources
     want = [loss for step, loss in losses(sources[source]) if step > K]
     got = losses(run_dir)
     assert [s for s, _ in got] == list(range(K + 1, STEPS + 1))
-    if target == SOURCES[source][1]:       # DeepSpeed loads its own files: bit for bit
+    if target == SOURCES[source][1]:       # the state loads as it was written: bit for bit
         assert "resumed from" in log and "resharded" not in log, log
         assert [loss for _, loss in got] == want
     else:
         assert f"from dp={SOURCES[source][1][0]}" in log and f"to dp={dp} pp={pp} tp={tp}" in log
         assert "resharded" in log
         assert [loss for _, loss in got] == pytest.approx(want, rel=RTOL), move
-    marker = json.loads((run_dir / "checkpoints" / f"step{STEPS:08d}" /
-                         "llmlaunch_complete.json").read_text())
-    assert (marker["layout"]["dp"], marker["layout"]["pp"], marker["layout"]["tp"]) == (dp, pp, tp)
+    record = json.loads((run_dir / "checkpoints" / f"step{STEPS:08d}" / "manifest.json").read_text())
+    assert (record["layout"]["dp"], record["layout"]["pp"], record["layout"]["tp"]) == (dp, pp, tp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,14 +132,13 @@ def round_trip_config(source_run: Path, dp, pp, tp, zero, offload):
 
 
 def driver_main():
-    import torch.distributed as dist
-
     from rank_harness import finish_test_distributed, init_test_distributed, write_rank_result
 
-    from llmlaunch.launcher.canonical import (adam_step_count, load_canonical_into,
-                                              save_canonical, write_meta)
-    from llmlaunch.launcher.checkpoint import all_parameters_of_model
+    from llmlaunch.launcher.checkpoints.canonical import load_canonical_into
+    from llmlaunch.launcher.checkpoints.manifest import read_manifest
+    from llmlaunch.launcher.checkpoints.store import CheckpointStore
     from llmlaunch.launcher.engine import build_engine
+    from llmlaunch.model.rank_context import RankContext
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--source-run", type=Path, required=True)
@@ -150,17 +148,12 @@ def driver_main():
     tag_dir = args.source_run / "checkpoints" / TAG
     for name, layout in ROUND_TRIPS.items():
         config = round_trip_config(args.source_run, *layout)
-        run = build_engine(config)
-        load_canonical_into(run, tag_dir)
-        out = args.out / name.replace(" ", "_")
-        module = run.engine.module
-        save_canonical(run, out, K, module.tp_group.rank, module.tp_group.size)
-        dist.barrier()
-        if dist.get_rank() == 0:
-            names = sorted({n for n, _ in all_parameters_of_model(config)})
-            write_meta(out, spec=run.spec, layout=run.layout.to_dict(), engine=run.kind, step=K,
-                       adam_steps=adam_step_count(run.engine), names=names, tp=run.layout.tp)
-        dist.barrier()
+        ctx = RankContext.from_environment(config.layout_obj())
+        run = build_engine(config, ctx)
+        load_canonical_into(run, tag_dir, read_manifest(tag_dir))
+        store = CheckpointStore(args.out / name.replace(" ", "_"), config, ctx)
+        store.save(run, K)            # written back out through the same accessors
+        store.wait()
         del run
     write_rank_result({"done": list(ROUND_TRIPS)})
     finish_test_distributed()
@@ -169,19 +162,23 @@ def driver_main():
 def test_moved_weights_and_adam_moments_are_equal_tensors(tmp_path, sources):
     from rank_harness import run_ranks
 
-    from llmlaunch.launcher.canonical import CanonicalReader
+    from llmlaunch.launcher.checkpoints.canonical import CanonicalReader
+    from llmlaunch.launcher.checkpoints.manifest import read_manifest
+
+    def reader(tag_dir):
+        return CanonicalReader(tag_dir, read_manifest(tag_dir))
 
     source_run = sources[ROUND_TRIP_SOURCE]
     run = run_ranks(__file__, 4, ["--source-run", source_run, "--out", tmp_path], timeout_s=400,
                     results_dir=tmp_path / "results").check()
     assert sorted(run.results) == [0, 1, 2, 3]
-    before = CanonicalReader(source_run / "checkpoints" / TAG)
-    assert before.meta["adam_steps"] == K
+    before = reader(source_run / "checkpoints" / TAG)
+    assert before.manifest.adam_steps == K
     for name in ROUND_TRIPS:
-        after = CanonicalReader(tmp_path / name.replace(" ", "_"))
-        assert after.meta["tensors"] == before.meta["tensors"]
-        assert after.meta["adam_steps"] == K, name
-        for tensor in before.meta["tensors"]:
+        after = reader(tmp_path / name.replace(" ", "_") / TAG)
+        assert after.tensors == before.tensors
+        assert after.manifest.adam_steps == K, name
+        for tensor in before.tensors:
             want, got = before.full(tensor), after.full(tensor)
             for key in ("param", "exp_avg", "exp_avg_sq"):
                 assert got[key].shape == want[key].shape, (name, tensor, key)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from llmlaunch.config import RunConfig
-from llmlaunch.launcher.lr_schedule import lr_at_step, lr_scheduler_factory
+from llmlaunch.launcher.lr_schedule import lr_at_step, lr_scheduler_factory, schedule_of
 
 TINY = dict(lr=0.003, min_lr=0.0003, warmup_steps=3, total_steps=30)
 
@@ -14,7 +14,7 @@ def test_deepspeed_applies_the_schedule_step_by_step():
         0.003, 0.0003, 3, 30
     param = torch.nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.AdamW([param], lr=config.train.lr)
-    scheduler = lr_scheduler_factory(config.train)(optimizer)
+    scheduler = lr_scheduler_factory(schedule_of(config.train))(optimizer)
     applied = []
     for _ in range(5):
         applied.append(optimizer.param_groups[0]["lr"])

@@ -10,7 +10,7 @@ import torch
 
 import llmlaunch.model as model_package
 from llmlaunch.model import LocalLM, next_token_batch, replica_micro_batches
-from llmlaunch.model.pipeline import build_items, initialise, layer_specs
+from llmlaunch.model.lm import build_items, initialise, layer_specs
 from llmlaunch.model.sharding import (canonical_named_parameters, canonical_shapes, merge_shards,
                                       tp_split)
 from llmlaunch.model.tp import TensorParallelGroup

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from llmlaunch.model.pipeline import (build_items, check_layout, count_parameters, layer_specs,
-                                      stage_boundaries)
+from llmlaunch.model.lm import build_items, check_layout, count_parameters, layer_specs
+from llmlaunch.model.pipeline import stage_boundaries
 from llmlaunch.model.tp import TensorParallelGroup
 from llmlaunch.topology.model_spec import ModelSpec
 from llmlaunch.topology.params import (embedding_params, head_params, layer_params,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from llmlaunch.launcher.device_probe import count_dispatched_ops
-from llmlaunch.model.pipeline import LocalLM, leading_items
+from llmlaunch.model.lm import LocalLM, leading_items
 from llmlaunch.topology.model_spec import ModelSpec
 from llmlaunch.topology.op_counts import (BLOCK_OPS, EMBEDDING_OPS, HEAD_LOSS_OPS,
                                           stage_ops_per_micro_batch)

@@ -33,3 +33,27 @@ def test_no_warmup_and_the_multiplier_is_one_step_behind():
     assert lr_multiplier(2, **TINY) == 1.0
     with pytest.raises(ValueError, match="count from 1"):
         lr_at_step(0, **TINY)
+
+
+def test_a_changed_schedule_continues_from_the_checkpoints_rate():
+    from llmlaunch.launcher.lr_schedule import Schedule, continued
+
+    saved = Schedule(lr=3e-3, min_lr=3e-4, warmup_steps=3, steps=30)
+    raised = Schedule(lr=3e-3, min_lr=3e-4, warmup_steps=3, steps=40)
+    # resumed after step 20 of 30, train.steps now 40: step 20's rate, then a cosine to the floor
+    schedule, line = continued(saved, raised, 20)
+    rate = 3e-4 + 2.7e-3 * (1 + math.cos(math.pi * 17 / 27)) / 2
+    assert rate == pytest.approx(0.00111529232, rel=1e-8)
+    assert (schedule.restart_step, schedule.restart_lr) == (20, pytest.approx(rate))
+    assert schedule.lr_at(20) == pytest.approx(rate)            # the curve starts at that rate
+    assert schedule.lr_at(30) == pytest.approx(3e-4 + (rate - 3e-4) / 2)   # half way: cos(pi/2)
+    assert schedule.lr_at(40) == pytest.approx(3e-4)
+    assert saved.lr_at(21) - schedule.lr_at(21) < 0.02 * rate  # no jump (the old would fall faster)
+    assert "train.steps 30 -> 40" in line and "continues from step 20's 0.001115" in line
+    # the continued schedule is what the next checkpoint records: resuming it again changes nothing
+    again, quiet = continued(schedule, raised, 25)
+    assert again == schedule and quiet is None
+    # inside the warmup, a new end only changes the cosine to come: nothing to re-anchor
+    early, note = continued(saved, raised, 2)
+    assert early == raised and "inside the warmup" in note
+    assert continued(saved, saved, 20) == (saved, None)

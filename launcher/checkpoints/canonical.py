@@ -1,15 +1,18 @@
-"""Layout-free training state beside every checkpoint: what lets a run resume on another layout.
+"""Layout-free training state: what a checkpoint tag holds, and what lets a run resume on any
+layout.
 
-Each checkpoint tag holds, next to DeepSpeed's own files (which only the same layout and engine can
-load), `canonical/`: for every canonical parameter (model/sharding.py names, e.g.
-blocks.3.attn.qkv.weight) and every tensor-parallel slice of it, the fp32 master weight and Adam's
-exp_avg and exp_avg_sq, one file per (name, TP rank): `canonical/NAME/tpR.pt`. `canonical/meta.json`
-says the model, the layout they were written under, Adam's step count and every file expected.
+For every canonical parameter (model/sharding.py names, e.g. blocks.3.attn.qkv.weight) and every
+tensor-parallel slice of it, the fp32 master weight and Adam's exp_avg and exp_avg_sq, one file per
+(name, TP rank): `canonical/NAME/tpR.pt`. The tag's manifest (manifest.py) says the model, the
+layout they were written under, Adam's step count and every file with its checksum. These files
+are the only copy of the training state: DeepSpeed's own checkpoint files are not written (they
+would hold the same state again, in a layout-bound form; docs/checkpoints.md has the measured cost).
 
-Written by every rank through DeepSpeed's public accessors of the full fp32 state
+Read and written through DeepSpeed's public accessors of the full fp32 state
 (deepspeed.utils.safe_get_full_fp32_param / safe_get_full_optimizer_state, for ZeRO 1-3 and the bf16
-optimizer; the torch optimizer's own state without ZeRO), by data-parallel replica 0 of each
-(stage, TP rank). Read, on any layout, by merging the source TP slices of one tensor at a time and
+optimizer; the torch optimizer's own state without ZeRO). Written by every rank: the data-parallel
+replicas of one (stage, TP rank) take turns, parameter i by replica i mod dp, so the writes spread
+over the whole job. Read, on any layout, by merging the source TP slices of one tensor at a time and
 slicing them for this rank (model/sharding.py), then setting them through the matching accessors.
 Nothing here reads DeepSpeed's checkpoint files, so their format may change under us; the accessors
 are pinned by tests/ranks/test_reshard.py. docs/checkpoints.md says why this rather than
@@ -17,19 +20,16 @@ DeepSpeed's universal checkpoint.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Iterator
 
-CANONICAL_DIR = "canonical"
-META_FILE = "meta.json"
+from .manifest import Manifest, TagProblem, tensor_path
+
 STATE_KEYS = ("param", "exp_avg", "exp_avg_sq")
-FORMAT = "llmlaunch-canonical-1"
 
 
 def tensor_file(root: Path, name: str, tp_rank: int) -> Path:
-    return root / CANONICAL_DIR / name / f"tp{tp_rank}.pt"
+    return Path(root) / tensor_path(name, tp_rank)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +89,14 @@ def get_state(engine, param) -> dict:
         if value is None:
             raise RuntimeError(f"no {key} for a parameter of shape {tuple(param.shape)}: the "
                                "optimizer state is not initialised")
-    return {key: value.detach().float().cpu().clone() for key, value in out.items()}
+    return {key: _own_fp32_cpu_copy(value) for key, value in out.items()}
+
+
+def _own_fp32_cpu_copy(value):
+    """An fp32 CPU tensor that shares no memory with `value` (training goes on while it is
+    written): a GPU or bf16 tensor is copied once by the conversion, an fp32 CPU one by clone."""
+    out = value.detach().float().cpu()
+    return out.clone() if out.data_ptr() == value.data_ptr() else out
 
 
 def set_state(engine, param, state: dict, dp_rank: int) -> None:
@@ -180,78 +187,60 @@ def adam_step_count(engine) -> int:
 # ---------------------------------------------------------------------------------------------
 # writing (every rank, collective) and reading (any layout)
 
-def save_canonical(run, tag_dir: Path, step: int, tp_rank: int, tp_size: int) -> list[str]:
-    """Every rank calls it (ZeRO's accessors are collective over data-parallel ranks); replica 0 of
-    each (stage, TP rank) writes. Returns the files written."""
-    import torch
-
-    from llmlaunch.atomic import write_atomic
-
-    written = []
-    for name, param in owned_parameters(run.engine.module):
-        state = get_state(run.engine, param)
-        if run.dp_rank != 0:
-            continue
-        path = tensor_file(tag_dir, name, tp_rank)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, lambda f: torch.save(state, f))
-        written.append(str(path.relative_to(tag_dir)))
-    return written
-
-
-def write_meta(tag_dir: Path, *, spec, layout: dict, engine: str, step: int, adam_steps: int,
-               names: list[str], tp: int) -> None:
-    """canonical/meta.json (rank 0, after every rank wrote its tensors)."""
-    from llmlaunch.atomic import write_text_atomic
-
-    files = [f"{CANONICAL_DIR}/{n}/tp{r}.pt" for n in names for r in range(tp)]
-    meta = {"format": FORMAT, "step": step, "adam_steps": adam_steps, "engine": engine,
-            "layout": layout, "model": spec.to_dict(), "tensors": sorted(names), "tp": tp,
-            "files": files}
-    write_text_atomic(tag_dir / CANONICAL_DIR / META_FILE, json.dumps(meta, indent=1) + "\n")
-
-
-def read_meta(tag_dir: Path) -> dict:
-    path = Path(tag_dir) / CANONICAL_DIR / META_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{tag_dir} has no {CANONICAL_DIR}/{META_FILE}: it was written "
-                                "before llmlaunch kept layout-free state, or its save did not finish")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown format {meta.get('format')!r}")
-    return meta
-
-
-def missing_files(tag_dir: Path, meta: dict) -> list[str]:
-    return [f for f in meta["files"] if not (Path(tag_dir) / f).is_file()]
+def snapshot(run) -> list[tuple[str, dict]]:
+    """This rank's share of a tag: [(path in the tag, {param, exp_avg, exp_avg_sq})], fp32 copies
+    on CPU that training may run on from. Every rank calls it (ZeRO's accessors gather over the
+    data-parallel group, one parameter at a time); parameter i of a (stage, TP rank) is this
+    rank's to write when i mod dp is its data-parallel rank."""
+    module = run.engine.module
+    tp_rank, dp, dp_rank = module.tp_group.rank, run.layout.dp, run.dp_rank
+    share = []
+    for index, (name, param) in enumerate(owned_parameters(module)):
+        mine = index % dp == dp_rank
+        if mine or _wrapped(param):          # a ZeRO parameter's gather needs every replica
+            state = get_state(run.engine, param)
+            if mine:
+                share.append((tensor_path(name, tp_rank), state))
+    return share
 
 
 class CanonicalReader:
-    """Full canonical tensors of a checkpoint, one at a time (memory: about one tensor's state)."""
+    """Full canonical tensors of a checkpoint tag, one at a time (memory: about one tensor's
+    state). A file that does not load raises TagProblem naming it."""
 
-    def __init__(self, tag_dir: Path):
+    def __init__(self, tag_dir: Path, manifest: Manifest):
         from llmlaunch.topology.model_spec import ModelSpec
 
+        if manifest.tensors is None:
+            raise TagProblem(manifest.tag, None, "written by llmlaunch 0.1: it holds DeepSpeed's "
+                             "files only, no layout-free state")
         self.tag_dir = Path(tag_dir)
-        self.meta = read_meta(self.tag_dir)
-        missing = missing_files(self.tag_dir, self.meta)
-        if missing:
-            raise FileNotFoundError(f"{self.tag_dir} is incomplete: {len(missing)} canonical "
-                                    f"file(s) missing, first {missing[0]}")
-        self.spec = ModelSpec(**{k: v for k, v in self.meta["model"].items()})
-        self.tp = self.meta["tp"]
+        self.manifest = manifest
+        self.spec = ModelSpec(**manifest.model)
+        self.tp = manifest.tp
+        self.tensors = list(manifest.tensors)
+
+    def _load(self, name: str, tp_rank: int, mmap: bool = False) -> dict:
+        import torch
+
+        path = tensor_path(name, tp_rank)
+        try:
+            return torch.load(self.tag_dir / path, map_location="cpu", weights_only=True, mmap=mmap)
+        except FileNotFoundError:
+            raise TagProblem(self.manifest.tag, path, "missing") from None
+        except (RuntimeError, OSError, EOFError, ValueError) as exc:
+            cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TagProblem(self.manifest.tag, path, f"does not load (truncated or corrupt: "
+                             f"{cause})") from None
 
     def slice_for(self, name: str, tp_rank: int, tp: int) -> dict:
         """{param, exp_avg, exp_avg_sq} of `name` for TP rank `tp_rank` of `tp`: its own file when
         the checkpoint has that TP degree, else re-sliced from the source slices one state at a
         time (memory: the source slices, memory-mapped, one full fp32 tensor and the result)."""
-        import torch
-
         from llmlaunch.model.sharding import merge_shards, shard_tensor, tp_split
 
         if tp == self.tp:
-            return torch.load(tensor_file(self.tag_dir, name, tp_rank), map_location="cpu",
-                              weights_only=True)
+            return self._load(name, tp_rank)
         split = tp_split(self.spec, name)
         slices = self._mapped_slices(name)
         out = {}
@@ -271,38 +260,16 @@ class CanonicalReader:
 
     def _mapped_slices(self, name: str) -> list[dict]:
         """The source TP slices of `name`, memory-mapped: pages are read as they are used."""
-        import torch
-
-        return [torch.load(tensor_file(self.tag_dir, name, r), map_location="cpu",
-                           weights_only=True, mmap=True) for r in range(self.tp)]
+        return [self._load(name, r, mmap=True) for r in range(self.tp)]
 
 
-def load_canonical_into(run, tag_dir: Path) -> dict:
-    """Set this rank's parameters and optimizer state from a checkpoint's canonical state written
-    under any layout of the same model (each rank reads only the tensors it holds). Returns the
-    meta record."""
-    reader = CanonicalReader(tag_dir)
-    spec = run.spec
-    if reader.spec.to_dict() != spec.to_dict():
-        diffs = [k for k in spec.to_dict() if reader.spec.to_dict().get(k) != spec.to_dict()[k]]
-        raise ValueError(f"{tag_dir} holds another model ({', '.join(diffs)} differ): a checkpoint "
-                         "moves between layouts, not between model shapes")
-    tp = run.layout.tp
+def load_canonical_into(run, tag_dir: Path, manifest: Manifest) -> None:
+    """Set this rank's parameters and optimizer state from a tag's canonical state written under
+    any layout of the same model (each rank reads only the tensors it holds)."""
+    reader = CanonicalReader(tag_dir, manifest)
     module = run.engine.module
     tp_rank = module.tp_group.rank
     ensure_optimizer_state(run.engine)
     for name, param in all_parameters(module):
-        set_state(run.engine, param, reader.slice_for(name, tp_rank, tp), run.dp_rank)
-    set_adam_steps(run.engine, reader.meta["adam_steps"])
-    return reader.meta
-
-
-def directory_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += (Path(root) / f).stat().st_size
-            except OSError:
-                pass
-    return total
+        set_state(run.engine, param, reader.slice_for(name, tp_rank, run.layout.tp), run.dp_rank)
+    set_adam_steps(run.engine, manifest.adam_steps)
