@@ -41,7 +41,7 @@ def slurm_safe_name(name: str) -> str:
 def run_config_for(inputs: PlanInputs, candidate: Candidate, job_name: str, time_limit: str,
                    tokens: float | None = None, resume_from=None) -> RunConfig:
     """run.yaml for a planned layout: model and layout from the plan, train defaults otherwise.
-    With `resume_from` (checkpoint_tools.ResumeSource) the source run's train, data and checkpoint
+    With `resume_from` (checkpoints/tools.py: ResumeSource) the source run's train, data and checkpoint
     settings are kept, paths made absolute, and checkpoint.dir is the source checkpoint
     directory: the run resumes from it (resharding on start) and goes on saving there."""
     spec, lay = inputs.spec, candidate.layout
@@ -141,7 +141,7 @@ def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: 
               min_nodes: int | None = None, data: str | None = None,
               tokenizer: str | None = None) -> list[str]:
     """Write the three files for a fitting candidate; returns their paths. `resume_from`: a
-    checkpoint_tools.ResumeSource the run resumes from (plan --from-checkpoint). `min_nodes`: an
+    checkpoints/tools.py ResumeSource the run resumes from (plan --from-checkpoint). `min_nodes`: an
     elastic job on min_nodes..nodes hosts (plan --min-nodes)."""
     lay = candidate.layout
     engine_reason = estimate_only_reason(inputs.options.engine)

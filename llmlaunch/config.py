@@ -13,189 +13,12 @@ from pathlib import Path
 
 import yaml
 
+from llmlaunch.config_checks import check_run_config
+from llmlaunch.config_sections import (CheckpointSection, ClusterSection, ConfigError, DataSection,
+                                       LayoutSection, ModelSection, SlurmSection, TrainSection,
+                                       SOURCE_KEYS)
 from llmlaunch.topology.layout import Layout
 from llmlaunch.topology.model_spec import MODEL_KEYS, ModelSpec, untrainable_reasons
-
-
-class ConfigError(ValueError):
-    """A run.yaml or --set value that does not fit the schema."""
-
-
-@dataclass
-class ModelSection:
-    """The transformer's shape (see llmlaunch.topology.model_spec.ModelSpec), written out or read
-    from a Hugging Face config.json (hf_config)."""
-
-    arch: str = "gpt2"
-    """gpt2, llama, mistral, qwen2 or qwen3 (the families llmlaunch's model runs)."""
-    layers: int = 4
-    """Transformer blocks."""
-    hidden: int = 128
-    """Model width."""
-    heads: int = 4
-    """Attention heads."""
-    kv_heads: int = 0
-    """Key/value heads (0: same as heads)."""
-    ffn_hidden: int = 0
-    """MLP width (0: the architecture's default)."""
-    vocab: int = 4096
-    """Vocabulary size before padding."""
-    seq_len: int = 128
-    """Training sequence length."""
-    rope_theta: float = 10000.0
-    """RoPE base (llama)."""
-    norm_eps: float = 1e-5
-    """LayerNorm / RMSNorm epsilon."""
-    head_dim: int = 0
-    """Width of one attention head (0: hidden/heads); Qwen3 sets it."""
-    tied_embeddings: typing.Optional[bool] = None
-    """The LM head reuses the token table (null: the family's default, tied for gpt2 only)."""
-    sliding_window: int = 0
-    """mistral, qwen2, qwen3: each query attends to the last N keys, on every layer (0: all)."""
-    hf_config: str = ""
-    """A Hugging Face config.json (or the directory holding one) that sets every key above except
-    seq_len (the training length, still this section's); keys given as well must agree with it."""
-
-
-@dataclass
-class LayoutSection:
-    """How the world splits (see llmlaunch.topology.layout.Layout)."""
-
-    dp: int = 1
-    """Data-parallel degree."""
-    pp: int = 1
-    """Pipeline stages."""
-    tp: int = 1
-    """Tensor-parallel degree."""
-    micro_batch: int = 1
-    """Sequences per micro-batch."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step per replica (pipeline micro-batches)."""
-    zero_stage: int = 0
-    """DeepSpeed ZeRO stage 0-3: with pp = 1 DeepSpeed's plain engine runs any (3 shards the
-    weights too); with a pipeline (pp > 1) its PipelineEngine runs 0 and 1. bf16 needs >= 1."""
-    recompute: str = "none"
-    """Activation recomputation: none, selective, full."""
-    offload: str = "none"
-    """ZeRO-Offload to CPU memory (pp = 1): none, optimizer (ZeRO >= 1), optimizer+params (ZeRO-3)."""
-    cp: int = 1
-    """Context-parallel degree (the planner's estimates read it); a run refuses cp > 1 until
-    llmlaunch's model runs context parallelism (issue 25)."""
-
-
-@dataclass
-class TrainSection:
-    """Optimisation: AdamW, linear warmup then cosine decay to min_lr."""
-
-    steps: int = 100
-    """Optimizer steps."""
-    lr: float = 3e-4
-    """Peak learning rate."""
-    min_lr: float = 3e-5
-    """Floor of the cosine decay."""
-    warmup_steps: int = 10
-    """Linear warmup steps."""
-    weight_decay: float = 0.1
-    """AdamW decoupled weight decay."""
-    grad_clip: float = 1.0
-    """Global gradient-norm clip (0: off)."""
-    beta1: float = 0.9
-    """AdamW beta1."""
-    beta2: float = 0.95
-    """AdamW beta2."""
-    seed: int = 1234
-    """Seed of initialisation and data order."""
-    precision: str = "auto"
-    """bf16, fp32, or auto (bf16 on GPU, fp32 on CPU)."""
-    log_every: int = 1
-    """Steps between log lines (metrics.jsonl gets every step)."""
-    collective_timeout_s: int = 300
-    """Seconds a collective may wait before the job fails (a stalled rank ends the job)."""
-    eval_every: int = 0
-    """Steps between evaluations of the validation data (0: never): eval_loss in metrics.jsonl."""
-    eval_batches: int = 4
-    """Global batches each evaluation reads (the same ones every time, in order)."""
-
-
-# The keys of one entry of data.sources / data.eval_sources (docs/data.md, data/sources.py).
-SOURCE_KEYS = ("path", "weight", "split", "name", "column", "dtype")
-
-
-@dataclass
-class DataSection:
-    """Training data."""
-
-    path: str = ""
-    """A directory written by `llmlaunch data prepare`, or a flat token file; empty (and no
-    sources): the corpus shipped with llmlaunch."""
-    dtype: str = ""
-    """Token dtype of a flat .bin file: uint16 or uint32 (empty: uint16; a prepared directory and a
-    .npy file say their own)."""
-    sources: list = field(default_factory=list)
-    """A blend: [{path, weight, split?, name?, column?, dtype?}], each path a prepared directory, a
-    Megatron PREFIX (.bin + .idx), datatrove .ds output, a .npy/.bin file or .parquet/.arrow token
-    columns; samples drawn at the weights (normalised) over any window of the run."""
-    eval_sources: list = field(default_factory=list)
-    """What train.eval_every evaluates: [{path, weight?, split?, name?, ...}] (empty: the val split
-    of every prepared source of the run)."""
-    tokenizer: str = ""
-    """A Hugging Face tokenizer directory or tokenizer.json (offline): its vocabulary is checked
-    against the model before the ranks start, and export-hf writes it beside the weights."""
-    eod_token: str = ""
-    """The tokenizer's end-of-document token (empty: tokenizer_config.json's eos_token, else
-    <|endoftext|>)."""
-    allow_toy_corpus: bool = False
-    """Let a job on more than one host train on the shipped toy corpus (no path or sources)."""
-
-
-@dataclass
-class CheckpointSection:
-    """Checkpoints: the layout-free training state, one verified tag per save (docs/checkpoints.md)."""
-
-    dir: str = "checkpoints"
-    """Checkpoint directory (relative paths are under the run directory)."""
-    every: int = 50
-    """Save every N optimizer steps (0: only at the end and on preemption)."""
-    keep: int = 3
-    """Keep the last K checkpoints (and, beyond them, the newest trusted one and every newer one)."""
-    healthy_steps: int = 5
-    """A checkpoint is trusted once this many steps with a finite loss and gradient norm followed
-    it; pruning never deletes the newest trusted checkpoint nor a newer one."""
-    async_save: bool = True
-    """Write checkpoints on a background thread (the loop stalls only to copy the state to CPU
-    memory); false: write in the loop."""
-    init_hf: str = ""
-    """A local Hugging Face model directory of the same architecture to start from (empty: seeded
-    initialisation). Ignored when resuming from a checkpoint."""
-    reshard: str = "auto"
-    """auto: a checkpoint written under another layout (dp, pp, tp, ZeRO stage, offload, engine)
-    is moved to this run's on start, through its layout-free state; never: refuse it."""
-
-
-@dataclass
-class ClusterSection:
-    """Where the run goes (for the planner's prediction and the Slurm job)."""
-
-    gpu: str = "cpu"
-    """Catalog name (llmlaunch.topology data/gpus.yaml)."""
-    gpus_per_node: int = 8
-    """Accelerators per node (ranks per node on CPU)."""
-
-
-@dataclass
-class SlurmSection:
-    """The sbatch job that `plan --emit` writes."""
-
-    job_name: str = "llmlaunch"
-    """Slurm job name."""
-    time: str = "02:00:00"
-    """Time limit (HH:MM:SS or D-HH:MM:SS)."""
-    partition: str = ""
-    """Partition (empty: the cluster default)."""
-    account: str = ""
-    """Account (empty: the user default)."""
-    signal_seconds: int = 300
-    """Seconds before the time limit that Slurm sends USR1 to checkpoint and requeue."""
 
 
 @dataclass
@@ -264,7 +87,7 @@ class RunConfig:
                              precision=precision or self.train.precision)
 
     def validate(self) -> "RunConfig":
-        """Cross-field checks; raises ConfigError naming the offending keys."""
+        """Cross-field checks (config_checks.py); raises ConfigError naming the offending keys."""
         if self.model.hf_config:
             self._resolve_hf_config()
         try:
@@ -272,52 +95,7 @@ class RunConfig:
             layout = self.layout_obj()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        untrainable = untrainable_reasons(spec)
-        if untrainable:
-            raise ConfigError(f"model: {'; '.join(untrainable)}")
-        reasons = layout.model_reasons(spec)
-        if reasons:
-            raise ConfigError(f"the layout does not fit the model: {'; '.join(reasons)} "
-                              "(layout.tp, layout.pp against the model section)")
-        if not layout.runnable:
-            raise ConfigError(f"layout: {layout.not_runnable_reason()}")
-        if self.train.precision == "fp8":
-            raise ConfigError("train.precision fp8 is an estimate (plan --precision fp8): "
-                              "llmlaunch's model trains in bf16 or fp32; use auto, bf16 or fp32")
-        if self.train.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"train.precision must be auto, bf16 or fp32, got "
-                              f"{self.train.precision!r}")
-        for key in ("steps",):
-            if getattr(self.train, key) < 1:
-                raise ConfigError(f"train.{key} must be >= 1")
-        if self.train.collective_timeout_s < 1:
-            raise ConfigError("train.collective_timeout_s must be >= 1")
-        for key in ("warmup_steps", "log_every"):
-            if getattr(self.train, key) < 0:
-                raise ConfigError(f"train.{key} must be >= 0")
-        if self.data.dtype not in ("", "uint16", "uint32"):
-            raise ConfigError(f"data.dtype must be uint16 or uint32 (or empty), got "
-                              f"{self.data.dtype!r}")
-        if self.data.sources and self.data.path:
-            raise ConfigError("give data.path or data.sources, not both (a single path is "
-                              "data.sources: [{path: ..., weight: 1}])")
-        for key in ("sources", "eval_sources"):
-            names = source_names(getattr(self.data, key))
-            if len(set(names)) != len(names):
-                raise ConfigError(f"data.{key}: two sources named "
-                                  f"{next(n for n in names if names.count(n) > 1)!r}: give each a "
-                                  "distinct name")
-        if self.train.eval_every < 0 or self.train.eval_batches < 1:
-            raise ConfigError("train.eval_every must be >= 0 and train.eval_batches >= 1")
-        if not 0 <= self.train.min_lr <= self.train.lr:
-            raise ConfigError("need 0 <= train.min_lr <= train.lr")
-        if self.checkpoint.reshard not in ("auto", "never"):
-            raise ConfigError(f"checkpoint.reshard must be auto or never, got "
-                              f"{self.checkpoint.reshard!r}")
-        if self.checkpoint.every < 0 or self.checkpoint.keep < 1:
-            raise ConfigError("checkpoint.every must be >= 0 and checkpoint.keep >= 1")
-        if self.checkpoint.healthy_steps < 1:
-            raise ConfigError("checkpoint.healthy_steps must be >= 1")
+        check_run_config(self, spec, layout)
         return self
 
     def to_dict(self) -> dict:
@@ -384,11 +162,6 @@ def _source_list(where: str, value) -> list:
             raise ConfigError(f"{where}[{n}].split must be train or val, got {entry['split']!r}")
         out.append(entry)
     return out
-
-
-def source_names(sources: list) -> list[str]:
-    """Each source's name: its `name`, else its path's last part."""
-    return [s.get("name") or Path(s["path"]).name for s in sources]
 
 
 def from_dict(raw: dict, source: str = "run.yaml") -> RunConfig:

@@ -38,7 +38,7 @@ def export_tokenizer(ckpt_dir: str, given: str | None):
     neither names one."""
     from pathlib import Path
 
-    from llmlaunch.launcher.checkpoint_tools import resolve_tag
+    from llmlaunch.launcher.checkpoints.tools import resolve_tag
     from llmlaunch.launcher.run_data import tokenizer_of_run
 
     if given:
@@ -46,7 +46,8 @@ def export_tokenizer(ckpt_dir: str, given: str | None):
 
         found = load_run_tokenizer(given, label="--tokenizer")
     else:
-        tag = resolve_tag(ckpt_dir)
+        # only where the tag lies (its manifest; export_hf verifies the files and says so)
+        tag = resolve_tag(ckpt_dir, say=lambda _line: None, files=False).tag_dir
         found = next((t for t in (tokenizer_of_run(d) for d in (tag.parent.parent, tag.parent))
                       if t is not None), None)
     if found is None:
