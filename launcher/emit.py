@@ -15,6 +15,7 @@ from pathlib import Path
 from llmlaunch import __version__
 from llmlaunch.atomic import atomic_directory
 from llmlaunch.config import RunConfig, dump_run_config
+from llmlaunch.run_files import DS_CONFIG, RUN_CONFIG, SBATCH
 from llmlaunch.topology.plan_inputs import PlanInputs
 from llmlaunch.topology.planner import Candidate
 
@@ -155,12 +156,12 @@ def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: 
     tasks_per_node = min(cluster.gpus, cluster.gpus_per_node)
     run_dir = str(Path(out_dir).resolve())
     with atomic_directory(out_dir, force=force) as tmp:
-        (tmp / "ds_config.json").write_text(json.dumps(ds, indent=2) + "\n")
+        (tmp / DS_CONFIG).write_text(json.dumps(ds, indent=2) + "\n")
         header = (f"# llmlaunch run config ({inputs.spec.name or inputs.spec.arch}, "
                   f"dp={lay.dp} pp={lay.pp} tp={lay.tp}). Schema: docs/run-yaml.md")
-        (tmp / "run.yaml").write_text(dump_run_config(config, header))
+        (tmp / RUN_CONFIG).write_text(dump_run_config(config, header))
         script = sbatch_script(config, run_dir, cluster.nodes, tasks_per_node,
                                tasks_per_node if on_gpu else 0, min_nodes)
-        (tmp / "train.sbatch").write_text(script)
-        os.chmod(tmp / "train.sbatch", 0o755)
-    return [str(Path(out_dir) / n) for n in ("ds_config.json", "run.yaml", "train.sbatch")]
+        (tmp / SBATCH).write_text(script)
+        os.chmod(tmp / SBATCH, 0o755)
+    return [str(Path(out_dir) / n) for n in (DS_CONFIG, RUN_CONFIG, SBATCH)]

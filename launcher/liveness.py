@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import threading
 import time
 from datetime import timedelta
+
+from .hostnet import host_name
 
 HEARTBEAT_S = 1.0
 KEY = "llmlaunch/heartbeat/{rank}"
@@ -35,7 +36,7 @@ class Heartbeat:
 
     def __init__(self, rank: int):
         self.rank = rank
-        self.host = socket.gethostname()
+        self.host = host_name()
         self.count = 0
         self.thread = threading.Thread(target=self._run, name="llmlaunch-heartbeat", daemon=True)
 

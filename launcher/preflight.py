@@ -12,28 +12,27 @@ hosts at once; `intra_host`) and among one rank per host (the lowest; `inter_hos
 host), a small and a large buffer each, timed as launcher/device_probe.py times (median of
 `repeats` after two warm-ups; the slowest rank's). Rank 0 writes RUN_DIR/preflight.json (schema and
 formulas: topology/measured_network.py; docs/launch.md, "Preflight across hosts"), replacing the
-previous preflight's, which `llmlaunch plan --network-from` reads. A rank's host is its hostname
-(socket.gethostname()), or LLMLAUNCH_HOSTNAME when set (tests and containers that share one UTS
-name while standing for several hosts).
+previous preflight's, which `llmlaunch plan --network-from` reads. A rank's host is
+launcher/hostnet.py's host_name(): its hostname, or LLMLAUNCH_HOSTNAME when set.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from llmlaunch.config import RunConfig
+from llmlaunch.run_files import PREFLIGHT
 
 from .entry import enter_rank, exit_process, run_rank
+from .hostnet import host_name
 
 GIB = 2**30
-HOSTNAME_ENV = "LLMLAUNCH_HOSTNAME"
-PREFLIGHT_JSON = "preflight.json"
+PREFLIGHT_JSON = PREFLIGHT
 
 
 @dataclass
@@ -119,11 +118,6 @@ def build_lock_check() -> Check:
     except RuntimeError as exc:
         return Check("extension build locks", False, str(exc))
     return Check("extension build locks", True, f"none stale under {extension_build_root()}")
-
-
-def host_name(environ=os.environ) -> str:
-    """The host this rank stands for: LLMLAUNCH_HOSTNAME when set, else the UTS hostname."""
-    return environ.get(HOSTNAME_ENV) or socket.gethostname()
 
 
 def message_sizes(backend: str) -> tuple[int, int, int]:

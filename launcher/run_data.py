@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from llmlaunch.config import RunConfig
+from llmlaunch.run_files import DATA
 
 
 def given_data_path(config: RunConfig, run_dir: Path) -> Path | None:
@@ -26,7 +27,7 @@ def ensure_data(config: RunConfig, run_dir: Path, rank: int) -> Path:
     given = given_data_path(config, run_dir)
     if given is not None:
         return given
-    target = run_dir / "data"
+    target = run_dir / DATA
     if rank == 0 and not (target / "manifest.json").is_file():
         from llmlaunch.data import default_corpus_path
         from llmlaunch.data.prepare import PrepareConfig, prepare
