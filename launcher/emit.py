@@ -21,13 +21,11 @@ from llmlaunch.topology.planner import Candidate
 
 from .ds_config import deepspeed_config
 
-# The body of every Slurm job (package data of llmlaunch.launcher); train.sbatch and slurm/train.sh
-# find it through this name.
+# The body of every Slurm job: the supervisor (launcher/job.py), exec'd after the #SBATCH lines.
+SUPERVISOR = "python3 -m llmlaunch.launcher.job"
+# train.sbatch files written before the supervisor find their body through this name (package data
+# of llmlaunch.launcher): a shim that execs the supervisor, so that they still start.
 JOB_BODY = Path(__file__).parent / "jobs" / "slurm_job.sh"
-FIND_JOB_BODY = "python3 -c 'from llmlaunch.launcher.emit import JOB_BODY; print(JOB_BODY)'"
-# A stop signal before the body runs (while python finds it) is recorded for the body, not lost:
-# the body starts with STOP=$LLMLAUNCH_EARLY_STOP.
-EARLY_SIGNAL_LINES = ["trap 'LLMLAUNCH_EARLY_STOP=USR1' USR1", "trap 'LLMLAUNCH_EARLY_STOP=TERM' TERM"]
 
 SLURM_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
 
@@ -80,9 +78,9 @@ def resumed_config(source) -> RunConfig:
 
 def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: int,
                   gpus_per_node: int, min_nodes: int | None = None) -> str:
-    """A job-specific sbatch file: its #SBATCH lines, then the job body shipped with llmlaunch
-    (JOB_BODY: one task per GPU, srun starts the ranks, USR1 before the time limit
-    checkpoints and requeues). User input is sanitised on #SBATCH lines (sbatch parses them, not the
+    """A job-specific sbatch file: its #SBATCH lines, then it execs the supervisor shipped with
+    llmlaunch (one task per GPU, srun starts the ranks, USR1 before the time limit checkpoints and
+    requeues). User input is sanitised on #SBATCH lines (sbatch parses them, not the
     shell) and shell-quoted elsewhere. `min_nodes` < nodes: an elastic job (`--nodes=K-N`, the
     layout derived at each start: launcher/elastic.py)."""
     s = config.slurm
@@ -115,11 +113,10 @@ def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: i
         f"RUN_DIR={shlex.quote(run_dir)}",
         *(["# elastic: each start derives dp and grad_accum from the nodes it got (global batch kept)",
            f"export LLMLAUNCH_ELASTIC={min_nodes}"] if elastic else []),
-        *EARLY_SIGNAL_LINES,
-        "# the job body shipped with llmlaunch: checks, preflight, srun of the ranks, requeue",
-        f'JOB="$({FIND_JOB_BODY})" || exit 2',
-        'export LLMLAUNCH_EARLY_STOP="${LLMLAUNCH_EARLY_STOP:-}"',
-        'exec bash "$JOB" "$RUN_DIR/run.yaml" "$RUN_DIR"',
+        "# llmlaunch's supervisor: data check, preflight, srun of the ranks, signals, requeue",
+        "# (docs/launch.md). A stop signal before it holds them is ignored, not fatal.",
+        "trap '' USR1 TERM",
+        f'exec {SUPERVISOR} "$RUN_DIR/run.yaml" "$RUN_DIR"',
         "",
     ]
     return "\n".join(lines)

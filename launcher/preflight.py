@@ -62,20 +62,31 @@ def disk_check(config: RunConfig, run_dir: Path, precision: str) -> Check:
                  f"({config.checkpoint.keep} kept + 1 being written)")
 
 
+def accelerator_visible() -> bool:
+    """torch.cuda.is_available(), without importing torch where no GPU driver is loaded (no
+    /proc/driver/nvidia, no ROCm /dev/kfd: CUDA and ROCm cannot run there)."""
+    if not (Path("/proc/driver/nvidia/version").exists() or Path("/dev/kfd").exists()):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def memory_checks(config: RunConfig, world: int, local_world: int, precision: str) -> list[Check]:
     """Device memory (GPU) or host memory (CPU) against the planner's worst stage."""
     import psutil
-    import torch
 
     from llmlaunch.topology.plan_inputs import estimate_layout
 
-    on_gpu = torch.cuda.is_available()
+    on_gpu = accelerator_visible()
     try:
         need = estimate_layout(config.plan_inputs(precision), config.layout_obj()).worst_stage.total
     except ValueError:  # no prediction (a cluster.gpu the catalog does not know)
         need = 0.0
     checks = []
     if on_gpu:
+        import torch
+
         count = torch.cuda.device_count()
         checks.append(Check("GPUs visible", count >= local_world,
                             f"{count} visible, {local_world} ranks on this node"))
@@ -207,6 +218,18 @@ def network_table(doc: dict) -> str:
     table = tabulate(rows, headers=["link", "ranks", "bus GB/s", "latency us",
                                     "bytes small / large", "repeats"], tablefmt="simple")
     return "\n".join([table, *(f"{kind}: absent ({why})" for kind, why in doc["absent"].items())])
+
+
+def host_checks(config: RunConfig, run_dir: Path, local_world: int) -> list[Check]:
+    """The checks a local run's supervisor makes on its host before starting `local_world` ranks
+    (launcher/job.py; the ranks check their extension build locks themselves): accelerators and
+    memory against the plan, free disk for checkpoints."""
+    from .engine import run_precision
+
+    precision = run_precision(config, accelerator_visible())
+    checks = memory_checks(config, local_world, local_world, precision)
+    checks.append(disk_check(config, run_dir, precision))
+    return checks
 
 
 def run_checks(config: RunConfig, run_dir: Path) -> list[Check]:
