@@ -38,7 +38,8 @@ from llmlaunch.config import RunConfig, load_run_config, resolve_config_path  # 
 from llmlaunch.metrics_file import last_step  # noqa: E402
 
 from . import local_ranks, slurm, start_log  # noqa: E402
-from .outcome import DEFAULT_MAX_RESTARTS, DEFAULT_MAX_STARTS_WITHOUT_PROGRESS  # noqa: E402
+from .outcome import (CANCELLED, DEFAULT_MAX_RESTARTS,  # noqa: E402
+                      DEFAULT_MAX_STARTS_WITHOUT_PROGRESS, REQUEUED_BY_SLURM, TIME_LIMIT)
 from .outcome import StartFacts, decide, fruitless_line  # noqa: E402
 from .run_lock import Owner, RunLock  # noqa: E402
 from .signals import StopNow, StopSignals, clear_stop_request, request_stop  # noqa: E402
@@ -82,6 +83,7 @@ class Supervisor:
         self.child: subprocess.Popen | None = None
         self.killed = False
         self.launched = False
+        self.launched_at: float | None = None
         self.interrupted_at: float | None = None
         self.lock: RunLock | None = None
         self.config: RunConfig | None = None
@@ -199,11 +201,24 @@ class Supervisor:
                      f"{state} -> {self.slurm_stop}")
         if self.phase == "preflight" and self.child is not None:
             self.child.terminate()       # srun ends the preflight's tasks
+        elif (self.phase == "ranks" and self.slurm_stop in (CANCELLED, REQUEUED_BY_SLURM, TIME_LIMIT)
+              and not self.ranks_trained()):
+            # Slurm ends the job in KillWait seconds; ranks still starting have nothing new to
+            # save (they would stop before their first step): end them now, and say so
+            self.kill_ranks()
         elif self.phase == "ranks":
             if self.module == TRAIN_MODULE:
                 request_stop(self.run_dir, name, self.slurm_stop or "a stop signal")
             else:                        # preflight and validate ranks have nothing to save
                 self.kill_ranks()
+
+    def ranks_trained(self) -> bool:
+        """The ranks of this start reached their training loop (rank 0 has written metrics.jsonl
+        since they were started)."""
+        try:
+            return (self.run_dir / run_files.METRICS).stat().st_mtime >= self.launched_at
+        except (FileNotFoundError, TypeError):
+            return False
 
     def kill_ranks(self) -> None:
         if self.alloc is None:
@@ -237,6 +252,7 @@ class Supervisor:
         cmd = local_ranks.elastic_command(nproc, self.module, self.rank_args(),
                                           local_ranks.free_port())
         report = local_ranks.LauncherReport()
+        self.launched_at = time.time()
         child = local_ranks.start_launcher(cmd, env)
         self.launched = True
         relay = threading.Thread(target=local_ranks.relay_stderr,
@@ -268,6 +284,7 @@ class Supervisor:
     def run_ranks_slurm(self, env: dict) -> tuple[int, str]:
         self.lost_file.unlink(missing_ok=True)
         output = run_files.train_task_output(self.run_dir, self.alloc.job_id, self.alloc.restart)
+        self.launched_at = time.time()
         rc = self.wait(subprocess.Popen(slurm.srun_command(output, sys.executable, self.module,
                                                            self.rank_args()), env=env))
         return rc, first_failure(output) if rc else ""
@@ -357,7 +374,8 @@ class Supervisor:
             lost = read_lost(self.lost_file, LOST_FILE_WAIT_S)
         progressed = last_step(self.run_dir / run_files.METRICS) > self.from_step
         facts = StartFacts(
-            slurm=self.alloc is not None, launched=launched, rc=rc, stopped=stopped,
+            slurm=self.alloc is not None, launched=launched, trained=self.ranks_trained(),
+            rc=rc, stopped=stopped,
             stop_signal=self.signals.first, slurm_stop=self.slurm_stop,
             interrupts=self.signals.interrupts, killed=self.killed, lost=lost, failure=failure,
             job=self.job_id or "", restart=self.restart,

@@ -38,6 +38,7 @@ class StartFacts:
 
     slurm: bool
     launched: bool                      # the ranks were started
+    trained: bool = True                # they reached their training loop (metrics.jsonl written)
     rc: int | None = None               # srun's or the elastic launcher's exit code
     stopped: dict | None = None         # RUN_DIR/stopped.json: {step, signal, checkpoint}
     stop_signal: str = ""               # the first stop signal the supervisor received
@@ -114,7 +115,7 @@ def _decide_slurm(f: StartFacts) -> Decision:
     if f.slurm_stop:                      # a stop signal came: this start is over either way
         if f.launched and f.rc == 0 and f.stopped is None:
             return Decision(0, ["llmlaunch: training finished"])   # the last step came first
-        if not f.launched:
+        if not f.launched or (f.rc != 0 and not f.trained):
             where = "before training started: no new checkpoint"
         elif f.rc == 0:
             where = where_stopped(f.stopped) if f.stopped is not None else "after the last step"

@@ -48,7 +48,11 @@ netns_name() { echo "llml-node$1"; }
 veth_name() { echo "llml-v$1"; }
 
 common_conf() {
+  # Job ids start where no earlier cluster's did: a job step daemon of a stopped cluster goes on
+  # reporting its job (as 1) for a while, and a new cluster that reused the id took it for its
+  # own job 1, which it then ended ("CANCELLED" with nobody cancelling)
   cat <<CONF
+FirstJobId=$(( ($(date +%s%N) / 1000000) % 50000000 + 1 ))
 ClusterName=llmlaunch
 SlurmUser=root
 SlurmdUser=root

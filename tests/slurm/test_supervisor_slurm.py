@@ -50,8 +50,8 @@ def queued(env, job) -> str:
 class Watch:
     """The job's log and metrics, waited on with a deadline."""
 
-    def __init__(self, run_dir, proc):
-        self.run_dir, self.proc = run_dir, proc
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
 
     def until(self, what, predicate, limit_s=240):
         deadline = time.monotonic() + limit_s
@@ -62,10 +62,12 @@ class Watch:
     def log_count(self, text) -> int:
         return job_log(self.run_dir).count(text)
 
-    def start_trains(self, restart: int, past_step: int):
-        """Start `restart` of the job is running and has trained a step past `past_step`."""
+    def start_trains(self, restart: int) -> int:
+        """Start `restart` of the job runs and has trained a step (the last stop saved the last
+        step logged, so a new line is a step of this start); the step."""
         self.until(f"restart {restart}", lambda: self.log_count(f" restart {restart}:") == 1)
-        self.until(f"a step past {past_step}", lambda: steps_logged(self.run_dir) > past_step)
+        before = steps_logged(self.run_dir)
+        self.until(f"a step of restart {restart}", lambda: steps_logged(self.run_dir) > before)
         return steps_logged(self.run_dir)
 
 
@@ -83,32 +85,32 @@ def test_each_kind_of_stop_does_what_a_slurm_user_expects(slurm, tmp_path):
     proc = subprocess.Popen(["sbatch", "--parsable", str(run_dir / "train.sbatch")], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, text=True)
     job = proc.communicate(timeout=30)[0].strip()
-    watch = Watch(run_dir, proc)
+    watch = Watch(run_dir)
     try:
         # 1. the time-limit signal: 300 s before the end (#SBATCH --signal=B:USR1@300), brought to
         #    now by shortening the limit; the supervisor checkpoints and requeues
-        step = watch.start_trains(0, 1)
+        step = watch.start_trains(0)
         scontrol(env, "update", f"JobId={job}", "TimeLimit=1")
         watch.until("the requeue", lambda: watch.log_count(f"; requeueing job {job}") == 1)
         scontrol(env, "update", f"JobId={job}", "TimeLimit=120")
         log = job_log(run_dir)
         assert re.search(rf"SIGUSR1 received; Slurm's record of job {job}: JobState=RUNNING .*-> "
                          "batch signal", log), log
-        first_stop = int(re.search(r"stopped \(SIGUSR1\) after step (\d+), checkpoint step\1; "
+        first_stop = int(re.search(r"stopped \(SIGUSR1\) after step (\d+), checkpoint step0*\1; "
                                    rf"requeueing job {job}", log)[1])
         assert first_stop >= step
         # 2. scontrol requeue: Slurm requeues the job itself; the ranks checkpoint first
-        step = watch.start_trains(1, first_stop)
+        step = watch.start_trains(1)
         scontrol(env, "requeue", job)
         watch.until("Slurm's requeue", lambda: watch.log_count(f"Slurm requeued job {job} itself") == 1)
         # 3. preemption by a job of the higher-priority partition (PreemptMode=REQUEUE)
-        step = watch.start_trains(2, step)
+        step = watch.start_trains(2)
         subprocess.run(["sbatch", "-p", "urgent", "--exclusive", "-n", "8", "-o", "/dev/null",
                         "--wrap", "sleep 1"], env=env, check=True, timeout=30, capture_output=True)
         watch.until("the preemption", lambda: watch.log_count(f"Slurm requeued job {job} itself") == 2)
         assert "DUE TO PREEMPTION" in job_log(run_dir)
         # 4. scancel: checkpoint, and the job ends
-        step = watch.start_trains(3, step)
+        step = watch.start_trains(3)
         subprocess.run(["scancel", job], env=env, check=True, timeout=30)
         watch.until("the job's end", lambda: queued(env, job) == "", limit_s=120)
     finally:

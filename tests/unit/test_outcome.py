@@ -95,6 +95,12 @@ def test_ranks_killed_after_the_stop_signal_are_a_stop_not_a_failure():
     assert "before the ranks could checkpoint (they ended with exit 137)" in d.lines[0]
 
 
+def test_ranks_still_starting_when_slurm_ends_the_job_are_ended_with_nothing_to_save():
+    d = decide(slurm(rc=-9, trained=False, stop_signal="SIGTERM", slurm_stop=REQUEUED_BY_SLURM))
+    assert d.lines == ["llmlaunch: stopped (SIGTERM) before training started: no new checkpoint; "
+                       "Slurm requeued job 12 itself (scontrol requeue or preemption)"]
+
+
 def test_a_finished_run_stays_finished_when_the_stop_comes_after_the_last_step():
     assert decide(slurm(rc=0, stop_signal="SIGTERM", slurm_stop=CANCELLED)).lines == [
         "llmlaunch: training finished"]
