@@ -50,6 +50,14 @@ def master_address(first_node: str, nodes: int,
     return addr
 
 
+def free_port(address: str = "") -> int:
+    """A port free on `address` now ('' all of this host's: a MASTER_PORT other hosts dial;
+    '127.0.0.1' for ranks on this machine only)."""
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
 def interface_with_address(source: str, interfaces: Mapping[str, list]) -> str:
     """The name of the interface holding address `source` (psutil.net_if_addrs() shape:
     {name: [snic(family, address, ...)]}). ValueError when none does."""

@@ -38,6 +38,8 @@ from llmlaunch.config import RunConfig, load_run_config, resolve_config_path  # 
 from llmlaunch.metrics_file import last_step  # noqa: E402
 
 from . import local_ranks, slurm, start_log  # noqa: E402
+from .hostnet import free_port, master_address  # noqa: E402
+from .liveness import read_lost  # noqa: E402
 from .outcome import (CANCELLED, DEFAULT_MAX_RESTARTS,  # noqa: E402
                       DEFAULT_MAX_STARTS_WITHOUT_PROGRESS, REQUEUED_BY_SLURM, TIME_LIMIT)
 from .outcome import StartFacts, decide, fruitless_line  # noqa: E402
@@ -250,7 +252,7 @@ class Supervisor:
         env.setdefault("OMP_NUM_THREADS", "1")
         nproc = self.nproc or self.config.layout_obj().world_size
         cmd = local_ranks.elastic_command(nproc, self.module, self.rank_args(),
-                                          local_ranks.free_port())
+                                          free_port("127.0.0.1"))
         report = local_ranks.LauncherReport()
         self.launched_at = time.time()
         child = local_ranks.start_launcher(cmd, env)
@@ -287,7 +289,7 @@ class Supervisor:
         self.launched_at = time.time()
         rc = self.wait(subprocess.Popen(slurm.srun_command(output, sys.executable, self.module,
                                                            self.rank_args()), env=env))
-        return rc, first_failure(output) if rc else ""
+        return rc, slurm.first_failure(output) if rc else ""
 
     # -- a start -----------------------------------------------------------------------------
     def run(self) -> int:
@@ -355,12 +357,10 @@ class Supervisor:
     def master(self) -> tuple[str, int]:
         """MASTER_ADDR (the first host as an address every host dials) and a free MASTER_PORT on
         this, the first, host; LLMLAUNCH_MASTER_ADDR / _PORT pin them. Prints the start's line."""
-        from .hostnet import master_address
-
         a = self.alloc
         first = slurm.hostnames(a.nodelist)[0]
         addr = self.environ.get("LLMLAUNCH_MASTER_ADDR") or master_address(first, a.nodes)
-        port = env_int(self.environ, "LLMLAUNCH_MASTER_PORT", 0) or free_port_any()
+        port = env_int(self.environ, "LLMLAUNCH_MASTER_PORT", 0) or free_port("")
         self.say(f"llmlaunch: job {a.job_id} restart {a.restart}: {a.ntasks} ranks on {a.nodes} "
                  f"node(s) ({a.nodelist}), master {first} {addr}:{port}, run dir {self.run_dir}")
         return addr, port
@@ -412,42 +412,12 @@ class Supervisor:
         return code
 
 
-def free_port_any() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
 def read_json(path: Path) -> dict | None:
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def read_lost(path: Path, wait_s: float) -> str:
-    """The line naming who stopped answering (the first that names ranks and hosts, else the
-    first: rank 0's host gone), waiting up to wait_s for a failed rank to write it."""
-    deadline = time.monotonic() + wait_s
-    while not (path.is_file() and path.stat().st_size) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
-    named = [line for line in lines if "rendezvous store" not in line]
-    return (named or lines or [""])[0]
-
-
-def first_failure(output_pattern: Path) -> str:
-    """The first rank's one error line in the srun outputs of a start ('%t' in the pattern), one
-    that is not only about another rank having gone."""
-    lines = []
-    for path in sorted(output_pattern.parent.glob(output_pattern.name.replace("%t", "*"))):
-        lines += [line.strip() for line in path.read_text(errors="replace").splitlines()
-                  if line.startswith("llmlaunch: ") and "error" in line.split(":", 2)[1]]
-    causes = [line for line in lines if "stopped answering" not in line]
-    return ((causes or lines or [""])[0]).removeprefix("llmlaunch: ")
 
 
 def launch(config_arg: str, overrides: list[str], run_dir: str | None = None,

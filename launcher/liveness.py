@@ -116,6 +116,22 @@ def record_lost(me: int, clause: str) -> str:
     return clause
 
 
+def read_lost(path, wait_s: float) -> str:
+    """What the ranks of a start wrote to the lost-peer file: the first line that names ranks and
+    hosts, else the first (rank 0's host gone: "rendezvous store ..."), '' when none; waits up to
+    wait_s for a failed rank to write it (srun can return first: a stop signal ends the step while
+    the rank reads the heartbeats for 2.5 s)."""
+    from pathlib import Path
+
+    path = Path(path)
+    deadline = time.monotonic() + wait_s
+    while not (path.is_file() and path.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    named = [line for line in lines if "rendezvous store" not in line]
+    return (named or lines or [""])[0]
+
+
 def short_cause(text: str) -> str:
     """A backend's error without its source location and advice: gloo's
     '[.../pair.cc:553] Connection closed by peer [10.0.0.2]:23187. This is typically ...' becomes

@@ -129,6 +129,17 @@ def shrink(job_id: str, nodes: int, tasks: int) -> str:
     return "" if out.returncode == 0 else (out.stderr or out.stdout).strip() or "failed"
 
 
+def first_failure(output_pattern: Path) -> str:
+    """The first error line a rank printed in the srun outputs of a start (its --output pattern,
+    '%t' the task), preferring one that is not only about another rank having gone; '' if none."""
+    lines = []
+    for path in sorted(output_pattern.parent.glob(output_pattern.name.replace("%t", "*"))):
+        lines += [line.strip() for line in path.read_text(errors="replace").splitlines()
+                  if line.startswith(("llmlaunch: error", "llmlaunch: preflight error"))]
+    causes = [line for line in lines if "stopped answering" not in line]
+    return ((causes or lines or [""])[0]).removeprefix("llmlaunch: ")
+
+
 def srun_command(output: Path, python: str, module: str, module_args: list[str]) -> list[str]:
     """srun of one task per rank: each task sets its network interface variables on its own host
     (launcher/hostnet.py) and execs `python -m module ...`. --kill-on-bad-exit: a dead rank ends

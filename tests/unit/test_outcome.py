@@ -182,3 +182,24 @@ def test_the_start_log_counts_starts_without_progress_per_job(tmp_path):
     assert "supervisor was killed" in starts[2]["outcome"]
     assert [s["start"] for s in start_log.fruitless_in_a_row(starts, "7")] == [1, 2]
     assert start_log.fruitless_in_a_row(starts, "8") == []     # another job: its own count
+
+
+def test_the_job_log_gets_the_first_failing_ranks_own_line(tmp_path):
+    from llmlaunch.launcher.liveness import read_lost
+    from llmlaunch.launcher.slurm import first_failure
+
+    (tmp_path / "train-12.0-0.out").write_text(
+        "step 3\nllmlaunch: error on rank 0: rank 2 on node1 stopped answering (Connection reset)\n")
+    (tmp_path / "train-12.0-2.out").write_text(
+        "llmlaunch: error on rank 2: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    (tmp_path / "train-11.0-0.out").write_text("llmlaunch: error on rank 0: an older job's\n")
+    assert first_failure(tmp_path / "train-12.0-%t.out") == (
+        "error on rank 2: CUDA out of memory. Tried to allocate 2.00 GiB")
+    (tmp_path / "train-12.0-2.out").unlink()
+    assert first_failure(tmp_path / "train-12.0-%t.out").endswith("stopped answering (Connection reset)")
+    assert first_failure(tmp_path / "nothing-%t.out") == ""
+    lost = tmp_path / "lost-12.0.txt"
+    lost.write_text("rank 0: the job's rendezvous store at 10.0.0.1:1 stopped answering too\n"
+                    "rank 1: ranks 4, 5 on node2 stopped answering\n")
+    assert read_lost(lost, 0) == "rank 1: ranks 4, 5 on node2 stopped answering"
+    assert read_lost(tmp_path / "absent.txt", 0.2) == ""
