@@ -370,8 +370,8 @@ class Supervisor:
         self.react()
         stopped = read_json(self.run_dir / run_files.STOPPED)
         lost = ""
-        if self.alloc is not None and launched and rc and not self.stopping:
-            lost = read_lost(self.lost_file, LOST_FILE_WAIT_S)
+        if self.alloc is not None and launched and rc:   # no wait when Slurm is ending the job
+            lost = read_lost(self.lost_file, 0.0 if self.stopping else LOST_FILE_WAIT_S)
         progressed = last_step(self.run_dir / run_files.METRICS) > self.from_step
         facts = StartFacts(
             slurm=self.alloc is not None, launched=launched, trained=self.ranks_trained(),
@@ -388,17 +388,23 @@ class Supervisor:
         for line in decision.lines:
             self.say(line)
         if decision.requeue:
-            self.requeue(decision.shrink)
+            self.requeue()
+        if decision.shrink:
+            self.shrink()
         return self.end(decision.code, decision.lines[-1] if decision.lines else "finished")
 
-    def requeue(self, shrink: bool) -> None:
+    def requeue(self) -> None:
         job = self.alloc.job_id
         problem = slurm.requeue(job)
-        if problem:
+        if problem:   # Slurm requeued it first (it found a node down): "pending execution"
             self.say(f"llmlaunch: job {job} is requeued already ({problem})" if "pending" in problem
                      else f"llmlaunch: error: scontrol requeue {job} failed: {problem}")
-        minimum = env_int(self.environ, "LLMLAUNCH_ELASTIC", 0)
-        if shrink and minimum >= 1:
+
+    def shrink(self) -> None:
+        """An elastic job after a lost peer: Slurm keeps a job's task count from its first start
+        through a requeue, so it would wait for all its hosts; ask for the minimum instead."""
+        job, minimum = self.alloc.job_id, env_int(self.environ, "LLMLAUNCH_ELASTIC", 0)
+        if minimum >= 1:
             problem = slurm.shrink(job, minimum, minimum * self.alloc.tasks_per_node)
             self.say(f"llmlaunch: elastic: the requeued job asks for {minimum} host(s)" if not problem
                      else f"llmlaunch: error: elastic: scontrol update of job {job} failed: {problem}")

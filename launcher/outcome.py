@@ -112,6 +112,8 @@ def _stopped_local(name: str, stopped: dict) -> str:
 
 def _decide_slurm(f: StartFacts) -> Decision:
     job, name = f.job, f.stop_signal or "a signal"
+    if f.launched and f.rc and f.lost:    # a rank or host stopped answering (Slurm may end the
+        return _lost_peer(f)              # job for the same cause: a node it found down)
     if f.slurm_stop:                      # a stop signal came: this start is over either way
         if f.launched and f.rc == 0 and f.stopped is None:
             return Decision(0, ["llmlaunch: training finished"])   # the last step came first
@@ -127,7 +129,7 @@ def _decide_slurm(f: StartFacts) -> Decision:
                                 "requeued"])
         if f.slurm_stop == REQUEUED_BY_SLURM:
             return Decision(0, [f"llmlaunch: stopped ({name}) {where}; Slurm requeued job {job} "
-                                "itself (scontrol requeue or preemption)"])
+                                "itself (scontrol requeue, preemption or a failed node)"])
         if f.slurm_stop == TIME_LIMIT:
             why = f"job {job} reached its time limit ({name}): stopped {where}"
         else:
@@ -138,20 +140,35 @@ def _decide_slurm(f: StartFacts) -> Decision:
             why = f"stopped ({f.stopped.get('signal') or 'a signal'}) {where_stopped(f.stopped)}"
             return _requeue(f, [f"llmlaunch: {why}; requeueing job {job}"], why)
         return Decision(0, ["llmlaunch: training finished"])
-    failed = f"llmlaunch: error: training failed (exit {f.rc}){_colon(f.failure)}; logs in {f.logs}"
-    if f.lost:
-        lines = [f"llmlaunch: error: lost a peer: {f.lost}"]
-        if f.restart < f.max_restarts:
-            decision = _requeue(f, lines + [
-                f"llmlaunch: requeueing job {job} after a lost peer (start {f.restart + 2} of at "
-                f"most {f.max_restarts + 1}); it resumes from the last complete checkpoint"],
-                f"lost a peer: {f.lost}")
-            decision.shrink = decision.requeue
-            return decision
-        return Decision(f.rc or 1, lines + [
-            f"llmlaunch: error: not requeued: job {job} has started {f.restart + 1} times "
-            f"(LLMLAUNCH_MAX_RESTARTS={f.max_restarts})", failed])
-    return Decision(f.rc or 1, [failed])
+    return Decision(f.rc or 1, [_failed(f)])
+
+
+def _failed(f: StartFacts) -> str:
+    return f"llmlaunch: error: training failed (exit {f.rc}){_colon(f.failure)}; logs in {f.logs}"
+
+
+def _lost_peer(f: StartFacts) -> Decision:
+    """Named; requeued while the job has started fewer than max_restarts + 1 times (Slurm may have
+    requeued it already, having found the host down), an elastic job then shrunk to its minimum."""
+    job = f.job
+    lines = [f"llmlaunch: error: lost a peer: {f.lost}"]
+    if f.slurm_stop == CANCELLED:
+        return Decision(f.rc or 1, lines + [f"llmlaunch: job {job} cancelled (scancel): not "
+                                            "requeued"])
+    if f.slurm_stop == REQUEUED_BY_SLURM:
+        return Decision(0, lines + [
+            f"llmlaunch: requeueing job {job} after a lost peer: Slurm requeued it already (it "
+            "found the host down); it resumes from the last complete checkpoint"], shrink=True)
+    if f.restart < f.max_restarts:
+        decision = _requeue(f, lines + [
+            f"llmlaunch: requeueing job {job} after a lost peer (start {f.restart + 2} of at "
+            f"most {f.max_restarts + 1}); it resumes from the last complete checkpoint"],
+            f"lost a peer: {f.lost}")
+        decision.shrink = decision.requeue
+        return decision
+    return Decision(f.rc or 1, lines + [
+        f"llmlaunch: error: not requeued: job {job} has started {f.restart + 1} times "
+        f"(LLMLAUNCH_MAX_RESTARTS={f.max_restarts})", _failed(f)])
 
 
 def _colon(text: str) -> str:

@@ -120,6 +120,17 @@ def test_a_lost_peer_requeues_up_to_the_bound_then_fails_named():
                            "llmlaunch: error: training failed (exit 1): x; logs in /r/logs"]
 
 
+def test_a_lost_host_that_slurm_requeued_first_is_named_and_an_elastic_job_shrinks():
+    """A host killed: the ranks name it, then Slurm finds the node down, requeues the job itself and
+    ends the start (SIGTERM, Restarts + 1): named, not requeued twice, shrunk when elastic."""
+    lost = "rank 1: ranks 8, 9, 10, 11 on node3 stopped answering"
+    d = decide(slurm(rc=1, lost=lost, stop_signal="SIGTERM", slurm_stop=REQUEUED_BY_SLURM))
+    assert not d.requeue and d.shrink and d.code == 0
+    assert d.lines == [f"llmlaunch: error: lost a peer: {lost}",
+                       "llmlaunch: requeueing job 12 after a lost peer: Slurm requeued it already (it "
+                       "found the host down); it resumes from the last complete checkpoint"]
+
+
 def test_a_failure_is_named_in_the_job_log():
     d = decide(slurm(rc=1, failure="error on rank 3: CUDA out of memory"))
     assert d.lines == ["llmlaunch: error: training failed (exit 1): error on rank 3: CUDA out of "
