@@ -73,7 +73,7 @@ def test_scancel_checkpoints_and_ends_without_requeue():
 def test_requeue_or_preemption_leaves_the_requeue_to_slurm():
     d = decide(slurm(rc=0, stopped=SAVED, stop_signal="SIGTERM", slurm_stop=REQUEUED_BY_SLURM))
     assert not d.requeue and d.code == 0
-    assert "Slurm requeued job 12 itself (scontrol requeue or preemption)" in d.lines[0]
+    assert "Slurm requeued job 12 itself (scontrol requeue, preemption or a failed node)" in d.lines[0]
 
 
 def test_the_time_limit_itself_requeues():
@@ -98,7 +98,7 @@ def test_ranks_killed_after_the_stop_signal_are_a_stop_not_a_failure():
 def test_ranks_still_starting_when_slurm_ends_the_job_are_ended_with_nothing_to_save():
     d = decide(slurm(rc=-9, trained=False, stop_signal="SIGTERM", slurm_stop=REQUEUED_BY_SLURM))
     assert d.lines == ["llmlaunch: stopped (SIGTERM) before training started: no new checkpoint; "
-                       "Slurm requeued job 12 itself (scontrol requeue or preemption)"]
+                       "Slurm requeued job 12 itself (scontrol requeue, preemption or a failed node)"]
 
 
 def test_a_finished_run_stays_finished_when_the_stop_comes_after_the_last_step():
