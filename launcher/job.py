@@ -87,6 +87,7 @@ class Supervisor:
         self.launched = False
         self.launched_at: float | None = None
         self.interrupted_at: float | None = None
+        self.lock_lost = ""
         self.lock: RunLock | None = None
         self.config: RunConfig | None = None
         self.from_step = 0
@@ -103,6 +104,8 @@ class Supervisor:
         config = load_run_config(self.config_path, self.overrides)
         if self.alloc is not None and env_int(self.environ, "LLMLAUNCH_ELASTIC", 0) >= 1:
             config = self.elastic_layout(config)
+        if self.alloc is not None:   # one line here, not one error per rank
+            config.layout_obj().check_world_size(self.alloc.ntasks)
         from .run_data import check_run_data
 
         try:
@@ -179,6 +182,14 @@ class Supervisor:
 
     def react(self) -> None:
         """Act on the stop signals that came since the last call (the module docstring)."""
+        if self.lock is not None and self.lock.lost and not self.lock_lost:
+            self.lock_lost = self.lock.lost    # another start took the directory: stop, for good
+            self.say(f"llmlaunch: error: the run directory was taken over by {self.lock_lost}; "
+                     "stopping this start")
+            if self.phase == "ranks" and self.module == TRAIN_MODULE:
+                request_stop(self.run_dir, "", "the run directory was taken over")
+            elif self.child is not None:
+                self.kill_ranks()
         while self.acted_on < len(self.signals.received):
             name = self.signals.received[self.acted_on]
             self.acted_on += 1
@@ -381,6 +392,7 @@ class Supervisor:
             job=self.job_id or "", restart=self.restart,
             max_restarts=env_int(self.environ, "LLMLAUNCH_MAX_RESTARTS", DEFAULT_MAX_RESTARTS),
             progressed=progressed, fruitless_before=self.fruitless_before(),
+            lock_lost=self.lock_lost,
             max_fruitless=env_int(self.environ, "LLMLAUNCH_MAX_STARTS_WITHOUT_PROGRESS",
                                   DEFAULT_MAX_STARTS_WITHOUT_PROGRESS),
             logs=str(self.run_dir / run_files.LOGS), grace_s=INTERRUPT_GRACE_S)

@@ -53,6 +53,7 @@ class StartFacts:
     progressed: bool = True             # this start trained at least one step
     fruitless_before: list = field(default_factory=list)   # earlier starts in a row without one
     max_fruitless: int = DEFAULT_MAX_STARTS_WITHOUT_PROGRESS
+    lock_lost: str = ""                 # another start took the run directory (who)
     logs: str = "RUN_DIR/logs"
     grace_s: float = 30.0
 
@@ -73,6 +74,11 @@ def where_stopped(stopped: dict | None) -> str:
 
 
 def decide(f: StartFacts) -> Decision:
+    if f.lock_lost:   # two runs on one directory: neither may go on as if it owned it
+        where = (f"stopped {where_stopped(f.stopped)}" if f.launched and f.rc == 0 and f.stopped
+                 else f"ended (exit {f.rc})" if f.launched else "ended before training started")
+        return Decision(1, [f"llmlaunch: error: this start {where}: the run directory was taken "
+                            f"over by {f.lock_lost}; not requeued"])
     return _decide_slurm(f) if f.slurm else _decide_local(f)
 
 

@@ -178,6 +178,14 @@ def test_local_outcomes_and_exit_codes():
                                      "first, killed by SIGKILL; each rank's log is in /r/logs"])
 
 
+def test_a_start_whose_run_directory_was_taken_over_ends_for_good():
+    d = decide(slurm(rc=0, stopped=SAVED, lock_lost="the Slurm job (pid 9 on node2, ...)"))
+    assert (d.code, d.requeue) == (1, False)
+    assert d.lines == ["llmlaunch: error: this start stopped after step 7, checkpoint step00000007: "
+                       "the run directory was taken over by the Slurm job (pid 9 on node2, ...); "
+                       "not requeued"]
+
+
 def test_the_start_log_counts_starts_without_progress_per_job(tmp_path):
     for event in [{"event": "begin", "job": "7", "start": 0, "step": 0},
                   {"event": "end", "job": "7", "start": 0, "step": 12, "outcome": "stopped a"},
