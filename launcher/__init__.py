@@ -18,7 +18,7 @@
   placement.py      ranks.json: where every rank ran
   engine.py         the DeepSpeed engine of a run (shared by training and validate)
   ds_config.py      the DeepSpeed config, derived from run.yaml
-  lr_schedule.py    warmup then cosine, as DeepSpeed's scheduler
+  lr_schedule.py    the learning-rate schedule: linear warmup, then cosine decay to a floor
   trainer.py        one rank's training loop: resume, steps, checkpoints, graceful stop
   metrics.py        metrics.jsonl's writer (the reader: llmlaunch/metrics_file.py)
   checkpoint.py     complete-or-absent checkpoints around DeepSpeed's save and load
