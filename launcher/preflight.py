@@ -79,8 +79,9 @@ def memory_checks(config: RunConfig, world: int, local_world: int, precision: st
     from llmlaunch.topology.plan_inputs import estimate_layout
 
     on_gpu = accelerator_visible()
-    try:
-        need = estimate_layout(config.plan_inputs(precision), config.layout_obj()).worst_stage.total
+    try:   # the bytes a stage holds do not depend on the device's speed: no measuring of this host
+        need = estimate_layout(config.plan_inputs(precision, measure=False),
+                               config.layout_obj()).worst_stage.total
     except ValueError:  # no prediction (a cluster.gpu the catalog does not know)
         need = 0.0
     checks = []
