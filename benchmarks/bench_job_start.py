@@ -8,7 +8,9 @@ Every figure is measured on this machine (2 shared CPU cores: start-up is domina
 torch and DeepSpeed in every rank); the runs alternate nothing else, so compare runs made back to
 back on an otherwise idle machine.
 
-Run as root: python benchmarks/bench_job_start.py [--runs 3] [--no-preflight]
+Run as root, from outside a checkout (so that `python -m llmlaunch` imports the llmlaunch to time,
+not a folder of the working directory): cd /tmp && python .../benchmarks/bench_job_start.py
+[--runs 3] [--no-preflight]
 """
 from __future__ import annotations
 

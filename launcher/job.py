@@ -34,7 +34,8 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from llmlaunch import run_files  # noqa: E402
-from llmlaunch.config import RunConfig, load_run_config, resolve_config_path  # noqa: E402
+from llmlaunch.config import (RunConfig, apply_overrides, load_run_config,  # noqa: E402
+                              resolve_config_path)
 from llmlaunch.metrics_file import last_step  # noqa: E402
 
 from . import local_ranks, slurm, start_log  # noqa: E402
@@ -132,10 +133,11 @@ class Supervisor:
         except ValueError as exc:
             raise ValueError(f"elastic start: {exc}") from None
         if effective != planned:
-            self.overrides += overrides(planned, effective)
+            changes = overrides(planned, effective)
+            self.overrides += changes     # the ranks get them as --set arguments
             self.say("llmlaunch: " + describe_change(planned, effective,
                                                      self.alloc.ntasks // self.alloc.tasks_per_node))
-            config = load_run_config(self.config_path, self.overrides)
+            config = apply_overrides(config, changes, source=self.config_path)
         return config
 
     def take_run_dir(self) -> None:

@@ -126,3 +126,18 @@ def test_each_kind_of_stop_does_what_a_slurm_user_expects(slurm, tmp_path):
     assert len(resumed) == 3 and resumed[0] == first_stop and resumed == sorted(resumed)
     steps = [s for s, _ in losses(run_dir)]
     assert steps == list(range(1, steps[-1] + 1)) and steps[-1] == int(cancelled[1])
+
+
+def test_a_failed_jobs_reason_is_in_its_own_log(slurm, tmp_path):
+    """The ranks fail (an init_hf directory that does not exist): slurm-JOB.out says why, in the
+    supervisor's one line, not only the ranks' outputs under logs/."""
+    run_dir = tmp_path / "run"
+    emit(run_dir, *PLAN, train__steps=2, checkpoint__init_hf=str(tmp_path / "no-such-model"))
+    proc = subprocess.run(["sbatch", "--wait", str(run_dir / "train.sbatch")], cwd=tmp_path,
+                          env=dict(slurm, LLMLAUNCH_PREFLIGHT="0"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    [line] = [l for l in job_log(run_dir).splitlines() if "training failed" in l]
+    assert re.match(r"llmlaunch: error: training failed \(exit 1\): error on rank \d: .*no-such-model",
+                    line), line
+    assert line.endswith(f"; logs in {run_dir / 'logs'}")
