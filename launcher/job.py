@@ -102,6 +102,9 @@ class Supervisor:
     # -- phases ------------------------------------------------------------------------------
     def prepare(self) -> RunConfig:
         """Phases 1 and 2 (ValueError: one line, nothing started)."""
+        for name in ("LLMLAUNCH_MAX_RESTARTS", "LLMLAUNCH_MAX_STARTS_WITHOUT_PROGRESS",
+                     "LLMLAUNCH_ELASTIC", "LLMLAUNCH_MASTER_PORT"):
+            env_int(self.environ, name, 0)     # a bad value: refused now, not after training
         config = load_run_config(self.config_path, self.overrides)
         if self.alloc is not None and env_int(self.environ, "LLMLAUNCH_ELASTIC", 0) >= 1:
             config = self.elastic_layout(config)
