@@ -3,19 +3,18 @@ model before any rank starts, and its sample index built once (data/sample_index
 
 - `data_specs`: data.sources (or data.path as one source), paths resolved; None: the corpus shipped
   with llmlaunch, prepared once into RUN_DIR/data by global rank 0 (`ensure_data`).
-- `prepare_run_data(config, run_dir, hosts)`: the pre-start step any supervisor calls (the Slurm job
-  body through `python -m llmlaunch.launcher.run_data`, `llmlaunch train` in-process): every source's
-  files against its index or manifest, the vocabulary against the model, at least one global batch,
-  the evaluation data, and the index built or reused. Raises DataError with one line.
+- `prepare_run_data(config, run_dir, hosts)`: the pre-start step the supervisor (launcher/job.py)
+  runs once, under Slurm and locally: every source's files against its index or manifest, the
+  vocabulary against the model, at least one global batch, the evaluation data, and the index built
+  or reused. Raises DataError with one line.
 - `open_training_index` / `open_eval_index`: what a rank reads (memory-mapped, never loaded).
 """
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 from llmlaunch.config import RunConfig
+from llmlaunch.run_files import DATA
 
 
 def _resolve(path: str, run_dir: Path) -> str:
@@ -40,7 +39,7 @@ def data_specs(config: RunConfig, run_dir: Path):
 def shipped_corpus_specs(run_dir: Path):
     from llmlaunch.data.sources import SourceSpec
 
-    return [SourceSpec(path=str(run_dir / "data"), name="data")]
+    return [SourceSpec(path=str(run_dir / DATA), name="data")]
 
 
 def eval_specs(config: RunConfig, run_dir: Path, train_specs):
@@ -70,7 +69,7 @@ def ensure_data(config: RunConfig, run_dir: Path, rank: int):
     the index when no pre-start step did."""
     specs = data_specs(config, run_dir)
     if specs is None:
-        target = run_dir / "data"
+        target = run_dir / DATA
         if rank == 0 and not (target / "manifest.json").is_file():
             from llmlaunch.data import default_corpus_path
             from llmlaunch.data.prepare import PrepareConfig, prepare
@@ -158,11 +157,6 @@ def prepare_run_data(config: RunConfig, run_dir: Path, hosts: int = 1,
     return summary
 
 
-def check_run_data(config: RunConfig, run_dir: Path, hosts: int = 1) -> str | None:
-    """The pre-start data step (prepare_run_data), kept under its 0.1 name for callers."""
-    return prepare_run_data(config, run_dir, hosts)
-
-
 def parse_data_spec(spec: str) -> list[dict]:
     """`plan --emit --data SPEC`: `PATH`, or `W1:PATH1,W2:PATH2,...` (weights, normalised later),
     each path made absolute; ValueError naming the item otherwise."""
@@ -207,35 +201,5 @@ def tokenizer_of_run(run_dir: Path):
     return None
 
 
-def hosts_of_job(environ=os.environ) -> int:
-    """Hosts of the Slurm job this runs in (1 outside one)."""
-    try:
-        return max(1, int(environ.get("SLURM_JOB_NUM_NODES", "1")))
-    except ValueError:
-        return 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m llmlaunch.launcher.run_data --config RUN.yaml --run-dir DIR [--set ...]`: the check
-    the Slurm job body runs on its first host before any rank starts (and the index build); 0 when
-    the data fits."""
-    from .entry import rank_arguments
-
-    try:
-        config, run_dir = rank_arguments(argv, "llmlaunch.launcher.run_data",
-                                         "check run.yaml's data against its model")
-        held = prepare_run_data(config, run_dir, hosts_of_job(),
-                                log=lambda line: print(f"llmlaunch: {line}", flush=True))
-    except ValueError as exc:
-        print(f"llmlaunch: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"llmlaunch: data: {held or 'the shipped corpus (prepared for the model by rank 0)'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-__all__ = ["data_specs", "eval_specs", "ensure_data", "prepare_run_data", "check_run_data",
+__all__ = ["data_specs", "eval_specs", "ensure_data", "prepare_run_data",
            "open_training_index", "open_eval_index", "build_indexes"]
