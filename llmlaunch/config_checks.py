@@ -6,6 +6,7 @@ from pathlib import Path
 
 from llmlaunch.config_sections import ConfigError
 from llmlaunch.topology.model_spec import untrainable_reasons
+from llmlaunch.topology.optimizer_states import optimizer_refusal
 
 
 def check_run_config(config, spec, layout) -> None:
@@ -26,6 +27,10 @@ def check_run_config(config, spec, layout) -> None:
     if config.train.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"train.precision must be auto, bf16 or fp32, got "
                           f"{config.train.precision!r}")
+    refusal = optimizer_refusal(config.train.optimizer, layout.zero_stage, config.train.precision,
+                                spec)
+    if refusal:
+        raise ConfigError(refusal)
     for key in ("steps",):
         if getattr(config.train, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1")

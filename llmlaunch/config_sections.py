@@ -77,8 +77,11 @@ class LayoutSection:
 
 @dataclass
 class TrainSection:
-    """Optimisation: AdamW, linear warmup then cosine decay to min_lr."""
+    """Optimisation: AdamW, Lion or Adafactor, linear warmup then cosine decay to min_lr."""
 
+    optimizer: str = "adamw"
+    """adamw, lion (one moment, beta1/beta2 as Lion's) or adafactor (factored second moments,
+    fixed lr from the schedule; ZeRO-0 only): docs/optimizers.md."""
     steps: int = 100
     """Optimizer steps."""
     lr: float = 3e-4

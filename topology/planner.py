@@ -49,6 +49,8 @@ class PlanOptions:
     `deepspeed`; the published runs name theirs."""
     capacity_factor: float = DEFAULT_CAPACITY_FACTOR
     """MoE: expert buffers padded to this multiple of the balanced load (topology/experts.py)."""
+    optimizer: str = "adamw"
+    """train.optimizer, whose states the memory counts (topology/optimizer_states.py)."""
 
 
 @dataclass
@@ -128,7 +130,8 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
     cand.reasons = layout_reasons(spec, cluster, layout, options.global_batch, eng)
     if cand.reasons and not estimate_rejected:
         return cand
-    precision = precision_for(options.precision, eng)
+    precision = dataclasses.replace(precision_for(options.precision, eng),
+                                    optimizer=options.optimizer)
     gpu = cluster.gpu
     cand.stages = pipeline_memory(
         spec, dp=layout.dp, pp=layout.pp, tp=layout.tp, micro_batch=layout.micro_batch,
