@@ -36,7 +36,7 @@ def optimizer_refusal(optimizer: str, zero_stage: int, precision: str, spec: Mod
     if zero_stage != 0:
         return ("train.optimizer adafactor needs layout.zero_stage=0: ZeRO hands the optimizer a "
                 "flat partition, whose second moment cannot be factored")
-    if precision == "bf16":
+    if precision in ("bf16", "fp8"):
         return ("train.optimizer adafactor runs in fp32 (train.precision=fp32): bf16 needs ZeRO-1 "
                 "(DeepSpeed's BF16_Optimizer), which flattens the parameters")
     if spec.moe or spec.mla:

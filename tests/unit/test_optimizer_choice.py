@@ -1,0 +1,52 @@
+"""train.optimizer and `plan --optimizer`: what is refused before any rank starts, with one line
+naming the key, and what the planner counts (topology/optimizer_states.py; the counts against the
+allocated states: tests/torch/test_optimizers.py, against real ranks: tests/ranks/
+test_optimizer_runs.py)."""
+import json
+
+import pytest
+
+from llmlaunch.cli import main
+from llmlaunch.config import ConfigError, RunConfig, apply_overrides
+
+pytestmark = pytest.mark.unit
+
+
+def checked(*sets):
+    return apply_overrides(RunConfig(), list(sets)).validate()
+
+
+def test_unknown_optimizer_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"train.optimizer must be one of adamw, lion, adafactor, "
+                                          r"got 'sgd'"):
+        checked("train.optimizer=sgd")
+
+
+def test_adafactor_needs_zero_0_and_fp32():
+    with pytest.raises(ConfigError, match=r"adafactor needs layout.zero_stage=0"):
+        checked("train.optimizer=adafactor", "layout.zero_stage=1")
+    with pytest.raises(ConfigError, match=r"adafactor runs in fp32 \(train.precision=fp32\)"):
+        checked("train.optimizer=adafactor", "layout.zero_stage=0", "train.precision=bf16")
+    assert checked("train.optimizer=adafactor", "layout.zero_stage=0").train.optimizer == \
+        "adafactor"
+    assert checked("train.optimizer=lion", "layout.zero_stage=1").train.optimizer == "lion"
+
+
+def plan_worst_optimizer_gib(capsys, *args):
+    assert main(["plan", "--json", "--model", "gpt3-350m", "--gpus", "8", "--dp", "8", "--pp", "1",
+                 "--tp", "1", "--zero", "0", "--micro-batch", "1", *args]) == 0
+    out = json.loads(capsys.readouterr().out)
+    return out["candidates"][0]["stages"][0]["memory_gib"]["optimizer"]
+
+
+def test_plan_counts_lion_at_half_of_adamw(capsys):
+    """bf16 at ZeRO-0: AdamW 12 bytes per parameter (master, m, v), Lion 8 (master, m)."""
+    adamw = plan_worst_optimizer_gib(capsys)
+    lion = plan_worst_optimizer_gib(capsys, "--optimizer", "lion")
+    assert lion == pytest.approx(adamw * 8 / 12, rel=1e-3)
+
+
+def test_plan_refuses_adafactor_where_it_cannot_factor(capsys):
+    assert main(["plan", "--model", "llama2-7b", "--gpus", "8", "--optimizer", "adafactor"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--optimizer adafactor runs in fp32" in err[0]
