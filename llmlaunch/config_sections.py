@@ -79,9 +79,6 @@ class LayoutSection:
 class TrainSection:
     """Optimisation: AdamW, Lion or Adafactor, linear warmup then cosine decay to min_lr."""
 
-    optimizer: str = "adamw"
-    """adamw, lion (one moment, beta1/beta2 as Lion's) or adafactor (factored second moments,
-    fixed lr from the schedule; ZeRO-0 only): docs/optimizers.md."""
     steps: int = 100
     """Optimizer steps."""
     lr: float = 3e-4
@@ -95,9 +92,12 @@ class TrainSection:
     grad_clip: float = 1.0
     """Global gradient-norm clip (0: off)."""
     beta1: float = 0.9
-    """AdamW beta1."""
+    """AdamW beta1 (Lion's interpolation)."""
     beta2: float = 0.95
-    """AdamW beta2."""
+    """AdamW beta2 (Lion's moment decay)."""
+    optimizer: str = "adamw"
+    """adamw, lion (one moment, beta1/beta2 as Lion's) or adafactor (factored second moments,
+    fixed lr from the schedule; ZeRO-0 only): docs/optimizers.md."""
     seed: int = 1234
     """Seed of initialisation and data order."""
     precision: str = "auto"
