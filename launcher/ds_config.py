@@ -87,14 +87,14 @@ def deepspeed_config(config: RunConfig, precision: str, on_gpu: bool = True,
         raise ConfigError(f"layout: {layout.not_runnable_reason()}")
     if precision not in ("bf16", "fp32"):
         raise ConfigError(f"precision must be bf16 or fp32, got {precision!r}")
-    if precision == "bf16" and lay.zero_stage == 0:
-        raise ConfigError("bf16 with ZeRO-0: DeepSpeed accumulates bf16 gradients in fp32 only under "
-                          "ZeRO-1 (BF16_Optimizer); use layout.zero_stage=1, which at dp=1 holds the "
-                          "same memory")
     if train.optimizer == "adafactor" and (precision == "bf16" or layout.zero_stage):
         raise ConfigError("train.optimizer adafactor runs in fp32 at layout.zero_stage=0 (ZeRO and "
                           "DeepSpeed's bf16 optimizer flatten the parameters): set "
                           "train.precision=fp32 layout.zero_stage=0")
+    if precision == "bf16" and lay.zero_stage == 0:
+        raise ConfigError("bf16 with ZeRO-0: DeepSpeed accumulates bf16 gradients in fp32 only under "
+                          "ZeRO-1 (BF16_Optimizer); use layout.zero_stage=1, which at dp=1 holds the "
+                          "same memory")
     zero = zero_section(layout, on_gpu, config.model_spec())
     ds = {
         "train_batch_size": lay.micro_batch * lay.grad_accum * lay.dp,

@@ -27,8 +27,10 @@ def check_run_config(config, spec, layout) -> None:
     if config.train.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"train.precision must be auto, bf16 or fp32, got "
                           f"{config.train.precision!r}")
-    refusal = optimizer_refusal(config.train.optimizer, layout.zero_stage, config.train.precision,
-                                spec)
+    precision = config.train.precision
+    if precision == "auto":   # as a rank resolves it on the cluster's device
+        precision = "fp32" if config.cluster.gpu == "cpu" else "bf16"
+    refusal = optimizer_refusal(config.train.optimizer, layout.zero_stage, precision, spec)
     if refusal:
         raise ConfigError(refusal)
     for key in ("steps",):

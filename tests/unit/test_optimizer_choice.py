@@ -27,6 +27,8 @@ def test_adafactor_needs_zero_0_and_fp32():
         checked("train.optimizer=adafactor", "layout.zero_stage=1")
     with pytest.raises(ConfigError, match=r"adafactor runs in fp32 \(train.precision=fp32\)"):
         checked("train.optimizer=adafactor", "layout.zero_stage=0", "train.precision=bf16")
+    with pytest.raises(ConfigError, match=r"adafactor runs in fp32"):   # auto is bf16 on a GPU
+        checked("train.optimizer=adafactor", "layout.zero_stage=0", "cluster.gpu=h100-80gb")
     assert checked("train.optimizer=adafactor", "layout.zero_stage=0").train.optimizer == \
         "adafactor"
     assert checked("train.optimizer=lion", "layout.zero_stage=1").train.optimizer == "lion"
@@ -50,3 +52,18 @@ def test_plan_refuses_adafactor_where_it_cannot_factor(capsys):
     assert main(["plan", "--model", "llama2-7b", "--gpus", "8", "--optimizer", "adafactor"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--optimizer adafactor runs in fp32" in err[0]
+
+
+def test_ds_config_leaves_lion_and_adafactor_to_the_client_optimizer():
+    """ds_config.json names AdamW only; Lion and Adafactor are handed to deepspeed.initialize
+    (launcher/optimizers.py), which ZeRO accepts once told to."""
+    from llmlaunch.launcher.ds_config import deepspeed_config
+
+    adamw = deepspeed_config(checked(), "fp32", on_gpu=False)
+    assert adamw["optimizer"]["type"] == "AdamW"
+    lion = deepspeed_config(checked("train.optimizer=lion"), "fp32", on_gpu=False)
+    assert "optimizer" not in lion and lion["zero_allow_untested_optimizer"] is True
+    config = checked("train.optimizer=adafactor", "layout.zero_stage=0")
+    assert "optimizer" not in deepspeed_config(config, "fp32", on_gpu=False)
+    with pytest.raises(ConfigError, match="adafactor runs in fp32 at layout.zero_stage=0"):
+        deepspeed_config(config, "bf16", on_gpu=True)    # precision auto resolved on a GPU
