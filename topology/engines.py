@@ -60,6 +60,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .frozen_hash import cached_hash
+
 DEEPSPEED_INSTRUCTION_US = 96.0
 DEEPSPEED_STEP_OVERHEAD_US = 1200.0
 # DeepSpeed's BF16_Optimizer (runtime/bf16_optimizer.py): each micro-batch `_update_hp_grad` runs
@@ -171,6 +173,9 @@ class Engine:
     runnable: bool = False
     """llmlaunch's `train` runs it (`plan --emit` writes only such layouts)."""
     source: str = ""
+
+    def __hash__(self) -> int:   # a key of the planner's caches, hashed once (frozen_hash.py)
+        return cached_hash(self)
 
 
 ENGINES = {
