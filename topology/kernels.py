@@ -22,6 +22,11 @@ on the implementation, so each is listed per kernel set (KernelSet below):
   their own kernels likewise.
 - "megatron": the fused kernels with one-pass norms and no separate bias kernels (Llama 3: no
   biases; the report names no kernels).
+- "inductor": a block under torch.compile (torchtitan's per-block compile): TorchInductor fuses
+  each chain of element-wise ops and reductions between two matmuls into one generated kernel that
+  reads its inputs once and writes its outputs once (Ansel et al. 2024, PyTorch 2, ASPLOS, §4: "
+  TorchInductor ... fuses pointwise and reduction operations"), so a norm, SwiGLU and RoPE move
+  what the fused set's kernels move.
 - "eager": llmlaunch's model/ under PyTorch eager (model/layers.py, model/tp.py): every op one
   kernel, counted op by op (HF-style RMSNorm and RoPE are several each).
 
@@ -73,6 +78,7 @@ KERNEL_SETS = {ks.name: ks for ks in (
     KernelSet("megatron-2021", fused=True, norm_backward_passes=5, bias_kernels=True),
     KernelSet("megatron-2022", fused=True, norm_backward_passes=3, bias_kernels=True),
     KernelSet("megatron", fused=True),
+    KernelSet("inductor", fused=True),
     KernelSet("eager", fused=False),
 )}
 
@@ -147,9 +153,11 @@ def block_kernels(spec: ModelSpec, *, kernels: str, tp: int, seq_len: int, act: 
 
 def block_kernel_bytes(kernels: tuple[MemoryKernel, ...], recompute: str) -> float:
     """Bytes per token of one block: forward + backward, plus the forward again of what recompute
-    repeats (all of it under full, the attention core under selective)."""
+    repeats (all of it under full and under torchtitan's per-op selective policy, gemms.OP_SELECTIVE;
+    the attention core under selective)."""
     total = sum(k.forward_bytes + k.backward_bytes for k in kernels)
-    if recompute == "full":
+    if recompute in ("full", "selective-op"):   # torchtitan's per-op policy recomputes every
+        # element-wise op (it saves only matmul, attention and reduce-scatter outputs)
         total += sum(k.forward_bytes for k in kernels)
     elif recompute == "selective":
         total += sum(k.forward_bytes for k in kernels if k.core)
