@@ -276,7 +276,7 @@ ENGINES = {
                "torch.compile(loss_fn)), so the fp32 upcast of the logits is fused into the loss "
                "kernel: the bf16 logits and their gradient, 4 bytes a logit"),
     "llm-foundry": Engine(
-        "llm-foundry", kernels="eager", dropout=False, pipeline_sends="blocking",
+        "llm-foundry", kernels="llm-foundry", dropout=False, pipeline_sends="blocking",
         attention_kernel="fa2", activations="fused", dp_overlap="fsdp",
         pipeline_zero_stages=(0, 1, 2, 3), zero_stages=(0, 2, 3), fp8="te",
         logits_bytes=4.0, model_states="bf16-fsdp", zero_accounting="sharded",
