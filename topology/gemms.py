@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .flops import attention_core_flops_per_token
 from .frozen_hash import cached_hash
@@ -91,8 +91,10 @@ class Gemm:
 
     def backward(self) -> tuple["Gemm", "Gemm"]:
         """dA = dC B^T: (m, k, n); dB = A^T dC: (k, n, m)."""
-        data = replace(self, m=self.m, n=self.k, k=self.n, phase="backward-data")
-        weight = replace(self, m=self.k, n=self.n, k=self.m, phase="backward-weight")
+        data = Gemm(self.name, self.m, self.k, self.n, self.batch, "backward-data", self.executed,
+                    self.on_chip)
+        weight = Gemm(self.name, self.k, self.n, self.m, self.batch, "backward-weight",
+                      self.executed, self.on_chip)
         return data, weight
 
 
