@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from .flops import hardware_flops_per_token, model_flops_per_token
 from .hardware import GIB, Cluster
 from .layout import CP_KINDS, OFFLOAD_MODES, RECOMPUTE_MODES, Layout
-from .layout_rules import (divisors, layout_reasons, searched_cp_degrees,  # noqa: F401
-                           searched_offloads, searched_zero_stages, structural_reasons)
+from .layout_rules import (divisors, layout_reasons, offload_priced,  # noqa: F401
+                           searched_cp_degrees, searched_offloads, searched_zero_stages,
+                           structural_reasons)
 from .memory import (Precision, StageMemory, dense_blocks_in, linear_params_held, offloaded_bytes,
                      pipeline_memory, precision_for)
 from .model_spec import ModelSpec
@@ -131,6 +132,8 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
     cand.reasons = layout_reasons(spec, cluster, layout, options.global_batch, eng)
     if cand.reasons and not estimate_rejected:
         return cand
+    if layout.offload != "none" and not offload_priced(cluster):
+        return cand    # no figure to price the offload with: not estimable (its reason says so)
     precision = precision_for(options.precision, eng)
     gpu = cluster.gpu
     cand.stages = pipeline_memory(
