@@ -17,7 +17,7 @@ pytestmark = pytest.mark.torch
 
 LLAMA = ["model.arch=llama", "model.layers=2", "model.hidden=64", "model.heads=8",
          "model.kv_heads=4", "model.vocab=1000", "model.seq_len=32", "layout.dp=1", "layout.pp=1",
-         "layout.tp=1", "layout.micro_batch=2", "layout.grad_accum=2", "train.precision=fp32",
+         "layout.tp=1", "layout.micro_batch=2", "layout.grad_accum=2",
          "train.lr=1e-3", "train.min_lr=1e-3", "train.warmup_steps=0", "train.steps=10"]
 # a constant learning rate: the second engine starts its schedule afresh (a resumed run continues
 # the tag's: checkpoints/store.py)
@@ -45,9 +45,10 @@ def one_rank_world():
     os.environ.update(saved)
 
 
-def config_for(optimizer: str, zero: int) -> RunConfig:
+def config_for(optimizer: str, zero: int, precision: str = "fp32") -> RunConfig:
     return apply_overrides(RunConfig(), [*LLAMA, f"train.optimizer={optimizer}",
-                                         f"layout.zero_stage={zero}"]).validate()
+                                         f"layout.zero_stage={zero}",
+                                         f"train.precision={precision}"]).validate()
 
 
 def batches(seed: int, count: int):
@@ -64,17 +65,21 @@ def build(config):
 
 
 CASES = [("lion", 0), ("lion", 1), ("adafactor", 0)]
+# bf16 runs DeepSpeed's BF16_Optimizer (the GPU path) around Lion: its moment through the accessors
+MOVES = [(o, z, "fp32") for o, z in CASES] + [("lion", 1, "bf16")]
 
 
-@pytest.mark.parametrize("optimizer,zero", CASES, ids=[f"{o}-zero{z}" for o, z in CASES])
-def test_state_moves_through_the_canonical_form_and_training_continues_equal(optimizer, zero):
+@pytest.mark.parametrize("optimizer,zero,precision", MOVES,
+                         ids=[f"{o}-zero{z}-{p}" for o, z, p in MOVES])
+def test_state_moves_through_the_canonical_form_and_training_continues_equal(optimizer, zero,
+                                                                            precision):
     """Train 2 steps, write the layout-free state, load it into a new engine: the next step's loss
     and weights equal the first engine's (the optimizer's state and step count came along)."""
     from llmlaunch.launcher.checkpoints.canonical import (adam_step_count, all_parameters,
                                                            ensure_optimizer_state, set_adam_steps,
                                                            set_state, snapshot)
 
-    config = config_for(optimizer, zero)
+    config = config_for(optimizer, zero, precision)
     first = build(config)
     stream = batches(0, 4)
     losses = [first.train_step(stream) for _ in range(2)]
