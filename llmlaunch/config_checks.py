@@ -30,7 +30,8 @@ def check_run_config(config, spec, layout) -> None:
     precision = config.train.precision
     if precision == "auto":   # as a rank resolves it on the cluster's device
         precision = "fp32" if config.cluster.gpu == "cpu" else "bf16"
-    refusal = optimizer_refusal(config.train.optimizer, layout.zero_stage, precision, spec)
+    refusal = optimizer_refusal(config.train.optimizer, layout.zero_stage, precision, spec,
+                                layout.offload)
     if refusal:
         raise ConfigError(refusal)
     for key in ("steps",):

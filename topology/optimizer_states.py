@@ -27,10 +27,14 @@ FP32_BYTES = 4
 ELEMENTWISE_STATES = {"adamw": 2, "lion": 1}
 
 
-def optimizer_refusal(optimizer: str, zero_stage: int, precision: str, spec: ModelSpec) -> str | None:
+def optimizer_refusal(optimizer: str, zero_stage: int, precision: str, spec: ModelSpec,
+                      offload: str = "none") -> str | None:
     """Why run.yaml's optimizer cannot run with this layout and precision (None: it can)."""
     if optimizer not in OPTIMIZERS:
         return f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}"
+    if optimizer != "adamw" and offload != "none":
+        return (f"train.optimizer {optimizer} with layout.offload {offload}: ZeRO-Offload on a GPU "
+                "runs DeepSpeed's own CPU optimizers only; use layout.offload=none or adamw")
     if optimizer != "adafactor":
         return None
     if zero_stage != 0:

@@ -396,7 +396,8 @@ def _search_shape(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins:
                     # offload only where memory alone rules the layout out (it was estimated)
                     offloads = (searched_offloads(zero, cluster)
                                 if pp == 1 and not cand.fits and cand.stages
-                                and eng.zero_accounting == "deepspeed" else ())
+                                and eng.zero_accounting == "deepspeed"
+                                and options.optimizer == "adamw" else ())   # DeepSpeed's CPU Adam
                     for offload in offloads:
                         moved = evaluate(spec, cluster, dataclasses.replace(layout, offload=offload),
                                          options, estimate_rejected=False)

@@ -34,6 +34,12 @@ def test_adafactor_needs_zero_0_and_fp32():
     assert checked("train.optimizer=lion", "layout.zero_stage=1").train.optimizer == "lion"
 
 
+def test_lion_is_refused_with_offload():
+    with pytest.raises(ConfigError, match=r"train.optimizer lion with layout.offload optimizer"):
+        checked("train.optimizer=lion", "layout.pp=1", "layout.zero_stage=2",
+                "layout.offload=optimizer")
+
+
 def plan_worst_optimizer_gib(capsys, *args):
     assert main(["plan", "--json", "--model", "gpt3-350m", "--gpus", "8", "--dp", "8", "--pp", "1",
                  "--tp", "1", "--zero", "0", "--micro-batch", "1", *args]) == 0
