@@ -44,6 +44,7 @@ def plan_worst_optimizer_gib(capsys, *args):
     assert main(["plan", "--json", "--model", "gpt3-350m", "--gpus", "8", "--dp", "8", "--pp", "1",
                  "--tp", "1", "--zero", "0", "--micro-batch", "1", *args]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["optimizer"] == (args[1] if args else "adamw")
     return out["candidates"][0]["stages"][0]["memory_gib"]["optimizer"]
 
 
