@@ -246,8 +246,9 @@ def load_balancing_loss(counts: torch.Tensor, prob_sums: torch.Tensor, tokens: i
 
 class MoELoss:
     """The training loss of an MoE model: loss_fn((logits [b, s, V_p/t], counts, sums), labels) =
-    mean token cross-entropy + router_aux_loss_coef * aux + router_z_loss_coef * z. It keeps each
-    micro-batch's aux, z and counts until `take_step_stats` (the engine's metrics, per step)."""
+    mean token cross-entropy + router_aux_loss_coef * aux + router_z_loss_coef * z (under no_grad,
+    evaluation, the cross-entropy alone). It keeps each training micro-batch's aux, z and counts
+    until `take_step_stats` (the engine's metrics, per step)."""
 
     def __init__(self, spec: ModelSpec, tp: TensorParallelGroup):
         self.vocab, self.tp = spec.vocab, tp
@@ -262,6 +263,8 @@ class MoELoss:
     def __call__(self, output, labels: torch.Tensor) -> torch.Tensor:
         logits, counts, sums = output
         loss = vocab_parallel_cross_entropy(logits, labels, self.tp, self.vocab).mean()
+        if not torch.is_grad_enabled():
+            return loss    # evaluation: the cross-entropy alone, nothing counted
         aux = load_balancing_loss(counts, sums[:self.experts], labels.numel())
         z = sums[self.experts] / self.layers
         total = loss + self.aux_coef * aux + self.z_coef * z
