@@ -139,12 +139,16 @@ class MoELayer(nn.Module):
         self.shared = (MLP(spec, tp, width=spec.shared_expert_ffn_hidden)
                        if spec.shared_expert_ffn_hidden else None)
         self.shared_gate = _Weight(1, spec.hidden) if spec.shared_expert_gate else None
+        self.dispatch_rows = 0
 
     def forward(self, x):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         logits, probs, weights, chosen = self.router.route(flat)
         routing = plan_routing(chosen, self.experts_total, self.ep, self.capacity_factor)
+        # rows of the larger of the two all-to-all buffers (what `validate` compares with the
+        # planner's alltoall_buffer_bytes): T k sent, or what arrived for this rank's experts
+        self.dispatch_rows = max(sum(routing.send), sum(routing.recv))
         rows = copy_to_tensor_parallel_region(dispatch(flat, routing, self.k, self.ep), self.tp)
         parts = [expert(chunk) for expert, chunk in
                  zip(self.experts.values(), rows.split(routing.expert_rows))]

@@ -17,19 +17,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))  # rank_harness
+from moe_specs import tiny_moe_families  # noqa: E402
 from rank_harness import run_ranks  # noqa: E402
 
 from llmlaunch.topology.model_spec import ModelSpec  # noqa: E402
 
-FAMILIES = {
-    "mixtral": ModelSpec(arch="mixtral", layers=2, hidden=64, heads=4, kv_heads=2, vocab=200,
-                         seq_len=16, ffn_hidden=96, experts=4, experts_per_token=2,
-                         expert_ffn_hidden=96, rope_theta=1e6, norm_eps=1e-5),
-    "qwen3_moe": ModelSpec(arch="qwen3_moe", layers=2, hidden=64, heads=4, kv_heads=2,
-                           head_dim=32, vocab=200, seq_len=16, ffn_hidden=96, experts=8,
-                           experts_per_token=4, expert_ffn_hidden=32, norm_topk_prob=False,
-                           rope_theta=1e6, norm_eps=1e-6),
-}
+FAMILIES = tiny_moe_families(hidden=64, vocab=200, seq_len=16)
 DP, TP, EP = 2, 2, 2
 TOLERANCE = 1e-5
 
