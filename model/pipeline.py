@@ -67,7 +67,7 @@ class LMPipeline(PipelineModule):
         if not self.spec.moe:
             return None
         last = getattr(self.loss_fn, "last", None) or {}
-        zero = torch.zeros(())
+        zero = torch.zeros((), device=next(self.parameters()).device)
         return {name: last.get(name, zero) for name in ("aux_loss", "z_loss")}
 
     def _partition_layers(self, method: str = "split_stages"):
