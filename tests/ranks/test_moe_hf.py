@@ -38,6 +38,7 @@ def driver_main(argv):
 
     from llmlaunch.model import build_pipeline_model, export_hf, gather_logits, next_token_batch
     from llmlaunch.model.lm import logits_of
+    from llmlaunch.model.sharding import canonical_named_parameters, expert_of
     from rank_harness import finish_test_distributed, init_test_distributed, write_rank_result
 
     parser = argparse.ArgumentParser()
@@ -61,8 +62,8 @@ def driver_main(argv):
         replica = engine.grid.get_data_parallel_id()
         if model.tp_group.rank == 0:
             torch.save(full, work / f"{arch}_logits_dp{replica}.pt")
-        held[arch] = sorted({name.split(".")[4] for name, _ in model.named_parameters()
-                             if ".experts." in name}, key=int)
+        held[arch] = sorted({expert_of(name) for name, _ in canonical_named_parameters(model)}
+                            - {None})
         export_hf(engine, work / f"{arch}_roundtrip")
         dist.barrier()
     write_rank_result({"experts_held": held})
@@ -83,7 +84,7 @@ def test_moe_families_at_ep2_tp2_equal_transformers_and_export_back(tmp_path):
         per_rank = spec.experts // EP
         for rank, result in run.results.items():      # dp rank = rank // tp; ep rank = dp rank
             first = (rank // TP) % EP * per_rank
-            assert result["experts_held"][arch] == [str(e) for e in range(first, first + per_rank)]
+            assert result["experts_held"][arch] == list(range(first, first + per_rank))
         inputs = tokens_for(spec)[:, :-1]
         theirs = hf_logits(tmp_path / f"{arch}_source", inputs)
         for replica in range(DP):
