@@ -16,6 +16,9 @@ DeepSpeed's traps it encodes:
   that no checkpoint holds, and recomputes them with pow() after a restart, so a resumed run
   differed from an uninterrupted one in the last bits. torch's AdamW (and the CUDA FusedAdam)
   compute them from the step count, which the checkpoint holds: resume is bit-exact.
+- An MoE model under a pipeline with TP sends whole activations between stages (`pipeline`:
+  pipe_partitioned and grad_partitioned off): its stages pass the routing carry, whose gradient
+  DeepSpeed's partitioned sends cannot carry (model/moe.py).
 - No `scheduler` section: the learning-rate schedule is llmlaunch's (launcher/lr_schedule.py,
   passed to deepspeed.initialize), because DeepSpeed's WarmupCosineLR trains its first two steps
   at lr 0 and never applies the peak.
@@ -95,6 +98,11 @@ def deepspeed_config(config: RunConfig, precision: str, on_gpu: bool = True,
         "steps_per_print": 10 ** 9,  # llmlaunch logs itself
         "wall_clock_breakdown": False,
     }
+    if config.model_spec().moe and layout.pp > 1 and layout.tp > 1:
+        # an MoE model's items pass the routing carry (model/moe.py) whose router sums need a
+        # gradient back from the next stage; DeepSpeed's partitioned sends (1/tp per tensor rank)
+        # take only tensors without one beside the hidden states
+        ds["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
     if precision == "bf16":
         ds["bf16"] = {"enabled": True}
         if lay.pp > 1 or lay.zero_stage <= 1:

@@ -173,14 +173,24 @@ def build_engine(config: RunConfig, ctx=None, kind: str | None = None,
 
 def record_fp32_clip_norms(run: RunEngine) -> None:
     """Without ZeRO, DeepSpeed's fp32 path clips with runtime/utils.clip_grad_norm_ and drops the
-    norm it computed (get_global_grad_norm() stays None): run the very same call and keep it."""
+    norm it computed (get_global_grad_norm() stays None): run the very same call and keep it. With
+    expert parallelism that call would average the norm over ranks holding different experts: the
+    norm that counts every expert once clips instead (model/expert_groups.py)."""
     from deepspeed.runtime.utils import clip_grad_norm_
 
     engine = run.engine
+    experts = run.layout.ep > 1
 
     def clip_and_record():
-        norm = clip_grad_norm_(parameters=engine.module.parameters(),
-                               max_norm=engine.gradient_clipping(), mpu=engine.mpu)
+        if experts:
+            from llmlaunch.model.expert_groups import clip_grad_norm_with_experts
+
+            norm = clip_grad_norm_with_experts(
+                engine.module.parameters(), engine.gradient_clipping(), engine.mpu,
+                engine.module.ep_group.process_group())
+        else:
+            norm = clip_grad_norm_(parameters=engine.module.parameters(),
+                                   max_norm=engine.gradient_clipping(), mpu=engine.mpu)
         run._clip_norms.append(float(norm))
 
     engine.clip_fp32_gradients = clip_and_record

@@ -73,7 +73,8 @@ ENV_STEPS = "LLMLAUNCH_VALIDATE_STEPS"
 ENV_JSON = "LLMLAUNCH_VALIDATE_JSON"
 DEFAULT_STEPS = 5
 RESULT_FILE = VALIDATE
-QUANTITIES = ("weights", "gradients", "optimizer", "activations", "peak", "step_time_s")
+QUANTITIES = ("weights", "gradients", "optimizer", "activations", "peak", "step_time_s",
+              "expert_weights", "dispatch_buffer")
 
 
 def token_batches(spec, micro_batch: int, seed: int):
@@ -135,6 +136,7 @@ def measure(config: RunConfig, steps: int, ctx) -> tuple[dict, dict]:
                 "step_time_s": statistics.median(times)}
     if peak is not None:
         measured["peak"] = peak
+    measured.update(moe_measurements(engine, spec, dtype))
     record = {"rank": rank, "stage": run.stage, "measured": measured,
               "params": sum(p.numel() for p in engine.module.parameters()),
               "gradient_readings": probe.readings, "device_figures": device_figures}
@@ -144,6 +146,44 @@ def measure(config: RunConfig, steps: int, ctx) -> tuple[dict, dict]:
              # the wrapper decides which buffers exist (topology.memory.buffer_bytes)
              "optimizer_wrapper": type(engine.optimizer).__name__, "engine": run.kind}
     return record, facts
+
+
+def moe_measurements(engine, spec, dtype) -> dict:
+    """An MoE model's rows: expert_weights, the bytes of this rank's routed-expert parameters, and
+    dispatch_buffer, the larger all-to-all buffer of its MoE layers in the activation forward (rows
+    x h x bytes per element: T k copies sent, or what arrived for its experts, imbalance included).
+    {} for a dense model or a stage without MoE layers."""
+    import torch
+
+    from llmlaunch.model.moe import MoELayer
+
+    layers = [m for m in engine.module.modules() if isinstance(m, MoELayer)]
+    if not layers:
+        return {}
+    experts = sum(p.numel() * p.element_size() for p in engine.module.parameters()
+                  if getattr(p, "is_expert", False))
+    element = torch.empty((), dtype=dtype).element_size()
+    return {"expert_weights": experts,
+            "dispatch_buffer": max(layer.dispatch_rows for layer in layers) * spec.hidden * element}
+
+
+def moe_predictions(spec, lay, precision: str, first_block: int, blocks: int) -> dict:
+    """The planner's figures for moe_measurements' rows on a stage of `blocks` blocks from
+    `first_block`: topology/experts.py's expert_params_held (E/ep experts of each MoE block, TP
+    slices) x weight bytes, and alltoall_buffer_bytes at the micro-batch's tokens (the capacity
+    factor the run pads to; a dropless run is priced at the balanced load, 1.0)."""
+    from llmlaunch.topology.experts import alltoall_buffer_bytes, expert_params_held
+    from llmlaunch.topology.memory import PRECISIONS, dense_blocks_in
+
+    moe_blocks = blocks - dense_blocks_in(spec, first_block, blocks)
+    if not spec.moe or not moe_blocks:
+        return {}
+    bytes_of = PRECISIONS[precision]
+    return {"expert_weights": expert_params_held(spec, moe_blocks, lay.tp, lay.ep)
+            * bytes_of.weight_bytes,
+            "dispatch_buffer": alltoall_buffer_bytes(spec, lay.micro_batch * spec.seq_len,
+                                                     bytes_of.activation_bytes,
+                                                     max(1.0, spec.capacity_factor))}
 
 
 def gather_records(record: dict) -> list[dict] | None:
@@ -185,7 +225,7 @@ def predictions(config: RunConfig, precision: str, device, layout) -> dict:
     spec, lay = config.model_spec(), config.layout
     act = PRECISIONS[precision].activation_bytes
     norm_bytes = PRECISIONS[precision].norm_bytes
-    out = {}
+    out, first_block = {}, 0
     for st in estimate.stages:
         per_micro_batch = saved_activation_bytes(
             spec, stage=st.stage, pp=lay.pp, blocks=st.blocks, micro_batch=lay.micro_batch, tp=lay.tp,
@@ -195,6 +235,8 @@ def predictions(config: RunConfig, precision: str, device, layout) -> dict:
                          "activations": per_micro_batch, "peak": st.allocated}
         if device is not None:
             out[st.stage]["step_time_s"] = estimate.step.total_s
+        out[st.stage].update(moe_predictions(spec, lay, precision, first_block, st.blocks))
+        first_block += st.blocks
     return out
 
 

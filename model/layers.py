@@ -205,10 +205,10 @@ class MLP(nn.Module):
     """gpt2: fc2(gelu(fc1 x)); llama: down(silu(gate x) * up x). First matrix column-parallel
     (gate and up fused), second row-parallel."""
 
-    def __init__(self, spec: ModelSpec, tp: TensorParallelGroup):
+    def __init__(self, spec: ModelSpec, tp: TensorParallelGroup, width: int | None = None):
         super().__init__()
         self.gated = spec.gated_mlp
-        h, f = spec.hidden, spec.ffn_hidden
+        h, f = spec.hidden, spec.ffn_hidden if width is None else width   # an MoE's shared expert: f_s
         if self.gated:
             self.gate_up = ColumnParallelLinear(h, 2 * f, tp, bias=False)
             self.down = RowParallelLinear(f, h, tp, bias=False)
@@ -240,7 +240,11 @@ class TransformerBlock(nn.Module):
         self.ln1 = Norm(spec)
         self.attn = Attention(spec, tp, recompute_core=recompute == "selective")
         self.ln2 = Norm(spec)
-        self.mlp = MLP(spec, tp)
+        self.mlp = self.build_mlp(spec, tp)
+
+    def build_mlp(self, spec: ModelSpec, tp: TensorParallelGroup) -> nn.Module:
+        """The block's MLP (an MoE block's experts: model/moe.py overrides it)."""
+        return MLP(spec, tp)
 
     def forward(self, x):
         if self.recompute_full and torch.is_grad_enabled():

@@ -17,7 +17,8 @@ from llmlaunch.topology.model_spec import ModelSpec
 from llmlaunch.topology.stage_split import split_stages
 
 from .layers import TransformerBlock
-from .lm import LMLoss, layer_specs, leading_items, load_weights, mark_gradient_norm_owners
+from .expert_groups import attach_expert_groups, expert_parallel_group
+from .lm import layer_specs, leading_items, load_weights, loss_function, mark_gradient_norm_owners
 from .sharding import pipeline_layer_prefixes
 from .tp import TensorParallelGroup
 
@@ -46,16 +47,28 @@ class LMPipeline(PipelineModule):
         # layers are built inside PipelineModule.__init__, before the grid: TP coordinates come
         # from the topology and the process group is attached below
         tp_group = TensorParallelGroup(topology.get_coord(dist.get_rank()).model, layout.tp)
+        ep_group = expert_parallel_group(layout, dist.get_rank())
         self.spec = spec            # read by _partition_layers during super().__init__
-        super().__init__(layers=layer_specs(spec, tp_group, recompute), topology=topology,
-                         loss_fn=LMLoss(spec.vocab, tp_group), partition_method="split_stages")
+        super().__init__(layers=layer_specs(spec, tp_group, recompute, ep_group), topology=topology,
+                         loss_fn=loss_function(spec, tp_group), partition_method="split_stages")
         tp_group.attach(self._grid.get_slice_parallel_group())
-        self.tp_group = tp_group
+        self.tp_group, self.ep_group, self.layout = tp_group, ep_group, layout
         self.recompute = recompute
         self._check_canonical_prefixes()
         load_weights(self, spec, tp_group, seed, hf_dir)
         self.to(dtype)
         mark_gradient_norm_owners(self, spec, tp_group)
+        attach_expert_groups(self, layout, dist.get_rank(), spec, ep_group)
+
+    def get_additional_losses(self):
+        """An MoE model's router losses of the last micro-batch (DeepSpeed's pipeline engine sums
+        them over the step's micro-batches, averages over the replicas and sends them to every
+        stage: engine.agg_additional_losses). Every stage answers with the same names."""
+        if not self.spec.moe:
+            return None
+        last = getattr(self.loss_fn, "last", None) or {}
+        zero = torch.zeros((), device=next(self.parameters()).device)
+        return {name: last.get(name, zero) for name in ("aux_loss", "z_loss")}
 
     def _partition_layers(self, method: str = "split_stages"):
         """Stage i gets split_stages(spec, pp, tp)[i] blocks (DeepSpeed's own methods balance item
@@ -81,10 +94,11 @@ class LMPipeline(PipelineModule):
 
 def build_pipeline_model(spec: ModelSpec, pp: int, tp: int, dp: int, recompute: str = "none",
                          seed: int = 1234, dtype: torch.dtype = torch.float32,
-                         hf_dir=None) -> LMPipeline:
+                         hf_dir=None, ep: int = 1) -> LMPipeline:
     """The model for `deepspeed.initialize(model=...)` on a job of pp*tp*dp ranks (torch.distributed
-    initialised), for callers without a rank context (tests, tools): LMPipeline at that layout.
-    Weights: seeded and layout-independent, or from a local HF directory of the same shape
-    (`hf_dir`), sliced to this layout. dtype: torch.bfloat16 on GPU, torch.float32 on CPU."""
-    return LMPipeline(spec, Layout(dp=dp, pp=pp, tp=tp), recompute=recompute, seed=seed,
+    initialised), for callers without a rank context (tests, tools): LMPipeline at that layout
+    (`ep`: an MoE model's expert-parallel degree). Weights: seeded and layout-independent, or from
+    a local HF directory of the same shape (`hf_dir`), sliced to this layout. dtype:
+    torch.bfloat16 on GPU, torch.float32 on CPU."""
+    return LMPipeline(spec, Layout(dp=dp, pp=pp, tp=tp, ep=ep), recompute=recompute, seed=seed,
                       dtype=dtype, hf_dir=hf_dir)

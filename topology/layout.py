@@ -165,6 +165,12 @@ class Layout:
         if self.cp > 1:
             return (f"context parallelism (cp={self.cp}) is an estimate until llmlaunch's model runs "
                     "it (the context-parallel engine, issue 25); pin cp=1")
+        if self.ep > 1 and (self.zero_stage == 3 or self.offload != "none"):
+            what = "ZeRO-3" if self.zero_stage == 3 else f"offload {self.offload}"
+            return (f"{what} with expert parallelism (ep={self.ep}): DeepSpeed partitions weights "
+                    "over expert-data-parallel groups only for its own AutoEP layers, and its "
+                    "offload is not run with expert groups here; use ZeRO 0-2 without offload, or "
+                    "ep=1")
         if self.sequence_parallel or self.virtual_stages > 1:
             return ("sequence parallelism and interleaved pipelines are estimates only (DeepSpeed's "
                     "pipeline engine runs plain 1F1B; llmlaunch's model has no sequence "
@@ -303,6 +309,12 @@ class Layout:
         for axis in AXES:
             rest, out[axis] = divmod(rest, self.size(axis))
         return out
+
+    def expert_coords(self, rank: int) -> dict[str, int]:
+        """{'ep': e, 'edp': r} of a global rank: its place in its expert-parallel group (which E/ep
+        experts it holds) and in its expert-data-parallel group (EXPERT_AXES: ep is the fastest
+        part of the data-parallel coordinate, dp = edp * ep + e)."""
+        return dict(zip(("edp", "ep"), divmod(self.coords(rank)["dp"], self.ep)))
 
     def rank_of(self, *, tp: int = 0, dp: int = 0, pp: int = 0, cp: int = 0) -> int:
         """The global rank at these coordinates."""

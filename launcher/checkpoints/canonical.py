@@ -158,6 +158,16 @@ def ensure_optimizer_state(engine) -> None:
         link()
 
 
+def relink_optimizer_state(engine) -> None:
+    """Point every ZeRO 1/2 parameter at its Adam state again. DeepSpeed links them once, after the
+    optimizer step of the first parameter group (stage_1_and_2.py _optimizer_step), when a later
+    group's state does not exist yet: with more than one group (an MoE model's experts are a group
+    of their own) the later groups' parameters stay unlinked and their state unreadable."""
+    if getattr(engine.optimizer, "_hp_optimizer_states_linked", None):
+        engine.optimizer._hp_optimizer_states_linked = False
+        engine.optimizer._lazy_init_hp_params_optimizer_state()
+
+
 def set_adam_steps(engine, step_count: int) -> None:
     """Adam's step (bias correction) of every state the basic optimizer holds."""
     import torch
@@ -190,13 +200,21 @@ def adam_step_count(engine) -> int:
 def snapshot(run) -> list[tuple[str, dict]]:
     """This rank's share of a tag: [(path in the tag, {param, exp_avg, exp_avg_sq})], fp32 copies
     on CPU that training may run on from. Every rank calls it (ZeRO's accessors gather over the
-    data-parallel group, one parameter at a time); parameter i of a (stage, TP rank) is this
-    rank's to write when i mod dp is its data-parallel rank."""
+    data-parallel group, one parameter at a time; an expert's over its expert-data-parallel group);
+    parameter i of a (stage, TP rank) is this rank's to write when i mod dp is its data-parallel
+    rank, an expert's when i mod (dp/ep) is its rank in the expert-data-parallel group."""
     module = run.engine.module
     tp_rank, dp, dp_rank = module.tp_group.rank, run.layout.dp, run.dp_rank
+    # an expert's parameters are held by the dp/ep replicas of one expert-data-parallel group
+    # (model/expert_groups.py: dp rank = edp rank x ep + ep rank): they take turns among themselves
+    edp, edp_rank = dp // run.layout.ep, dp_rank // run.layout.ep
+    relink_optimizer_state(run.engine)
     share = []
     for index, (name, param) in enumerate(owned_parameters(module)):
-        mine = index % dp == dp_rank
+        if getattr(param, "is_expert", False):
+            mine = index % edp == edp_rank
+        else:
+            mine = index % dp == dp_rank
         if mine or _wrapped(param):          # a ZeRO parameter's gather needs every replica
             state = get_state(run.engine, param)
             if mine:
