@@ -49,7 +49,7 @@ def run_config_for(inputs: PlanInputs, candidate: Candidate, job_name: str, time
     for key, value in spec.to_dict().items():
         setattr(config.model, key, value)
     for key, value in lay.to_dict().items():
-        if hasattr(config.layout, key):     # cp_kind is the planner's; run.yaml has cp
+        if hasattr(config.layout, key):     # every run.yaml layout key (virtual_stages is refused above)
             setattr(config.layout, key, value)
     config.cluster.gpu = inputs.cluster.gpu.name
     config.cluster.gpus_per_node = inputs.cluster.gpus_per_node
@@ -154,10 +154,9 @@ def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: 
         raise ValueError(f"--emit: MoE layouts are estimates until the model runs them "
                          f"({inputs.spec.arch}: {inputs.spec.experts} experts per layer); "
                          "llmlaunch's model trains dense models only")
-    if lay.sequence_parallel or lay.virtual_stages > 1:
-        raise ValueError("--emit: sequence parallelism and interleaved pipelines are estimates only "
-                         "(DeepSpeed's pipeline engine runs plain 1F1B, llmlaunch's model has no "
-                         "sequence parallelism); drop --sequence-parallel and --virtual-stages to emit")
+    if lay.virtual_stages > 1:
+        raise ValueError("--emit: interleaved pipelines are estimates only (DeepSpeed's pipeline "
+                         "engine runs plain 1F1B); drop --virtual-stages to emit")
     if not lay.runnable:
         raise ValueError(f"--emit: {lay.not_runnable_reason()}")
     name = job_name or (inputs.spec.name or "llmlaunch")

@@ -17,7 +17,7 @@ def check_run_config(config, spec, layout) -> None:
     reasons = layout.model_reasons(spec)
     if reasons:
         raise ConfigError(f"the layout does not fit the model: {'; '.join(reasons)} "
-                          "(layout.tp, layout.pp against the model section)")
+                          "(layout.tp, layout.pp, layout.cp against the model section)")
     if not layout.runnable:
         raise ConfigError(f"layout: {layout.not_runnable_reason()}")
     if config.train.precision == "fp8":

@@ -15,6 +15,7 @@ from torch import nn
 
 from llmlaunch.topology.model_spec import ModelSpec
 
+from .context_parallel import ContextParallelGroup
 from .layers import TokenEmbedding
 from .lm import LMLoss, layer_specs, load_weights, mark_gradient_norm_owners
 from .tp import TensorParallelGroup
@@ -36,10 +37,11 @@ class TiedHead(nn.Module):
         return self.embedding.logits(hidden)
 
 
-def build_dense_items(spec: ModelSpec, tp: TensorParallelGroup, recompute: str) -> list[nn.Module]:
+def build_dense_items(spec: ModelSpec, tp: TensorParallelGroup, recompute: str,
+                      cp: ContextParallelGroup | None = None) -> list[nn.Module]:
     """The pipeline's items as modules in order; the tied head reuses the embedding built first."""
     items, tied = [], {}
-    for item in layer_specs(spec, tp, recompute):
+    for item in layer_specs(spec, tp, recompute, cp):
         if isinstance(item, TiedLayerSpec) and item.key in tied:
             items.append(TiedHead(tied[item.key]))
             continue
@@ -51,14 +53,17 @@ def build_dense_items(spec: ModelSpec, tp: TensorParallelGroup, recompute: str) 
 
 
 class DenseLM(nn.Module):
-    """forward(inputs [b, s], labels [b, s]) -> the mean next-token loss of this micro-batch."""
+    """forward(inputs [b, s], labels [b, s]) -> the mean next-token loss of this micro-batch (under
+    context parallelism: this rank's chunks [b, s/cp] of them, and the mean over those)."""
 
     def __init__(self, spec: ModelSpec, tp: TensorParallelGroup, recompute: str = "none",
-                 seed: int = 1234, dtype: torch.dtype = torch.float32, hf_dir=None):
+                 seed: int = 1234, dtype: torch.dtype = torch.float32, hf_dir=None,
+                 cp: ContextParallelGroup | None = None):
         super().__init__()
         self.spec = spec
         self.tp_group = tp
-        self.items = nn.ModuleList(build_dense_items(spec, tp, recompute))
+        self.cp_group = cp
+        self.items = nn.ModuleList(build_dense_items(spec, tp, recompute, cp))
         load_weights(self, spec, tp, seed, hf_dir)
         self.to(dtype)
         self.loss_fn = LMLoss(spec.vocab, tp)
@@ -86,7 +91,12 @@ class DenseLM(nn.Module):
 
 def build_dense_model(spec: ModelSpec, groups, recompute: str = "none", seed: int = 1234,
                       dtype: torch.dtype = torch.float32, hf_dir=None) -> DenseLM:
-    """The pp = 1 model on a job's TP group (`groups`: model/parallel_groups.ParallelGroups)."""
-    tp = TensorParallelGroup(groups.get_model_parallel_rank(), groups.get_model_parallel_world_size())
+    """The pp = 1 model on a job's TP and CP groups (`groups`: model/parallel_groups.ParallelGroups;
+    sequence parallelism and the context-parallel form as its layout says)."""
+    layout = groups.layout
+    tp = TensorParallelGroup(groups.get_model_parallel_rank(), groups.get_model_parallel_world_size(),
+                             sequence_parallel=layout.sequence_parallel)
     tp.attach(groups.get_model_parallel_group())
-    return DenseLM(spec, tp, recompute=recompute, seed=seed, dtype=dtype, hf_dir=hf_dir)
+    cp = ContextParallelGroup(groups.get_context_parallel_rank(), layout.cp, layout.cp_kind)
+    cp.attach(groups.get_context_parallel_group())
+    return DenseLM(spec, tp, recompute=recompute, seed=seed, dtype=dtype, hf_dir=hf_dir, cp=cp)

@@ -5,7 +5,10 @@ Items (DeepSpeed LayerSpecs: built lazily, so each pipeline stage builds only it
   gpt2:  [token embedding (tied), positions, block_0 .. block_{L-1}, final norm, LM head (tied)]
   llama: [token embedding, block_0 .. block_{L-1}, final norm, LM head]
 The last item outputs this rank's vocab slice of the logits [b, s, V_p/t]; `LMLoss` turns them into
-the mean next-token cross-entropy without gathering the vocabulary.
+the mean next-token cross-entropy without gathering the vocabulary. Under context parallelism a
+rank's items see its chunks of every sequence ([b, s/cp], model/context_parallel.py) and its loss is
+the mean over them; the engines average the ranks' losses and gradients over dp x cp, which (every
+rank holding s/cp tokens) is the mean over the whole sequence and the global batch.
 
 The engines' adapters build these items: model/pipeline.py splits them into stages (DeepSpeed's
 PipelineModule), model/dense.py holds them in one module (DeepSpeed's plain engine, pp = 1).
@@ -23,6 +26,7 @@ from llmlaunch.topology.layout import Layout
 from llmlaunch.topology.model_spec import ModelSpec
 
 from .init import initial_tensor
+from .context_parallel import ContextParallelGroup
 from .layers import (FinalNorm, LMHead, PositionEmbedding, TokenEmbedding, TransformerBlock,
                      tied_head_forward)
 from .sharding import canonical_named_parameters, canonical_shapes, load_canonical, tp_split
@@ -49,16 +53,18 @@ def check_layout(spec: ModelSpec, pp: int, tp: int) -> None:
     Layout(dp=1, pp=pp, tp=tp).check_model(spec)
 
 
-def layer_specs(spec: ModelSpec, tp: TensorParallelGroup, recompute: str) -> list[LayerSpec]:
-    """The items; see the module docstring."""
+def layer_specs(spec: ModelSpec, tp: TensorParallelGroup, recompute: str,
+                cp: ContextParallelGroup | None = None) -> list[LayerSpec]:
+    """The items; see the module docstring. `tp` carries sequence parallelism, `cp` (None: 1) the
+    context-parallel group."""
     if spec.tied_embeddings:
         items = [TiedLayerSpec(TIED_KEY, TokenEmbedding, spec, tp, tied_weight_attr=["weight"])]
     else:
         items = [LayerSpec(TokenEmbedding, spec, tp)]
     if spec.learned_positions:
-        items.append(LayerSpec(PositionEmbedding, spec))
-    items += [LayerSpec(TransformerBlock, spec, tp, i, recompute) for i in range(spec.layers)]
-    items.append(LayerSpec(FinalNorm, spec))
+        items.append(LayerSpec(PositionEmbedding, spec, tp, cp))
+    items += [LayerSpec(TransformerBlock, spec, tp, i, recompute, cp) for i in range(spec.layers)]
+    items.append(LayerSpec(FinalNorm, spec, tp))
     if spec.tied_embeddings:
         items.append(TiedLayerSpec(TIED_KEY, TokenEmbedding, spec, tp,
                                    forward_fn=tied_head_forward, tied_weight_attr=["weight"]))

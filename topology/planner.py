@@ -357,7 +357,7 @@ def _search_shape(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins:
     dp, pp, tp, cp = shape["dp"], shape["pp"], shape["tp"], shape["cp"]
     per_replica = options.global_batch // dp
     kinds = [pins.cp_kind] if pins.cp_kind or cp == 1 else list(CP_KINDS)
-    sequence_parallel = pins.sequence_parallel or (eng.sequence_parallel_default and tp > 1)
+    forms = [(kind, sp) for kind in kinds for sp in sequence_parallel_options(pins, eng, tp)]
     zeros = ([pins.zero_stage] if pins.zero_stage is not None
              else searched_zero_stages(options.precision, pp, dp * cp, eng))
     found = []
@@ -366,7 +366,7 @@ def _search_shape(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins:
         for zero, ep in [(z, e) for z in zeros for e in expert_degrees(spec, dp, pins.ep)]:
             for recompute in ([pins.recompute] if pins.recompute else RECOMPUTE_MODES):
                 best = None
-                for kind in kinds:
+                for kind, sequence_parallel in forms:
                     layout = Layout(dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
                                     grad_accum=grad_accum, zero_stage=zero, recompute=recompute,
                                     sequence_parallel=sequence_parallel,
@@ -391,8 +391,20 @@ def _search_shape(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins:
     return found, evaluated
 
 
+def sequence_parallel_options(pins: Pins, eng: Engine, tp: int) -> list[bool]:
+    """Sequence parallelism the search tries at this tp: pinned or the engine's default (Megatron-
+    Core's recipes always run it with TP); otherwise, with TP, both (DeepSpeed with llmlaunch's
+    model runs it; the faster that fits is kept, as for the context-parallel forms)."""
+    if tp == 1:
+        return [False]
+    if pins.sequence_parallel or eng.sequence_parallel_default:
+        return [True]
+    return [False, True]
+
+
 def _better_kind(a: Candidate, b: Candidate) -> bool:
-    """Of one layout in two context-parallel forms: the one that fits, then the faster."""
+    """Of one layout in its context-parallel forms and with and without sequence parallelism: the
+    one that fits, then the faster."""
     return (a.fits, a.tokens_per_s) > (b.fits, b.tokens_per_s)
 
 
