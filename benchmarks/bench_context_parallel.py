@@ -19,6 +19,7 @@ Run: flock /tmp/llmlaunch-heavy.lock python benchmarks/bench_context_parallel.py
 import argparse
 import os
 import socket
+from queue import Empty
 
 SPEC = dict(name="bench", arch="llama", layers=1, hidden=64, heads=4, kv_heads=2, vocab=256,
             seq_len=2048)
@@ -42,8 +43,11 @@ def measure_rank(rank: int, cp: int, kind: str, seqs: list[int], port: int, out)
     from llmlaunch.model.tp import TensorParallelGroup
     from llmlaunch.topology.model_spec import ModelSpec
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=cp)
+    import deepspeed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(cp))
+    deepspeed.init_distributed(dist_backend="gloo")     # the all-to-all form calls deepspeed.comm
     torch.set_num_threads(1)
     results = {}
     for seq in seqs:
@@ -83,16 +87,21 @@ def measured(cp: int, kind: str, seqs: list[int]) -> dict:
              for r in range(cp)]
     for proc in procs:
         proc.start()
+    result = None
     try:
-        result = queue.get(timeout=1800)
+        while result is None:        # a dead rank ends the run at once, never a hang
+            try:
+                result = queue.get(timeout=1)
+            except Empty:
+                dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+                if dead:
+                    raise SystemExit(f"cp={cp} ({kind}): rank {dead[0][0]} exited with "
+                                     f"{dead[0][1]}")
     finally:
         for proc in procs:
             proc.join(timeout=60)
             if proc.is_alive():
                 proc.kill()
-    if any(proc.exitcode for proc in procs):
-        raise SystemExit(f"a rank of cp={cp} ({kind}) failed: exit codes "
-                         f"{[proc.exitcode for proc in procs]}")
     return result
 
 
