@@ -8,15 +8,12 @@ it. The rule (one pure function, `layout_for_world`):
   (micro_batch * dp): the loss curve is the planned run's, whatever the allocation.
 
 The trainer moves the last checkpoint onto the new layout when it differs (launcher/checkpoints/,
-checkpoint.reshard auto). `python3 -m llmlaunch.launcher.elastic --config RUN.yaml --world W
---tasks-per-node T [--set k=v ...]` prints the `--set` overrides for this start (nothing when the
-planned layout fits), or one error line (exit 2) when no layout fits.
+checkpoint.reshard auto). The supervisor (launcher/job.py) derives the layout at each start of an
+elastic job (LLMLAUNCH_ELASTIC set) and hands the ranks `overrides` as --set arguments.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 
 from llmlaunch.topology.layout import Layout
 
@@ -50,29 +47,8 @@ def overrides(planned: Layout, effective: Layout) -> list[str]:
             if getattr(effective, key) != getattr(planned, key)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    from llmlaunch.config import ConfigError, load_run_config
-
-    parser = argparse.ArgumentParser(prog="python3 -m llmlaunch.launcher.elastic")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--world", type=int, required=True)
-    parser.add_argument("--tasks-per-node", type=int, required=True)
-    parser.add_argument("--set", action="append", default=[])
-    args = parser.parse_args(argv)
-    try:
-        planned = load_run_config(args.config, args.set).layout_obj()
-        effective = layout_for_world(planned, args.world, args.tasks_per_node)
-    except (ConfigError, ValueError) as exc:
-        print(f"llmlaunch: error: elastic start: {exc}", file=sys.stderr)
-        return 2
-    for item in overrides(planned, effective):
-        print(item)
-    if effective != planned:
-        print(f"llmlaunch: elastic start on {args.world // args.tasks_per_node} host(s): "
-              f"{planned.describe()} -> {effective.describe()}, grad_accum {planned.grad_accum} -> "
-              f"{effective.grad_accum} (global batch {effective.global_batch} kept)", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def describe_change(planned: Layout, effective: Layout, hosts: int) -> str:
+    """The line a start prints when its hosts change the layout."""
+    return (f"elastic start on {hosts} host(s): {planned.describe()} -> {effective.describe()}, "
+            f"grad_accum {planned.grad_accum} -> {effective.grad_accum} (global batch "
+            f"{effective.global_batch} kept)")

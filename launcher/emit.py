@@ -15,19 +15,18 @@ from pathlib import Path
 from llmlaunch import __version__
 from llmlaunch.atomic import atomic_directory
 from llmlaunch.config import RunConfig, dump_run_config
+from llmlaunch.run_files import DS_CONFIG, RUN_CONFIG, SBATCH
 from llmlaunch.topology.engines import estimate_only_reason
 from llmlaunch.topology.plan_inputs import PlanInputs
 from llmlaunch.topology.planner import Candidate
 
 from .ds_config import deepspeed_config
 
-# The body of every Slurm job (package data of llmlaunch.launcher); train.sbatch and slurm/train.sh
-# find it through this name.
+# The body of every Slurm job: the supervisor (launcher/job.py), exec'd after the #SBATCH lines.
+SUPERVISOR = "python3 -m llmlaunch.launcher.job"
+# train.sbatch files written before the supervisor find their body through this name (package data
+# of llmlaunch.launcher): a shim that execs the supervisor, so that they still start.
 JOB_BODY = Path(__file__).parent / "jobs" / "slurm_job.sh"
-FIND_JOB_BODY = "python3 -c 'from llmlaunch.launcher.emit import JOB_BODY; print(JOB_BODY)'"
-# A stop signal before the body runs (while python finds it) is recorded for the body, not lost:
-# the body starts with STOP=$LLMLAUNCH_EARLY_STOP.
-EARLY_SIGNAL_LINES = ["trap 'LLMLAUNCH_EARLY_STOP=USR1' USR1", "trap 'LLMLAUNCH_EARLY_STOP=TERM' TERM"]
 
 SLURM_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
 
@@ -85,9 +84,9 @@ def resumed_config(source) -> RunConfig:
 
 def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: int,
                   gpus_per_node: int, min_nodes: int | None = None) -> str:
-    """A job-specific sbatch file: its #SBATCH lines, then the job body shipped with llmlaunch
-    (JOB_BODY: one task per GPU, srun starts the ranks, USR1 before the time limit
-    checkpoints and requeues). User input is sanitised on #SBATCH lines (sbatch parses them, not the
+    """A job-specific sbatch file: its #SBATCH lines, then it execs the supervisor shipped with
+    llmlaunch (one task per GPU, srun starts the ranks, USR1 before the time limit checkpoints and
+    requeues). User input is sanitised on #SBATCH lines (sbatch parses them, not the
     shell) and shell-quoted elsewhere. `min_nodes` < nodes: an elastic job (`--nodes=K-N`, the
     layout derived at each start: launcher/elastic.py)."""
     s = config.slurm
@@ -120,11 +119,10 @@ def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: i
         f"RUN_DIR={shlex.quote(run_dir)}",
         *(["# elastic: each start derives dp and grad_accum from the nodes it got (global batch kept)",
            f"export LLMLAUNCH_ELASTIC={min_nodes}"] if elastic else []),
-        *EARLY_SIGNAL_LINES,
-        "# the job body shipped with llmlaunch: checks, preflight, srun of the ranks, requeue",
-        f'JOB="$({FIND_JOB_BODY})" || exit 2',
-        'export LLMLAUNCH_EARLY_STOP="${LLMLAUNCH_EARLY_STOP:-}"',
-        'exec bash "$JOB" "$RUN_DIR/run.yaml" "$RUN_DIR"',
+        "# llmlaunch's supervisor: data check, preflight, srun of the ranks, signals, requeue",
+        "# (docs/launch.md). A stop signal before it holds them is ignored, not fatal.",
+        "trap '' USR1 TERM",
+        f'exec {SUPERVISOR} "$RUN_DIR/run.yaml" "$RUN_DIR"',
         "",
     ]
     return "\n".join(lines)
@@ -173,12 +171,12 @@ def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: 
     tasks_per_node = min(cluster.gpus, cluster.gpus_per_node)
     run_dir = str(Path(out_dir).resolve())
     with atomic_directory(out_dir, force=force) as tmp:
-        (tmp / "ds_config.json").write_text(json.dumps(ds, indent=2) + "\n")
+        (tmp / DS_CONFIG).write_text(json.dumps(ds, indent=2) + "\n")
         header = (f"# llmlaunch run config ({inputs.spec.name or inputs.spec.arch}, "
                   f"dp={lay.dp} pp={lay.pp} tp={lay.tp}). Schema: docs/run-yaml.md")
-        (tmp / "run.yaml").write_text(dump_run_config(config, header))
+        (tmp / RUN_CONFIG).write_text(dump_run_config(config, header))
         script = sbatch_script(config, run_dir, cluster.nodes, tasks_per_node,
                                tasks_per_node if on_gpu else 0, min_nodes)
-        (tmp / "train.sbatch").write_text(script)
-        os.chmod(tmp / "train.sbatch", 0o755)
-    return [str(Path(out_dir) / n) for n in ("ds_config.json", "run.yaml", "train.sbatch")]
+        (tmp / SBATCH).write_text(script)
+        os.chmod(tmp / SBATCH, 0o755)
+    return [str(Path(out_dir) / n) for n in (DS_CONFIG, RUN_CONFIG, SBATCH)]

@@ -45,15 +45,6 @@ def rank_environment(environ=os.environ) -> dict:
     return env
 
 
-def enter_rank(config: RunConfig) -> tuple[int, int]:
-    """Export this rank's identity (rank_environment) and check the job's size against the layout;
-    returns (rank, world size)."""
-    os.environ.update(rank_environment())
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    config.layout_obj().check_world_size(world)
-    return rank, world
-
-
 def rank_arguments(argv: list[str] | None, module: str,
                    description: str) -> tuple[RunConfig, Path]:
     """--config, --run-dir, --set: the checked config and the run directory (created). Bad input
@@ -94,6 +85,9 @@ def run_rank(work: Callable[[RunConfig, Path], int], argv: list[str] | None, mod
              description: str, role: str = "") -> int:
     """Parse the rank's arguments and run `work(config, run_dir)`; returns the exit code: `work`'s
     own, 2 for bad arguments, 1 (one stderr line, traceback in the rank's log) for a failure."""
+    from .signals import die_with_launcher
+
+    die_with_launcher()   # preflight and validate ranks too (rank.py does it on its first line)
     try:
         config, run_dir = rank_arguments(argv, module, description)
     except ValueError as exc:

@@ -9,7 +9,8 @@
   host with several networks need not reach the other hosts (torch.distributed's documentation,
   "Choosing the network interface to use").
 
-`python3 -m llmlaunch.launcher.hostnet master-addr NAME NODES` prints the address (the job body);
+- host_name(): the name of the host this process stands for, the one every module uses.
+
 `python3 -m llmlaunch.launcher.hostnet exec -- CMD ...` sets the interface variables and execs CMD
 (each task srun starts).
 """
@@ -22,6 +23,15 @@ import sys
 from typing import Callable, Mapping
 
 IFNAME_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+HOSTNAME_ENV = "LLMLAUNCH_HOSTNAME"
+
+
+def host_name(environ: Mapping[str, str] = os.environ) -> str:
+    """The host this process stands for: LLMLAUNCH_HOSTNAME when set (tests and containers that share
+    one UTS name while standing for several hosts), else the UTS hostname (socket.gethostname(): under
+    Slurm the node's name). The one answer for preflight's host groups, ranks.json, the liveness
+    heartbeats and the run directory's owner."""
+    return environ.get(HOSTNAME_ENV) or socket.gethostname()
 
 
 def master_address(first_node: str, nodes: int,
@@ -38,6 +48,14 @@ def master_address(first_node: str, nodes: int,
                          f"address the other {nodes - 1} host(s) cannot reach: fix its entry in "
                          "/etc/hosts (or DNS), or set LLMLAUNCH_MASTER_ADDR to an address they reach")
     return addr
+
+
+def free_port(address: str = "") -> int:
+    """A port free on `address` now ('' all of this host's: a MASTER_PORT other hosts dial;
+    '127.0.0.1' for ranks on this machine only)."""
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
 
 
 def interface_with_address(source: str, interfaces: Mapping[str, list]) -> str:
@@ -87,7 +105,7 @@ def main(argv: list[str]) -> int:
         try:
             os.environ.update(socket_ifname_env(os.environ, os.environ["MASTER_ADDR"], interface_to))
         except (KeyError, ValueError, OSError) as exc:
-            print(f"llmlaunch: error on {socket.gethostname()}: no interface reaches MASTER_ADDR="
+            print(f"llmlaunch: error on {host_name()}: no interface reaches MASTER_ADDR="
                   f"{os.environ.get('MASTER_ADDR')!r} ({exc}); set GLOO_SOCKET_IFNAME and "
                   "NCCL_SOCKET_IFNAME", file=sys.stderr)
             return 2

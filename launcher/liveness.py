@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import threading
 import time
 from datetime import timedelta
+
+from .hostnet import host_name
 
 HEARTBEAT_S = 1.0
 KEY = "llmlaunch/heartbeat/{rank}"
@@ -35,7 +36,7 @@ class Heartbeat:
 
     def __init__(self, rank: int):
         self.rank = rank
-        self.host = socket.gethostname()
+        self.host = host_name()
         self.count = 0
         self.thread = threading.Thread(target=self._run, name="llmlaunch-heartbeat", daemon=True)
 
@@ -113,6 +114,22 @@ def record_lost(me: int, clause: str) -> str:
         except OSError:
             pass
     return clause
+
+
+def read_lost(path, wait_s: float) -> str:
+    """What the ranks of a start wrote to the lost-peer file: the first line that names ranks and
+    hosts, else the first (rank 0's host gone: "rendezvous store ..."), '' when none; waits up to
+    wait_s for a failed rank to write it (srun can return first: a stop signal ends the step while
+    the rank reads the heartbeats for 2.5 s)."""
+    from pathlib import Path
+
+    path = Path(path)
+    deadline = time.monotonic() + wait_s
+    while not (path.is_file() and path.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    named = [line for line in lines if "rendezvous store" not in line]
+    return (named or lines or [""])[0]
 
 
 def short_cause(text: str) -> str:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
+from llmlaunch import run_files
 from llmlaunch.atomic import write_text_atomic
 from llmlaunch.topology.layout import Layout
 
-RANKS_DIR = ".ranks"
-RANKS_FILE = "ranks.json"
+from .hostnet import host_name
+
+RANKS_DIR = run_files.RANKS_DIR
+RANKS_FILE = run_files.RANKS
 
 
 def rank_entry(layout: Layout, rank: int, local_rank: int, host: str) -> dict:
@@ -32,7 +34,7 @@ def record_placement(run_dir: Path, layout: Layout, rank: int, world: int,
                      local_rank: int | None = None, host: str | None = None) -> Path | None:
     """Write this rank's entry; the rank that completes the set writes ranks.json (its path)."""
     local_rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
-    entry = rank_entry(layout, rank, local_rank, host or socket.gethostname())
+    entry = rank_entry(layout, rank, local_rank, host or host_name())
     folder = Path(run_dir) / RANKS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / f"rank-{rank}.json", json.dumps(entry) + "\n")

@@ -12,28 +12,28 @@ hosts at once; `intra_host`) and among one rank per host (the lowest; `inter_hos
 host), a small and a large buffer each, timed as launcher/device_probe.py times (median of
 `repeats` after two warm-ups; the slowest rank's). Rank 0 writes RUN_DIR/preflight.json (schema and
 formulas: topology/measured_network.py; docs/launch.md, "Preflight across hosts"), replacing the
-previous preflight's, which `llmlaunch plan --network-from` reads. A rank's host is its hostname
-(socket.gethostname()), or LLMLAUNCH_HOSTNAME when set (tests and containers that share one UTS
-name while standing for several hosts).
+previous preflight's, which `llmlaunch plan --network-from` reads. A rank's host is
+launcher/hostnet.py's host_name(): its hostname, or LLMLAUNCH_HOSTNAME when set.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from llmlaunch.config import RunConfig
+from llmlaunch.run_files import PREFLIGHT
+from llmlaunch.topology.layout import Layout
 
-from .entry import enter_rank, exit_process, run_rank
+from .entry import exit_process, run_rank
+from .hostnet import host_name
 
 GIB = 2**30
-HOSTNAME_ENV = "LLMLAUNCH_HOSTNAME"
-PREFLIGHT_JSON = "preflight.json"
+PREFLIGHT_JSON = PREFLIGHT
 
 
 @dataclass
@@ -66,20 +66,33 @@ def disk_check(config: RunConfig, run_dir: Path, precision: str) -> Check:
                  f"({config.checkpoint.keep} kept + 1 being written, {human_bytes(tag)} each)")
 
 
-def memory_checks(config: RunConfig, world: int, local_world: int, precision: str) -> list[Check]:
+def accelerator_visible() -> bool:
+    """torch.cuda.is_available(), without importing torch where no GPU driver is loaded (no
+    /proc/driver/nvidia, no ROCm /dev/kfd: CUDA and ROCm cannot run there)."""
+    if not (Path("/proc/driver/nvidia/version").exists() or Path("/dev/kfd").exists()):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def memory_checks(config: RunConfig, layout: Layout, world: int, local_world: int,
+                  precision: str) -> list[Check]:
     """Device memory (GPU) or host memory (CPU) against the planner's worst stage."""
     import psutil
-    import torch
 
     from llmlaunch.topology.plan_inputs import estimate_layout
 
-    on_gpu = torch.cuda.is_available()
-    try:
-        need = estimate_layout(config.plan_inputs(precision), config.layout_obj()).worst_stage.total
+    on_gpu = accelerator_visible()
+    try:   # the bytes a stage holds do not depend on the device's speed: no measuring of this host
+        need = estimate_layout(config.plan_inputs(precision, layout=layout, measure=False),
+                               layout).worst_stage.total
     except ValueError:  # no prediction (a cluster.gpu the catalog does not know)
         need = 0.0
     checks = []
     if on_gpu:
+        import torch
+
         count = torch.cuda.device_count()
         checks.append(Check("GPUs visible", count >= local_world,
                             f"{count} visible, {local_world} ranks on this node"))
@@ -122,11 +135,6 @@ def build_lock_check() -> Check:
     except RuntimeError as exc:
         return Check("extension build locks", False, str(exc))
     return Check("extension build locks", True, f"none stale under {extension_build_root()}")
-
-
-def host_name(environ=os.environ) -> str:
-    """The host this rank stands for: LLMLAUNCH_HOSTNAME when set, else the UTS hostname."""
-    return environ.get(HOSTNAME_ENV) or socket.gethostname()
 
 
 def message_sizes(backend: str) -> tuple[int, int, int]:
@@ -218,16 +226,29 @@ def network_table(doc: dict) -> str:
     return "\n".join([table, *(f"{kind}: absent ({why})" for kind, why in doc["absent"].items())])
 
 
+def host_checks(config: RunConfig, layout: Layout, run_dir: Path, local_world: int) -> list[Check]:
+    """The checks a local run's supervisor makes on its host before starting `local_world` ranks
+    (launcher/job.py; the ranks check their extension build locks themselves): accelerators and
+    memory against the plan, free disk for checkpoints."""
+    from .engine import run_precision
+
+    precision = run_precision(config, accelerator_visible())
+    checks = memory_checks(config, layout, local_world, local_world, precision)
+    checks.append(disk_check(config, run_dir, precision))
+    return checks
+
+
 def run_checks(config: RunConfig, run_dir: Path) -> list[Check]:
-    rank, world = enter_rank(config)
+    from .engine import rank_context, run_precision
+
+    ctx = rank_context(config)    # the layout built once, checked against the job's size
+    rank, world = ctx.rank, ctx.world
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE")
                       or min(world, config.cluster.gpus_per_node))
     import torch
 
-    from .engine import run_precision
-
     precision = run_precision(config, torch.cuda.is_available())
-    checks = memory_checks(config, world, local_world, precision)
+    checks = memory_checks(config, ctx.layout, world, local_world, precision)
     checks.append(build_lock_check())
     checks.append(smoke_allreduce(world, config.train.collective_timeout_s))
     if rank == 0:

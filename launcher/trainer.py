@@ -1,8 +1,9 @@
 """One rank's training run: the rank's context (model/rank_context.py, built once), the engine
 (engine.py), the prepared token shards through a seeded resumable loader, metrics.jsonl on rank 0
 (metrics.py), the checkpoint store (checkpoints/store.py: verified resume, saves beside the loop,
-pruning), and a graceful stop: SIGUSR1 or SIGTERM sets a flag that the ranks reduce at every step
-boundary, so all of them stop after the same step, save it, write RUN_DIR/stopped.json and exit.
+pruning), and a graceful stop: a stop signal, or the supervisor's stop request (signals.py), sets a
+flag that the ranks reduce at every step boundary, so all of them stop after the same step, save it,
+write RUN_DIR/stopped.json and exit.
 
 `python -m llmlaunch.launcher.rank` (rank.py) runs `train` in each rank process.
 """
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from llmlaunch import run_files
 from llmlaunch.atomic import write_text_atomic
 from llmlaunch.config import EFFECTIVE_CONFIG, RunConfig, dump_run_config
 
@@ -26,13 +28,13 @@ from .entry import start_heartbeat
 from .metrics import METRICS_FILE, MetricsLog
 from .placement import record_placement
 from .run_data import ensure_data, open_eval_index, open_training_index
-from .signals import STOP, mark_held
+from .signals import STOP
 
 # Written by rank 0 into the run directory when the ranks stopped for a signal with a checkpoint of
 # the last finished step. The ranks then exit 0 (srun's --kill-on-bad-exit would cut short the others'
-# clean exit on any other code); the Slurm job body requeues on it and `llmlaunch train` exits with
-# REQUEUE_EXIT_CODE (EX_TEMPFAIL: run again to resume).
-STOPPED_FILE = "stopped.json"
+# clean exit on any other code); the supervisor (launcher/job.py) reads it, then requeues the Slurm
+# job or exits with REQUEUE_EXIT_CODE (EX_TEMPFAIL: run again to resume).
+STOPPED_FILE = run_files.STOPPED
 REQUEUE_EXIT_CODE = 75
 log = logging.getLogger("llmlaunch.rank")
 
@@ -47,8 +49,9 @@ def measured_memory_gib(torch) -> float:
 
 
 def setup_logging(run_dir: Path, rank: int) -> None:
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    handlers = [logging.FileHandler(run_dir / "logs" / f"rank{rank:05d}.log")]
+    log_file = run_files.rank_log(run_dir, rank)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handlers = [logging.FileHandler(log_file)]
     if rank == 0:
         console = logging.StreamHandler(sys.stdout)
         console.addFilter(lambda record: not record.exc_info)  # tracebacks only in the log file
@@ -68,7 +71,6 @@ class Trainer:
         setup_logging(run_dir, self.rank)
         self.stop = STOP
         self.stop.hold()   # held since the process started (rank.py); again for in-process callers
-        mark_held(run_dir, self.rank)
         record_placement(run_dir, self.layout, self.rank, self.world)   # RUN_DIR/ranks.json
 
     def batches(self, index, start_step: int):
@@ -104,9 +106,12 @@ class Trainer:
                                    for t in stream), count)
 
     def stop_agreed(self, flag) -> bool:
-        """True on every rank when any rank received a stop signal (a MAX all-reduce)."""
+        """True on every rank when any rank received a stop signal, or rank 0 found the supervisor's
+        stop request (signals.py), at this step boundary (a MAX all-reduce)."""
         import torch.distributed as dist
 
+        if self.rank == 0:
+            self.stop.take_request(self.run_dir)
         flag.fill_(1.0 if self.stop.requested else 0.0)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return flag.item() > 0
@@ -143,7 +148,7 @@ class Trainer:
         config, rank = self.config, self.rank
         if rank == 0:
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)
-        specs = ensure_data(config, self.run_dir, rank)
+        specs = ensure_data(config, self.layout, self.run_dir, rank)
         self.ctx.start(config.train.collective_timeout_s)
         start_heartbeat()
         store = self.store
@@ -154,8 +159,8 @@ class Trainer:
         if rank == 0:
             self.write_effective_config()
         start_step = store.resume(self.run)
-        index = open_training_index(config, self.run_dir, specs)
-        eval_index = open_eval_index(config, self.run_dir, specs) if config.train.eval_every \
+        index = open_training_index(config, self.layout, self.run_dir, specs)
+        eval_index = open_eval_index(config, self.layout, self.run_dir, specs) if config.train.eval_every \
             else None
         batches = self.batches(index, start_step)
         monitor = StepMonitor(config, self.layout, self.run_dir, self.world, self.run.precision,

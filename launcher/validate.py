@@ -63,6 +63,7 @@ from pathlib import Path
 
 from llmlaunch.atomic import write_text_atomic
 from llmlaunch.config import RunConfig
+from llmlaunch.run_files import VALIDATE
 
 from .entry import exit_process, run_rank
 from .memory_probe import (GradientProbe, optimizer_bytes,
@@ -71,7 +72,7 @@ from .memory_probe import (GradientProbe, optimizer_bytes,
 ENV_STEPS = "LLMLAUNCH_VALIDATE_STEPS"
 ENV_JSON = "LLMLAUNCH_VALIDATE_JSON"
 DEFAULT_STEPS = 5
-RESULT_FILE = "validate.json"
+RESULT_FILE = VALIDATE
 QUANTITIES = ("weights", "gradients", "optimizer", "activations", "peak", "step_time_s")
 
 

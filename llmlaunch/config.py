@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from llmlaunch import run_files
 from llmlaunch.config_checks import check_run_config
 from llmlaunch.config_sections import (CheckpointSection, ClusterSection, ConfigError, DataSection,
                                        LayoutSection, ModelSection, SlurmSection, TrainSection,
@@ -231,13 +232,13 @@ def apply_overrides(config: RunConfig, overrides: list[str], source: str = "run.
 
 BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 # What a training run actually used (run.yaml plus --set overrides), written into its run directory.
-EFFECTIVE_CONFIG = "run.effective.yaml"
+EFFECTIVE_CONFIG = run_files.EFFECTIVE_CONFIG
 
 
 def load_run_dir_config(run_dir: str | os.PathLike) -> RunConfig:
     """The config a run directory was trained with: run.effective.yaml, else run.yaml."""
     run_dir = Path(run_dir)
-    for name in (EFFECTIVE_CONFIG, "run.yaml"):
+    for name in (EFFECTIVE_CONFIG, run_files.RUN_CONFIG):
         if (run_dir / name).is_file():
             return load_run_config(run_dir / name)
     raise ConfigError(f"{str(run_dir)!r} has no run.yaml (nor the {EFFECTIVE_CONFIG} a training run "

@@ -6,6 +6,8 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field
 
+from llmlaunch import run_files
+
 
 class ConfigError(ValueError):
     """A run.yaml or --set value that does not fit the schema."""
@@ -148,7 +150,7 @@ class DataSection:
 class CheckpointSection:
     """Checkpoints: the layout-free training state, one verified tag per save (docs/checkpoints.md)."""
 
-    dir: str = "checkpoints"
+    dir: str = run_files.CHECKPOINTS
     """Checkpoint directory (relative paths are under the run directory)."""
     every: int = 50
     """Save every N optimizer steps (0: only at the end and on preemption)."""

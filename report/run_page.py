@@ -9,7 +9,8 @@ from pathlib import Path
 
 from llmlaunch.atomic import write_bytes_atomic
 from llmlaunch.config import RunConfig, load_run_dir_config
-from llmlaunch.launcher.metrics import METRICS_FILE, read_metrics
+from llmlaunch.metrics_file import read_metrics
+from llmlaunch.run_files import METRICS, VALIDATE
 from llmlaunch.topology.hardware import GIB
 from llmlaunch.topology.plan_inputs import PlanInputs, estimate_layout
 from llmlaunch.topology.planner import Candidate, SearchResult
@@ -131,7 +132,7 @@ def run_page_html(run_dir: str | Path) -> str:
         raise ValueError(f"report: {str(run_dir)!r} is not a run directory")
     config = load_run_dir_config(run_dir)
     inputs, cand = run_prediction(config)
-    metrics_path, validate_path = run_dir / METRICS_FILE, run_dir / "validate.json"
+    metrics_path, validate_path = run_dir / METRICS, run_dir / VALIDATE
     metrics = read_metrics(metrics_path) if metrics_path.is_file() else []
     validate_rows = read_validate(validate_path) if validate_path.is_file() else None
     result = SearchResult(candidates=[cand] if cand.fits else [],

@@ -48,7 +48,11 @@ netns_name() { echo "llml-node$1"; }
 veth_name() { echo "llml-v$1"; }
 
 common_conf() {
+  # Job ids start where no earlier cluster's did: a job step daemon of a stopped cluster goes on
+  # reporting its job (as 1) for a while, and a new cluster that reused the id took it for its
+  # own job 1, which it then ended ("CANCELLED" with nobody cancelling)
   cat <<CONF
+FirstJobId=$(( ($(date +%s%N) / 1000000) % 50000000 + 1 ))
 ClusterName=llmlaunch
 SlurmUser=root
 SlurmdUser=root
@@ -72,6 +76,10 @@ KillWait=5
 ReturnToService=2
 KillOnBadExit=1
 SlurmdParameters=config_overrides
+# a job in the partition urgent preempts (requeues) jobs of the default partition, as a cluster's
+# higher-priority queue does: tests preempt a running job with it
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 CONF
 }
 
@@ -83,7 +91,8 @@ SlurmdSpoolDir=$DIR/spool
 SlurmdPidFile=$DIR/slurmd.pid
 SlurmdLogFile=$DIR/slurmd.log
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=urgent Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=2
 CONF
   } > "$DIR/slurm.conf"
 }
@@ -102,7 +111,8 @@ write_conf_multi() {
       echo "NodeName=$(node_name "$i") NodeAddr=$(node_addr "$i") NodeHostname=$(node_name "$i") CPUs=$CPUS State=UNKNOWN"
       names+=("$(node_name "$i")")
     done
-    echo "PartitionName=debug Nodes=$(IFS=,; echo "${names[*]}") Default=YES MaxTime=INFINITE State=UP"
+    echo "PartitionName=debug Nodes=$(IFS=,; echo "${names[*]}") Default=YES MaxTime=INFINITE State=UP PriorityTier=1"
+    echo "PartitionName=urgent Nodes=$(IFS=,; echo "${names[*]}") MaxTime=INFINITE State=UP PriorityTier=2"
   } > "$DIR/slurm.conf"
   { echo "127.0.0.1 localhost"
     echo "$CONTROLLER_ADDR $(hostname)"

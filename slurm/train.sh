@@ -7,9 +7,9 @@
 #
 # Arguments: [RUN.yaml [RUN_DIR [section.key=value ...]]]. RUN_DIR defaults to the folder of RUN.yaml
 # (runs/tiny-cpu for the default run). `llmlaunch plan --emit` writes a job-specific train.sbatch.
-# USR1 before the time limit (and SIGTERM) make the ranks checkpoint at the next step boundary and
-# exit; the job then requeues itself and resumes from that checkpoint (launcher/jobs/slurm_job.sh,
-# shipped with llmlaunch, is the job body: see it for the details).
+# The job is llmlaunch's supervisor (python3 -m llmlaunch.launcher.job, docs/launch.md): data check,
+# preflight, srun of the ranks, and the signals: USR1 before the time limit, preemption and
+# `scontrol requeue` checkpoint and requeue; `scancel JOB` checkpoints and ends the job.
 # Environment: LLMLAUNCH_PREFLIGHT=0 skips the preflight checks; NCCL_* and OMP_NUM_THREADS are
 # respected when set.
 #SBATCH --job-name=llmlaunch
@@ -20,10 +20,6 @@
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out
-# a stop signal while python3 finds the body is handed to the body (it starts stopped), not lost
-trap 'LLMLAUNCH_EARLY_STOP=USR1' USR1
-trap 'LLMLAUNCH_EARLY_STOP=TERM' TERM
-JOB="$(python3 -c 'from llmlaunch.launcher.emit import JOB_BODY; print(JOB_BODY)')" || {
-  echo "llmlaunch: error: llmlaunch is not installed in this job's python3 (pip install llmlaunch)" >&2; exit 2; }
-export LLMLAUNCH_EARLY_STOP="${LLMLAUNCH_EARLY_STOP:-}"
-exec bash "$JOB" "$@"
+# a stop signal in the tenth of a second before the supervisor holds it is ignored, not fatal
+trap '' USR1 TERM
+exec python3 -m llmlaunch.launcher.job "$@"

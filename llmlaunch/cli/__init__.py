@@ -4,7 +4,7 @@ only by the subcommands that need them, when they run.
 
 The commands that start ranks (train, preflight, validate) hold the stop signals from main's first
 line, before any import of theirs: a SIGUSR1, SIGTERM or Ctrl-C in the first second is then acted
-on, not lost (llmlaunch/launcher/local.py)."""
+on, not lost (the supervisor, llmlaunch/launcher/job.py, takes them over)."""
 from __future__ import annotations
 
 import argparse

@@ -1,9 +1,10 @@
-"""`llmlaunch train` and `llmlaunch preflight`: start a run's ranks (llmlaunch.launcher.local)."""
+"""`llmlaunch train` and `llmlaunch preflight`: start a run's ranks (the supervisor,
+llmlaunch.launcher.job)."""
 from __future__ import annotations
 
 import argparse
 
-from llmlaunch.launcher.local import PREFLIGHT_MODULE, TRAIN_MODULE, launch
+from llmlaunch.launcher.job import PREFLIGHT_MODULE, TRAIN_MODULE, launch
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:

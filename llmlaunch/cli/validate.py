@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from llmlaunch.launcher.local import VALIDATE_MODULE, launch
+from llmlaunch.launcher.job import VALIDATE_MODULE, launch
 from llmlaunch.launcher.validate import DEFAULT_STEPS, ENV_JSON, ENV_STEPS
 
 from .train import add_run_arguments

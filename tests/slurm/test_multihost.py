@@ -15,9 +15,15 @@ from slurm_jobs import assert_losses_equal_one_process, emit, job_log, sbatch, s
 from train_job import losses
 
 STEPS = 12
+# The whole layout pinned: with --gpu cpu the planner ranks on this host's measured speed, and ZeRO-0
+# against ZeRO-1 is a near tie here that the measurement's noise decides; two jobs emitted apart
+# then trained different layouts, and the USR1 test, comparing them bit for bit, failed about one
+# run in five (ZeRO-1 sums the gradient norm over its flat partitions, ZeRO-0 per parameter: the
+# last bit of the clip coefficient differs now and then; issue 22's "flaky resume").
 PLAN = ["--gpu", "cpu", "--gpus", "8", "--gpus-per-node", "4", "--layers", "4", "--hidden", "64",
         "--heads", "4", "--vocab", "1024", "--seq-len", "64", "--dp", "2", "--pp", "2", "--tp", "2",
-        "--precision", "fp32", "--global-batch", "16", "--micro-batch", "2"]
+        "--zero", "1", "--recompute", "none", "--precision", "fp32", "--global-batch", "16",
+        "--micro-batch", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +109,8 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_curve(two_hosts, unin
     log = job_log(run_dir)
     assert "requeueing job" in log and "restart 1" in log, log
     assert "resumed from" in (run_dir / "logs" / "rank00000.log").read_text()
+    # the same run.yaml, so that the only difference is the stop and the resume
+    assert (run_dir / "run.yaml").read_text() == (uninterrupted[0] / "run.yaml").read_text()
     assert losses(run_dir) == losses(uninterrupted[0])   # bit for bit
 
 

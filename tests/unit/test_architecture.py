@@ -6,7 +6,10 @@
 - no import cycle among llmlaunch's modules (every import statement counts, those inside functions
   too: a lazy import hides a cycle, it does not remove it);
 - no module over MAX_LINES lines;
-- the planner (llmlaunch.topology) imports nothing of the packages that run or show things.
+- the planner (llmlaunch.topology) imports nothing of the packages that run or show things;
+- the layer rules (LAYER_RULES): the model runs without the launcher, the data pipeline without the
+  model, the report without the launcher (what it shows of a run it reads through the root
+  package: llmlaunch/run_files.py, llmlaunch/metrics_file.py).
 """
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ from pathlib import Path
 from paths import REPO
 
 MAX_LINES = 500
+# (package, a package it must not import), anywhere in it, imports inside functions included
+LAYER_RULES = (("llmlaunch.model", "llmlaunch.launcher"), ("llmlaunch.data", "llmlaunch.model"),
+               ("llmlaunch.report", "llmlaunch.launcher"))
 
 
 def package_folders() -> dict[str, Path]:
@@ -162,6 +168,31 @@ def test_the_planner_imports_nothing_that_runs_or_shows():
         if name.startswith("llmlaunch.topology"):
             outside = {t for t in targets if not t.startswith("llmlaunch.topology")}
             assert not outside, f"{name} imports {sorted(outside)}"
+
+
+def layer_violations(graph: dict[str, set[str]], rules=LAYER_RULES) -> list[str]:
+    """'A imports B' for every import that breaks a (package, forbidden package) rule."""
+    def inside(module: str, package: str) -> bool:
+        return module == package or module.startswith(package + ".")
+
+    return [f"{name} imports {target}" for name, targets in sorted(graph.items())
+            for package, forbidden in rules if inside(name, package)
+            for target in sorted(targets) if inside(target, forbidden)]
+
+
+def test_layer_rules_hold():
+    graph = import_graph()
+    assert any(n.startswith("llmlaunch.report.") for n in graph), "the graph must see the report"
+    assert not layer_violations(graph)
+
+
+def test_the_layer_check_finds_a_lazy_import_across_a_layer():
+    graph = {"llmlaunch.report.run_page": {"llmlaunch.launcher.metrics", "llmlaunch.metrics_file"},
+             "llmlaunch.model.pipeline": {"llmlaunch.topology.layout"},
+             "llmlaunch.data.loader": {"llmlaunch.model"},
+             "llmlaunch.modelling": {"llmlaunch.launcher"}}   # a sibling name, not inside model
+    assert layer_violations(graph) == ["llmlaunch.data.loader imports llmlaunch.model",
+                                       "llmlaunch.report.run_page imports llmlaunch.launcher.metrics"]
 
 
 def duplicate_test_basenames(root: Path) -> dict[str, list[str]]:

@@ -1,9 +1,8 @@
-"""What `llmlaunch train` says about its ranks (launcher/local.py): the first rank that failed, as
-the elastic launcher reports it, and where the ranks stopped, from stopped.json."""
+"""What `llmlaunch train` says about its ranks (launcher/local_ranks.py): the first rank that
+failed, as the elastic launcher reports it."""
 import io
-import json
 
-from llmlaunch.launcher.local import LauncherReport, LocalStop, relay_stderr, stop_message
+from llmlaunch.launcher.local_ranks import LauncherReport, relay_stderr
 
 ELASTIC_TAIL = """rank 1: step 3
 W1201 06:59:59.000000 1234 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 5 closing signal SIGTERM
@@ -37,16 +36,3 @@ def test_relay_drops_the_launchers_noise_and_keeps_its_root_cause():
     assert (report.rank, report.exitcode) == (3, -9)
     assert report.describe() == "rank 3 failed first, killed by SIGKILL"
     assert LauncherReport().describe() == ""
-
-
-def test_stop_messages_say_whether_there_is_a_checkpoint(tmp_path):
-    stop = LocalStop()
-    (tmp_path / "stopped.json").write_text(json.dumps(
-        {"step": 7, "signal": "SIGUSR1", "checkpoint": "step00000007"}))
-    assert stop_message(str(tmp_path), stop) == (
-        "stopped (SIGUSR1) after step 7, checkpoint step00000007; run the same command again to "
-        "resume")
-    (tmp_path / "stopped.json").write_text(json.dumps(
-        {"step": 0, "signal": "SIGTERM", "checkpoint": None}))
-    assert stop_message(str(tmp_path), stop) == (
-        "stopped (SIGTERM) before the first step, nothing to checkpoint; run the same command again")

@@ -137,7 +137,7 @@ def test_dp_and_pp_times_follow_the_measured_inter_node_figures(tmp_path):
 def test_host_is_the_hostname_unless_llmlaunch_hostname_is_set():
     import socket
 
-    from llmlaunch.launcher.preflight import host_name
+    from llmlaunch.launcher.hostnet import host_name
 
     assert host_name({"LLMLAUNCH_HOSTNAME": "node7"}) == "node7"
     assert host_name({}) == host_name({"LLMLAUNCH_HOSTNAME": ""}) == socket.gethostname()
