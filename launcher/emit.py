@@ -48,7 +48,7 @@ def run_config_for(inputs: PlanInputs, candidate: Candidate, job_name: str, time
     for key, value in spec.to_dict().items():
         setattr(config.model, key, value)
     for key, value in lay.to_dict().items():
-        if hasattr(config.layout, key):     # cp_kind is the planner's; run.yaml has cp
+        if hasattr(config.layout, key):     # every run.yaml layout key (virtual_stages is refused above)
             setattr(config.layout, key, value)
     config.cluster.gpu = inputs.cluster.gpu.name
     config.cluster.gpus_per_node = inputs.cluster.gpus_per_node
@@ -151,10 +151,13 @@ def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: 
     if inputs.spec.moe and not inputs.spec.runnable:
         raise ValueError(f"--emit: {inputs.spec.arch}'s experts are an estimate (llmlaunch's model "
                          "runs the MoE families mixtral, qwen2_moe and qwen3_moe)")
-    if lay.sequence_parallel or lay.virtual_stages > 1:
-        raise ValueError("--emit: sequence parallelism and interleaved pipelines are estimates only "
-                         "(DeepSpeed's pipeline engine runs plain 1F1B, llmlaunch's model has no "
-                         "sequence parallelism); drop --sequence-parallel and --virtual-stages to emit")
+    if inputs.spec.moe and (lay.cp > 1 or lay.sequence_parallel):
+        raise ValueError("--emit: an MoE model with context or sequence parallelism is an estimate "
+                         "(llmlaunch's model runs experts at cp = 1 without sequence parallelism); "
+                         "pin --cp 1 and drop --sequence-parallel to emit")
+    if lay.virtual_stages > 1:
+        raise ValueError("--emit: interleaved pipelines are estimates only (DeepSpeed's pipeline "
+                         "engine runs plain 1F1B); drop --virtual-stages to emit")
     if not lay.runnable:
         raise ValueError(f"--emit: {lay.not_runnable_reason()}")
     name = job_name or (inputs.spec.name or "llmlaunch")

@@ -77,7 +77,8 @@ class Trainer:
     def batches(self, index, start_step: int):
         """This replica's micro-batches from the step after start_step: step t reads global
         samples [t * global_batch, (t + 1) * global_batch) of the sample index (exact resume on
-        any layout: data/batch_stream.py)."""
+        any layout: data/batch_stream.py); under context parallelism this rank's chunks of
+        them (every cp rank of a replica reads the same samples)."""
         import torch
 
         from llmlaunch.data.batch_stream import ReplicaBatches
@@ -87,7 +88,8 @@ class Trainer:
         stream = ReplicaBatches(index, global_batch=lay.global_batch, micro_batch=lay.micro_batch,
                                 dp=lay.dp, dp_rank=self.run.dp_rank, start_step=start_step,
                                 vocab=self.config.model.vocab, label=str(index.directory))
-        return (next_token_batch(torch.from_numpy(tokens)) for tokens in stream)
+        return (self.run.local_batch(next_token_batch(torch.from_numpy(tokens)))
+                for tokens in stream)
 
     def eval_loss(self, eval_index) -> float:
         """The evaluation loss (launcher/evaluation.py) over train.eval_batches global batches."""
@@ -101,7 +103,8 @@ class Trainer:
         lay, count = self.layout, self.config.train.eval_batches
         stream = eval_batches(eval_index, batches=count, global_batch=lay.global_batch,
                               micro_batch=lay.micro_batch, dp=lay.dp, dp_rank=self.run.dp_rank)
-        return evaluate(self.run, (next_token_batch(torch.from_numpy(t)) for t in stream), count)
+        return evaluate(self.run, (self.run.local_batch(next_token_batch(torch.from_numpy(t)))
+                                   for t in stream), count)
 
     def stop_agreed(self, flag) -> bool:
         """True on every rank when any rank received a stop signal, or rank 0 found the supervisor's

@@ -92,13 +92,19 @@ class LayoutSection:
     """Activation recomputation: none, selective, full."""
     offload: str = "none"
     """ZeRO-Offload to CPU memory (pp = 1): none, optimizer (ZeRO >= 1), optimizer+params (ZeRO-3)."""
+    sequence_parallel: bool = False
+    """Megatron-LM sequence parallelism: norms and the residual on 1/tp of the sequence, all-gather
+    before and reduce-scatter after the tensor-parallel layers (no effect at tp = 1)."""
     cp: int = 1
-    """Context-parallel degree (the planner's estimates read it); a run refuses cp > 1 until
-    llmlaunch's model runs context parallelism (issue 25)."""
+    """Context-parallel degree: ranks sharing every sequence, each holding 2 of its 2*cp chunks
+    (world size dp*pp*tp*cp)."""
+    cp_kind: str = "allgather"
+    """How the cp ranks' attention sees the whole sequence: allgather (K and V gathered, Llama 3) or
+    alltoall (DeepSpeed-Ulysses; cp must divide the KV heads per tp rank)."""
     ep: int = 1
     """Expert-parallel degree of a Mixture-of-Experts model: consecutive data-parallel ranks that
     share out every MoE layer's experts, experts/ep each; divides dp and the experts (1: every rank
-    holds every expert). ZeRO 0-2."""
+    holds every expert). ZeRO 0-2; cp = 1 and no sequence parallelism."""
 
 
 @dataclass

@@ -5,7 +5,10 @@ Items (DeepSpeed LayerSpecs: built lazily, so each pipeline stage builds only it
   gpt2:  [token embedding (tied), positions, block_0 .. block_{L-1}, final norm, LM head (tied)]
   llama: [token embedding, block_0 .. block_{L-1}, final norm, LM head]
 The last item outputs this rank's vocab slice of the logits [b, s, V_p/t]; `LMLoss` turns them into
-the mean next-token cross-entropy without gathering the vocabulary.
+the mean next-token cross-entropy without gathering the vocabulary. Under context parallelism a
+rank's items see its chunks of every sequence ([b, s/cp], model/context_parallel.py) and its loss is
+the mean over them; the engines average the ranks' losses and gradients over dp x cp, which (every
+rank holding s/cp tokens) is the mean over the whole sequence and the global batch.
 
 The engines' adapters build these items: model/pipeline.py splits them into stages (DeepSpeed's
 PipelineModule), model/dense.py holds them in one module (DeepSpeed's plain engine, pp = 1).
@@ -23,6 +26,7 @@ from llmlaunch.topology.layout import Layout
 from llmlaunch.topology.model_spec import ModelSpec
 
 from .init import initial_tensor
+from .context_parallel import ContextParallelGroup
 from .layers import (FinalNorm, LMHead, PositionEmbedding, TokenEmbedding, TransformerBlock,
                      tied_head_forward)
 from .moe import MoEFinalNorm, MoELMHead, MoELoss, MoETransformerBlock, tied_moe_head_forward
@@ -52,22 +56,25 @@ def check_layout(spec: ModelSpec, pp: int, tp: int) -> None:
 
 
 def layer_specs(spec: ModelSpec, tp: TensorParallelGroup, recompute: str,
-                ep: ExpertParallelGroup | None = None) -> list[LayerSpec]:
-    """The items; see the module docstring. An MoE model's blocks, final norm and head pass the
-    routing carry along (model/moe.py), its experts split over `ep` (one rank when not given)."""
+                ep: ExpertParallelGroup | None = None,
+                cp: ContextParallelGroup | None = None) -> list[LayerSpec]:
+    """The items; see the module docstring. `tp` carries sequence parallelism, `cp` (None: 1) the
+    context-parallel group. An MoE model's blocks, final norm and head pass the routing carry along
+    (model/moe.py), its experts split over `ep` (one rank when not given)."""
     if spec.tied_embeddings:
         items = [TiedLayerSpec(TIED_KEY, TokenEmbedding, spec, tp, tied_weight_attr=["weight"])]
     else:
         items = [LayerSpec(TokenEmbedding, spec, tp)]
     if spec.learned_positions:
-        items.append(LayerSpec(PositionEmbedding, spec))
+        items.append(LayerSpec(PositionEmbedding, spec, tp, cp))
     if spec.moe:
         ep = ep or ExpertParallelGroup()
-        items += [LayerSpec(MoETransformerBlock, spec, tp, i, recompute, ep)
+        items += [LayerSpec(MoETransformerBlock, spec, tp, i, recompute, ep, cp)
                   for i in range(spec.layers)]
     else:
-        items += [LayerSpec(TransformerBlock, spec, tp, i, recompute) for i in range(spec.layers)]
-    items.append(LayerSpec(MoEFinalNorm if spec.moe else FinalNorm, spec))
+        items += [LayerSpec(TransformerBlock, spec, tp, i, recompute, cp)
+                  for i in range(spec.layers)]
+    items.append(LayerSpec(MoEFinalNorm if spec.moe else FinalNorm, spec, tp))
     if spec.tied_embeddings:
         items.append(TiedLayerSpec(TIED_KEY, TokenEmbedding, spec, tp, tied_weight_attr=["weight"],
                                    forward_fn=tied_moe_head_forward if spec.moe else tied_head_forward))

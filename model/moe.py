@@ -185,10 +185,10 @@ class MoETransformerBlock(TransformerBlock):
     before), and forward takes and returns the carry (module docstring)."""
 
     def __init__(self, spec: ModelSpec, tp: TensorParallelGroup, index: int, recompute: str,
-                 ep: ExpertParallelGroup):
+                 ep: ExpertParallelGroup, cp=None):
         self._moe_args = (spec, tp, ep) if index >= spec.dense_layers else None
         self.moe_index = index - spec.dense_layers
-        super().__init__(spec, tp, index, recompute)
+        super().__init__(spec, tp, index, recompute, cp)
         self.spec = spec
 
     def build_mlp(self, spec: ModelSpec, tp: TensorParallelGroup) -> nn.Module:
