@@ -26,6 +26,7 @@ from .checkpoints.tags import tag_for_step
 from .engine import rank_context
 from .entry import start_heartbeat
 from .metrics import METRICS_FILE, MetricsLog
+from .moe_metrics import moe_log_text, step_moe_stats
 from .placement import record_placement
 from .run_data import ensure_data, open_eval_index, open_training_index
 from .signals import STOP
@@ -76,7 +77,8 @@ class Trainer:
     def batches(self, index, start_step: int):
         """This replica's micro-batches from the step after start_step: step t reads global
         samples [t * global_batch, (t + 1) * global_batch) of the sample index (exact resume on
-        any layout: data/batch_stream.py)."""
+        any layout: data/batch_stream.py); under context parallelism this rank's chunks of
+        them (every cp rank of a replica reads the same samples)."""
         import torch
 
         from llmlaunch.data.batch_stream import ReplicaBatches
@@ -86,7 +88,8 @@ class Trainer:
         stream = ReplicaBatches(index, global_batch=lay.global_batch, micro_batch=lay.micro_batch,
                                 dp=lay.dp, dp_rank=self.run.dp_rank, start_step=start_step,
                                 vocab=self.config.model.vocab, label=str(index.directory))
-        return (next_token_batch(torch.from_numpy(tokens)) for tokens in stream)
+        return (self.run.local_batch(next_token_batch(torch.from_numpy(tokens)))
+                for tokens in stream)
 
     def eval_loss(self, eval_index) -> float:
         """The evaluation loss (launcher/evaluation.py) over train.eval_batches global batches."""
@@ -100,7 +103,8 @@ class Trainer:
         lay, count = self.layout, self.config.train.eval_batches
         stream = eval_batches(eval_index, batches=count, global_batch=lay.global_batch,
                               micro_batch=lay.micro_batch, dp=lay.dp, dp_rank=self.run.dp_rank)
-        return evaluate(self.run, (next_token_batch(torch.from_numpy(t)) for t in stream), count)
+        return evaluate(self.run, (self.run.local_batch(next_token_batch(torch.from_numpy(t)))
+                                   for t in stream), count)
 
     def stop_agreed(self, flag) -> bool:
         """True on every rank when any rank received a stop signal, or rank 0 found the supervisor's
@@ -179,10 +183,11 @@ class Trainer:
                 elapsed = time.perf_counter() - started
                 step += 1
                 grad_norm = self.run.grad_norm
+                moe = step_moe_stats(self.run)   # collective; None for a dense model
                 evaluated = self.eval_loss(eval_index) if eval_index is not None and \
                     step % config.train.eval_every == 0 else None
                 if monitor is not None:
-                    monitor.record(step, loss, lr, grad_norm, elapsed, evaluated)
+                    monitor.record(step, loss, lr, grad_norm, elapsed, evaluated, moe)
                 store.after_step(step, loss, grad_norm)
                 if config.checkpoint.every and step % config.checkpoint.every == 0:
                     store.save(self.run, step)
@@ -226,7 +231,7 @@ class StepMonitor:
         self.step_times: list[float] = []
 
     def record(self, step: int, loss: float, lr: float, grad_norm, elapsed: float,
-               eval_loss: float | None = None) -> None:
+               eval_loss: float | None = None, moe: dict | None = None) -> None:
         import torch
 
         self.step_times.append(elapsed)
@@ -239,11 +244,13 @@ class StepMonitor:
                   "step_time_s": elapsed, "memory_gib": measured_memory_gib(torch)}
         if eval_loss is not None:
             record["eval_loss"] = eval_loss
-        shares = ""
+        if moe is not None:          # the router's losses and per-expert load (moe_metrics.py)
+            record.update(moe)
+        shares = moe_log_text(moe) if moe is not None else ""
         if self.samples_by_source is not None:   # cumulative samples per source (the blend's)
             record["samples_by_source"] = self.samples_by_source(step * self.global_batch)
             total = sum(record["samples_by_source"].values())
-            shares = " | data: " + ", ".join(f"{name} {count / total:.1%}" for name, count in
+            shares += " | data: " + ", ".join(f"{name} {count / total:.1%}" for name, count in
                                          record["samples_by_source"].items())
         self.metrics.write(record)
         self.progress.update(1)

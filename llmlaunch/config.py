@@ -19,7 +19,8 @@ from llmlaunch.config_sections import (CheckpointSection, ClusterSection, Config
                                        LayoutSection, ModelSection, SlurmSection, TrainSection,
                                        SOURCE_KEYS)
 from llmlaunch.topology.layout import Layout
-from llmlaunch.topology.model_spec import MODEL_KEYS, ModelSpec, untrainable_reasons
+from llmlaunch.topology.model_spec import (MODEL_KEYS, MOE_KEYS, ROUTER_TRAINING_KEYS, ModelSpec,
+                                           untrainable_reasons)
 
 
 @dataclass
@@ -35,7 +36,7 @@ class RunConfig:
     slurm: SlurmSection = field(default_factory=SlurmSection)
 
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(**{k: getattr(self.model, k) for k in MODEL_KEYS})
+        return ModelSpec(**{k: getattr(self.model, k) for k in MODEL_KEYS + MOE_KEYS})
 
     def _resolve_hf_config(self) -> None:
         """Fill the model section from model.hf_config; ConfigError when the config cannot be
@@ -54,11 +55,12 @@ class RunConfig:
         if problems:
             raise ConfigError(f"{label} {path!r} (model_type {cfg.get('model_type')!r}): "
                               f"{'; '.join(problems)}: llmlaunch's model does not train that")
-        resolved = spec.to_dict()
         given = getattr(self.model, "_given", set())
+        # seq_len and the router's training settings stay run.yaml's when it gives them
+        resolved = {k: v for k, v in spec.to_dict().items()
+                    if k not in given or k not in ("seq_len", *ROUTER_TRAINING_KEYS)}
         clashes = [f"model.{k} {getattr(self.model, k)!r} (the config has {resolved[k]!r})"
-                   for k in sorted(given) if k in resolved and k != "seq_len"
-                   and getattr(self.model, k) != resolved[k]]
+                   for k in sorted(given) if k in resolved and getattr(self.model, k) != resolved[k]]
         if clashes:
             raise ConfigError(f"{', '.join(clashes)} disagrees with model.hf_config "
                               f"{path!r}; drop the key (the config sets it)")

@@ -18,9 +18,13 @@ def check_run_config(config, spec, layout) -> None:
     reasons = layout.model_reasons(spec)
     if reasons:
         raise ConfigError(f"the layout does not fit the model: {'; '.join(reasons)} "
-                          "(layout.tp, layout.pp against the model section)")
+                          "(layout.tp, layout.pp, layout.cp against the model section)")
     if not layout.runnable:
         raise ConfigError(f"layout: {layout.not_runnable_reason()}")
+    if spec.moe and (layout.cp > 1 or layout.sequence_parallel):
+        raise ConfigError("layout.cp > 1 or layout.sequence_parallel with an MoE model: llmlaunch's "
+                          "model runs experts at cp = 1 without sequence parallelism; set "
+                          "layout.cp: 1 and layout.sequence_parallel: false")
     if config.train.precision == "fp8":
         raise ConfigError("train.precision fp8 is an estimate (plan --precision fp8): "
                           "llmlaunch's model trains in bf16 or fp32; use auto, bf16 or fp32")

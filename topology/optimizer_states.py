@@ -35,6 +35,9 @@ def optimizer_refusal(optimizer: str, zero_stage: int, precision: str, spec: Mod
     if optimizer != "adamw" and offload != "none":
         return (f"train.optimizer {optimizer} with layout.offload {offload}: ZeRO-Offload on a GPU "
                 "runs DeepSpeed's own CPU optimizers only; use layout.offload=none or adamw")
+    if optimizer != "adamw" and spec.moe:
+        return (f"train.optimizer {optimizer} runs dense models for now: an MoE model's experts "
+                "need optimizer groups of their own (DeepSpeed's MoE groups), wired for adamw only")
     if optimizer != "adafactor":
         return None
     if zero_stage != 0:
@@ -43,8 +46,8 @@ def optimizer_refusal(optimizer: str, zero_stage: int, precision: str, spec: Mod
     if precision in ("bf16", "fp8"):
         return ("train.optimizer adafactor runs in fp32 (train.precision=fp32): bf16 needs ZeRO-1 "
                 "(DeepSpeed's BF16_Optimizer), which flattens the parameters")
-    if spec.moe or spec.mla:
-        return "train.optimizer adafactor runs dense attention models (not MoE or MLA) for now"
+    if spec.mla:
+        return "train.optimizer adafactor runs standard attention models (not MLA) for now"
     return None
 
 

@@ -148,3 +148,7 @@ def test_adafactor_refused_where_it_cannot_factor():
     assert optimizer_refusal("adafactor", 0, "fp32", spec) is None
     assert optimizer_refusal("lion", 3, "bf16", spec) is None
     assert "adamw, lion, adafactor" in optimizer_refusal("sgd", 0, "fp32", spec)
+    moe = ModelSpec(arch="mixtral", layers=2, hidden=64, heads=4, kv_heads=2, vocab=200,
+                    seq_len=16, experts=4, experts_per_token=2)
+    assert optimizer_refusal("adamw", 1, "bf16", moe) is None
+    assert "dense models" in optimizer_refusal("lion", 1, "bf16", moe)
