@@ -188,3 +188,11 @@ class SlurmSection:
     """Account (empty: the user default)."""
     signal_seconds: int = 300
     """Seconds before the time limit that Slurm sends USR1 to checkpoint and requeue."""
+    container_image: str = ""
+    """Run the ranks in this container image (pyxis/enroot: srun --container-image); empty: on the
+    host. The supervisor stays on the host (docs/launch.md, "Containers and environments")."""
+    container_mounts: list = field(default_factory=list)
+    """SRC:DST mounts for the container (srun --container-mounts): the run and data directories."""
+    env_setup: str = ""
+    """A bash file sourced before the supervisor and before every rank's task (modules, venv,
+    conda); empty: none."""

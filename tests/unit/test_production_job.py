@@ -1,0 +1,119 @@
+"""`plan --emit` writes the job a cluster user would submit (issue 27): checkpoint interval from the
+save time and a sourced failure rate, the stop signal from the save time, whole GPU nodes, and the
+container or environment-setup variants."""
+from __future__ import annotations
+
+import math
+import subprocess
+
+import pytest
+import yaml
+
+from llmlaunch.cli import main
+from llmlaunch.launcher import slurm
+from llmlaunch.topology import resilience
+
+pytestmark = pytest.mark.unit
+
+PLAN_8B = ["plan", "--gpus", "256", "--model", "llama3-8b", "--gpu", "h100-80gb",
+           "--tokens", "15e12"]
+
+
+def test_failure_rate_and_young_daly_by_hand():
+    # Llama 3 §3.3.4: 419 unexpected interruptions in 54 days on 16,384 GPUs
+    assert resilience.gpu_mtbf_hours() == pytest.approx(54 * 24 * 16384 / 419)
+    assert resilience.gpu_mtbf_hours() == pytest.approx(50_677.0, abs=0.5)
+    assert resilience.job_mtbf_hours(50_677.0, 256) == pytest.approx(197.96, abs=0.01)
+    # sqrt(2 * 3 s * 720,000 s) = sqrt(4.32e6) = 2078.5 s
+    assert resilience.young_daly_interval_s(3.0, 720_000) == pytest.approx(2078.46, abs=0.01)
+    assert resilience.default_fs_bytes_per_s(16384) == pytest.approx(2e12)
+    assert resilience.default_fs_bytes_per_s(256) == pytest.approx(31.25e9)
+    assert resilience.save_seconds(100e9, 25e9) == 4.0
+    # stop: one step + two saves + the requeue margin, never under the 300 s floor
+    assert resilience.stop_signal_seconds(1.5, 3.0) == 300
+    assert resilience.stop_signal_seconds(20.0, 200.0) == math.ceil(20 + 400 + 60)
+
+
+@pytest.fixture(scope="module")
+def job_8b(tmp_path_factory):
+    """The issue's 8B plan emitted plain, with --env-setup and with --container (one plan each)."""
+    root = tmp_path_factory.mktemp("job8b")
+    setup = root / "env.sh"
+    setup.write_text("export LLMLAUNCH_TEST_SETUP=1\n")
+    dirs = {}
+    for name, extra in (("plain", []), ("env", ["--env-setup", str(setup)]),
+                        ("container", ["--container", "nvcr.io#nvidia/pytorch:24.05-py3"])):
+        dirs[name] = root / name
+        assert main(PLAN_8B + extra + ["--emit", str(dirs[name])]) == 0
+    return dirs
+
+
+def test_the_8b_job_checkpoints_every_10_to_120_minutes_with_its_formula(job_8b):
+    run = yaml.safe_load((job_8b["plain"] / "run.yaml").read_text())
+    script = (job_8b["plain"] / "train.sbatch").read_text()
+    interval = next(line for line in script.splitlines() if line.startswith("# interval = "))
+    assert "sqrt(2 * save * MTBF_job) (Young 1974, Daly 2006)" in interval
+    minutes = float(interval.split(" min = ")[0].rsplit("= ", 1)[1])
+    assert 10 <= minutes <= 120
+    step_s = float(interval.rsplit("steps of ", 1)[1].split(" s")[0])
+    assert run["checkpoint"]["every"] == pytest.approx(minutes * 60 / step_s, rel=0.01)
+    assert run["checkpoint"]["every"] > 50     # not the old every-50-steps default
+    assert "# interval = sqrt(2 * save * MTBF_job)" in (job_8b["plain"] / "run.yaml").read_text()
+    assert "419 interruptions in 54 days on 16,384 GPUs" in script
+    # the time limit and a stop signal early enough to save
+    assert "#SBATCH --time=02:00:00" in script and "#SBATCH --requeue" in script
+    assert f"#SBATCH --signal=B:USR1@{run['slurm']['signal_seconds']}" in script
+    # whole GPU nodes, the node's CPUs shared by its tasks
+    assert "#SBATCH --exclusive" in script and "#SBATCH --mem=0" in script
+    assert "SRUN_CPUS_PER_TASK=$(( SLURM_CPUS_ON_NODE / SLURM_NTASKS_PER_NODE ))" in script
+
+
+def test_every_variant_passes_bash_n(job_8b):
+    for run_dir in job_8b.values():
+        assert subprocess.run(["bash", "-n", str(run_dir / "train.sbatch")]).returncode == 0
+
+
+def test_env_setup_is_sourced_by_the_script_and_every_task(job_8b, tmp_path):
+    script = (job_8b["env"] / "train.sbatch").read_text()
+    run = yaml.safe_load((job_8b["env"] / "run.yaml").read_text())
+    setup = run["slurm"]["env_setup"]
+    assert setup.endswith("env.sh") and 'source "$ENV_SETUP"' in script
+    assert script.index('source "$ENV_SETUP"') < script.index("exec python3 -m llmlaunch")
+    section = type("S", (), {"container_image": "", "container_mounts": [], "env_setup": setup})
+    cmd = slurm.srun_command(tmp_path / "o", "/usr/bin/python3", "m", ["a"], section, {})
+    prefix = cmd[cmd.index("bash"):cmd.index("/usr/bin/python3")]
+    assert prefix == ["bash", "-c", 'source "$0" && exec "$@"', setup]
+    # the wrapper really sources, then runs the task's command
+    out = subprocess.run(prefix + ["bash", "-c", "echo $LLMLAUNCH_TEST_SETUP"], capture_output=True,
+                         text=True)
+    assert out.stdout.strip() == "1"
+
+
+def test_container_runs_the_ranks_in_the_image_with_the_run_dir_mounted(job_8b, tmp_path):
+    run = yaml.safe_load((job_8b["container"] / "run.yaml").read_text())
+    run_dir = str(job_8b["container"].resolve())
+    assert run["slurm"]["container_image"] == "nvcr.io#nvidia/pytorch:24.05-py3"
+    assert f"{run_dir}:{run_dir}" in run["slurm"]["container_mounts"]
+    section = type("S", (), run["slurm"])
+    cmd = slurm.srun_command(tmp_path / "o", "/host/python", "m", ["a"], section, {})
+    assert "--container-image=nvcr.io#nvidia/pytorch:24.05-py3" in cmd
+    assert f"--container-mounts={run_dir}:{run_dir}" in cmd
+    assert "/host/python" not in cmd and cmd.count("python3") == 2  # the image's interpreter
+    # dry run (a cluster without pyxis): the options are named, not passed
+    options, _, note = slurm.task_launch(section, {slurm.CONTAINER_DRY_RUN: "1"})
+    assert options == [] and "--container-image=nvcr.io#nvidia/pytorch:24.05-py3" in note
+
+
+def test_fs_bandwidth_and_mtbf_flags_move_the_interval(tmp_path, capsys):
+    assert main(PLAN_8B + ["--fs-gb-per-s", "0.5", "--mtbf-hours", "5000", "--emit",
+                           str(tmp_path / "slow")]) == 0
+    out = capsys.readouterr().out
+    assert "at 0.5 GB/s (--fs-gb-per-s)" in out and "MTBF 5,000 h per GPU (--mtbf-hours)" in out
+    slow = yaml.safe_load((tmp_path / "slow" / "run.yaml").read_text())
+    # a 96 GB tag at 0.5 GB/s: ~193 s saves, hence a later stop signal than the 300 s floor
+    assert slow["slurm"]["signal_seconds"] > 300
+    assert main(PLAN_8B + ["--mtbf-hours", "0", "--emit", str(tmp_path / "bad")]) == 2
+    assert "--mtbf-hours must be positive" in capsys.readouterr().err
+    assert main(PLAN_8B + ["--env-setup", str(tmp_path / "missing.sh"), "--emit",
+                           str(tmp_path / "bad")]) == 2
+    assert "--env-setup" in capsys.readouterr().err and not (tmp_path / "bad").exists()
