@@ -107,6 +107,13 @@ class TrainSection:
     """Steps between evaluations of the validation data (0: never): eval_loss in metrics.jsonl."""
     eval_batches: int = 4
     """Global batches each evaluation reads (the same ones every time, in order)."""
+    monitors: list = field(default_factory=list)
+    """Where rank 0 also writes every metrics.jsonl record: tensorboard (RUN_DIR/tensorboard),
+    csv (RUN_DIR/metrics.csv), wandb (RUN_DIR/wandb, offline unless wandb_mode: online)."""
+    wandb_mode: str = "offline"
+    """offline (a run directory `wandb sync` uploads later) or online (needs network and a login)."""
+    wandb_project: str = "llmlaunch"
+    """The W&B project of the run."""
 
 
 # The keys of one entry of data.sources / data.eval_sources (docs/data.md, data/sources.py).
