@@ -117,3 +117,23 @@ def test_fs_bandwidth_and_mtbf_flags_move_the_interval(tmp_path, capsys):
     assert main(PLAN_8B + ["--env-setup", str(tmp_path / "missing.sh"), "--emit",
                            str(tmp_path / "bad")]) == 2
     assert "--env-setup" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_plan_and_cost_give_the_same_days_at_plans_mfu(capsys):
+    """One MFU definition (topology/flops.py: run_model_flops): `cost` at the MFU `plan` estimated
+    gives plan's wall-clock days, and prints 6 N D beside its model FLOPs."""
+    import json
+
+    assert main(PLAN_8B + ["--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    best = plan["candidates"][0]
+    assert main(["cost", "--model", "llama3-8b", "--tokens", "15e12", "--gpus", "256", "--gpu",
+                 "h100-80gb", "--mfu", repr(best["mfu"]), "--json"]) == 0
+    cost = json.loads(capsys.readouterr().out)
+    assert cost["wall_days"] == pytest.approx(plan["horizon"]["wall_days"], rel=1e-9)
+    assert cost["flops_6nd"] == pytest.approx(6 * 8_030_261_248 * 15e12)
+    assert main(["cost", "--model", "llama3-8b", "--tokens", "15e12", "--gpus", "256", "--gpu",
+                 "h100-80gb", "--mfu", repr(best["mfu"])]) == 0
+    text = capsys.readouterr().out
+    assert "beside it 6 N D = 6 x 8.03e+09 x 1.5e+13 = 7.23e+23 FLOPs" in text
+    assert f"{plan['horizon']['wall_days']:,.1f} days wall clock" in text
