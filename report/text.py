@@ -10,6 +10,7 @@ from llmlaunch.topology.cost import RunCost
 from llmlaunch.topology.layout import AXIS_NAMES, Layout
 from llmlaunch.topology.plan_inputs import PlanInputs
 from llmlaunch.topology.planner import Candidate, SearchResult
+from llmlaunch.topology.step_time import bubble_formula
 # Rank-level listings are shown in full up to this many GPUs (--show-groups lifts it).
 GROUP_LISTING_LIMIT = 16
 
@@ -69,7 +70,15 @@ def plan_text(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
                                f"{c.layout.cp} {c.layout.cp_kind}"] + row[4:]
                     for c, row in zip(shown, rows)]
             headers = headers[:4] + ["cp"] + headers[4:]
+        marked = {}
+        for c, row in zip(shown, rows):   # estimate-only rows say so where they are printed
+            reasons = estimate_only_reasons(c.layout, inputs)
+            if reasons:
+                row[0] = f"{row[0]}*"
+                marked.setdefault("; ".join(reasons), []).append(row[0].rstrip("*"))
         lines.append(tabulate(rows, headers=headers, tablefmt="simple"))
+        for reasons, numbers in marked.items():
+            lines.append(f"* estimate only (--emit refuses it): {reasons} (#{', #'.join(numbers)})")
         lines.append("")
     if chosen is not None and chosen.estimated:
         lines.extend(candidate_report(chosen, inputs, show_groups=args.show_groups))
@@ -155,7 +164,7 @@ def candidate_report(c: Candidate, inputs: PlanInputs, show_groups: bool = False
     out.append("")
     step = c.step
     out.append(f"step time {_fmt_seconds(step.total_s)} (bubble fraction {c.bubble_fraction:.1%} = "
-               f"(p-1)/(m+p-1) with m={lay.grad_accum}):")
+               f"{bubble_formula(lay.pp, lay.grad_accum, lay.virtual_stages)}):")
     parts = [("compute", step.compute_s), ("TP all-reduce", step.tp_comm_s),
              *([(f"CP exchange (cp={lay.cp}, {lay.cp_kind})", step.cp_comm_s)] if lay.cp > 1 else []),
              ("PP send/recv", step.pp_comm_s), ("pipeline bubble", step.bubble_s),
@@ -222,6 +231,8 @@ def estimate_only_reasons(lay: Layout, inputs: PlanInputs) -> list[str]:
     reasons = [r for r in (estimate_only_reason(inputs.options.engine),) if r]
     if inputs.options.precision == "fp8":
         reasons.append("FP8 GEMMs (llmlaunch's model trains in bf16 or fp32)")
+    if inputs.spec.moe:
+        reasons.append("Mixture-of-Experts (llmlaunch's model trains dense models only)")
     runnable = lay.not_runnable_reason()
     if runnable and (lay.cp > 1 or lay.sequence_parallel or lay.virtual_stages > 1):
         reasons.append(runnable)

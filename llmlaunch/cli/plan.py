@@ -413,7 +413,7 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.report:
         from llmlaunch.report.plan_page import write_plan_report
 
-        write_plan_report(args.report, inputs, result, chosen)
+        write_plan_report(args.report, inputs, result, chosen, horizon, args.tokens)
         print(f"wrote {args.report}", file=sys.stderr if args.json else sys.stdout)
     if chosen is None or not chosen.fits:
         print(f"llmlaunch: error: {no_fit_message(inputs, result)}", file=sys.stderr)

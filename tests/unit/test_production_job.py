@@ -137,3 +137,56 @@ def test_plan_and_cost_give_the_same_days_at_plans_mfu(capsys):
     text = capsys.readouterr().out
     assert "beside it 6 N D = 6 x 8.03e+09 x 1.5e+13 = 7.23e+23 FLOPs" in text
     assert f"{plan['horizon']['wall_days']:,.1f} days wall clock" in text
+
+
+INTERLEAVED = ["plan", "--gpus", "512", "--model", "megatron-1t", "--tp", "8", "--pp", "64",
+               "--dp", "1", "--micro-batch", "1", "--zero", "0", "--recompute", "full",
+               "--global-batch", "512", "--virtual-stages", "2"]
+
+
+def test_the_bubble_formula_printed_is_the_one_computed_text_and_page(tmp_path, capsys):
+    from llmlaunch.topology.step_time import bubble_formula, bubble_fraction
+
+    assert bubble_formula(64, 512, 2) == "(p-1)/(v*m+p-1) with p=64, v=2, m=512 (interleaved)"
+    assert bubble_formula(4, 8) == "(p-1)/(m+p-1) with p=4, m=8"
+    page = tmp_path / "plan.html"
+    assert main(INTERLEAVED + ["--report", str(page)]) == 0
+    text = capsys.readouterr().out
+    value = 63 / (2 * 512 + 63)          # 5.8%, not (p-1)/(m+p-1) = 11.0%
+    assert bubble_fraction(64, 512, 2) == pytest.approx(value)
+    line = f"bubble fraction {value:.1%} = (p-1)/(v*m+p-1) with p=64, v=2, m=512 (interleaved)"
+    assert line in text
+    html = page.read_text()
+    assert f"<b>{value:.1%}</b><span>bubble (p-1)/(v*m+p-1) with p=64, v=2, m=512" in html
+
+
+def test_mfu_step_time_and_horizon_agree_between_text_and_plan_page(tmp_path, capsys):
+    import json
+    import re
+
+    page = tmp_path / "plan.html"
+    assert main(PLAN_8B + ["--json"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    cand, horizon = best["candidates"][0], best["horizon"]
+    assert main(PLAN_8B + ["--report", str(page)]) == 0
+    text, html = capsys.readouterr().out, page.read_text()
+    mfu = f"MFU {cand['mfu']:.1%}"
+    assert f"{mfu} (model FLOPs / peak)" in text and f"per GPU, {mfu}</span>" in html
+    assert f"<b>{cand['step_time_s']:.4g} s</b><span>step time" in html
+    assert re.search(rf"step time {cand['step_time_s']:.2f} s \(bubble", text)
+    # the horizon (--tokens) on the page, the text's figures
+    days = f"{horizon['wall_days']:,.1f} days"
+    assert f"{horizon['wall_days']:.1f} days on 256 GPUs" in text
+    assert 'id="horizon"' in html and f"<b>{days}</b>" in html
+    assert f"<b>{horizon['gpu_hours']:,.0f}</b><span>GPU-hours" in html
+    assert f"<b>${horizon['cost_usd']:,.0f}</b><span>cost" in html
+
+
+def test_estimate_only_layouts_are_marked_where_printed(capsys):
+    assert main(["plan", "--gpus", "64", "--model", "llama3-8b", "--top", "10",
+                 "--engine", "megatron-lm-2022"]) == 0
+    text = capsys.readouterr().out
+    table = text.split("top 10 by estimated throughput:")[1].split("best layout")[0]
+    rows = [line for line in table.splitlines() if line[:1].isdigit()]
+    assert rows and all(row.split()[0].endswith("*") for row in rows)
+    assert "* estimate only (--emit refuses it): " in table
