@@ -190,3 +190,36 @@ def test_estimate_only_layouts_are_marked_where_printed(capsys):
     rows = [line for line in table.splitlines() if line[:1].isdigit()]
     assert rows and all(row.split()[0].endswith("*") for row in rows)
     assert "* estimate only (--emit refuses it): " in table
+
+
+def test_deepspeed_ops_prebuilt_buildable_or_named_with_the_node_and_whats_missing():
+    from llmlaunch.launcher.ops_check import deepspeed_ops_check, needed_ops, ops_verdict
+
+    assert needed_ops(False, "none") == [] and needed_ops(True, "none") == ["fused_adam"]
+    assert needed_ops(True, "optimizer") == ["cpu_adam"]
+    tools = {"ninja": "/usr/bin/ninja", "c++ compiler": "/usr/bin/c++", "nvcc": None}
+    assert ops_verdict(["fused_adam"], {"fused_adam": True}, tools, "n1") == (True, "fused_adam prebuilt")
+    ok, detail = ops_verdict(["fused_adam"], {}, tools, "gpu-node-7")
+    assert not ok and detail.startswith("fused_adam (DeepSpeed's FusedAdam (CUDA)) is not prebuilt "
+                                        "and cannot be built on gpu-node-7: missing nvcc;")
+    assert "DS_BUILD_FUSED_ADAM=1 pip install deepspeed" in detail
+    ok, detail = ops_verdict(["cpu_adam"], {}, tools, "n1")
+    assert ok and "cpu_adam JIT-built at the first start" in detail
+    assert ops_verdict([], {}, {}, "n1") == (True, "none needed (torch's AdamW on CPU)")
+
+def test_the_ops_check_looks_on_the_node_itself(monkeypatch, tmp_path):
+    """This host as a GPU node with no compiler on PATH and no CUDA_HOME: DeepSpeed here has no
+    prebuilt FusedAdam, so the check fails naming the node and the missing tools."""
+    from llmlaunch.launcher.ops_check import build_tools, deepspeed_ops_check
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    assert build_tools()["nvcc"] is None and build_tools()["c++ compiler"] is None
+    ok, detail = deepspeed_ops_check(True, "none", "this-host")
+    assert not ok and "cannot be built on this-host: missing" in detail
+    assert "c++ compiler" in detail and "nvcc" in detail
+    # a wrapper that names an nvcc that is not there counts as missing: the tool must run
+    (tmp_path / "nvcc").write_text("#!/bin/sh\nexec /no/such/cuda/bin/nvcc \"$@\"\n")
+    (tmp_path / "nvcc").chmod(0o755)
+    assert build_tools()["nvcc"] is None
