@@ -89,8 +89,12 @@ def plan_text(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
                      f"{horizon.energy_mwh:,.0f} MWh at TDP x PUE {args.pue:g}, "
                      f"{horizon.flops:.3g} FLOPs executed")
         lines.append("")
-    if args.show_rejected or not result.candidates:
-        lines.extend(rejected_report(result.rejected, limit=None if args.show_rejected else 10))
+    if args.show_rejected:
+        ruled_out = result.rejected + result.misses
+        lines.extend(rejected_report(ruled_out, limit=None) or [
+            f"ruled out: none (every one of the {result.evaluated} layouts evaluated fits)", ""])
+    elif not result.candidates:
+        lines.extend(rejected_report(result.rejected, limit=10))
     return "\n".join(lines) + "\n"
 
 

@@ -52,6 +52,11 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--capacity-factor", type=float, default=1.0, metavar="C",
                    help="MoE: expert buffers (all-to-all, expert GEMMs) padded to C x the balanced "
                         "load (default 1.0)")
+    g.add_argument("--memory-headroom", type=float, metavar="FRACTION",
+                   default=planner.DEFAULT_MEMORY_HEADROOM,
+                   help="fraction of each GPU's memory a layout must leave free, e.g. 0.1 "
+                        f"(default {planner.DEFAULT_MEMORY_HEADROOM:g}: the estimate already "
+                        "holds 5%% allocator fragmentation)")
     g.add_argument("--cp", type=int, metavar="N",
                    help="context-parallel degree: N ranks share each sequence (estimate only until "
                         "the model runs it; default: searched where sequences are long)")
@@ -260,9 +265,16 @@ def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
     if not args.capacity_factor >= 1:
         raise ValueError(f"--capacity-factor must be at least 1.0 (the balanced load), got "
                          f"{args.capacity_factor:g}")
+    if not 0 <= args.memory_headroom < 1:
+        raise ValueError(f"--memory-headroom is a fraction of GPU memory in [0, 1), e.g. 0.1; got "
+                         f"{args.memory_headroom:g}")
+    notes.append(f"memory headroom {args.memory_headroom:.0%}"
+                 + (" (default; --memory-headroom FRACTION keeps some free)"
+                    if args.memory_headroom == planner.DEFAULT_MEMORY_HEADROOM else ""))
     options = planner.PlanOptions(global_batch=batch, seq_len=spec.seq_len, precision=precision,
                                   flash_attention=not args.no_flash,
-                                  capacity_factor=args.capacity_factor, engine=args.engine)
+                                  capacity_factor=args.capacity_factor, engine=args.engine,
+                                  memory_headroom=args.memory_headroom)
     if precision == "fp8" and not gpu.fp8_peak_tflops:
         raise ValueError(f"--precision fp8: {gpu.name} has no FP8 tensor cores; use bf16, or a GPU "
                          "with FP8 (h100-80gb, h200-141gb, b200-180gb, gb200-186gb, mi300x-192gb)")

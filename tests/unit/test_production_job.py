@@ -223,3 +223,43 @@ def test_the_ops_check_looks_on_the_node_itself(monkeypatch, tmp_path):
     (tmp_path / "nvcc").write_text("#!/bin/sh\nexec /no/such/cuda/bin/nvcc \"$@\"\n")
     (tmp_path / "nvcc").chmod(0o755)
     assert build_tools()["nvcc"] is None
+
+
+def test_memory_headroom_keeps_memory_free_and_is_stated_in_defaults(capsys):
+    import json
+
+    base = ["plan", "--gpus", "8", "--model", "mistral-7b", "--cp", "1", "--json"]
+    assert main(base) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert any("memory headroom 0% (default" in note for note in plain["defaults"])
+    tightest = max(c["memory_gib"]["total"] for c in plain["candidates"])
+    capacity = plain["cluster"]["memory_gib"]
+    assert tightest > 0.9 * capacity          # some fitting layout leaves under 10% free
+    assert main(base + ["--memory-headroom", "0.1"]) == 0
+    kept = json.loads(capsys.readouterr().out)
+    assert all(c["memory_gib"]["total"] <= 0.9 * capacity for c in kept["candidates"])
+    assert len(kept["candidates"]) < len(plain["candidates"])
+    assert main(base + ["--memory-headroom", "1"]) == 2
+    assert "--memory-headroom is a fraction of GPU memory in [0, 1)" in capsys.readouterr().err
+
+
+def test_show_rejected_lists_rejections_under_partial_pins(capsys):
+    assert main(["plan", "--gpus", "8", "--model", "mistral-7b", "--tp", "2", "--top", "1",
+                 "--show-rejected"]) == 0
+    text = capsys.readouterr().out
+    ruled = text.split("ruled out (")[1]
+    rows = [line for line in ruled.splitlines()[1:] if line.startswith("  dp=")]
+    assert rows and all(" tp=2" in row for row in rows)
+    assert any("over memory by" in row for row in rows)
+
+
+def test_params_with_arch_derives_that_familys_shape(capsys):
+    import json
+
+    assert main(["plan", "--params", "7e9", "--arch", "llama", "--gpus", "8", "--json"]) == 0
+    model = json.loads(capsys.readouterr().out)["model"]
+    assert model["name"] == "llama2-7b" and model["arch"] == "llama" and model["vocab"] == 32000
+    assert main(["plan", "--params", "30e9", "--arch", "llama", "--gpus", "8", "--json"]) == 0
+    model = json.loads(capsys.readouterr().out)["model"]
+    assert model["arch"] == "llama" and model["vocab"] == 32000 and model["seq_len"] == 4096
+    assert abs(model["params"] - 30e9) / 30e9 < 0.05
