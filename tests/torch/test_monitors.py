@@ -121,3 +121,33 @@ def test_wandb_is_offline_unless_asked_and_writes_under_the_run_dir(monkeypatch,
     assert calls[1] == ("log", {k: v for k, v in record(1).items()
                                 if k not in ("step", "mfu", "samples_by_source")}, 1)
     assert calls[-1] == ("finish",)
+
+
+def test_trainer_log_plan_and_run_page_share_mfu_and_predicted_step_time(tmp_path, caplog):
+    """One plan, one definition each: the trainer's StepMonitor (what metrics.jsonl and the training
+    log get) at the planner's step time reports the planner's MFU, logs the planner's step time as
+    its prediction, and the run page plots that same prediction."""
+    import logging
+
+    from llmlaunch.cli import main
+    from llmlaunch.config import load_run_config
+    from llmlaunch.cli.plan import plan_from_argv
+    from llmlaunch.launcher.trainer import StepMonitor
+    from llmlaunch.metrics_file import read_metrics
+    from llmlaunch.report.run_page import predicted_step_time_s
+
+    argv = ["--gpus", "256", "--model", "llama3-8b", "--gpu", "h100-80gb", "--tokens", "15e12"]
+    _, _, best = plan_from_argv(argv)
+    run_dir = tmp_path / "run"
+    assert main(["plan", *argv, "--emit", str(run_dir)]) == 0
+    config = load_run_config(run_dir / "run.yaml")
+    with caplog.at_level(logging.INFO, logger="llmlaunch.rank"):
+        monitor = StepMonitor(config, config.layout_obj(), run_dir, world=256, precision="bf16",
+                              start_step=0)
+        monitor.record(1, 11.5, 3e-4, 1.0, best.step.total_s)
+        monitor.close()
+    assert f"planner predicts {best.step.total_s:.3f} s per step" in caplog.text
+    record = read_metrics(run_dir / "metrics.jsonl")[0]
+    assert record["mfu"] == pytest.approx(best.mfu, rel=1e-9)
+    assert record["step_time_predicted_s"] == pytest.approx(best.step.total_s, rel=1e-12)
+    assert predicted_step_time_s([record], None) == record["step_time_predicted_s"]
