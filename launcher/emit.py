@@ -33,6 +33,18 @@ JOB_BODY = Path(__file__).parent / "jobs" / "slurm_job.sh"
 SLURM_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
 
 
+def slurm_time_seconds(value: str) -> int:
+    """Seconds of a Slurm time limit (sbatch(1): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S)."""
+    days, _, rest = value.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    if days:
+        hms = parts + [0] * (3 - len(parts))
+        return int(days) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
+    if len(parts) == 3:
+        return parts[0] * 3600 + parts[1] * 60 + parts[2]
+    return parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)
+
+
 def slurm_safe_name(name: str) -> str:
     """A job name for an #SBATCH line (which sbatch parses itself, not the shell): letters, digits,
     '.', '_' and '-' kept, anything else replaced by '_'."""
@@ -95,6 +107,9 @@ def sbatch_script(config: RunConfig, run_dir: str, nodes: int, tasks_per_node: i
     s = config.slurm
     if not SLURM_TIME.match(s.time):
         raise ValueError(f"--time {s.time!r} is not a Slurm time limit (e.g. 02:00:00 or 1-12:00:00)")
+    if slurm_time_seconds(s.time) <= s.signal_seconds:
+        raise ValueError(f"--time {s.time} is not longer than the stop signal's {s.signal_seconds} s "
+                         "before the limit (the time to save): give a longer --time")
     if min_nodes is not None and not 1 <= min_nodes <= nodes:
         raise ValueError(f"--min-nodes {min_nodes} must be between 1 and the plan's {nodes} node(s)")
     elastic = min_nodes is not None and min_nodes < nodes

@@ -263,3 +263,15 @@ def test_params_with_arch_derives_that_familys_shape(capsys):
     model = json.loads(capsys.readouterr().out)["model"]
     assert model["arch"] == "llama" and model["vocab"] == 32000 and model["seq_len"] == 4096
     assert abs(model["params"] - 30e9) / 30e9 < 0.05
+
+
+def test_a_time_limit_shorter_than_the_stop_signal_is_refused(tmp_path, capsys):
+    from llmlaunch.launcher.emit import slurm_time_seconds
+
+    assert [slurm_time_seconds(t) for t in ("30", "30:15", "02:00:00", "1-12", "1-12:30",
+                                              "1-00:00:01")] == \
+        [1800, 1815, 7200, 129600, 131400, 86401]
+    assert main(PLAN_8B + ["--time", "00:05:00", "--emit", str(tmp_path / "short")]) == 2
+    err = capsys.readouterr().err
+    assert "--time 00:05:00 is not longer than the stop signal's 300 s" in err
+    assert not (tmp_path / "short").exists()
