@@ -105,7 +105,8 @@ def run_cost(args: argparse.Namespace) -> int:
     if source:
         print(f"model: {params:,.0f} parameters ({source})")
     if active != params:
-        print(f"Mixture-of-Experts: {active / 1e9:.2f}B of {params / 1e9:.2f}B parameters active per token")
+        print(f"Mixture-of-Experts: {active / 1e9:.2f}B of {params / 1e9:.2f}B parameters active per "
+              "token; C = 6 N_active D (each token goes through its k experts only)")
     if spec is not None:
         print(f"model FLOPs {result.flops:.3g} = {result.flops / args.tokens:.4g} per token x "
               f"{args.tokens:.3g} tokens (topology/flops.py: every matmul and the attention core, "

@@ -123,11 +123,29 @@ def test_wandb_is_offline_unless_asked_and_writes_under_the_run_dir(monkeypatch,
     assert calls[-1] == ("finish",)
 
 
-def test_trainer_log_plan_and_run_page_share_mfu_and_predicted_step_time(tmp_path, caplog):
+def test_trainer_log_plan_and_run_page_share_mfu_and_predicted_step_time(tmp_path, caplog,
+                                                                          monkeypatch):
     """One plan, one definition each: the trainer's StepMonitor (what metrics.jsonl and the training
     log get) at the planner's step time reports the planner's MFU, logs the planner's step time as
-    its prediction, and the run page plots that same prediction."""
+    its prediction, and the run page plots that same prediction. The progress line is given the
+    step's loss before it is drawn (update() draws it: the loss no longer lags a step)."""
     import logging
+
+    from llmlaunch.launcher import trainer
+
+    calls = []
+
+    class Progress:
+        def set_postfix(self, postfix, refresh):
+            calls.append(("postfix", postfix["loss"]))
+
+        def update(self, n):
+            calls.append(("draw", n))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(trainer, "_progress", lambda start, total: Progress())
 
     from llmlaunch.cli import main
     from llmlaunch.config import load_run_config
@@ -145,7 +163,9 @@ def test_trainer_log_plan_and_run_page_share_mfu_and_predicted_step_time(tmp_pat
         monitor = StepMonitor(config, config.layout_obj(), run_dir, world=256, precision="bf16",
                               start_step=0)
         monitor.record(1, 11.5, 3e-4, 1.0, best.step.total_s)
+        monitor.record(2, 10.25, 3e-4, 1.0, best.step.total_s)
         monitor.close()
+    assert calls == [("postfix", "11.5000"), ("draw", 1), ("postfix", "10.2500"), ("draw", 1)]
     assert f"planner predicts {best.step.total_s:.3f} s per step" in caplog.text
     record = read_metrics(run_dir / "metrics.jsonl")[0]
     assert record["mfu"] == pytest.approx(best.mfu, rel=1e-9)
