@@ -140,6 +140,10 @@ def first_failure(output_pattern: Path) -> str:
     return ((causes or lines or [""])[0]).removeprefix("llmlaunch: ")
 
 
+# What every task of a job gets unless the job's environment sets it (docs/launch.md, "The
+# supervisor"): fabric settings beyond these are the cluster's ("The emitted job").
+TASK_ENV_DEFAULTS = {"OMP_NUM_THREADS": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+                     "NCCL_DEBUG": "WARN"}
 CONTAINER_DRY_RUN = "LLMLAUNCH_CONTAINER_DRY_RUN"
 CONTAINER_PYTHON = "python3"   # the image's interpreter, not the host supervisor's
 

@@ -145,7 +145,7 @@ class Trainer:
         config, rank = self.config, self.rank
         if rank == 0:
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)
-        specs = ensure_data(config, self.run_dir, rank)
+        specs = ensure_data(config, self.layout, self.run_dir, rank)
         self.ctx.start(config.train.collective_timeout_s)
         start_heartbeat()
         store = self.store
@@ -156,8 +156,8 @@ class Trainer:
         if rank == 0:
             self.write_effective_config()
         start_step = store.resume(self.run)
-        index = open_training_index(config, self.run_dir, specs)
-        eval_index = open_eval_index(config, self.run_dir, specs) if config.train.eval_every \
+        index = open_training_index(config, self.layout, self.run_dir, specs)
+        eval_index = open_eval_index(config, self.layout, self.run_dir, specs) if config.train.eval_every \
             else None
         batches = self.batches(index, start_step)
         monitor = StepMonitor(config, self.layout, self.run_dir, self.world, self.run.precision,

@@ -60,8 +60,8 @@ def model_params(args: argparse.Namespace):
     if args.hf_config:
         from .plan import spec_and_count_from_hf
 
-        spec, params = spec_and_count_from_hf(args.hf_config, args.seq_len)
-        return spec, params, active_params(spec, params), f"{spec.arch}, exact count from transformers"
+        spec, params, how = spec_and_count_from_hf(args.hf_config, args.seq_len)
+        return spec, params, active_params(spec, params), f"{spec.arch}, {how}"
     if args.model:
         from llmlaunch.topology.shapes import preset
 
