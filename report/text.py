@@ -7,6 +7,7 @@ import argparse
 from tabulate import tabulate
 
 from llmlaunch.topology.cost import RunCost
+from llmlaunch.topology.flops import run_model_flops, training_flops
 from llmlaunch.topology.layout import AXIS_NAMES, Layout
 from llmlaunch.topology.memory import buffers_legend
 from llmlaunch.topology.plan_inputs import PlanInputs
@@ -89,6 +90,10 @@ def plan_text(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
                      f"${horizon.cost_usd:,.0f} at ${args.usd_per_gpu_hour:g}/GPU-hour, "
                      f"{horizon.energy_mwh:,.0f} MWh at TDP x PUE {args.pue:g}, "
                      f"{horizon.flops:.3g} FLOPs executed")
+        model = run_model_flops(spec, args.tokens, spec.seq_len)
+        lines.append(f"         model FLOPs {model:.3g} (MFU's numerator, topology/flops.py); "
+                     f"6 N D = {training_flops(inputs.active_params, args.tokens):.3g} beside it "
+                     "(attention over s left out)")
         lines.append("")
     if args.show_rejected:
         ruled_out = result.rejected + result.misses

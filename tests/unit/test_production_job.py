@@ -137,6 +137,9 @@ def test_plan_and_cost_give_the_same_days_at_plans_mfu(capsys):
     text = capsys.readouterr().out
     assert "beside it 6 N D = 6 x 8.03e+09 x 1.5e+13 = 7.23e+23 FLOPs" in text
     assert f"{plan['horizon']['wall_days']:,.1f} days wall clock" in text
+    assert main(PLAN_8B) == 0      # plan's text prints both FLOPs figures too
+    assert (f"model FLOPs {cost['flops']:.3g} (MFU's numerator, topology/flops.py); 6 N D = "
+            f"{cost['flops_6nd']:.3g} beside it") in capsys.readouterr().out
 
 
 INTERLEAVED = ["plan", "--gpus", "512", "--model", "megatron-1t", "--tp", "8", "--pp", "64",
