@@ -145,8 +145,7 @@ class StepGuard:
         if decision.action == STOP:
             log.error("%s", line)
             raise GuardStop(line)
-        if self.rank == 0:
-            log.warning("%s", line)
+        log.warning("%s", line)   # every rank's log (rank 0's console too): all took it
         if decision.action == SKIP:
             self.record.add(step, step, SKIP, reason)
         elif decision.action == ROLLBACK:

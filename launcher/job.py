@@ -110,7 +110,10 @@ class Supervisor:
             config = self.elastic_layout(config)
         if self.alloc is not None:   # one line here, not one error per rank
             config.layout_obj().check_world_size(self.alloc.ntasks)
+        from .memory_fit import check_memory_fits
         from .run_data import prepare_run_data
+
+        check_memory_fits(config, self.alloc.tasks_per_node if self.alloc else self.nproc)
 
         try:
             hosts = self.alloc.nodes if self.alloc is not None else 1

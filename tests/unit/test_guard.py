@@ -162,3 +162,16 @@ def test_metrics_are_strict_json_with_null_and_a_flag(tmp_path):
     assert "Infinity" not in text and "NaN" not in text
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"literal {c}")) == \
         {"step": 1, "loss": None, "nonfinite": {"loss": "-inf"}}
+
+
+def test_the_run_page_marks_each_guard_decision():
+    from llmlaunch.report.run_page import guard_section
+
+    metrics = [{"step": 4, "loss": 3.0},
+               {"step": 5, "loss": 3.1, "guard": {"action": "skip", "reason": "loss is nan"}},
+               {"step": 11, "loss": 3.1, "guard": {"action": "rollback", "reason": "loss spike",
+                                                   "to": 8}}]
+    html = guard_section(metrics)
+    assert 'id="guard"' in html and 'data-rows="2"' in html
+    assert "<td>rollback</td><td>8</td>" in html.replace(' class=l', '') and "loss is nan" in html
+    assert guard_section(metrics[:1]) == ""
