@@ -97,7 +97,8 @@ class StepGuard:
 
         loss = self.local_loss()
         held = torch.tensor([loss if loss is not None else 0.0, 1.0 if loss is not None else 0.0,
-                             1.0 if nonfinite_grad else 0.0], dtype=torch.float64)
+                             1.0 if nonfinite_grad else 0.0], dtype=torch.float64,
+                            device=self.run.device)   # NCCL reduces device tensors only
         dist.all_reduce(held, op=dist.ReduceOp.SUM)
         total, holders, bad_grad = held.tolist()
         self.loss = total / holders if holders else float("nan")

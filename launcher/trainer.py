@@ -26,6 +26,7 @@ from .checkpoints.tags import tag_for_step
 from .engine import rank_context
 from .guard import OK, SkipRecord
 from .guarded_step import StepGuard
+from .stragglers import StragglerWatch
 from .entry import start_heartbeat
 from .metrics import METRICS_FILE, MetricsLog
 from .placement import record_placement
@@ -160,6 +161,8 @@ class Trainer:
         start_step = store.resume(self.run)
         record = SkipRecord.read(self.run_dir)
         guard = StepGuard(config, self.run_dir, self.run, rank, record)
+        watch = StragglerWatch(config.train.stragglers, self.run.engine.module, rank,
+                               peers=(self.run.stage, self.run.engine.module.tp_group.rank))
         if record.applied_steps(start_step) != start_step:   # skipped steps moved no schedule
             set_schedule_position(self.run.engine, record.applied_steps(start_step),
                                   self.layout.global_batch)
@@ -192,10 +195,12 @@ class Trainer:
                 step += 1
                 grad_norm = self.run.grad_norm
                 action, verdict = guard.after_step(step, store)
+                slow = watch.after_step(step)
                 evaluated = self.eval_loss(eval_index) if eval_index is not None and \
                     step % config.train.eval_every == 0 else None
                 if monitor is not None:
-                    monitor.record(step, loss, lr, grad_norm, elapsed, evaluated, guard=verdict)
+                    monitor.record(step, loss, lr, grad_norm, elapsed, evaluated, guard=verdict,
+                                   stragglers=slow)
                 store.after_step(step, loss, grad_norm, healthy=action == OK)
                 if config.checkpoint.every and step % config.checkpoint.every == 0:
                     store.save(self.run, step)
@@ -239,7 +244,8 @@ class StepMonitor:
         self.step_times: list[float] = []
 
     def record(self, step: int, loss: float, lr: float, grad_norm, elapsed: float,
-               eval_loss: float | None = None, guard: dict | None = None) -> None:
+               eval_loss: float | None = None, guard: dict | None = None,
+               stragglers: list | None = None) -> None:
         import torch
 
         self.step_times.append(elapsed)
@@ -254,6 +260,8 @@ class StepMonitor:
             record["eval_loss"] = eval_loss
         if guard is not None:   # the guard's decision on this step (launcher/guard.py)
             record["guard"] = guard
+        if stragglers:   # ranks slower than the median (launcher/stragglers.py)
+            record["stragglers"] = stragglers
         shares = ""
         if self.samples_by_source is not None:   # cumulative samples per source (the blend's)
             record["samples_by_source"] = self.samples_by_source(step * self.global_batch)

@@ -80,6 +80,8 @@ RANGES = (
     ("train.guard.max_loss_ratio", 0.0, None, True, None),
     ("train.guard.bad_steps", 1, None, True, None),
     ("train.guard.rollbacks", 0, None, True, None),
+    ("train.stragglers.every", 0, None, True, None),
+    ("train.stragglers.margin", 0.0, None, False, None),
 )
 
 

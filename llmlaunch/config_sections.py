@@ -100,6 +100,16 @@ class GuardSection:
 
 
 @dataclass
+class StragglerSection:
+    """train.stragglers: ranks compared by their compute time (launcher/stragglers.py)."""
+
+    every: int = 10
+    """Steps between comparisons of every rank's forward time (0: never)."""
+    margin: float = 0.25
+    """A rank slower than the median rank by more than this fraction is named."""
+
+
+@dataclass
 class TrainSection:
     """Optimisation: AdamW, linear warmup then cosine decay to min_lr."""
 
@@ -133,6 +143,8 @@ class TrainSection:
     """Global batches each evaluation reads (the same ones every time, in order)."""
     guard: GuardSection = field(default_factory=GuardSection)
     """The guard against non-finite values and loss spikes (train.guard.KEY)."""
+    stragglers: StragglerSection = field(default_factory=StragglerSection)
+    """Slow ranks and hosts named (train.stragglers.KEY)."""
 
 
 # The keys of one entry of data.sources / data.eval_sources (docs/data.md, data/sources.py).

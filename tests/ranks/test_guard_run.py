@@ -10,7 +10,8 @@ import pytest
 
 from train_job import Job  # tests/helpers (conftest puts it on sys.path)
 
-SETS = ("train.steps=14", "checkpoint.every=4", "train.guard.min_history=3", "train.log_every=20")
+SETS = ("train.steps=14", "checkpoint.every=4", "train.guard.min_history=3", "train.log_every=20",
+        "train.stragglers.every=4")
 # step 5: a NaN in one gradient of rank 1; steps 9-11: the loss the guard sees is 1.8x (a spike
 # below the divergence cap): two are skipped, the third rolls back to step 8's tag
 FAULTS = "nan-grad@5:1,spike@9-11:1.8"
@@ -43,9 +44,11 @@ def clean(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("clean") / "run"
     run_dir.mkdir(parents=True)
     (run_dir / "skipped.json").write_text(json.dumps({"ranges": SKIPPED}))
-    job = Job(run_dir, *SETS)
+    with pytest.MonkeyPatch.context() as env:   # rank 2 sleeps 50 ms in each forward
+        env.setenv("LLMLAUNCH_STRAGGLER_INJECT", "2:0.05")
+        job = Job(run_dir, *SETS)
     assert job.wait(timeout=400) == 0, job.output()[-3000:]
-    return run_dir
+    return run_dir, job.output()
 
 
 def test_every_rank_skips_the_nan_gradient_step_and_the_spike_rolls_back(faulty):
@@ -68,6 +71,7 @@ def test_every_rank_skips_the_nan_gradient_step_and_the_spike_rolls_back(faulty)
 
 def test_losses_after_the_skips_equal_a_run_that_never_saw_those_batches(faulty, clean):
     run_dir, _ = faulty
+    clean, _ = clean
     assert sorted(records(clean)) == [1, 2, 3, 4, 6, 7, 8, 12, 13, 14]
     steps = [1, 2, 3, 4, 6, 7, 8, 12, 13, 14]
     assert trained(run_dir, steps) == trained(clean, steps)     # bit for bit, lr included
@@ -102,3 +106,15 @@ def test_a_diverging_run_stops_with_one_line_and_a_non_zero_exit(tmp_path):
     stops = [line for line in out.splitlines() if "guard: training stopped at step" in line]
     assert stops, out[-3000:]
     assert "unhealthy steps in a row" in stops[-1]
+
+
+def test_a_slowed_rank_is_named_within_a_period(clean, faulty):
+    run_dir, output = clean
+    got = records(run_dir)
+    assert [s["rank"] for s in got[4]["stragglers"]] == [2]       # the first period: steps 1-4
+    assert got[4]["stragglers"][0]["ratio"] > 2
+    assert "stragglers over steps 1-4: rank 2 on " in output
+    from llmlaunch.report.run_page import run_page_html
+
+    assert 'id="stragglers"' in run_page_html(run_dir)
+    assert not any("stragglers" in r for r in records(faulty[0]).values())   # nobody slowed

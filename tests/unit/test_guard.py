@@ -175,3 +175,21 @@ def test_the_run_page_marks_each_guard_decision():
     assert 'id="guard"' in html and 'data-rows="2"' in html
     assert "<td>rollback</td><td>8</td>" in html.replace(' class=l', '') and "loss is nan" in html
     assert guard_section(metrics[:1]) == ""
+
+
+def test_a_slow_rank_is_named_against_its_peers_and_a_slow_host_as_a_host():
+    from llmlaunch.launcher.stragglers import describe, slow_hosts, slow_ranks
+
+    # two stages of different cost: stage 1 is slower by nature, and its ranks are peers
+    peers = [(0, 0), (0, 0), (1, 0), (1, 0), (0, 0), (1, 0)]
+    hosts = ["a", "a", "a", "b", "b", "b"]
+    seconds = [0.010, 0.010, 0.030, 0.060, 0.011, 0.029]
+    slow = slow_ranks(seconds, hosts, peers, 0.25)
+    assert [(s["rank"], s["host"], round(s["ratio"], 3)) for s in slow] == [(3, "b", 2.0)]
+    assert slow_hosts(slow, hosts) == []
+    hosts = ["a", "a", "a", "b", "b", "a"]
+    both = slow_ranks([0.01, 0.01, 0.03, 0.06, 0.02, 0.03], hosts, peers, 0.25)
+    assert slow_hosts(both, hosts) == ["b"]
+    line = describe(both, ["b"], 11, 20)
+    assert line.startswith("stragglers over steps 11-20: host b (all its ranks); rank 3 on b 2.0x")
+    assert slow_ranks([0.01], ["a"], [(0, 0)], 0.25) == []      # no peer: nothing to compare
