@@ -184,7 +184,7 @@ class Trainer:
                     self.record_stop(step, tag_for_step(last_saved) if last_saved else None)
                     return 0
                 if record.skip_to(step) != step:   # batches a guard decision skipped
-                    step = skip_batches(step, record.skip_to(step))
+                    step = skip_batches(step, min(record.skip_to(step), config.train.steps))
                     batches = self.batches(index, step)
                     continue
                 lr = self.run.lr  # the rate this step applies
