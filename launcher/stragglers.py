@@ -6,7 +6,7 @@ times its model's forward passes (a pre- and post-hook on the root module: the f
 micro-batch, after a pipeline stage has received its input and before it sends its output, so no
 wait on a peer is inside it; the backward runs on the same hardware at about twice the cost). Every
 `train.stragglers.every` steps the ranks all-gather their forward seconds per step over the period
-and their host names; a rank slower than the median rank by more than `train.stragglers.margin` is
+(a start's first step, which allocates and builds, left out) and their host names; a rank slower than the median rank by more than `train.stragglers.margin` is
 named in one log line on rank 0 and in the metrics.jsonl record of that step (`stragglers`), which
 the run page lists; when every rank of a host is slow, the host is named.
 
@@ -64,7 +64,7 @@ class StragglerWatch:
 
         self.every, self.margin, self.rank, self.peers = settings.every, settings.margin, rank, peers
         self.host = host_name()
-        self.busy, self.steps, self.first = 0.0, 0, None
+        self.busy, self.steps, self.first, self.warm = 0.0, 0, None, False
         self._started = 0.0
         self.sleep = 0.0
         inject = os.environ.get(INJECT_ENV, "")
@@ -87,6 +87,9 @@ class StragglerWatch:
         """Every rank after each step; every `every` steps a collective, and (rank 0) the slow
         ranks when there are any (None otherwise)."""
         if not self.every:
+            return None
+        if not self.warm:   # a start's first step allocates and builds: not a rank's pace
+            self.warm, self.busy = True, 0.0
             return None
         self.steps += 1
         self.first = self.first or step
