@@ -45,15 +45,6 @@ def rank_environment(environ=os.environ) -> dict:
     return env
 
 
-def enter_rank(config: RunConfig) -> tuple[int, int]:
-    """Export this rank's identity (rank_environment) and check the job's size against the layout;
-    returns (rank, world size)."""
-    os.environ.update(rank_environment())
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    config.layout_obj().check_world_size(world)
-    return rank, world
-
-
 def rank_arguments(argv: list[str] | None, module: str,
                    description: str) -> tuple[RunConfig, Path]:
     """--config, --run-dir, --set: the checked config and the run directory (created). Bad input

@@ -37,8 +37,9 @@ from llmlaunch import run_files  # noqa: E402
 from llmlaunch.config import (RunConfig, apply_overrides, load_run_config,  # noqa: E402
                               resolve_config_path)
 from llmlaunch.metrics_file import last_step  # noqa: E402
+from llmlaunch.topology.layout import Layout  # noqa: E402
 
-from . import local_ranks, slurm, start_log  # noqa: E402
+from . import local_ranks, memory_fit, slurm, start_log  # noqa: E402
 from .hostnet import free_port, master_address  # noqa: E402
 from .liveness import read_lost  # noqa: E402
 from .outcome import (CANCELLED, DEFAULT_MAX_RESTARTS,  # noqa: E402
@@ -91,6 +92,7 @@ class Supervisor:
         self.lock_lost = ""
         self.lock: RunLock | None = None
         self.config: RunConfig | None = None
+        self.layout: Layout | None = None    # the start's layout, built once in prepare()
         self.from_step = 0
 
     # -- output ------------------------------------------------------------------------------
@@ -108,16 +110,14 @@ class Supervisor:
         config = load_run_config(self.config_path, self.overrides)
         if self.alloc is not None and env_int(self.environ, "LLMLAUNCH_ELASTIC", 0) >= 1:
             config = self.elastic_layout(config)
+        self.layout = memory_fit.fitting_layout(config, self.alloc or self.nproc)   # or refused
         if self.alloc is not None:   # one line here, not one error per rank
-            config.layout_obj().check_world_size(self.alloc.ntasks)
-        from .memory_fit import check_memory_fits
+            self.layout.check_world_size(self.alloc.ntasks)
         from .run_data import prepare_run_data
-
-        check_memory_fits(config, self.alloc.tasks_per_node if self.alloc else self.nproc)
 
         try:
             hosts = self.alloc.nodes if self.alloc is not None else 1
-            prepare_run_data(config, self.run_dir, hosts,
+            prepare_run_data(config, self.layout, self.run_dir, hosts,
                              log=lambda line: self.say(f"llmlaunch: {line}"))
         except ValueError as exc:
             raise DataRefused(str(exc)) from None
@@ -126,10 +126,10 @@ class Supervisor:
 
             if config.train.precision != "auto":    # a DeepSpeed config the ranks would refuse
                 deepspeed_config(config, config.train.precision)
-            world = config.layout_obj().world_size
+            world = self.layout.world_size
             if (self.nproc or world) != world:
                 raise ValueError(f"--nproc {self.nproc} but the layout needs "
-                                 f"{config.layout_obj().product} ranks")
+                                 f"{self.layout.product} ranks")
         return config
 
     def elastic_layout(self, config: RunConfig) -> RunConfig:
@@ -177,7 +177,8 @@ class Supervisor:
     def preflight_local(self) -> bool:
         from .preflight import format_table, host_checks
 
-        checks = host_checks(self.config, self.run_dir, self.nproc or self.config.layout_obj().world_size)
+        checks = host_checks(self.config, self.layout, self.run_dir,
+                             self.nproc or self.layout.world_size)
         if all(c.ok for c in checks):
             return True
         self.say(f"preflight, this host:\n{format_table(checks)}")
@@ -271,7 +272,7 @@ class Supervisor:
     def run_ranks_local(self) -> tuple[int, str]:
         env = dict(self.environ)
         env.setdefault("OMP_NUM_THREADS", "1")
-        nproc = self.nproc or self.config.layout_obj().world_size
+        nproc = self.nproc or self.layout.world_size
         cmd = local_ranks.elastic_command(nproc, self.module, self.rank_args(),
                                           free_port("127.0.0.1"))
         report = local_ranks.LauncherReport()

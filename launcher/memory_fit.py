@@ -61,3 +61,11 @@ def check_memory_fits(config, ranks_per_host: int | None) -> None:
     refusal = memory_refusal(config, ranks, psutil.virtual_memory().total)
     if refusal:
         raise ValueError(refusal)
+
+
+def fitting_layout(config, where):
+    """run.yaml's layout once check_memory_fits passed: the supervisor's first use of it, before
+    the data step. `where`: the Slurm allocation (its tasks per node), or --nproc (None: the
+    layout's world, all on this host)."""
+    check_memory_fits(config, getattr(where, "tasks_per_node", where))
+    return config.layout_obj()

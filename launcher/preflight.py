@@ -27,8 +27,9 @@ from pathlib import Path
 
 from llmlaunch.config import RunConfig
 from llmlaunch.run_files import PREFLIGHT
+from llmlaunch.topology.layout import Layout
 
-from .entry import enter_rank, exit_process, run_rank
+from .entry import exit_process, run_rank
 from .hostnet import host_name
 
 GIB = 2**30
@@ -75,7 +76,8 @@ def accelerator_visible() -> bool:
     return torch.cuda.is_available()
 
 
-def memory_checks(config: RunConfig, world: int, local_world: int, precision: str) -> list[Check]:
+def memory_checks(config: RunConfig, layout: Layout, world: int, local_world: int,
+                  precision: str) -> list[Check]:
     """Device memory (GPU) or host memory (CPU) against the planner's worst stage."""
     import psutil
 
@@ -83,8 +85,8 @@ def memory_checks(config: RunConfig, world: int, local_world: int, precision: st
 
     on_gpu = accelerator_visible()
     try:   # the bytes a stage holds do not depend on the device's speed: no measuring of this host
-        need = estimate_layout(config.plan_inputs(precision, measure=False),
-                               config.layout_obj()).worst_stage.total
+        need = estimate_layout(config.plan_inputs(precision, layout=layout, measure=False),
+                               layout).worst_stage.total
     except ValueError:  # no prediction (a cluster.gpu the catalog does not know)
         need = 0.0
     checks = []
@@ -224,28 +226,29 @@ def network_table(doc: dict) -> str:
     return "\n".join([table, *(f"{kind}: absent ({why})" for kind, why in doc["absent"].items())])
 
 
-def host_checks(config: RunConfig, run_dir: Path, local_world: int) -> list[Check]:
+def host_checks(config: RunConfig, layout: Layout, run_dir: Path, local_world: int) -> list[Check]:
     """The checks a local run's supervisor makes on its host before starting `local_world` ranks
     (launcher/job.py; the ranks check their extension build locks themselves): accelerators and
     memory against the plan, free disk for checkpoints."""
     from .engine import run_precision
 
     precision = run_precision(config, accelerator_visible())
-    checks = memory_checks(config, local_world, local_world, precision)
+    checks = memory_checks(config, layout, local_world, local_world, precision)
     checks.append(disk_check(config, run_dir, precision))
     return checks
 
 
 def run_checks(config: RunConfig, run_dir: Path) -> list[Check]:
-    rank, world = enter_rank(config)
+    from .engine import rank_context, run_precision
+
+    ctx = rank_context(config)    # the layout built once, checked against the job's size
+    rank, world = ctx.rank, ctx.world
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE")
                       or min(world, config.cluster.gpus_per_node))
     import torch
 
-    from .engine import run_precision
-
     precision = run_precision(config, torch.cuda.is_available())
-    checks = memory_checks(config, world, local_world, precision)
+    checks = memory_checks(config, ctx.layout, world, local_world, precision)
     checks.append(build_lock_check())
     checks.append(smoke_allreduce(world, config.train.collective_timeout_s))
     if rank == 0:

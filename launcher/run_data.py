@@ -3,7 +3,7 @@ model before any rank starts, and its sample index built once (data/sample_index
 
 - `data_specs`: data.sources (or data.path as one source), paths resolved; None: the corpus shipped
   with llmlaunch, prepared once into RUN_DIR/data by global rank 0 (`ensure_data`).
-- `prepare_run_data(config, run_dir, hosts)`: the pre-start step the supervisor (launcher/job.py)
+- `prepare_run_data(config, layout, run_dir, hosts)`: the pre-start step the supervisor (launcher/job.py)
   runs once, under Slurm and locally: every source's files against its index or manifest, the
   vocabulary against the model, at least one global batch, the evaluation data, and the index built
   or reused. Raises DataError with one line.
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from llmlaunch.config import RunConfig
 from llmlaunch.run_files import DATA
+from llmlaunch.topology.layout import Layout
 
 
 def _resolve(path: str, run_dir: Path) -> str:
@@ -63,7 +64,7 @@ def eval_specs(config: RunConfig, run_dir: Path, train_specs):
     return found
 
 
-def ensure_data(config: RunConfig, run_dir: Path, rank: int):
+def ensure_data(config: RunConfig, layout: Layout, run_dir: Path, rank: int):
     """The run's sources; the shipped corpus is prepared once into RUN_DIR/data by global rank 0
     (before the process group forms: the others wait for it at the rendezvous), which also builds
     the index when no pre-start step did."""
@@ -79,22 +80,22 @@ def ensure_data(config: RunConfig, run_dir: Path, rank: int):
                                   force=True, progress=False))
         specs = shipped_corpus_specs(run_dir)
     if rank == 0:
-        build_indexes(config, run_dir, specs)
+        build_indexes(config, layout, run_dir, specs)
     return specs
 
 
-def run_samples(config: RunConfig) -> int:
-    return config.train.steps * config.layout_obj().global_batch
+def run_samples(config: RunConfig, layout: Layout) -> int:
+    return config.train.steps * layout.global_batch
 
 
-def build_indexes(config: RunConfig, run_dir: Path, specs, log=lambda line: None):
+def build_indexes(config: RunConfig, layout: Layout, run_dir: Path, specs,
+                  log=lambda line: None):
     """Build or reuse the training index (and the evaluation one); returns (train dir, eval dir)."""
     from llmlaunch.data.sample_index import build_index, index_root
 
-    lay = config.layout_obj()
     common = dict(seed=config.train.seed, seq_len=config.model.seq_len,
-                  global_batch=lay.global_batch, log=log)
-    train = build_index(specs, index_root(run_dir), samples=run_samples(config), **common)
+                  global_batch=layout.global_batch, log=log)
+    train = build_index(specs, index_root(run_dir), samples=run_samples(config, layout), **common)
     evaluation = None
     if config.train.eval_every:
         evaluation = build_index(eval_specs(config, run_dir, specs), index_root(run_dir),
@@ -102,24 +103,24 @@ def build_indexes(config: RunConfig, run_dir: Path, specs, log=lambda line: None
     return train, evaluation
 
 
-def open_training_index(config: RunConfig, run_dir: Path, specs):
+def open_training_index(config: RunConfig, layout: Layout, run_dir: Path, specs):
     from llmlaunch.data.sample_index import find_index, index_root
 
     return find_index(specs, index_root(run_dir), seed=config.train.seed,
-                      seq_len=config.model.seq_len, global_batch=config.layout_obj().global_batch)
+                      seq_len=config.model.seq_len, global_batch=layout.global_batch)
 
 
-def open_eval_index(config: RunConfig, run_dir: Path, specs):
+def open_eval_index(config: RunConfig, layout: Layout, run_dir: Path, specs):
     from llmlaunch.data.sample_index import find_index, index_root
 
     index = find_index(eval_specs(config, run_dir, specs), index_root(run_dir),
                        seed=config.train.seed, seq_len=config.model.seq_len,
-                       global_batch=config.layout_obj().global_batch)
+                       global_batch=layout.global_batch)
     index.shuffle = False   # evaluation reads its windows in order: the same batches every time
     return index
 
 
-def prepare_run_data(config: RunConfig, run_dir: Path, hosts: int = 1,
+def prepare_run_data(config: RunConfig, layout: Layout, run_dir: Path, hosts: int = 1,
                      log=lambda line: None) -> str | None:
     """The pre-start check and index build (module docstring); returns what the data holds (None:
     the shipped corpus, which rank 0 prepares for this model's vocabulary)."""
@@ -144,11 +145,11 @@ def prepare_run_data(config: RunConfig, run_dir: Path, hosts: int = 1,
                             "shipped with llmlaunch. Give the data (plan --emit --data SPEC, or "
                             "data.sources), or set data.allow_toy_corpus: true")
         return None
-    train_dir, eval_dir = build_indexes(config, run_dir, specs, log)
-    lay = config.layout_obj()
+    train_dir, eval_dir = build_indexes(config, layout, run_dir, specs, log)
+    lay = layout
     summary = check_index_against_model(train_dir, vocab=config.model.vocab,
                                         global_batch=lay.global_batch,
-                                        samples=run_samples(config), tokenizer=tokenizer)
+                                        samples=run_samples(config, lay), tokenizer=tokenizer)
     if eval_dir is not None:
         check_index_against_model(eval_dir, vocab=config.model.vocab,
                                   global_batch=lay.global_batch,

@@ -148,7 +148,7 @@ class Trainer:
         config, rank = self.config, self.rank
         if rank == 0:
             (self.run_dir / STOPPED_FILE).unlink(missing_ok=True)
-        specs = ensure_data(config, self.run_dir, rank)
+        specs = ensure_data(config, self.layout, self.run_dir, rank)
         self.ctx.start(config.train.collective_timeout_s)
         start_heartbeat()
         store = self.store
@@ -166,8 +166,8 @@ class Trainer:
         if record.applied_steps(start_step) != start_step:   # skipped steps moved no schedule
             set_schedule_position(self.run.engine, record.applied_steps(start_step),
                                   self.layout.global_batch)
-        index = open_training_index(config, self.run_dir, specs)
-        eval_index = open_eval_index(config, self.run_dir, specs) if config.train.eval_every \
+        index = open_training_index(config, self.layout, self.run_dir, specs)
+        eval_index = open_eval_index(config, self.layout, self.run_dir, specs) if config.train.eval_every \
             else None
         batches = self.batches(index, start_step)
         monitor = StepMonitor(config, self.layout, self.run_dir, self.world, self.run.precision,

@@ -15,6 +15,7 @@ def plan_json(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
                   "hidden": spec.hidden, "heads": spec.heads, "kv_heads": spec.kv_heads,
                   "ffn_hidden": spec.ffn_hidden, "vocab": spec.vocab, "seq_len": spec.seq_len,
                   "name": spec.name, "active_params": inputs.active_params,
+                  "params_source": inputs.params_source,
                   "approximations": list(inputs.approximations)},
         "cluster": {"gpus": cluster.gpus, "gpus_per_node": cluster.gpus_per_node,
                     "gpu": cluster.gpu.name, "nodes": cluster.nodes,

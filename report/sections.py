@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from llmlaunch.topology.hardware import GIB
 from llmlaunch.topology.layout import RECOMPUTE_MODES
+from llmlaunch.topology.memory import buffers_legend
 from llmlaunch.topology.schedule import candidate_schedule
 
 from .figures import (_sig, _time_unit, breakdown_figure, memory_figure, rank_map_figure,
@@ -100,14 +101,16 @@ def _schedule_section(inputs, cand, figures) -> str:
             + fig_div("fig-breakdown", figures, breakdown_figure(step)) + "</div></div></section>")
 
 
-def _memory_section(cand, cluster, figures) -> str:
+def _memory_section(cand, inputs, figures) -> str:
+    cluster, lay = inputs.cluster, cand.layout
+    legend = buffers_legend(inputs.options.engine, inputs.options.precision, lay.zero_stage, lay.dp,
+                            lay.pp)
     cap = cluster.gpu.memory_gib
     worst = cand.worst_stage
     head = cap - worst.total / GIB
     note = (f"Memory per GPU of each pipeline stage at its 1F1B peak; worst stage {worst.stage}: "
             f"{worst.total / GIB:.2f} GiB of {cap:g} GiB ({'headroom' if head >= 0 else 'OVER by'} "
-            f"{abs(head):.2f} GiB). Buffers = DeepSpeed buckets + framework + 5% allocator "
-            f"fragmentation.")
+            f"{abs(head):.2f} GiB). {legend[0].upper()}{legend[1:]}.")
     return (f'<section id="memory"{attrs(stages=len(cand.stages), capacity_gib=cap)}><h2>Memory per '
             f"pipeline stage</h2><p class=note>{e(note)}</p>"
             + fig_div("fig-memory", figures, memory_figure(cand.stages, cap)) + "</section>")
@@ -189,4 +192,4 @@ def _layout_sections(inputs, cand, figures) -> tuple[list[str], dict | None]:
                    + "".join(f"<li>{e(r)}</li>" for r in cand.reasons) + "</ul></section>")
     rank_html, rm = _rank_map_section(cand, inputs.cluster, figures)
     return [reasons, rank_html, _schedule_section(inputs, cand, figures),
-            _memory_section(cand, inputs.cluster, figures)], rm
+            _memory_section(cand, inputs, figures)], rm

@@ -8,6 +8,7 @@ from tabulate import tabulate
 
 from llmlaunch.topology.cost import RunCost
 from llmlaunch.topology.layout import AXIS_NAMES, Layout
+from llmlaunch.topology.memory import buffers_legend
 from llmlaunch.topology.plan_inputs import PlanInputs
 from llmlaunch.topology.planner import Candidate, SearchResult
 # Rank-level listings are shown in full up to this many GPUs (--show-groups lifts it).
@@ -138,8 +139,9 @@ def candidate_report(c: Candidate, inputs: PlanInputs, show_groups: bool = False
     out.append("")
     out.extend(topology_report(lay, cluster.gpus_per_node, show_groups))
     out.append("")
-    out.append(f"memory per GPU by pipeline stage (GiB; capacity {cluster.gpu.memory_gib:g}; buffers = "
-               "DeepSpeed buckets + framework + 5% allocator fragmentation):")
+    legend = buffers_legend(inputs.options.engine, inputs.options.precision, lay.zero_stage, lay.dp,
+                            lay.pp)
+    out.append(f"memory per GPU by pipeline stage (GiB; capacity {cluster.gpu.memory_gib:g}; {legend}):")
     rows = []
     stages = c.stages if len(c.stages) <= 12 else [*c.stages[:6], None, *c.stages[-5:]]
     for st in stages:

@@ -11,6 +11,7 @@ which the GEMM loses (overlapped_exposed_s).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 from .hardware import GpuSpec
@@ -38,6 +39,7 @@ def allgather_time_s(nbytes: float, group_size: int, bus_gb_per_s: float,
     return (n - 1) * latency_s + (n - 1) / n * nbytes / (bus_gb_per_s * GB)
 
 
+@functools.lru_cache(maxsize=4096)
 def bus_gb_per_s(nbytes: float, curve: tuple) -> float:
     """The bus bandwidth a collective of an nbytes buffer reaches, read off a measured curve
     ((bytes, GB/s), ... ascending; GpuSpec.allreduce_busbw): between two measured sizes the

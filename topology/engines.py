@@ -58,7 +58,9 @@ Today's stacks (issue 23), each read off its own code:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from .frozen_hash import cached_hash
 
 DEEPSPEED_INSTRUCTION_US = 96.0
 DEEPSPEED_STEP_OVERHEAD_US = 1200.0
@@ -145,7 +147,11 @@ class Engine:
     zero_stages: tuple = (0, 1, 2, 3)
     """ZeRO stages (or FSDP sharding strategies) the engine runs at all; the search tries these."""
     tp_comm_overlap: bool = False
-    """Every TP collective runs beside the GEMM it feeds (Transformer Engine's userbuffers)."""
+    """Every TP collective runs beside the GEMM it feeds (Transformer Engine's userbuffers;
+    PyTorch's async TP)."""
+    tp_overlap_on_copy_engines: bool = False
+    """The overlapped TP collectives move data with the copy engines, taking no SMs from the GEMM
+    (PyTorch's async TP: SymmetricMemory's P2P copies); otherwise they take userbuffers' SMs."""
     sequence_parallel_default: bool = False
     """The search runs tensor parallelism with sequence parallelism (Megatron-Core's recipes do:
     TP > 1 always with SP)."""
@@ -172,6 +178,19 @@ class Engine:
     """llmlaunch's `train` runs it (`plan --emit` writes only such layouts)."""
     source: str = ""
 
+    def __hash__(self) -> int:   # a key of the planner's caches, hashed once (frozen_hash.py)
+        return cached_hash(self)
+
+
+_FSDP = Engine(
+    "fsdp", kernels="eager", dropout=False, pipeline_sends="blocking",
+    attention_kernel="fa2", activations="torchtitan", dp_overlap="fsdp",
+    pipeline_zero_stages=(0, 1, 2, 3), zero_stages=(0, 2, 3), fp8="torchao",
+    logits_bytes=12.0, model_states="bf16-fsdp", zero_accounting="sharded",
+    source="PyTorch FSDP2 as torchtitan runs it (torchtitan/parallelisms/parallelize_llama.py"
+           " at 9dec370, 2024-12: one unit per block, reshard_after_forward except under a "
+           "pipeline, MixedPrecisionPolicy(bf16, fp32), per-op selective AC); zero_stage 2 is "
+           "SHARD_GRAD_OP, 3 FULL_SHARD")
 
 ENGINES = {
     "deepspeed": Engine(
@@ -235,17 +254,29 @@ ENGINES = {
                "cuDNN attention and userbuffers TP overlap as Megatron-Bridge's perf recipes set "
                "them (src/megatron/bridge/training/comm_overlap.py); zero_stage 1 is the "
                "distributed optimizer, 3 Megatron-FSDP"),
-    "fsdp": Engine(
-        "fsdp", kernels="eager", dropout=False, pipeline_sends="blocking",
-        attention_kernel="fa2", activations="torchtitan", dp_overlap="fsdp",
-        pipeline_zero_stages=(0, 1, 2, 3), zero_stages=(0, 2, 3), fp8="torchao",
-        logits_bytes=12.0, model_states="bf16-fsdp", zero_accounting="sharded",
-        source="PyTorch FSDP2 as torchtitan runs it (torchtitan/parallelisms/parallelize_llama.py"
-               " at 9dec370, 2024-12: one unit per block, reshard_after_forward except under a "
-               "pipeline, MixedPrecisionPolicy(bf16, fp32), per-op selective AC); zero_stage 2 is "
-               "SHARD_GRAD_OP, 3 FULL_SHARD"),
+    "fsdp": _FSDP,
+    "fsdp-compile": replace(
+        _FSDP, name="fsdp-compile", kernels="inductor",
+        source="torchtitan at 9dec370 with --training.compile: apply_compile compiles each "
+               "TransformerBlock (fullgraph) after AC and before FSDP, so TorchInductor fuses its "
+               "element-wise ops (kernels.py 'inductor'); the loss stays eager (train.py leaves "
+               "torch.compile(loss_fn) commented out): fp32 logits as in `fsdp`"),
+    "fsdp-compile-async-tp": replace(
+        _FSDP, name="fsdp-compile-async-tp", kernels="inductor", tp_comm_overlap=True,
+        tp_overlap_on_copy_engines=True,
+        source="as fsdp-compile, with --experimental.enable_async_tensor_parallel (torchtitan "
+               "requires compile for it): each sequence-parallel all-gather and reduce-scatter is "
+               "decomposed into P2P copies on the copy engines beside the chunks of the matmul it "
+               "feeds (PyTorch's async TP: SymmetricMemory; D. Vega-Myhre, 'async TP' 2025-05: "
+               "'executed by copy engines ... independently of SMs')"),
+    "fsdp-compile-2025": replace(
+        _FSDP, name="fsdp-compile-2025", kernels="inductor", logits_bytes=4.0,
+        source="torchtitan at e7c0cae (2025-06) with --training.compile: each block compiled as "
+               "in fsdp-compile, and the loss too (components/loss.py build_cross_entropy_loss: "
+               "torch.compile(loss_fn)), so the fp32 upcast of the logits is fused into the loss "
+               "kernel: the bf16 logits and their gradient, 4 bytes a logit"),
     "llm-foundry": Engine(
-        "llm-foundry", kernels="eager", dropout=False, pipeline_sends="blocking",
+        "llm-foundry", kernels="llm-foundry", dropout=False, pipeline_sends="blocking",
         attention_kernel="fa2", activations="fused", dp_overlap="fsdp",
         pipeline_zero_stages=(0, 1, 2, 3), zero_stages=(0, 2, 3), fp8="te",
         logits_bytes=4.0, model_states="bf16-fsdp", zero_accounting="sharded",

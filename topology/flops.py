@@ -20,6 +20,8 @@ where N counts the matmul parameters (for an MoE model: the active ones).
 """
 from __future__ import annotations
 
+import functools
+
 from .model_spec import ModelSpec
 from .params import mla_projections
 
@@ -106,12 +108,14 @@ def recompute_flops_per_token(spec: ModelSpec, recompute: str, seq_len: int | No
     return 0
 
 
+@functools.lru_cache(maxsize=1024)
 def model_flops_per_token(spec: ModelSpec, seq_len: int | None = None) -> float:
     """Forward + backward FLOPs per token of the model itself (MFU's numerator, no recompute)."""
     forward = blocks_forward_flops_per_token(spec, seq_len) + head_forward_flops_per_token(spec)
     return (1 + BACKWARD_TO_FORWARD) * forward
 
 
+@functools.lru_cache(maxsize=1024)
 def hardware_flops_per_token(spec: ModelSpec, recompute: str, seq_len: int | None = None) -> float:
     """FLOPs per token the hardware executes: model FLOPs plus recomputation (the FLOPs that
     Megatron-LM's and BLOOM's reported TFLOP/s count)."""

@@ -50,6 +50,7 @@ FP8_WEIGHT_COPY_BYTES = {"te": 2, "te-fp8-params": 0, "torchao": 0, "": 2}
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)
 def fp8_gemm_gpu(gpu: GpuSpec) -> GpuSpec:
     """The GPU as its FP8 GEMMs see it: FP8 peak and the FP8 MAMF's efficiency; ValueError on a GPU
     without FP8 tensor cores (A100)."""

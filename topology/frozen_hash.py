@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 
+_FIELD_NAMES: dict = {}
+
 
 def cached_hash(obj) -> int:
     """hash() of the dataclass's fields, stored on the instance the first time (it is frozen, so
-    the fields cannot change afterwards; equality still compares the fields)."""
-    cached = obj.__dict__.get("_field_hash")
+    the fields cannot change afterwards; equality still compares the fields). The field names are
+    read once per class."""
+    values = obj.__dict__
+    cached = values.get("_field_hash")
     if cached is None:
-        cached = hash(tuple(getattr(obj, f.name) for f in dataclasses.fields(obj)))
+        names = _FIELD_NAMES.get(type(obj))
+        if names is None:
+            names = _FIELD_NAMES[type(obj)] = tuple(f.name for f in dataclasses.fields(obj))
+        cached = hash(tuple([values[name] for name in names]))
         object.__setattr__(obj, "_field_hash", cached)
     return cached

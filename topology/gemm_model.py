@@ -58,6 +58,7 @@ from .hardware import GpuSpec
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)
 def at_sustained_clock(gpu: GpuSpec) -> GpuSpec:
     """The GPU as its tensor cores run under sustained full load (GpuSpec.sustained_clock_fraction
     f): the SM clock drops, so the GEMM rates scale by f and each wave's fixed time (cycles) by

@@ -9,8 +9,8 @@ import functools
 
 from .fp8 import FP8_GEMMS, fp8_gemm_gpu
 from .gemm_model import at_sustained_clock, gemm_time_s
-from .gemms import (ATTENTION_CORE, Gemm, block_forward_gemms, head_forward_gemm, recomputed_gemms,
-                    with_backward)
+from .gemms import (ATTENTION_CORE, OP_SELECTIVE, Gemm, block_forward_gemms, head_forward_gemm,
+                    op_recomputed_gemms, recomputed_gemms, with_backward)
 from .hardware import GpuSpec
 from .model_spec import ModelSpec
 from .params import dense_variant
@@ -26,20 +26,30 @@ def attention_rate(gpu: GpuSpec, kernel: str, phase: str) -> float | None:
     return rate
 
 
+# A fused attention kernel's backward runs five GEMMs of the forward's size where gemms.py lists
+# four (dQ, dK, dP, dV): it recomputes the scores S = QK^T from the log-sum-exp it saved (Dao 2023,
+# FlashAttention-2, Algorithm 2); its authors' benchmarks count the backward's FLOPs so, as 2.5
+# forward passes (Dao-AILab/flash-attention benchmarks/benchmark_flash_attention.py, flops():
+# "2.5 * f if mode == 'bwd'"), and the rates of GpuSpec.attention_efficiency are theirs. The
+# backward GEMMs' time is their listed FLOPs x 2.5 / 2 at that rate (the FLOPs the model counts
+# stay the papers': flops.py).
+FUSED_ATTENTION_BACKWARD_FLOPS_FACTOR = 2.5 / 2
+
+
 @functools.lru_cache(maxsize=65536)
 def priced_gemm_time_s(gemm: Gemm, gpu: GpuSpec, act: int, *, fp8: bool = False,
                        attention_kernel: str = "") -> float:
     """One GEMM's seconds: a fused attention kernel's GEMMs (flash: an operand kept on chip) at the
     kernel's measured fraction of peak (attention_rate: forward for the forward and recomputed
-    ones, backward for the rest), the FP8 linear layers at the FP8 rate (fp8.py), every other GEMM
+    ones, backward for the rest, whose FLOPs the kernel's benchmark counts 2.5/2-fold), the FP8 linear layers at the FP8 rate (fp8.py), every other GEMM
     by the shape model (gemm_model.py); each at the clock the GPU sustains under full load
     (gemm_model.at_sustained_clock: the benchmarks ran at the boost clock)."""
     if gemm.name in ATTENTION_CORE and gemm.on_chip and attention_kernel:
-        rate = attention_rate(gpu, attention_kernel,
-                              "forward" if gemm.phase == "forward" else "backward")
+        forward = gemm.phase == "forward"
+        rate = attention_rate(gpu, attention_kernel, "forward" if forward else "backward")
         if rate is not None:
-            return gemm.executed_flops / (gpu.peak_tflops * 1e12 * rate
-                                          * gpu.sustained_clock_fraction)
+            flops = gemm.executed_flops * (1.0 if forward else FUSED_ATTENTION_BACKWARD_FLOPS_FACTOR)
+            return flops / (gpu.peak_tflops * 1e12 * rate * gpu.sustained_clock_fraction)
     if fp8 and gemm.name in FP8_GEMMS:
         return gemm_time_s(gemm, at_sustained_clock(fp8_gemm_gpu(gpu)), 1)
     return gemm_time_s(gemm, at_sustained_clock(gpu), act)
@@ -52,7 +62,8 @@ def _gemm_list_times(spec: ModelSpec, gpu: GpuSpec, act: int, fp8: bool, attenti
                      head: bool = False) -> tuple[float, dict, dict]:
     """(seconds of one block's forward and backward GEMMs for one micro-batch, or of the LM head's
     when `head`; {GEMM: seconds} of each distinct one; {recompute mode: seconds of the forward GEMMs
-    it runs again}, gemms.recomputed_gemms: the same GEMMs, so they add no distinct one): each
+    it runs again}, gemms.recomputed_gemms, and OP_SELECTIVE's gemms.op_recomputed_gemms: slices of
+    the same GEMMs, so they add no distinct one): each
     priced at its shape (gemms.py, gemm_model.py) or, fused attention, at its kernel's measured
     rate (priced_gemm_time_s)."""
     if head:
@@ -66,6 +77,11 @@ def _gemm_list_times(spec: ModelSpec, gpu: GpuSpec, act: int, fp8: bool, attenti
              for g in gemms}
     again = {mode: (0.0 if head else sum(times[g] for g in recomputed_gemms(forward, mode)))
              for mode in ("none", "selective", "full")}
+    again[OP_SELECTIVE] = again["selective"]
+    if not head and not spec.moe and not spec.mla:
+        again[OP_SELECTIVE] = sum(
+            priced_gemm_time_s(g, gpu, act, fp8=fp8, attention_kernel=attention_kernel)
+            for g in op_recomputed_gemms(spec, micro_batch=micro_batch, seq_len=seq_len, tp=tp, cp=cp))
     return sum(times[g] for g in gemms), times, again
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .flops import attention_core_flops_per_token
 from .frozen_hash import cached_hash
@@ -44,6 +44,9 @@ from .params import dense_variant, mla_projections, padded_vocab
 
 PHASES = ("forward", "backward-data", "backward-weight")
 ATTENTION_CORE = ("attention-scores", "attention-values")
+OP_SELECTIVE = "selective-op"
+"""How the step prices recompute 'selective' under torchtitan's per-op policy (Engine.activations
+'torchtitan'): op_recomputed_gemms, and every forward memory-bound kernel again (kernels.py)."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,10 @@ class Gemm:
 
     def backward(self) -> tuple["Gemm", "Gemm"]:
         """dA = dC B^T: (m, k, n); dB = A^T dC: (k, n, m)."""
-        data = replace(self, m=self.m, n=self.k, k=self.n, phase="backward-data")
-        weight = replace(self, m=self.k, n=self.n, k=self.m, phase="backward-weight")
+        data = Gemm(self.name, self.m, self.k, self.n, self.batch, "backward-data", self.executed,
+                    self.on_chip)
+        weight = Gemm(self.name, self.k, self.n, self.m, self.batch, "backward-weight",
+                      self.executed, self.on_chip)
         return data, weight
 
 
@@ -170,6 +175,22 @@ def head_forward_gemm(spec: ModelSpec, *, micro_batch: int, seq_len: int, tp: in
 def with_backward(forward: tuple[Gemm, ...]) -> tuple[Gemm, ...]:
     """Forward GEMMs followed by their backward-data and backward-weight GEMMs."""
     return forward + tuple(g for f in forward for g in f.backward())
+
+
+def op_recomputed_gemms(spec: ModelSpec, *, micro_batch: int, seq_len: int, tp: int,
+                        cp: int = 1) -> tuple[Gemm, ...]:
+    """The GEMMs torchtitan's per-op selective checkpointing runs again in backward
+    (parallelize_llama.py at 9dec370: its policy saves aten.mm's output unless the block's mm count
+    is even, and saves flash attention's): every second matmul in the order its Llama block runs
+    them, wq wk wv wo w1 w3 w2, i.e. wk, wo and w3 (SwiGLU's up; with a two-matrix MLP wk, wo, w2).
+    A dense, non-MLA block (torchtitan's Llama); others take the attention core's (selective)."""
+    tokens, t, h = micro_batch * seq_len / cp, tp, spec.hidden
+    f = spec.ffn_hidden / t
+    order = [("qkv", spec.q_width / t, h), ("qkv", spec.kv_hidden / t, h),
+             ("qkv", spec.v_width / t, h), ("out-proj", h, spec.out_width / t)]
+    order += ([("mlp-gate", f, h), ("mlp-up", f, h), ("mlp-down", h, f)] if spec.gated_mlp
+              else [("mlp-up", f, h), ("mlp-down", h, f)])
+    return tuple(Gemm(name, tokens, n, k) for i, (name, n, k) in enumerate(order) if i % 2 == 1)
 
 
 def recomputed_gemms(forward: tuple[Gemm, ...], recompute: str) -> tuple[Gemm, ...]:

@@ -5,13 +5,11 @@ import dataclasses
 import functools
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
 
+from .data_files import load_data_yaml
 from .frozen_hash import cached_hash
 
-_CATALOG = Path(__file__).parent / "data" / "gpus.yaml"
 GIB = 1024 ** 3
 
 
@@ -196,8 +194,7 @@ class GpuSpec:
 
 @functools.lru_cache(maxsize=1)
 def _catalog() -> dict:
-    with open(_CATALOG) as f:
-        return yaml.safe_load(f)
+    return load_data_yaml("gpus.yaml")
 
 
 def gpu_names() -> list[str]:

@@ -1,14 +1,18 @@
 """A Hugging Face config.json as a ModelSpec: the one reader of HF shapes (plan --hf-config, run.yaml's
 model.hf_config, HF import and export all use it). Pure Python on the JSON's keys; the per-family
-key readers are hf_families.py; the exact parameter count from the model built on the meta device
-is model/hf_count.py's count_hf_params.
+key readers are hf_families.py, what transformers fills in before it builds a model hf_defaults.py.
+A config of a family with a reader is counted from its shapes (params.py's formula, pinned equal to
+transformers' count by tests/torch/test_hf_shape_counts.py); any other, or one that sets what the
+formula does not count, by the model transformers builds on the meta device (model/hf_count.py).
 
 Two questions, two functions (what the planner approximates for a shape, and by how much, is
 topology/approximations.py's planning_notes):
 - spec_from_hf_config: the planner's shape of any decoder-only config (every family reads;
   model_types without a reader of their own are read with llama's keys and the common aliases);
 - training_differences: what in the config llmlaunch's model would compute differently (empty: the
-  model runs it exactly; only meaningful for the runnable families).
+  model runs it exactly; only meaningful for the runnable families);
+- spec_from_shapes, shape_count_gap: the shape of a config as transformers completes it, and why
+  (if at all) the formula cannot count it exactly (plan --hf-config, cost --hf-config).
 """
 from __future__ import annotations
 
@@ -17,12 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .hf_checks import check_hf_config
+from .hf_defaults import unmodelled_keys, with_transformers_defaults
 from .hf_families import MAX_DEFAULT_SEQ_LEN, READERS, reader, rope
 from .model_spec import MLPS, ModelSpec
 from .params import total_params
 
 __all__ = ["MAX_DEFAULT_SEQ_LEN", "read_hf_config", "spec_from_hf_config", "fit_to_count",
-           "training_differences", "KNOWN_TYPES"]
+           "training_differences", "KNOWN_TYPES", "spec_from_shapes", "shape_count_gap"]
 KNOWN_TYPES = tuple(READERS)
 """model_types with a reader of their own (every other decoder-only type is read generically)."""
 
@@ -73,6 +78,25 @@ def spec_from_hf_config(cfg: Mapping, seq_len: int | None = None, source: str = 
         raise ValueError(f"{where}: missing key {exc.args[0]!r} for model_type {model_type!r}") from None
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: model_type {model_type!r}: {exc}") from None
+
+
+def spec_from_shapes(cfg: Mapping, seq_len: int | None = None, source: str = "",
+                     label: str = "HF config") -> ModelSpec:
+    """The shape of a config.json as transformers completes it (its defaults for what the file
+    leaves out: hf_defaults.with_transformers_defaults), without importing transformers; its
+    total_params is transformers' exact count unless shape_count_gap says otherwise."""
+    return spec_from_hf_config(with_transformers_defaults(cfg), seq_len, source, label)
+
+
+def shape_count_gap(cfg: Mapping) -> str | None:
+    """Why the shape formula cannot count this config exactly (None: it counts exactly what
+    transformers builds): its model_type has no reader of its own, or it sets a key that adds
+    parameters no ModelSpec field describes."""
+    model_type = cfg.get("model_type", "")
+    if model_type not in READERS:
+        return f"model_type {model_type!r} has no shape reader (topology/hf_families.py)"
+    keys = unmodelled_keys(with_transformers_defaults(cfg))
+    return f"{', '.join(keys)} is not in the shape formula" if keys else None
 
 
 def fit_to_count(spec: ModelSpec, exact: int) -> ModelSpec:

@@ -22,6 +22,18 @@ on the implementation, so each is listed per kernel set (KernelSet below):
   their own kernels likewise.
 - "megatron": the fused kernels with one-pass norms and no separate bias kernels (Llama 3: no
   biases; the report names no kernels).
+- "inductor": a block under torch.compile (torchtitan's per-block compile): TorchInductor fuses
+  each chain of element-wise ops and reductions between two matmuls into one generated kernel that
+  reads its inputs once and writes its outputs once (Ansel et al. 2024, PyTorch 2, ASPLOS, §4: "
+  TorchInductor ... fuses pointwise and reduction operations"), so a norm, SwiGLU and RoPE move
+  what the fused set's kernels move.
+- "llm-foundry": MPT's blocks as llm-foundry's benchmarks ran them (llmfoundry/models/layers/
+  attention.py and norm.py at 5e85bd62d): PyTorch's own kernels op by op; its low-precision
+  LayerNorm is F.layer_norm, whose CUDA backward is two kernels that each read the input and the
+  output gradient (aten/src/ATen/native/cuda/layer_norm_kernel.cu: the input gradient, then
+  GammaBetaBackward): 5 passes; and flash_attn_fn unpads Q, K, V before flash-attn's varlen
+  kernel and pads its output after (flash_attn.bert_padding): forward three gathers (read, write)
+  and a scatter into zeros (write, read, write), backward the reverse.
 - "eager": llmlaunch's model/ under PyTorch eager (model/layers.py, model/tp.py): every op one
   kernel, counted op by op (HF-style RMSNorm and RoPE are several each).
 
@@ -56,6 +68,10 @@ class KernelSet:
     bias_kernels: bool = False
     """QKV's bias added after the GEMM in its own kernel; every bias gradient a reduction over the
     output gradient; the Q, K, V gradients concatenated."""
+    unpadded_attention: bool = False
+    """The flash attention call is fed unpadded rows (llm-foundry's flash_attn_fn: flash-attn's
+    bert_padding.unpad_input gathers Q, K and V, pad_input scatters the output back into zeros;
+    their backward the reverse)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,8 @@ KERNEL_SETS = {ks.name: ks for ks in (
     KernelSet("megatron-2021", fused=True, norm_backward_passes=5, bias_kernels=True),
     KernelSet("megatron-2022", fused=True, norm_backward_passes=3, bias_kernels=True),
     KernelSet("megatron", fused=True),
+    KernelSet("inductor", fused=True),
+    KernelSet("llm-foundry", fused=False, norm_backward_passes=5, unpadded_attention=True),
     KernelSet("eager", fused=False),
 )}
 
@@ -123,6 +141,10 @@ def block_kernels(spec: ModelSpec, *, kernels: str, tp: int, seq_len: int, act: 
         out.append(MemoryKernel("rope", passes * act * (q + kv), passes * act * (q + kv)))
     # the attention context [b, a/t, s, d] -> [b, s, a d / t]: one copy
     out.append(MemoryKernel("context-transpose", 2 * act * q, 0))
+    if ks.unpadded_attention:
+        qkv = q + 2 * kv
+        out.append(MemoryKernel("attention-unpad", 2 * act * qkv + 3 * act * q,
+                                2 * act * q + 3 * act * qkv))
     if ks.bias_kernels:
         qkv = q + 2 * kv
         if spec.qkv_bias:   # output += bias (read, write); its gradient a sum over tokens (read)
@@ -147,9 +169,11 @@ def block_kernels(spec: ModelSpec, *, kernels: str, tp: int, seq_len: int, act: 
 
 def block_kernel_bytes(kernels: tuple[MemoryKernel, ...], recompute: str) -> float:
     """Bytes per token of one block: forward + backward, plus the forward again of what recompute
-    repeats (all of it under full, the attention core under selective)."""
+    repeats (all of it under full and under torchtitan's per-op selective policy, gemms.OP_SELECTIVE;
+    the attention core under selective)."""
     total = sum(k.forward_bytes + k.backward_bytes for k in kernels)
-    if recompute == "full":
+    if recompute in ("full", "selective-op"):   # torchtitan's per-op policy recomputes every
+        # element-wise op (it saves only matmul, attention and reduce-scatter outputs)
         total += sum(k.forward_bytes for k in kernels)
     elif recompute == "selective":
         total += sum(k.forward_bytes for k in kernels if k.core)

@@ -53,9 +53,9 @@ def layout_reasons(spec: ModelSpec, cluster: Cluster, layout: Layout, global_bat
     if layout.spans_nodes("tp", cluster.gpus_per_node):
         reasons.append(f"TP would straddle nodes (tp={layout.tp}, {cluster.gpus_per_node} GPUs per node)")
     reasons += engine_reasons(layout, eng or engine_named(DEFAULT_ENGINE))
-    if layout.offload != "none" and not cluster.gpu.host_link_gb_per_s:
-        reasons.append(f"offload on {cluster.gpu.name}: the catalog has no host link bandwidth "
-                       "(host_link_gb_per_s) to price it")
+    if layout.offload != "none" and not offload_priced(cluster):
+        reasons.append(f"offload on {cluster.gpu.name}: the catalog has no host link or host memory "
+                       "bandwidth (host_link_gb_per_s, host_memory_gb_per_s) to price it")
     if layout.global_batch != global_batch:
         reasons.append(f"micro_batch*grad_accum*dp = {layout.micro_batch}*{layout.grad_accum}*"
                        f"{layout.dp} = {layout.global_batch} != global batch {global_batch}")
@@ -102,11 +102,17 @@ def searched_cp_degrees(spec: ModelSpec, ranks: int, pinned: int | None = None) 
                                                       and spec.seq_len // c >= CP_MIN_TOKENS_PER_RANK)]
 
 
+def offload_priced(cluster: Cluster) -> bool:
+    """The catalog gives what ZeRO-Offload's time needs: the host link for its copies and the host
+    memory bandwidth for DeepSpeed's CPU Adam."""
+    return bool(cluster.gpu.host_link_gb_per_s and cluster.gpu.host_memory_gb_per_s)
+
+
 def searched_offloads(zero_stage: int, cluster: Cluster) -> tuple[str, ...]:
     """Offload modes the search tries for a layout that does not fit without one (cheapest first):
     at ZeRO-2 the optimizer, at ZeRO-3 the optimizer, then also the parameters; none where the
     catalog has no host link figure to price the copies. (ZeRO-1's bf16 path, BF16_Optimizer, has
     no offload; ZeRO-2 offload holds less than ZeRO-1 offload would.)"""
-    if not cluster.gpu.host_link_gb_per_s or not cluster.gpu.host_memory_gb_per_s:
+    if not offload_priced(cluster):
         return ()
     return {2: ("optimizer",), 3: ("optimizer", "optimizer+params")}.get(zero_stage, ())

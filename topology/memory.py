@@ -15,9 +15,10 @@ from .activations import (FP32_BYTES, activation_bytes_per_layer, logits_bytes, 
                           logits_saved_bytes, micro_batches_in_flight, mlp_activation_elements,
                           saved_activation_bytes, saved_norm_input_bytes,
                           transient_activation_bytes)
-from .engines import DEFAULT_ENGINE, ENGINES, Engine
+from .engines import DEFAULT_ENGINE, ENGINES, Engine, engine as engine_named
 from .experts import expert_data_parallel, expert_params_held
 from .fp8 import fp8_weight_copy_bytes
+from .frozen_hash import cached_hash
 from .model_spec import ModelSpec
 from .params import dense_layer_params, embedding_params, head_params, layer_params
 from .stage_split import split_stages
@@ -73,6 +74,9 @@ class Precision:
     fp8: bool = False
     """The block's linear layers run as FP8 GEMMs (fp8.py), everything else in bf16."""
 
+    def __hash__(self) -> int:
+        return cached_hash(self)
+
     @property
     def norm_bytes(self) -> int:
         return self.norm_input_bytes or self.activation_bytes
@@ -116,6 +120,7 @@ PRECISION_CHOICES = ("bf16", "fp8", "fp32")
 """What `plan --precision` offers: fp8 is bf16 with FP8 GEMMs (fp8.py)."""
 
 
+@functools.lru_cache(maxsize=64)
 def precision_for(name: str, engine: Engine) -> Precision:
     """The Precision of a plan: 'bf16' and 'fp8' take the engine's bf16 accounting of the model
     states (Engine.model_states), 'fp8' with its linear layers' GEMMs in FP8; any key of PRECISIONS
@@ -265,6 +270,31 @@ def buffer_bytes(stage_params_count: float, zero_stage: int, precision: Precisio
     return 0.0
 
 
+def buffers_held(engine: Engine, zero_stage: int, precision: Precision, dp: int, pp: int) -> str:
+    """What the `buffers` of a layout's stages hold besides the framework's memory and the
+    allocator allowance, for the engine that runs it (buffer_bytes, fsdp_unsharded_bytes): the
+    report's memory header; '' when nothing."""
+    if engine.zero_accounting == "deepspeed":
+        if dp == 1 and zero_stage == 0 or precision.bf16_optimizer and zero_stage <= 1:
+            return ""
+        return {1: "DeepSpeed's ZeRO-1 reduce and all-gather buckets",
+                2: "DeepSpeed's ZeRO-2 all-gather bucket",
+                3: "ZeRO-3's gathered parameters"}.get(zero_stage, "")
+    if zero_stage == 3 and pp == 1:
+        return f"{engine.name}'s gathered bf16 weights (2 blocks and the root unit) and the head's gradient"
+    if zero_stage >= 2:
+        return f"{engine.name}'s gathered bf16 weights of the stage and one block's gradient"
+    return ""
+
+
+def buffers_legend(engine_name: str, precision_name: str, zero_stage: int, dp: int, pp: int) -> str:
+    """'buffers = ...' of a layout's memory table (report/text.py, the report page)."""
+    eng = engine_named(engine_name)
+    held = buffers_held(eng, zero_stage, precision_for(precision_name, eng), dp, pp)
+    return (f"buffers = {held + ' + ' if held else ''}framework + "
+            f"{FRAGMENTATION_FRACTION:.0%} allocator fragmentation")
+
+
 @dataclass(frozen=True)
 class StageMemory:
     """Bytes on one GPU of one pipeline stage."""
@@ -282,6 +312,17 @@ class StageMemory:
     memory outside the caching allocator."""
     expert_params: float = 0.0
     """Of `params`, the routed experts' (MoE): their states shard over dp/ep, not dp."""
+
+    @classmethod
+    def of(cls, **fields) -> "StageMemory":
+        """The record from every field by name, without the frozen __init__'s per-field
+        object.__setattr__ (a search builds one per stage of every layout it sizes: 30,000 for a
+        1024-GPU DeepSeek-V3 plan). Still frozen afterwards; equal to StageMemory(**fields)."""
+        if fields.keys() != cls.__dataclass_fields__.keys():
+            raise TypeError(f"StageMemory.of needs exactly {', '.join(cls.__dataclass_fields__)}")
+        record = object.__new__(cls)
+        record.__dict__.update(fields)
+        return record
 
     @property
     def total(self) -> float:
@@ -332,17 +373,26 @@ def stage_memory(spec: ModelSpec, *, stage: int, blocks: int, dp: int, pp: int, 
     Context parallelism (cp ranks per sequence) splits the activations cp-fold, and ZeRO, the
     distributed optimizer and FSDP shard over the dp x cp ranks that hold the same weights (the
     data-parallel group Megatron-Core, torchtitan and DeepSpeed-Ulysses reduce gradients over)."""
-    params, expert, states, buffers, saved, transient = _stage_fixed(
-        spec, stage == 0, stage == pp - 1, blocks, dense_blocks_in(spec, first_block, blocks), dp,
-        pp, tp, micro_batch, zero_stage, recompute, precision, flash_attention, seq_len,
-        sequence_parallel, ep, offload, engine, cp)
-    # saved tensors of every micro-batch in flight (the last stage has one), then what exists once:
-    # the block being recomputed (full recompute), the logits and their gradient (last stage)
+    fixed = _stage_fixed(spec, stage == 0, stage == pp - 1, blocks,
+                         dense_blocks_in(spec, first_block, blocks), dp, pp, tp, micro_batch,
+                         zero_stage, recompute, precision, flash_attention, seq_len,
+                         sequence_parallel, ep, offload, engine, cp)
+    return _stage_from_fixed(fixed, stage=stage, blocks=blocks, pp=pp, micro_batches=micro_batches,
+                             virtual_stages=virtual_stages, framework_bytes=framework_bytes)
+
+
+def _stage_from_fixed(fixed: tuple, *, stage: int, blocks: int, pp: int, micro_batches: int,
+                      virtual_stages: int, framework_bytes: float) -> StageMemory:
+    """A stage's memory from what _stage_fixed gives for its kind: the saved tensors of every
+    micro-batch in flight (the last stage has one), then what exists once: the block being
+    recomputed (full recompute), the logits and their gradient (last stage)."""
+    params, expert, states, buffers, saved, transient = fixed
     activations = micro_batches_in_flight(stage, pp, micro_batches, virtual_stages) * saved + transient
     allocated = sum(states.values()) + activations + buffers
     overhead = FRAGMENTATION_FRACTION * allocated + framework_bytes
-    return StageMemory(stage=stage, blocks=blocks, params=params, activations=activations,
-                       buffers=buffers + overhead, overhead=overhead, expert_params=expert, **states)
+    return StageMemory.of(stage=stage, blocks=blocks, params=params, **states,
+                          activations=activations, buffers=buffers + overhead, overhead=overhead,
+                          expert_params=expert)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -410,13 +460,20 @@ def pipeline_memory(spec: ModelSpec, *, dp: int, pp: int, tp: int, micro_batch: 
                     seq_len: int | None = None, sequence_parallel: bool = False,
                     virtual_stages: int = 1, ep: int = 1, offload: str = "none",
                     engine: Engine = ENGINES[DEFAULT_ENGINE], cp: int = 1) -> list[StageMemory]:
-    """Memory of every pipeline stage, with the same block split the model builds."""
+    """Memory of every pipeline stage, with the same block split the model builds (the middle
+    stages of a deep pipeline are alike but for their micro-batches in flight: each kind's fixed
+    part is looked up once)."""
     split = split_stages(spec, pp, tp)
-    firsts = list(itertools.accumulate(split[:-1], initial=0))
-    return [stage_memory(spec, stage=i, blocks=blocks, dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
-                         micro_batches=micro_batches, zero_stage=zero_stage, recompute=recompute,
-                         precision=precision, framework_bytes=framework_bytes,
-                         flash_attention=flash_attention, seq_len=seq_len,
-                         sequence_parallel=sequence_parallel, virtual_stages=virtual_stages, ep=ep,
-                         offload=offload, engine=engine, cp=cp, first_block=firsts[i])
-            for i, blocks in enumerate(split)]
+    firsts = itertools.accumulate(split[:-1], initial=0)
+    kinds: dict = {}
+    out = []
+    for i, (blocks, first) in enumerate(zip(split, firsts)):
+        key = (i == 0, i == pp - 1, blocks, dense_blocks_in(spec, first, blocks))
+        if key not in kinds:
+            kinds[key] = _stage_fixed(spec, *key, dp, pp, tp, micro_batch, zero_stage, recompute,
+                                      precision, flash_attention, seq_len, sequence_parallel, ep,
+                                      offload, engine, cp)
+        out.append(_stage_from_fixed(kinds[key], stage=i, blocks=blocks, pp=pp,
+                                     micro_batches=micro_batches, virtual_stages=virtual_stages,
+                                     framework_bytes=framework_bytes))
+    return out

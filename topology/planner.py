@@ -3,6 +3,7 @@ and ranked by throughput among the layouts whose worst pipeline stage fits in me
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -10,8 +11,9 @@ from dataclasses import dataclass, field
 from .flops import hardware_flops_per_token, model_flops_per_token
 from .hardware import GIB, Cluster
 from .layout import CP_KINDS, OFFLOAD_MODES, RECOMPUTE_MODES, Layout
-from .layout_rules import (divisors, layout_reasons, searched_cp_degrees,  # noqa: F401
-                           searched_offloads, searched_zero_stages, structural_reasons)
+from .layout_rules import (divisors, layout_reasons, offload_priced,  # noqa: F401
+                           searched_cp_degrees, searched_offloads, searched_zero_stages,
+                           structural_reasons)
 from .memory import (Precision, StageMemory, dense_blocks_in, linear_params_held, offloaded_bytes,
                      pipeline_memory, precision_for)
 from .model_spec import ModelSpec
@@ -68,8 +70,9 @@ class Candidate:
     tflops_per_gpu: float = 0.0
     mfu: float = 0.0
 
-    @property
+    @functools.cached_property
     def worst_stage(self) -> StageMemory | None:
+        """The stage holding the most (read once the stages are set: evaluate sets them once)."""
         return max(self.stages, key=lambda m: m.total) if self.stages else None
 
     @property
@@ -117,17 +120,20 @@ def default_global_batch(params: float, seq_len: int, gpus: int, gpus_per_node: 
 def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOptions,
              estimate_rejected: bool = True) -> Candidate:
     """Estimate one layout: memory of every stage, step time, throughput; `fits` when nothing rules
-    it out and the worst stage fits the GPU. With estimate_rejected=False a layout that a rule
-    already rules out is returned unestimated (the search does this to save time)."""
+    it out and the worst stage fits the GPU. With estimate_rejected=False a layout that a rule or
+    its memory rules out is returned without a step time (the search does this to save time: what
+    it reports of a rejected layout is its reasons and memory)."""
     cand = Candidate(layout=layout)
-    cand.reasons = structural_reasons(spec, cluster, layout.dp, layout.pp, layout.tp, layout.ep,
-                                      layout.cp, layout.cp_kind)
+    cand.reasons = list(_structural_reasons(spec, cluster, layout.dp, layout.pp, layout.tp,
+                                            layout.ep, layout.cp, layout.cp_kind))
     if cand.reasons:
         return cand
     eng = engine_named(options.engine)
     cand.reasons = layout_reasons(spec, cluster, layout, options.global_batch, eng)
     if cand.reasons and not estimate_rejected:
         return cand
+    if layout.offload != "none" and not offload_priced(cluster):
+        return cand    # no figure to price the offload with: not estimable (its reason says so)
     precision = precision_for(options.precision, eng)
     gpu = cluster.gpu
     cand.stages = pipeline_memory(
@@ -150,6 +156,8 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
         cand.reasons.append(f"worst stage (stage {cand.worst_stage.stage}) over memory by "
                             f"{over / GIB:.1f} GiB ({cand.worst_stage.total / GIB:.1f} of "
                             f"{gpu.memory_gib:g} GiB)")
+    if cand.reasons and not estimate_rejected:
+        return cand     # its memory explains it; the search does not need its time
     cand.step, cand.stage_times = step_time(spec, cluster, layout, options, precision, cand.stages)
     cand.fits = not cand.reasons
     tokens_per_step = layout.global_batch * options.seq_len
@@ -161,6 +169,14 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
     cand.tflops_per_gpu = hardware / seconds / cluster.gpus / 1e12
     cand.mfu = model / seconds / cluster.gpus / (gpu.peak_tflops * 1e12)
     return cand
+
+
+@functools.lru_cache(maxsize=4096)
+def _structural_reasons(spec: ModelSpec, cluster: Cluster, dp: int, pp: int, tp: int, ep: int,
+                        cp: int, cp_kind: str) -> tuple[str, ...]:
+    """structural_reasons, once per (dp, pp, tp, ep, cp): the search asks again for every
+    micro-batch, ZeRO stage and recompute mode of it."""
+    return tuple(structural_reasons(spec, cluster, dp, pp, tp, ep, cp, cp_kind))
 
 
 def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOptions,

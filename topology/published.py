@@ -4,10 +4,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from pathlib import Path
 
-import yaml
 
+from .data_files import load_data_yaml
 from .engines import engine
 from .flops import hardware_flops_per_token
 from .hardware import gpu
@@ -16,8 +15,6 @@ from .model_spec import ModelSpec
 from .plan_inputs import estimate_layout, layout_inputs
 from .planner import Candidate
 
-_RUNS = Path(__file__).parent / "data" / "published_runs.yaml"
-_MODERN_RUNS = Path(__file__).parent / "data" / "modern_runs.yaml"
 # The runs trained with Megatron-LM's (or Megatron-DeepSpeed's) mixed precision and fused norm
 # kernels, and their papers count memory that way: see memory.PRECISIONS.
 PUBLISHED_PRECISION = "bf16-megatron"
@@ -27,8 +24,7 @@ PUBLISHED_PRECISION = "bf16-megatron"
 def load_runs(modern: bool = False) -> list[dict]:
     """The 2021-22 table (published_runs.yaml) or, modern=True, the table of runs of 2023 and later
     on H100 or newer (modern_runs.yaml)."""
-    with open(_MODERN_RUNS if modern else _RUNS) as f:
-        runs = yaml.safe_load(f)
+    runs = load_data_yaml("modern_runs.yaml" if modern else "published_runs.yaml")
     for run in runs:
         engine(run["engine"])    # an unknown engine is one clear line, at load
     return runs

@@ -7,14 +7,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from pathlib import Path
 
-import yaml
 
+from .data_files import load_data_yaml
 from .model_spec import ModelSpec
 from .params import total_params
 
-_DATA_DIR = Path(__file__).parent / "data"
 # models.yaml keys that are ModelSpec fields (the others: params, source, family)
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(ModelSpec) if f.name != "name")
 # --params snaps to a published shape when within this relative distance of its count.
@@ -26,8 +24,7 @@ DERIVE_TOLERANCE = 0.25
 
 @functools.lru_cache(maxsize=1)
 def _published() -> dict:
-    with open(_DATA_DIR / "models.yaml") as f:
-        return yaml.safe_load(f)
+    return load_data_yaml("models.yaml")
 
 
 def preset_names() -> list[str]:

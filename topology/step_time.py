@@ -56,7 +56,7 @@ from .engines import DEFAULT_ENGINE, ENGINES, Engine, instructions_per_micro_bat
 from .experts import DEFAULT_CAPACITY_FACTOR, alltoall_buffer_bytes, alltoalls_per_moe_layer
 from .fp8 import fp8_cast_bytes_per_token, fp8_weight_cast_bytes
 from .gemm_pricing import stage_gemm_times
-from .gemms import ATTENTION_CORE
+from .gemms import ATTENTION_CORE, OP_SELECTIVE
 from .hardware import GpuSpec
 from .kernels import block_kernel_bytes, block_kernels, embedding_kernel_bytes, head_kernel_bytes
 from .memory import FP32_BYTES, Precision, dense_blocks_in, linear_params_held
@@ -255,17 +255,19 @@ def _stage_parts(spec: ModelSpec, gpu: GpuSpec, precision: Precision, blocks: in
     MoE model's first dense layers)."""
     tokens = micro_batch * seq_len / cp
     act = precision.activation_bytes
+    # what recompute runs again: torchtitan's selective checkpointing is per op (gemms.py)
+    again = OP_SELECTIVE if recompute == "selective" and engine.activations == "torchtitan" else recompute
 
     matmul_s, by_name = stage_gemm_times(spec, gpu, act, precision.fp8,
                                           engine.attention_kernel if flash_attention else "",
-                                          blocks, last, micro_batch, seq_len, tp, recompute,
+                                          blocks, last, micro_batch, seq_len, tp, again,
                                           flash_attention, ep, capacity_factor, cp, cp_kind, dense)
 
     # memory-bound kernels (kernels.py), and the FP8 casts (fp8.py)
     kernels = block_kernels(spec, kernels=engine.kernels, tp=tp, seq_len=seq_len, act=act,
                             flash_attention=flash_attention, dropout=engine.dropout,
                             sequence_parallel=sequence_parallel, score_bias=engine.score_bias)
-    per_token = blocks * block_kernel_bytes(kernels, recompute)
+    per_token = blocks * block_kernel_bytes(kernels, again)
     if precision.fp8:
         per_token += blocks * fp8_cast_bytes_per_token(spec, tp, sequence_parallel=sequence_parallel)
     if first:
@@ -289,7 +291,8 @@ def _stage_parts(spec: ModelSpec, gpu: GpuSpec, precision: Precision, blocks: in
                       for phase in ("backward-data", "backward-weight"))
     userbuffers = ()
     if engine.tp_comm_overlap:
-        userbuffers = tuple((sum(by_name.get((n, phase), 0.0) for n in names), sms)
+        userbuffers = tuple((sum(by_name.get((n, phase), 0.0) for n in names),
+                             0 if engine.tp_overlap_on_copy_engines else sms)
                             for names, phase, sms in USERBUFFERS_OVERLAP)
     tp_s = tp_collective_time_s(blocks=blocks, first=first, last=last, tp=tp, tokens=tokens,
                                 hidden=spec.hidden, act=act, recompute=recompute,

@@ -51,8 +51,9 @@ def zero3_exposed_s(gather_s: float, reduce_scatter_s: float, compute_s: float,
     prefetched, hide behind the micro-batch's compute, what exceeds it shows, and while they run
     NCCL's channels hold comm_sm_share of the SMs the compute loses (overlapped_exposed_s); the
     gradient reduce-scatter shows whole. Hiding it too would put OPT-175B's published FSDP run
-    (dp 124 x tp 8, Zhang et al. 2022: 147 TFLOP/s per GPU) at 196 (tests/unit/test_published_runs.py):
-    the reduce-scatters of the last layers finish after the backward, and the gathers share the link."""
+    (dp 124 x tp 8, Zhang et al. 2022: 147 TFLOP/s per GPU) further above it (docs/planner.md gives
+    both figures): the reduce-scatters of the last layers finish after the backward, and the
+    gathers share the link."""
     return overlapped_exposed_s(2 * gather_s, compute_s, comm_sm_share) + reduce_scatter_s
 
 

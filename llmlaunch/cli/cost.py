@@ -41,8 +41,8 @@ def model_params(args: argparse.Namespace) -> tuple[float, float, str]:
 
         from .plan import spec_and_count_from_hf
 
-        spec, params = spec_and_count_from_hf(args.hf_config)
-        return params, active_params(spec, params), f"{spec.arch}, exact count from transformers"
+        spec, params, source = spec_and_count_from_hf(args.hf_config)
+        return params, active_params(spec, params), f"{spec.arch}, {source}"
     if not args.params > 0:
         raise ValueError(f"--params must be positive, got {args.params}")
     if args.active_params is None:

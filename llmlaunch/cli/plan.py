@@ -124,8 +124,8 @@ def resolve_model(args: argparse.Namespace) -> tuple[ModelSpec, int, str, list[s
         spec = resume_source_of(args).spec
         return spec, total_params(spec), f"from checkpoint {args.from_checkpoint}", notes
     if args.hf_config:
-        spec, params = spec_and_count_from_hf(args.hf_config, args.seq_len)
-        return spec, params, "exact, from the HF model on the meta device", notes
+        spec, params, source = spec_and_count_from_hf(args.hf_config, args.seq_len)
+        return spec, params, source, notes
     if any(v is not None for v in explicit):
         if None in explicit:
             raise ValueError("--layers, --hidden and --heads go together (with optional --kv-heads, "
@@ -168,18 +168,28 @@ def resume_source_of(args: argparse.Namespace):
     return args._resume_source
 
 
-def spec_and_count_from_hf(path: str, seq_len: int | None = None) -> tuple[ModelSpec, int]:
+def spec_and_count_from_hf(path: str, seq_len: int | None = None) -> tuple[ModelSpec, int, str]:
     """--hf-config: the planner's shape of a config.json as transformers reads it (its defaults
-    filled in) and the exact parameter count of the model transformers builds from it."""
-    from llmlaunch.model.hf_count import count_hf_params, normalised_hf_config
-    from llmlaunch.topology.hf_config import fit_to_count, read_hf_config, spec_from_hf_config
+    filled in), the exact parameter count of the model transformers builds from it, and how that
+    count was made: from the config's shapes in pure Python where the family has a shape reader
+    (topology/hf_defaults.py; pinned equal to transformers' count on small configs of every such
+    family), else by building the model on the meta device (model/hf_count.py)."""
+    from llmlaunch.topology.hf_config import (fit_to_count, read_hf_config, shape_count_gap,
+                                              spec_from_hf_config, spec_from_shapes)
 
     cfg = read_hf_config(path, label="--hf-config")
+    gap = shape_count_gap(cfg)
+    if gap is None:
+        spec = spec_from_shapes(cfg, seq_len, source=path, label="--hf-config")
+        return spec, total_params(spec), "exact, from the config's shapes"
+    from llmlaunch.model.hf_count import count_hf_params, normalised_hf_config
+
     label = f"--hf-config {path!r}"
     exact = count_hf_params(cfg, label)         # transformers first: what it builds is planned
     spec = spec_from_hf_config(normalised_hf_config(cfg, label), seq_len, source=path,
                                label="--hf-config")
-    return fit_to_count(spec, exact), exact
+    return (fit_to_count(spec, exact), exact,
+            f"exact, from transformers' model on the meta device: {gap}")
 
 
 def resolve_gpu(args: argparse.Namespace, network=None) -> GpuSpec:

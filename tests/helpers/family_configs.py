@@ -125,3 +125,39 @@ EXACT = {"gpt2": 124_439_808, "llama2-7b": 6_738_415_616, "mistral-7b-v0.1": 7_2
          "qwen3-8b": 8_190_735_360, "qwen3-0.6b": 596_049_920, "phi3-mini-4k": 3_821_079_552,
          "gemma2-9b": 9_241_705_984, "gpt-neox-20b": 20_554_567_680,
          "mixtral-8x7b": 46_702_792_704, "deepseek-v3": 671_026_404_352}
+
+# One small config of every family with a shape reader (topology/hf_families.py READERS), each
+# keeping what its family differs in (GQA, a head_dim other than h/a, tied or untied tables,
+# windows, QK-norm, parallel residual, partial rotary, experts, shared experts, dense-only layers,
+# MLA with and without the query latent), for transformers to build on the meta device in
+# milliseconds: tests/torch/test_hf_shape_counts.py pins the shape formula's count to it.
+_TINY = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, vocab_size=1000, max_position_embeddings=256)
+SMALL = {
+    "gpt2": dict(CONFIGS["gpt2"], n_layer=2, n_embd=64, n_head=4, vocab_size=1000,
+                 n_positions=128, n_ctx=128),
+    "llama": dict(CONFIGS["llama2-7b"], **_TINY),
+    "mistral": dict(CONFIGS["mistral-7b-v0.1"], **_TINY, sliding_window=64),
+    "qwen2": dict(CONFIGS["qwen2-0.5b"], **_TINY),
+    "qwen3": dict(CONFIGS["qwen3-0.6b"], **_TINY, head_dim=32),
+    "gpt_neox": dict(CONFIGS["gpt-neox-20b"], **{k: v for k, v in _TINY.items()
+                                                 if k != "num_key_value_heads"}),
+    "phi3": dict(CONFIGS["phi3-mini-4k"], **_TINY, sliding_window=63, pad_token_id=None,
+                 eos_token_id=None),
+    "gemma": {"model_type": "gemma", **_TINY, "num_key_value_heads": 1, "head_dim": 32,
+              "hidden_act": "gelu_pytorch_tanh"},
+    "gemma2": dict(CONFIGS["gemma2-9b"], **_TINY, head_dim=32, sliding_window=64,
+                   query_pre_attn_scalar=32),
+    "mixtral": dict(CONFIGS["mixtral-8x7b"], **_TINY, num_local_experts=4),
+    "qwen2_moe": {"model_type": "qwen2_moe", **_TINY, "num_hidden_layers": 4, "num_experts": 8,
+                  "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                  "shared_expert_intermediate_size": 48, "decoder_sparse_step": 1,
+                  "mlp_only_layers": [0], "tie_word_embeddings": False},
+    # DeepSeek-V2-Lite's form: no query latent (q_lora_rank null), two shared experts
+    "deepseek_v2": {"model_type": "deepseek_v2", **_TINY, "num_hidden_layers": 3,
+                    "num_key_value_heads": 4, "moe_intermediate_size": 32, "n_routed_experts": 8,
+                    "n_shared_experts": 2, "num_experts_per_tok": 2, "first_k_dense_replace": 1,
+                    "kv_lora_rank": 32, "q_lora_rank": None, "qk_rope_head_dim": 8,
+                    "qk_nope_head_dim": 16, "v_head_dim": 16, "n_group": 2, "topk_group": 1},
+    "deepseek_v3": DEEPSEEK_V3_SMALL,
+}

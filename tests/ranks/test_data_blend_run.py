@@ -57,7 +57,7 @@ def test_the_ranks_read_the_hand_computed_windows(data, pipeline_run):
 
     _, parts, _ = data
     config = load_run_dir_config(pipeline_run)
-    index = open_training_index(config, pipeline_run, data_specs(config, pipeline_run))
+    index = open_training_index(config, config.layout_obj(), pipeline_run, data_specs(config, pipeline_run))
     assert index.directory.parent == pipeline_run / "data-index"
     for g in range(2 * GLOBAL_BATCH):
         s, j = index.blend.locate(g)

@@ -107,9 +107,10 @@ def test_deepseek_v3_scaled_down_equals_transformers():
 
 
 def test_deepseek_v3_plans_with_its_exact_count_without_allocating(tmp_path, capsys):
-    """The published DeepSeek-V3 config.json: transformers' count on the meta device, from the
-    start (it used to create the fused expert tensors on the CPU first: 30 GB), 671,026,404,352
-    parameters, 37.55B active; the process's peak memory grows by well under a GB."""
+    """The published DeepSeek-V3 config.json: 671,026,404,352 parameters (transformers' count on
+    the meta device, from the start: it used to create the fused expert tensors on the CPU first,
+    30 GB; the plan itself reads the same count off the config's shapes), 37.55B active; the
+    process's peak memory grows by well under a GB."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -119,6 +120,8 @@ def test_deepseek_v3_plans_with_its_exact_count_without_allocating(tmp_path, cap
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"]["params"] == 671_026_404_352 == EXACT["deepseek-v3"]
+    assert out["model"]["params_source"] == "exact, from the config's shapes"
+    assert count_hf_params(CONFIGS["deepseek-v3"]) == EXACT["deepseek-v3"]
     assert round(out["model"]["active_params"] / 1e9, 2) == 37.55
     assert out["candidates"] and out["engine"] == "megatron-core"
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 1e9

@@ -140,3 +140,26 @@ def test_family_presets_count_as_transformers(preset_name, config):
 
     assert total_params(preset(preset_name)) == EXACT[config]
     assert total_params(preset("qwen2.5-7b")) == EXACT["qwen2-7b"]      # the same shape
+
+
+def test_a_deepseek_v3_config_plans_from_its_shapes_without_torch_or_transformers(tmp_path):
+    """Issue 23: the published DeepSeek-V3 config.json plans for 1024 GPUs with transformers'
+    exact count (671,026,404,352) read off its shapes in pure Python (topology/hf_defaults.py;
+    tests/torch/test_hf_shape_counts.py pins that count to transformers' on small configs of every
+    family), so neither torch nor transformers is imported (their import alone took 7 s)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "config.json").write_text(json.dumps(CONFIGS["deepseek-v3"]))
+    code = ("import json, sys, io, contextlib; from llmlaunch.cli import main; out = io.StringIO()\n"
+            f"with contextlib.redirect_stdout(out): rc = main(['plan', '--hf-config', {str(tmp_path)!r},"
+            " '--gpus', '1024', '--gpu', 'h100-80gb', '--engine', 'megatron-core', '--precision', "
+            "'fp8', '--json'])\n"
+            "model = json.loads(out.getvalue())['model']\n"
+            "print(json.dumps([rc, model['params'], model['params_source'], "
+            "[m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules]]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rc, params, source, imported = json.loads(proc.stdout)
+    assert (rc, params, imported) == (0, EXACT["deepseek-v3"], [])
+    assert source == "exact, from the config's shapes"

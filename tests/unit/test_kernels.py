@@ -109,6 +109,6 @@ def test_alibi_bias_copied_into_and_read_from_the_scores():
 
 
 def test_unknown_kernel_set_is_one_line():
-    with pytest.raises(ValueError, match="kernel set 'xla' is not one of megatron-2021, megatron-2022, megatron, eager"):
+    with pytest.raises(ValueError, match="kernel set 'xla' is not one of megatron-2021, megatron-2022, megatron, inductor, llm-foundry, eager"):
         block_kernels(TINY, kernels="xla", tp=1, seq_len=4, act=2, flash_attention=True,
                       dropout=False)

@@ -2,8 +2,8 @@
 import pytest
 
 from llmlaunch.topology.memory import (PRECISIONS, Precision, activation_bytes_per_layer,
-                                       buffer_bytes, micro_batches_in_flight, model_state_bytes,
-                                       pipeline_memory)
+                                       buffer_bytes, buffers_legend, fsdp_unsharded_bytes,
+                                       micro_batches_in_flight, model_state_bytes, pipeline_memory)
 from llmlaunch.topology.model_spec import ModelSpec
 from llmlaunch.topology.shapes import preset
 
@@ -137,6 +137,28 @@ def test_buffers_follow_the_deepspeed_optimizer_that_runs():
     assert buffer_bytes(params, 1, PRECISIONS["bf16"], 8) == 0
     assert buffer_bytes(params, 0, PRECISIONS["bf16"], 8) == 0
     assert buffer_bytes(1e5, 1, PRECISIONS["fp32"], 2) == 1e5 * 4 + 1e5 * 4
+
+
+def test_the_memory_legend_names_the_engines_buffers():
+    """The memory table's 'buffers =' says what the engine's buffers hold (buffers_held): DeepSpeed's
+    ZeRO buckets or gathered parameters, none on BF16_Optimizer's path, FSDP's gathered weights;
+    each case holds a nonzero buffer_bytes / fsdp_unsharded_bytes exactly when it names one."""
+    def legend(engine, precision, zero, dp=8, pp=1):
+        return buffers_legend(engine, precision, zero, dp, pp)
+
+    tail = "framework + 5% allocator fragmentation"
+    assert legend("deepspeed", "bf16", 1) == f"buffers = {tail}"
+    assert legend("deepspeed", "fp32", 1) == f"buffers = DeepSpeed's ZeRO-1 reduce and all-gather buckets + {tail}"
+    assert legend("deepspeed", "bf16", 2) == f"buffers = DeepSpeed's ZeRO-2 all-gather bucket + {tail}"
+    assert legend("deepspeed", "bf16", 3) == f"buffers = ZeRO-3's gathered parameters + {tail}"
+    assert legend("megatron-core", "fp8", 1, pp=4) == f"buffers = {tail}"
+    assert legend("fsdp", "bf16", 3) == ("buffers = fsdp's gathered bf16 weights (2 blocks and the "
+                                         f"root unit) and the head's gradient + {tail}")
+    assert legend("llm-foundry", "bf16", 2).startswith("buffers = llm-foundry's gathered bf16 "
+                                                       "weights of the stage and one block's gradient")
+    assert buffer_bytes(1e9, 1, PRECISIONS["bf16"], 8) == 0 < buffer_bytes(1e9, 1, PRECISIONS["fp32"], 8)
+    assert fsdp_unsharded_bytes(1e9, 1e8, 1e8, 1e8, 1, 1, PRECISIONS["bf16-fsdp"]) == 0
+    assert fsdp_unsharded_bytes(1e9, 1e8, 1e8, 1e8, 2, 1, PRECISIONS["bf16-fsdp"]) > 0
 
 
 def test_zero2_bf16_matches_deepspeeds_2_psi_plus_18_psi_over_n():

@@ -35,7 +35,11 @@ def test_the_table_spans_todays_runs():
     assert any(r["model"].get("experts") for r in SCORED)
     assert any(r["layout"].get("cp", 1) > 1 for r in SCORED)
     assert any(r["layout"]["zero_stage"] == 3 for r in SCORED)
-    assert {"h100-80gb", "b200-180gb", "gb200-186gb"} <= {r["gpu"] for r in SCORED}
+    assert {"h100-80gb", "h200-141gb", "b200-180gb", "gb200-186gb"} <= {r["gpu"] for r in SCORED}
+    # every row of torchtitan's six H100 tables, each with its measured memory
+    titan = [r for r in RUNS if r["gpu"] == "h100-96gb"]
+    assert len(titan) == 3 + 4 + 3 + 2 + 2 + 4 and all(r.get("memory_gib") for r in titan)
+    assert {r["engine"] for r in titan} == {"fsdp", "fsdp-compile", "fsdp-compile-async-tp"}
 
 
 def test_every_run_that_ran_fits(priced):
@@ -65,3 +69,22 @@ def test_the_2021_22_table_does_not_get_worse():
     """The fully sourced rows of published_runs.yaml stay at or under 8% MAPE."""
     runs = [r for r in load_runs() if fully_sourced(r)]
     assert summary([error(r, evaluate_run(r)) for r in runs])["mape"] <= 0.08
+
+
+def test_torchtitans_h100_gap_is_the_power_limit(priced):
+    """The evidence the known gap rests on (docs/validation.md): on torchtitan's 500 W H100s every
+    8k-token row, eager, compiled or Float8, on 8 or 128 GPUs, runs at 0.68 to 0.81 of the estimate
+    (one factor within 10% of their mean), while the same stack at 8k on 700 W H200s (compile,
+    Float8, FSDP) is estimated within 5%: the software model holds, the 500 W clocks are not in
+    the catalog."""
+    def measured_over_estimated(run):
+        return 1 / (1 + error(run, priced[run["name"]]))
+
+    short = [r for r in RUNS if r["gpu"] == "h100-96gb" and r["model"]["seq_len"] == 8192
+             and r["model"]["layers"] == 32]
+    assert len(short) == 6 and {r["engine"] for r in short} == {"fsdp", "fsdp-compile"}
+    ratios = [measured_over_estimated(r) for r in short]
+    mean = sum(ratios) / len(ratios)
+    assert all(0.65 <= x <= 0.85 and abs(x / mean - 1) <= 0.10 for x in ratios), ratios
+    h200 = [r for r in SCORED if r["gpu"] == "h200-141gb"]
+    assert len(h200) == 2 and all(abs(error(r, priced[r["name"]])) <= 0.05 for r in h200)

@@ -166,3 +166,64 @@ def test_sustained_clock_slows_the_tensor_cores_not_hbm():
     assert priced_gemm_time_s(thin, h100, 2) == priced_gemm_time_s(thin, boost, 2)
     with pytest.raises(ValueError, match="sustained_clock_fraction must be in"):
         dataclasses.replace(h100, sustained_clock_fraction=1.2)
+
+
+# ---- issue 23 follow-up: fused attention's backward, torchtitan's per-op recompute, torch.compile
+
+def test_fused_attention_backward_counts_the_kernels_score_recompute():
+    """FlashAttention's backward recomputes S = QK^T: five GEMMs of the forward's size where gemms.py
+    lists four, and its published rates count 2.5 forward passes of FLOPs. A causal 8k x 8k score
+    GEMM of 32 heads of 128 on an H100 (FA2 backward 0.322 of 989 TFLOP/s at the 0.795 sustained
+    clock): 2.749e11 executed FLOPs x 2.5/2 / (989e12 x 0.322 x 0.795) = 1.3572 ms; its forward
+    (cuDNN 0.535 forward) is not scaled: 0.6535 ms."""
+    from llmlaunch.topology.gemm_pricing import FUSED_ATTENTION_BACKWARD_FLOPS_FACTOR, priced_gemm_time_s
+
+    h100 = gpu("h100-80gb")
+    assert FUSED_ATTENTION_BACKWARD_FLOPS_FACTOR == 1.25
+    scores = Gemm("attention-scores", 8192, 8192, 128, 32, executed=0.5, on_chip=8192 * 8192)
+    assert scores.executed_flops == 274_877_906_944
+    backward = Gemm("attention-scores", 8192, 128, 8192, 32, phase="backward-data", executed=0.5,
+                    on_chip=8192 * 8192)
+    assert priced_gemm_time_s(backward, h100, 2, attention_kernel="fa2") == pytest.approx(1.35716e-3, rel=1e-5)
+    assert priced_gemm_time_s(scores, h100, 2, attention_kernel="cudnn") == pytest.approx(6.5347e-4, rel=1e-4)
+
+
+def test_torchtitan_per_op_recompute_hand_values():
+    """torchtitan's op policy saves every other matmul's output (wq, wv, w1, w2) and flash
+    attention's: backward runs wk, wo and w3 again (Llama 3.1 8B, 2 x 8192 tokens, tp 1:
+    2 x 16384 x 4096 x (1024 + 4096 + 14336) = 2.611e12 FLOPs), and every element-wise kernel
+    (the same bytes as full recompute)."""
+    from llmlaunch.topology.gemms import OP_SELECTIVE, op_recomputed_gemms
+    from llmlaunch.topology.kernels import block_kernel_bytes, block_kernels
+
+    again = op_recomputed_gemms(LLAMA3_8B, micro_batch=2, seq_len=8192, tp=1)
+    assert [(g.name, g.m, g.n, g.k) for g in again] == [
+        ("qkv", 16384, 1024, 4096), ("out-proj", 16384, 4096, 4096), ("mlp-up", 16384, 14336, 4096)]
+    assert sum(g.flops for g in again) == 2_611_340_115_968
+    kernels = block_kernels(LLAMA3_8B, kernels="eager", tp=1, seq_len=8192, act=2,
+                            flash_attention=True, dropout=False)
+    assert block_kernel_bytes(kernels, OP_SELECTIVE) == block_kernel_bytes(kernels, "full")
+    assert block_kernel_bytes(kernels, OP_SELECTIVE) > block_kernel_bytes(kernels, "selective")
+
+
+def test_inductor_kernels_and_copy_engine_overlap():
+    """torch.compile's fused block moves what the fused set moves (Llama 3.1 8B per token at tp 1,
+    bf16: norms 2 x (2 + 3) x 2 x 4096, residual adds 6 x 2 x 4096 and their gradient sums 6 x 2 x
+    4096, SwiGLU (3 + 5) x 2 x 14336, RoPE 2 x 2 x 2 x (4096 + 1024), the context copy 2 x 2 x 4096:
+    466,944 bytes, against eager's 1,753,088); async TP's copy-engine collectives take no SMs: a
+    1 ms reduce-scatter beside a 3 ms GEMM adds nothing, beside a 0.4 ms one 0.6 ms."""
+    from llmlaunch.topology.collectives import overlapped_exposed_s
+    from llmlaunch.topology.engines import ENGINES
+    from llmlaunch.topology.kernels import block_kernel_bytes, block_kernels
+
+    def per_token(kernels):
+        return block_kernel_bytes(block_kernels(LLAMA3_8B, kernels=kernels, tp=1, seq_len=8192,
+                                                act=2, flash_attention=True, dropout=False), "none")
+
+    assert per_token("inductor") == per_token("megatron") == 466_944
+    assert per_token("eager") == 1_753_088
+    assert ENGINES["fsdp-compile"].kernels == "inductor" and ENGINES["fsdp"].kernels == "eager"
+    assert ENGINES["fsdp-compile-2025"].logits_bytes == 4.0 and ENGINES["fsdp-compile"].logits_bytes == 12.0
+    assert ENGINES["fsdp-compile-async-tp"].tp_overlap_on_copy_engines
+    assert overlapped_exposed_s(1e-3, 3e-3, 0.0) == 0.0
+    assert overlapped_exposed_s(1e-3, 0.4e-3, 0.0) == pytest.approx(0.6e-3)

@@ -98,3 +98,19 @@ def test_errors_name_the_file_they_come_from(tmp_path):
         load_run_config(mine, ["train.steps=x"])
     with pytest.raises(ConfigError, match=r"my-experiment.yaml with --set layout.tp=3: the layout does not fit the model: tp=3 "):
         load_run_config(mine, ["layout.tp=3"])
+
+
+def test_a_run_pinned_to_offload_on_a_catalog_entry_without_host_figures_has_no_prediction():
+    """The training log's prediction of an offload run on `cpu` (no host link or host memory
+    bandwidth in the catalog) is one reason, not a ZeroDivisionError in CPU Adam's time."""
+    from llmlaunch.topology.plan_inputs import estimate_layout
+
+    config = from_dict({"layout": {"zero_stage": 2, "offload": "optimizer"}})
+    inputs = config.plan_inputs("fp32", layout=config.layout_obj())
+    with pytest.raises(ValueError, match=r"offload on cpu: the catalog has no host link or host "
+                                         r"memory bandwidth \(host_link_gb_per_s, "
+                                         r"host_memory_gb_per_s\) to price it"):
+        estimate_layout(inputs, config.layout_obj())
+    config.cluster.gpu = "a100-80gb"     # the same pin where the catalog prices it: estimated
+    inputs = config.plan_inputs("bf16", layout=config.layout_obj())
+    assert estimate_layout(inputs, config.layout_obj()).step.optimizer_s > 0
