@@ -108,6 +108,40 @@ class LayoutSection:
 
 
 @dataclass
+class GuardSection:
+    """train.guard: the check every step before its update (launcher/guard.py, docs/launch.md)."""
+
+    enabled: bool = True
+    """Judge every step; false: no check, every step applied (DeepSpeed's own overflow skips are
+    still reported)."""
+    window: int = 50
+    """Healthy losses the spike check looks back on."""
+    min_history: int = 10
+    """Healthy losses needed before a spike is judged (non-finite values are judged from step 1)."""
+    spike_mads: float = 6.0
+    """A spike: loss > median + max(spike_mads x 1.4826 x MAD, spike_min_rise x median)."""
+    spike_min_rise: float = 0.1
+    """The least rise over the median that counts as a spike, as a fraction of the median."""
+    max_loss_ratio: float = 2.0
+    """A loss above this many times ln(vocab) (a uniform guess's loss) is divergence (0: off)."""
+    bad_steps: int = 3
+    """Unhealthy steps in a row that are skipped; the next one rolls back (or stops)."""
+    rollbacks: int = 2
+    """Rollbacks a run may make (counted in RUN_DIR/skipped.json, across requeues) before the
+    guard stops it instead."""
+
+
+@dataclass
+class StragglerSection:
+    """train.stragglers: ranks compared by their compute time (launcher/stragglers.py)."""
+
+    every: int = 10
+    """Steps between comparisons of every rank's forward time (0: never)."""
+    margin: float = 0.25
+    """A rank slower than the median rank by more than this fraction is named."""
+
+
+@dataclass
 class TrainSection:
     """Optimisation: AdamW, linear warmup then cosine decay to min_lr."""
 
@@ -139,6 +173,10 @@ class TrainSection:
     """Steps between evaluations of the validation data (0: never): eval_loss in metrics.jsonl."""
     eval_batches: int = 4
     """Global batches each evaluation reads (the same ones every time, in order)."""
+    guard: GuardSection = field(default_factory=GuardSection)
+    """The guard against non-finite values and loss spikes (train.guard.KEY)."""
+    stragglers: StragglerSection = field(default_factory=StragglerSection)
+    """Slow ranks and hosts named (train.stragglers.KEY)."""
 
 
 # The keys of one entry of data.sources / data.eval_sources (docs/data.md, data/sources.py).
