@@ -1,8 +1,16 @@
 """The DeepSpeed config, derived from run.yaml (never written by hand).
 
 DeepSpeed's traps it encodes:
-- train_batch_size must equal micro_batch * grad_accum * dp (DeepSpeed asserts it at start-up;
-  checked here first, with the numbers).
+- train_batch_size must equal micro_batch * grad_accum * DeepSpeed's data-parallel size (it asserts
+  it at start-up). Under context parallelism DeepSpeed's data-parallel group is dp x cp (the ranks
+  holding the same weights, over which it averages gradients and ZeRO partitions:
+  model/parallel_groups.py), each rank a "replica" of micro_batch sequences' chunks, so the number
+  written is micro_batch * grad_accum * dp * cp, cp times the sequences a step trains on (run.yaml's
+  global batch, micro_batch * grad_accum * dp, is what the data and the schedule count).
+- Sequence parallelism under a pipeline: the activation a stage sends is already split along the
+  sequence over the TP ranks, so the pipeline engine's own split of it over those ranks (pipeline
+  pipe_partitioned / grad_partitioned, on by default with TP, which assume equal copies) is turned
+  off.
 - The pipeline engine (pp > 1) refuses ZeRO-2/3 (an assertion at engine construction) and offload;
   at pp = 1 the model is a plain module (model/dense.py) and DeepSpeed's plain engine runs ZeRO 0-3,
   with ZeRO-3's prefetch, persistence and live-parameter limits written out (topology/memory.py
@@ -16,6 +24,9 @@ DeepSpeed's traps it encodes:
   that no checkpoint holds, and recomputes them with pow() after a restart, so a resumed run
   differed from an uninterrupted one in the last bits. torch's AdamW (and the CUDA FusedAdam)
   compute them from the step count, which the checkpoint holds: resume is bit-exact.
+- An MoE model under a pipeline with TP sends whole activations between stages (`pipeline`:
+  pipe_partitioned and grad_partitioned off): its stages pass the routing carry, whose gradient
+  DeepSpeed's partitioned sends cannot carry (model/moe.py).
 - No `scheduler` section: the learning-rate schedule is llmlaunch's (launcher/lr_schedule.py,
   passed to deepspeed.initialize), because DeepSpeed's WarmupCosineLR trains its first two steps
   at lr 0 and never applies the peak.
@@ -83,7 +94,7 @@ def deepspeed_config(config: RunConfig, precision: str, on_gpu: bool = True,
                           "same memory")
     zero = zero_section(layout, on_gpu, config.model_spec())
     ds = {
-        "train_batch_size": lay.micro_batch * lay.grad_accum * lay.dp,
+        "train_batch_size": lay.micro_batch * lay.grad_accum * lay.dp * layout.cp,
         "train_micro_batch_size_per_gpu": lay.micro_batch,
         "gradient_accumulation_steps": lay.grad_accum,
         "gradient_clipping": train.grad_clip,
@@ -95,6 +106,13 @@ def deepspeed_config(config: RunConfig, precision: str, on_gpu: bool = True,
         "steps_per_print": 10 ** 9,  # llmlaunch logs itself
         "wall_clock_breakdown": False,
     }
+    moe_carry = config.model_spec().moe
+    if layout.pp > 1 and layout.tp > 1 and (moe_carry or layout.sequence_parallel):
+        # DeepSpeed's partitioned sends (1/tp of the activation per tensor rank) assume every tensor
+        # rank holds the whole activation: a sequence-parallel one is already 1/tp of the sequence;
+        # an MoE model's items also pass the routing carry (model/moe.py), whose router sums need a
+        # gradient back from the next stage, which partitioned sends take only for the hidden states
+        ds["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
     if precision == "bf16":
         ds["bf16"] = {"enabled": True}
         if lay.pp > 1 or lay.zero_stage <= 1:

@@ -62,7 +62,7 @@ def run_config_for(inputs: PlanInputs, candidate: Candidate, job_name: str, time
     for key, value in spec.to_dict().items():
         setattr(config.model, key, value)
     for key, value in lay.to_dict().items():
-        if hasattr(config.layout, key):     # cp_kind is the planner's; run.yaml has cp
+        if hasattr(config.layout, key):     # every run.yaml layout key (virtual_stages is refused above)
             setattr(config.layout, key, value)
     config.cluster.gpu = inputs.cluster.gpu.name
     config.cluster.gpus_per_node = inputs.cluster.gpus_per_node
@@ -228,14 +228,16 @@ def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: 
     if inputs.options.precision == "fp8":
         raise ValueError("--emit: --precision fp8 is an estimate: llmlaunch's model trains in bf16 "
                          "or fp32 (no FP8 GEMMs yet); drop --precision fp8 to emit")
-    if inputs.spec.moe:
-        raise ValueError(f"--emit: MoE layouts are estimates until the model runs them "
-                         f"({inputs.spec.arch}: {inputs.spec.experts} experts per layer); "
-                         "llmlaunch's model trains dense models only")
-    if lay.sequence_parallel or lay.virtual_stages > 1:
-        raise ValueError("--emit: sequence parallelism and interleaved pipelines are estimates only "
-                         "(DeepSpeed's pipeline engine runs plain 1F1B, llmlaunch's model has no "
-                         "sequence parallelism); drop --sequence-parallel and --virtual-stages to emit")
+    if inputs.spec.moe and not inputs.spec.runnable:
+        raise ValueError(f"--emit: {inputs.spec.arch}'s experts are an estimate (llmlaunch's model "
+                         "runs the MoE families mixtral, qwen2_moe and qwen3_moe)")
+    if inputs.spec.moe and (lay.cp > 1 or lay.sequence_parallel):
+        raise ValueError("--emit: an MoE model with context or sequence parallelism is an estimate "
+                         "(llmlaunch's model runs experts at cp = 1 without sequence parallelism); "
+                         "pin --cp 1 and drop --sequence-parallel to emit")
+    if lay.virtual_stages > 1:
+        raise ValueError("--emit: interleaved pipelines are estimates only (DeepSpeed's pipeline "
+                         "engine runs plain 1F1B); drop --virtual-stages to emit")
     if not lay.runnable:
         raise ValueError(f"--emit: {lay.not_runnable_reason()}")
     name = job_name or (inputs.spec.name or "llmlaunch")
@@ -263,7 +265,8 @@ def emit_plan(out_dir: str, inputs: PlanInputs, candidate: Candidate, *, force: 
     with atomic_directory(out_dir, force=force) as tmp:
         (tmp / DS_CONFIG).write_text(json.dumps(ds, indent=2) + "\n")
         header = "\n".join([f"# llmlaunch run config ({inputs.spec.name or inputs.spec.arch}, "
-                            f"dp={lay.dp} pp={lay.pp} tp={lay.tp}). Schema: docs/run-yaml.md",
+                            f"dp={lay.dp} pp={lay.pp} tp={lay.tp}"
+                            f"{f' ep={lay.ep}' if lay.ep > 1 else ''}). Schema: docs/run-yaml.md",
                             *(f"# {line}" for line in reasoning)])
         (tmp / RUN_CONFIG).write_text(dump_run_config(config, header))
         script = sbatch_script(config, run_dir, cluster.nodes, tasks_per_node,

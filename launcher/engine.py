@@ -9,6 +9,12 @@
   micro-batch engine(inputs, labels), engine.backward, engine.step, the engine accumulating and
   stepping the optimizer at the boundary. ZeRO 0-3 and offload.
 
+Both run sequence and context parallelism (Layout.sequence_parallel, Layout.cp; the model does the
+work, model/tp.py and model/context_parallel.py). Under context parallelism a rank reads its dp
+replica's samples (`dp_rank`) and keeps its chunks of them (`local_batch`); DeepSpeed's
+data-parallel group is dp x cp (`replica_rank`, `replicas`: what ZeRO partitions and the checkpoint
+store shares out over), so it averages losses and gradients over the whole sequence.
+
 The engine is built for the rank's context (model/rank_context.py: the layout, this rank, its
 groups), made once by the trainer; the checkpoint store says which engine a resumed run needs
 (checkpoints/store.py: `engine_for`) and which learning-rate schedule it continues.
@@ -66,12 +72,37 @@ class RunEngine:
     schedule: Schedule | None = None
     """The learning-rate schedule the engine's LambdaLR follows."""
 
+    ctx: Any = None
+    """The rank's context (model/rank_context.py)."""
+
     @property
     def dp_rank(self) -> int:
-        """This rank's data-parallel replica."""
+        """This rank's data-parallel replica: which 1/dp of every global batch it reads."""
+        return self.ctx.coords["dp"]
+
+    @property
+    def cp_rank(self) -> int:
+        return self.ctx.coords["cp"]
+
+    @property
+    def replica_rank(self) -> int:
+        """This rank's index in DeepSpeed's data-parallel group (dp x cp: every rank holding the
+        same weights; ZeRO's partition index)."""
         if self.kind == "plain":
             return self.groups.get_data_parallel_rank()
         return self.engine.grid.get_data_parallel_id()
+
+    @property
+    def replicas(self) -> int:
+        """The size of DeepSpeed's data-parallel group, dp x cp."""
+        return self.layout.dp * self.layout.cp
+
+    def local_batch(self, batch):
+        """(inputs, labels) [b, s] of whole samples -> this rank's context-parallel chunks
+        [b, s/cp] of both (model/context_parallel.py); unchanged at cp = 1."""
+        from llmlaunch.model.batches import context_parallel_batch
+
+        return context_parallel_batch(batch, self.cp_rank, self.layout.cp)
 
     @property
     def stage(self) -> int:
@@ -89,17 +120,17 @@ class RunEngine:
         import torch
         import torch.distributed as dist
 
-        losses = []
+        losses = self.micro_losses = []   # the guard reads them inside the optimizer's step
         for _ in range(self.engine.gradient_accumulation_steps()):
             inputs, labels = next(batches)
             loss = self.engine(inputs.to(self.engine.device), labels.to(self.engine.device))
             self.engine.backward(loss)
-            self.engine.step()   # the optimizer steps at the accumulation boundary only
             losses.append(loss.detach().float())
+            self.engine.step()   # the optimizer steps at the accumulation boundary only
         mean = torch.stack(losses).mean()
-        if self.layout.dp > 1:
+        if self.replicas > 1:    # every rank's loss is the mean over its s/cp tokens
             dist.all_reduce(mean, group=self.groups.get_data_parallel_group())
-            mean /= self.layout.dp
+            mean /= self.replicas
         return float(mean)
 
     @property
@@ -165,7 +196,7 @@ def build_engine(config: RunConfig, ctx=None, kind: str | None = None,
         config=deepspeed_config(config, precision, on_gpu=on_gpu, layout=layout),
         lr_scheduler=lr_scheduler_factory(schedule), mpu=groups)
     run = RunEngine(engine=engine, precision=precision, dtype=dtype, spec=spec, layout=layout,
-                    kind=kind, groups=groups, schedule=schedule)
+                    kind=kind, groups=groups, schedule=schedule, ctx=ctx)
     if layout.zero_stage == 0 and precision == "fp32" and config.train.grad_clip > 0:
         record_fp32_clip_norms(run)
     return run
@@ -173,14 +204,24 @@ def build_engine(config: RunConfig, ctx=None, kind: str | None = None,
 
 def record_fp32_clip_norms(run: RunEngine) -> None:
     """Without ZeRO, DeepSpeed's fp32 path clips with runtime/utils.clip_grad_norm_ and drops the
-    norm it computed (get_global_grad_norm() stays None): run the very same call and keep it."""
+    norm it computed (get_global_grad_norm() stays None): run the very same call and keep it. With
+    expert parallelism that call would average the norm over ranks holding different experts: the
+    norm that counts every expert once clips instead (model/expert_groups.py)."""
     from deepspeed.runtime.utils import clip_grad_norm_
 
     engine = run.engine
+    experts = run.layout.ep > 1
 
     def clip_and_record():
-        norm = clip_grad_norm_(parameters=engine.module.parameters(),
-                               max_norm=engine.gradient_clipping(), mpu=engine.mpu)
+        if experts:
+            from llmlaunch.model.expert_groups import clip_grad_norm_with_experts
+
+            norm = clip_grad_norm_with_experts(
+                engine.module.parameters(), engine.gradient_clipping(), engine.mpu,
+                engine.module.ep_group.process_group())
+        else:
+            norm = clip_grad_norm_(parameters=engine.module.parameters(),
+                                   max_norm=engine.gradient_clipping(), mpu=engine.mpu)
         run._clip_norms.append(float(norm))
 
     engine.clip_fp32_gradients = clip_and_record

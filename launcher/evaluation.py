@@ -5,7 +5,8 @@ train.eval_batches global batches of the evaluation data each time, under either
   averaged over micro-batches and data-parallel replicas and broadcast along the pipeline), one
   call per global batch of grad_accum micro-batches;
 - plain: the engine's forward under `torch.no_grad`, per micro-batch, averaged, then all-reduced
-  over the data-parallel group.
+  over DeepSpeed's data-parallel group (dp x cp under context parallelism: each rank's loss is the
+  mean over its chunks).
 
 It reads its own iterator (never the training one) and restores torch's RNG states afterwards, so
 the training data position and randomness are untouched: a run that evaluates resumes bit-exactly.
@@ -37,9 +38,9 @@ def evaluate(run, batches: Iterator, global_batches: int) -> float:
                 total += engine(inputs.to(engine.device), labels.to(engine.device)).detach().float()
         engine.train()
         total /= micro
-        if run.layout.dp > 1:
+        if run.replicas > 1:     # dp x cp: each rank's loss is the mean over its s/cp tokens
             dist.all_reduce(total, group=run.groups.get_data_parallel_group())
-            total /= run.layout.dp
+            total /= run.replicas
         return float(total)
     finally:
         torch.set_rng_state(cpu_state)

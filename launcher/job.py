@@ -39,7 +39,7 @@ from llmlaunch.config import (RunConfig, apply_overrides, load_run_config,  # no
 from llmlaunch.metrics_file import last_step  # noqa: E402
 from llmlaunch.topology.layout import Layout  # noqa: E402
 
-from . import local_ranks, slurm, start_log  # noqa: E402
+from . import local_ranks, memory_fit, slurm, start_log  # noqa: E402
 from .hostnet import free_port, master_address  # noqa: E402
 from .liveness import read_lost  # noqa: E402
 from .outcome import (CANCELLED, DEFAULT_MAX_RESTARTS,  # noqa: E402
@@ -110,7 +110,7 @@ class Supervisor:
         config = load_run_config(self.config_path, self.overrides)
         if self.alloc is not None and env_int(self.environ, "LLMLAUNCH_ELASTIC", 0) >= 1:
             config = self.elastic_layout(config)
-        self.layout = config.layout_obj()
+        self.layout = memory_fit.fitting_layout(config, self.alloc or self.nproc)   # or refused
         if self.alloc is not None:   # one line here, not one error per rank
             self.layout.check_world_size(self.alloc.ntasks)
         from .run_data import prepare_run_data

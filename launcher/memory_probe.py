@@ -179,22 +179,28 @@ class GradientProbe:
         return max(self.readings.values(), default=0)
 
 
-def saved_activation_bytes_measured(engine, spec, micro_batch: int, dtype, generator) -> int:
+def saved_activation_bytes_measured(engine, spec, micro_batch: int, dtype, generator,
+                                    layout=None) -> int:
     """Storages saved for backward by one forward of this stage on one micro-batch (and the loss on
-    the last stage), parameters excluded. Every TP rank of a stage runs it together (the forward's
-    all-reduces); stages do not communicate."""
+    the last stage), parameters excluded. Every TP (and CP) rank of a stage runs it together (the
+    forward's collectives); stages do not communicate. With `layout`, the rank's share of the
+    micro-batch: s/cp tokens (context parallelism), a later stage's input [b, s/(cp t), h] under
+    sequence parallelism."""
     import torch
 
     module = engine.module
     device = engine.device
-    shape = (micro_batch, spec.seq_len)
+    tokens = spec.seq_len // (layout.cp if layout is not None else 1)
+    split = layout.tp if layout is not None and layout.sequence_parallel else 1
+    shape = (micro_batch, tokens)
     first = engine.is_first_stage() if hasattr(engine, "is_first_stage") else True
     last = engine.is_last_stage() if hasattr(engine, "is_last_stage") else True
     if first:
         inputs = torch.randint(0, spec.vocab, shape, generator=generator).to(device)
     else:
         # what the engine hands a later stage: the received activation, requiring grad
-        inputs = torch.randn(*shape, spec.hidden, generator=generator).to(device=device, dtype=dtype)
+        inputs = torch.randn(micro_batch, tokens // split, spec.hidden,
+                             generator=generator).to(device=device, dtype=dtype)
         inputs.requires_grad_(True)
     labels = torch.randint(0, spec.vocab, shape, generator=generator).to(device)
     params = list(module.parameters())

@@ -5,6 +5,7 @@ reader, llmlaunch/metrics_file.py.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from llmlaunch.atomic import write_text_atomic
@@ -27,17 +28,33 @@ class MetricsLog:
         kept = []
         if path.is_file():
             kept = [r for r in read_metrics(path) if r["step"] <= resume_step]
-            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+            write_text_atomic(path, "".join(json.dumps(strict_record(r), allow_nan=False) + "\n"
+                                           for r in kept))
         self.monitors = open_monitors(config, path.parent, resume_step, kept) if config else []
         self.file = open(path, "a")
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(json.dumps(strict_record(record), allow_nan=False) + "\n")
         self.file.flush()
-        for monitor in self.monitors:
-            monitor.write(record)
+        for monitor in self.monitors:   # the values metrics.jsonl holds
+            monitor.write(strict_record(record))
 
     def close(self) -> None:
         self.file.close()
         for monitor in self.monitors:
             monitor.close()
+
+
+def strict_record(record: dict) -> dict:
+    """The record as strict JSON allows it: a NaN or infinite number becomes null, and its key is
+    listed under "nonfinite" with what it was ("nan", "inf", "-inf"), so no reader meets the
+    literals NaN and Infinity that Python's json writes by default."""
+    out, bad = {}, {}
+    for key, value in record.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            out[key], bad[key] = None, str(value)
+        else:
+            out[key] = value
+    if bad:
+        out["nonfinite"] = bad
+    return out

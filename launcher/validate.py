@@ -73,20 +73,23 @@ ENV_STEPS = "LLMLAUNCH_VALIDATE_STEPS"
 ENV_JSON = "LLMLAUNCH_VALIDATE_JSON"
 DEFAULT_STEPS = 5
 RESULT_FILE = VALIDATE
-QUANTITIES = ("weights", "gradients", "optimizer", "activations", "peak", "step_time_s")
+QUANTITIES = ("weights", "gradients", "optimizer", "activations", "peak", "step_time_s",
+              "expert_weights", "dispatch_buffer")
 
 
-def token_batches(spec, micro_batch: int, seed: int):
+def token_batches(spec, micro_batch: int, seed: int, cp_rank: int = 0, cp: int = 1):
     """Endless (inputs, labels) micro-batches of seeded random tokens; the same sequence on every
-    rank given the same seed (the TP ranks of a stage must read identical batches)."""
+    rank given the same seed (the TP ranks of a stage must read identical batches), this rank's
+    chunks of them under context parallelism."""
     import torch
 
     from llmlaunch.model import next_token_batch
+    from llmlaunch.model.batches import context_parallel_batch
 
     generator = torch.Generator().manual_seed(seed)
     while True:
-        yield next_token_batch(torch.randint(0, spec.vocab, (micro_batch, spec.seq_len + 1),
-                                             generator=generator))
+        yield context_parallel_batch(next_token_batch(torch.randint(
+            0, spec.vocab, (micro_batch, spec.seq_len + 1), generator=generator)), cp_rank, cp)
 
 
 def measure(config: RunConfig, steps: int, ctx) -> tuple[dict, dict]:
@@ -105,10 +108,10 @@ def measure(config: RunConfig, steps: int, ctx) -> tuple[dict, dict]:
     engine, spec, lay, dtype, precision = run.engine, run.spec, run.layout, run.dtype, run.precision
     on_gpu = torch.cuda.is_available()
     dp_rank = run.dp_rank
-    batches = token_batches(spec, lay.micro_batch, config.train.seed + dp_rank)
+    batches = token_batches(spec, lay.micro_batch, config.train.seed + dp_rank, run.cp_rank, lay.cp)
     gemms = block_gemms(spec, micro_batch=lay.micro_batch, seq_len=spec.seq_len, tp=lay.tp,
-                        recompute="none")
-    device_figures = probe_device(tokens=lay.micro_batch * spec.seq_len, hidden=spec.hidden,
+                        recompute="none", cp=lay.cp, cp_kind=lay.cp_kind)
+    device_figures = probe_device(tokens=lay.micro_batch * spec.seq_len // lay.cp, hidden=spec.hidden,
                                   mlp_cols=spec.ffn_hidden // lay.tp, dtype=dtype,
                                   device=torch.device(engine.device), gemms=gemms)
 
@@ -129,12 +132,13 @@ def measure(config: RunConfig, steps: int, ctx) -> tuple[dict, dict]:
 
     activations = saved_activation_bytes_measured(
         engine, spec, lay.micro_batch, dtype,
-        torch.Generator().manual_seed(config.train.seed + 1000 + dp_rank))
+        torch.Generator().manual_seed(config.train.seed + 1000 + dp_rank), layout=lay)
     measured = {"weights": weight_bytes(engine), "gradients": probe.peak,
                 "optimizer": optimizer_bytes(engine), "activations": activations,
                 "step_time_s": statistics.median(times)}
     if peak is not None:
         measured["peak"] = peak
+    measured.update(moe_measurements(engine, spec, dtype))
     record = {"rank": rank, "stage": run.stage, "measured": measured,
               "params": sum(p.numel() for p in engine.module.parameters()),
               "gradient_readings": probe.readings, "device_figures": device_figures}
@@ -144,6 +148,44 @@ def measure(config: RunConfig, steps: int, ctx) -> tuple[dict, dict]:
              # the wrapper decides which buffers exist (topology.memory.buffer_bytes)
              "optimizer_wrapper": type(engine.optimizer).__name__, "engine": run.kind}
     return record, facts
+
+
+def moe_measurements(engine, spec, dtype) -> dict:
+    """An MoE model's rows: expert_weights, the bytes of this rank's routed-expert parameters, and
+    dispatch_buffer, the larger all-to-all buffer of its MoE layers in the activation forward (rows
+    x h x bytes per element: T k copies sent, or what arrived for its experts, imbalance included).
+    {} for a dense model or a stage without MoE layers."""
+    import torch
+
+    from llmlaunch.model.moe import MoELayer
+
+    layers = [m for m in engine.module.modules() if isinstance(m, MoELayer)]
+    if not layers:
+        return {}
+    experts = sum(p.numel() * p.element_size() for p in engine.module.parameters()
+                  if getattr(p, "is_expert", False))
+    element = torch.empty((), dtype=dtype).element_size()
+    return {"expert_weights": experts,
+            "dispatch_buffer": max(layer.dispatch_rows for layer in layers) * spec.hidden * element}
+
+
+def moe_predictions(spec, lay, precision: str, first_block: int, blocks: int) -> dict:
+    """The planner's figures for moe_measurements' rows on a stage of `blocks` blocks from
+    `first_block`: topology/experts.py's expert_params_held (E/ep experts of each MoE block, TP
+    slices) x weight bytes, and alltoall_buffer_bytes at the micro-batch's tokens (the capacity
+    factor the run pads to; a dropless run is priced at the balanced load, 1.0)."""
+    from llmlaunch.topology.experts import alltoall_buffer_bytes, expert_params_held
+    from llmlaunch.topology.memory import PRECISIONS, dense_blocks_in
+
+    moe_blocks = blocks - dense_blocks_in(spec, first_block, blocks)
+    if not spec.moe or not moe_blocks:
+        return {}
+    bytes_of = PRECISIONS[precision]
+    return {"expert_weights": expert_params_held(spec, moe_blocks, lay.tp, lay.ep)
+            * bytes_of.weight_bytes,
+            "dispatch_buffer": alltoall_buffer_bytes(spec, lay.micro_batch * spec.seq_len,
+                                                     bytes_of.activation_bytes,
+                                                     max(1.0, spec.capacity_factor))}
 
 
 def gather_records(record: dict) -> list[dict] | None:
@@ -185,16 +227,18 @@ def predictions(config: RunConfig, precision: str, device, layout) -> dict:
     spec, lay = config.model_spec(), config.layout
     act = PRECISIONS[precision].activation_bytes
     norm_bytes = PRECISIONS[precision].norm_bytes
-    out = {}
+    out, first_block = {}, 0
     for st in estimate.stages:
         per_micro_batch = saved_activation_bytes(
             spec, stage=st.stage, pp=lay.pp, blocks=st.blocks, micro_batch=lay.micro_batch, tp=lay.tp,
             recompute=lay.recompute, act_bytes=act, seq_len=config.model.seq_len,
-            norm_bytes=norm_bytes)
+            norm_bytes=norm_bytes, sequence_parallel=layout.sequence_parallel, cp=layout.cp)
         out[st.stage] = {"weights": st.weights, "gradients": st.gradients, "optimizer": st.optimizer,
                          "activations": per_micro_batch, "peak": st.allocated}
         if device is not None:
             out[st.stage]["step_time_s"] = estimate.step.total_s
+        out[st.stage].update(moe_predictions(spec, lay, precision, first_block, st.blocks))
+        first_block += st.blocks
     return out
 
 
@@ -268,9 +312,11 @@ def report(config: RunConfig, run_dir: Path, records: list[dict], facts: dict, s
     device = prediction_device(config, [r["device_figures"] for r in records])
     result = {
         "rows": build_rows(records, predictions(config, facts["precision"], device, layout)),
-        "layout": {"dp": lay.dp, "pp": lay.pp, "tp": lay.tp, "micro_batch": lay.micro_batch,
-                   "grad_accum": lay.grad_accum, "zero_stage": lay.zero_stage,
-                   "offload": lay.offload, "recompute": lay.recompute},
+        "layout": {"dp": lay.dp, "pp": lay.pp, "tp": lay.tp, "cp": lay.cp,
+                   "cp_kind": lay.cp_kind, "sequence_parallel": lay.sequence_parallel,
+                   "micro_batch": lay.micro_batch, "grad_accum": lay.grad_accum,
+                   "zero_stage": lay.zero_stage, "offload": lay.offload,
+                   "recompute": lay.recompute},
         "steps": steps, **facts,
         "gradient_readings": {str(r["rank"]): r["gradient_readings"] for r in records},
         "device_figures": {str(r["rank"]): r["device_figures"] for r in records},
@@ -320,7 +366,9 @@ def validate_rank(config: RunConfig, run_dir: Path) -> int:
         else:
             lay = config.layout
             offload = "" if lay.offload == "none" else f", offload {lay.offload}"
-            print(f"validate: dp {lay.dp} x pp {lay.pp} x tp {lay.tp}, micro-batch "
+            extra = (f" x cp {lay.cp} ({lay.cp_kind})" if lay.cp > 1 else "") + (
+                ", sequence parallel" if lay.sequence_parallel else "")
+            print(f"validate: dp {lay.dp} x pp {lay.pp} x tp {lay.tp}{extra}, micro-batch "
                   f"{lay.micro_batch} x {lay.grad_accum}, ZeRO-{lay.zero_stage}{offload}, recompute "
                   f"{lay.recompute}, {facts['precision']} on {facts['device']}, {steps} steps "
                   "(times: median after the first; activations: saved per micro-batch)")

@@ -19,7 +19,8 @@ class ModelSection:
     from a Hugging Face config.json (hf_config)."""
 
     arch: str = "gpt2"
-    """gpt2, llama, mistral, qwen2 or qwen3 (the families llmlaunch's model runs)."""
+    """gpt2, llama, mistral, qwen2, qwen3, or the Mixture-of-Experts mixtral, qwen2_moe, qwen3_moe
+    (the families llmlaunch's model runs)."""
     layers: int = 4
     """Transformer blocks."""
     hidden: int = 128
@@ -44,6 +45,27 @@ class ModelSection:
     """The LM head reuses the token table (null: the family's default, tied for gpt2 only)."""
     sliding_window: int = 0
     """mistral, qwen2, qwen3: each query attends to the last N keys, on every layer (0: all)."""
+    experts: int = 0
+    """Mixture-of-Experts (mixtral, qwen2_moe, qwen3_moe): routed experts per MoE layer (0: dense)."""
+    experts_per_token: int = 0
+    """MoE: experts each token is routed to (top-k)."""
+    expert_ffn_hidden: int = 0
+    """MoE: one expert's MLP width (0: ffn_hidden)."""
+    shared_expert_ffn_hidden: int = 0
+    """MoE: width of a shared expert every token goes through (0: none)."""
+    shared_expert_gate: bool = False
+    """MoE: a sigmoid gate on the shared expert's output (Qwen2-MoE)."""
+    dense_layers: int = 0
+    """MoE: the first N layers keep a dense MLP of width ffn_hidden."""
+    norm_topk_prob: bool = True
+    """MoE: a token's k routing weights renormalised to sum to 1 (Mixtral; Qwen-MoE's flag)."""
+    router_aux_loss_coef: float = 0.001
+    """MoE: weight of the load-balancing loss (transformers' load_balancing_loss_func); 0: off."""
+    router_z_loss_coef: float = 0.0
+    """MoE: weight of the router z-loss (ST-MoE); 0: off."""
+    capacity_factor: float = 0.0
+    """MoE: 0 routes dropless; C >= 1 buffers ceil(C x tokens x k / experts) tokens per expert and
+    micro-batch, padded, the overflow dropped."""
     hf_config: str = ""
     """A Hugging Face config.json (or the directory holding one) that sets every key above except
     seq_len (the training length, still this section's); keys given as well must agree with it."""
@@ -70,9 +92,53 @@ class LayoutSection:
     """Activation recomputation: none, selective, full."""
     offload: str = "none"
     """ZeRO-Offload to CPU memory (pp = 1): none, optimizer (ZeRO >= 1), optimizer+params (ZeRO-3)."""
+    sequence_parallel: bool = False
+    """Megatron-LM sequence parallelism: norms and the residual on 1/tp of the sequence, all-gather
+    before and reduce-scatter after the tensor-parallel layers (no effect at tp = 1)."""
     cp: int = 1
-    """Context-parallel degree (the planner's estimates read it); a run refuses cp > 1 until
-    llmlaunch's model runs context parallelism (issue 25)."""
+    """Context-parallel degree: ranks sharing every sequence, each holding 2 of its 2*cp chunks
+    (world size dp*pp*tp*cp)."""
+    cp_kind: str = "allgather"
+    """How the cp ranks' attention sees the whole sequence: allgather (K and V gathered, Llama 3) or
+    alltoall (DeepSpeed-Ulysses; cp must divide the KV heads per tp rank)."""
+    ep: int = 1
+    """Expert-parallel degree of a Mixture-of-Experts model: consecutive data-parallel ranks that
+    share out every MoE layer's experts, experts/ep each; divides dp and the experts (1: every rank
+    holds every expert). ZeRO 0-2; cp = 1 and no sequence parallelism."""
+
+
+@dataclass
+class GuardSection:
+    """train.guard: the check every step before its update (launcher/guard.py, docs/launch.md)."""
+
+    enabled: bool = True
+    """Judge every step; false: no check, every step applied (DeepSpeed's own overflow skips are
+    still reported)."""
+    window: int = 50
+    """Healthy losses the spike check looks back on."""
+    min_history: int = 10
+    """Healthy losses needed before a spike is judged (non-finite values are judged from step 1)."""
+    spike_mads: float = 6.0
+    """A spike: loss > median + max(spike_mads x 1.4826 x MAD, spike_min_rise x median)."""
+    spike_min_rise: float = 0.1
+    """The least rise over the median that counts as a spike, as a fraction of the median."""
+    max_loss_ratio: float = 2.0
+    """A loss above this many times ln(vocab) (a uniform guess's loss) is divergence (0: off)."""
+    bad_steps: int = 3
+    """Unhealthy steps in a row that are skipped; the next one rolls back (or stops)."""
+    rollbacks: int = 2
+    """Rollbacks a run may make (counted in RUN_DIR/skipped.json, across requeues) before the
+    guard stops it instead."""
+
+
+@dataclass
+class StragglerSection:
+    """train.stragglers: ranks compared by their compute time (launcher/stragglers.py)."""
+
+    every: int = 10
+    """Steps between comparisons of every rank's forward time (0: never)."""
+    margin: float = 0.25
+    """A rank slower than the median rank by more than this fraction is named."""
 
 
 @dataclass
@@ -114,6 +180,10 @@ class TrainSection:
     """offline (a run directory `wandb sync` uploads later) or online (needs network and a login)."""
     wandb_project: str = "llmlaunch"
     """The W&B project of the run."""
+    guard: GuardSection = field(default_factory=GuardSection)
+    """The guard against non-finite values and loss spikes (train.guard.KEY)."""
+    stragglers: StragglerSection = field(default_factory=StragglerSection)
+    """Slow ranks and hosts named (train.stragglers.KEY)."""
 
 
 # The keys of one entry of data.sources / data.eval_sources (docs/data.md, data/sources.py).

@@ -15,8 +15,11 @@ from torch import nn
 
 from llmlaunch.topology.model_spec import ModelSpec
 
+from .context_parallel import ContextParallelGroup
 from .layers import TokenEmbedding
-from .lm import LMLoss, layer_specs, load_weights, mark_gradient_norm_owners
+from .expert_groups import attach_expert_groups, expert_parallel_group
+from .lm import layer_specs, load_weights, loss_function, mark_gradient_norm_owners
+from .moe import tied_moe_head_forward
 from .tp import TensorParallelGroup
 
 
@@ -24,24 +27,28 @@ class TiedHead(nn.Module):
     """gpt2's LM head: the token embedding's table as the output projection. Holds no parameter of
     its own (the table stays the embedding's; its canonical name is embed.token.weight)."""
 
-    def __init__(self, embedding: TokenEmbedding):
+    def __init__(self, embedding: TokenEmbedding, carry: bool = False):
         super().__init__()
         self._embedding = [embedding]   # a list: not a submodule, so the table is not re-registered
+        self.carry = carry              # an MoE model's: the routing carry passes through
 
     @property
     def embedding(self) -> TokenEmbedding:
         return self._embedding[0]
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden):
+        if self.carry:
+            return tied_moe_head_forward(self.embedding, hidden)
         return self.embedding.logits(hidden)
 
 
-def build_dense_items(spec: ModelSpec, tp: TensorParallelGroup, recompute: str) -> list[nn.Module]:
+def build_dense_items(spec: ModelSpec, tp: TensorParallelGroup, recompute: str,
+                      ep=None, cp: ContextParallelGroup | None = None) -> list[nn.Module]:
     """The pipeline's items as modules in order; the tied head reuses the embedding built first."""
     items, tied = [], {}
-    for item in layer_specs(spec, tp, recompute):
+    for item in layer_specs(spec, tp, recompute, ep, cp):
         if isinstance(item, TiedLayerSpec) and item.key in tied:
-            items.append(TiedHead(tied[item.key]))
+            items.append(TiedHead(tied[item.key], carry=spec.moe))
             continue
         module = item.build()
         if isinstance(item, TiedLayerSpec):
@@ -51,21 +58,24 @@ def build_dense_items(spec: ModelSpec, tp: TensorParallelGroup, recompute: str) 
 
 
 class DenseLM(nn.Module):
-    """forward(inputs [b, s], labels [b, s]) -> the mean next-token loss of this micro-batch."""
+    """forward(inputs [b, s], labels [b, s]) -> the mean next-token loss of this micro-batch (under
+    context parallelism: this rank's chunks [b, s/cp] of them, and the mean over those)."""
 
     def __init__(self, spec: ModelSpec, tp: TensorParallelGroup, recompute: str = "none",
-                 seed: int = 1234, dtype: torch.dtype = torch.float32, hf_dir=None):
+                 seed: int = 1234, dtype: torch.dtype = torch.float32, hf_dir=None, ep=None,
+                 cp: ContextParallelGroup | None = None):
         super().__init__()
         self.spec = spec
-        self.tp_group = tp
-        self.items = nn.ModuleList(build_dense_items(spec, tp, recompute))
+        self.tp_group, self.ep_group, self.cp_group = tp, ep, cp
+        self.items = nn.ModuleList(build_dense_items(spec, tp, recompute, ep, cp))
         load_weights(self, spec, tp, seed, hf_dir)
         self.to(dtype)
-        self.loss_fn = LMLoss(spec.vocab, tp)
+        self.loss_fn = loss_function(spec, tp)
         mark_gradient_norm_owners(self, spec, tp)
 
-    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        """This TP rank's slice of the logits [b, s, V_p/t]."""
+    def logits(self, inputs: torch.Tensor):
+        """This TP rank's slice of the logits [b, s, V_p/t] (an MoE model's with the routing carry,
+        model/moe.py)."""
         x = inputs
         for item in self.items:
             x = item(x)
@@ -86,7 +96,17 @@ class DenseLM(nn.Module):
 
 def build_dense_model(spec: ModelSpec, groups, recompute: str = "none", seed: int = 1234,
                       dtype: torch.dtype = torch.float32, hf_dir=None) -> DenseLM:
-    """The pp = 1 model on a job's TP group (`groups`: model/parallel_groups.ParallelGroups)."""
-    tp = TensorParallelGroup(groups.get_model_parallel_rank(), groups.get_model_parallel_world_size())
+    """The pp = 1 model on a job's TP and CP groups (`groups`: model/parallel_groups.ParallelGroups;
+    sequence parallelism and the context-parallel form as its layout says); an MoE model's experts
+    split over the layout's expert groups (model/expert_groups.py)."""
+    layout = groups.layout
+    tp = TensorParallelGroup(groups.get_model_parallel_rank(), groups.get_model_parallel_world_size(),
+                             sequence_parallel=layout.sequence_parallel)
     tp.attach(groups.get_model_parallel_group())
-    return DenseLM(spec, tp, recompute=recompute, seed=seed, dtype=dtype, hf_dir=hf_dir)
+    cp = ContextParallelGroup(groups.get_context_parallel_rank(), layout.cp, layout.cp_kind)
+    cp.attach(groups.get_context_parallel_group())
+    ep = expert_parallel_group(layout, groups.rank)
+    model = DenseLM(spec, tp, recompute=recompute, seed=seed, dtype=dtype, hf_dir=hf_dir, ep=ep,
+                    cp=cp)
+    attach_expert_groups(model, layout, groups.rank, spec, ep)
+    return model

@@ -106,13 +106,17 @@ def local_canonical_state(model) -> dict[str, torch.Tensor]:
 
 def gather_canonical_state(model) -> dict[str, torch.Tensor] | None:
     """Collective over all ranks of an LMPipeline (or its DeepSpeed engine): global rank 0 gets the
-    canonical tensors, the others None. Data-parallel replica 0 supplies the slices."""
+    canonical tensors, the others None. Data-parallel replica 0 supplies the slices; an MoE
+    model's experts come from the replicas 0..ep-1 of the first expert-data-parallel group, which
+    hold E/ep experts each."""
     module = getattr(model, "module", model)
     local = {}
-    if module._grid.get_data_parallel_rank() == 0:
-        for name, param in canonical_named_parameters(module):
-            if not getattr(param, "ds_pipe_replicated", False):   # the last stage's tied copy
-                local[name] = param.detach().cpu()
+    dp_rank = module._grid.get_data_parallel_rank()
+    ep = getattr(getattr(module, "layout", None), "ep", 1)
+    for name, param in canonical_named_parameters(module):
+        supplier = dp_rank < ep if getattr(param, "is_expert", False) else dp_rank == 0
+        if supplier and not getattr(param, "ds_pipe_replicated", False):  # last stage's tied copy
+            local[name] = param.detach().cpu()
     gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object((module.tp_group.rank, local), gathered, dst=0)
     if dist.get_rank() != 0:

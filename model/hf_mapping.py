@@ -12,17 +12,19 @@ of a config is hf_count.py's.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import torch
 
 from llmlaunch.topology.hf_config import spec_from_hf_config as _spec_from_config_dict
 from llmlaunch.topology.hf_config import training_differences
-from llmlaunch.topology.model_spec import ModelSpec, untrainable_reasons
+from llmlaunch.topology.model_spec import ROUTER_TRAINING_KEYS, ModelSpec, untrainable_reasons
 
-from .sharding import canonical_shapes, tp_split
+from .sharding import canonical_shapes, expert_of, tp_split
 
-SAME, TRANSPOSE, CONCAT = "same", "transpose", "concat"
+SAME, TRANSPOSE, CONCAT, STACKED = "same", "transpose", "concat", "stacked"
+EXPERT_INDEX = re.compile(r"experts\.\d+\.")
 
 _GPT2_BLOCK = {
     "ln1.weight": (["ln_1.weight"], SAME), "ln1.bias": (["ln_1.bias"], SAME),
@@ -61,8 +63,26 @@ _LLAMA_OTHER = {
 }
 
 
+# An MoE block's MLP, by transformers 5's names in memory (the experts as [E, ...] stacks, gate and
+# up fused as ours); safetensors files hold one tensor per expert instead (hf_disk_names).
+_MOE_BLOCK = {
+    "mlp.router.weight": (["mlp.gate.weight"], SAME),
+    "mlp.shared.gate_up.weight": (["mlp.shared_expert.gate_proj.weight",
+                                   "mlp.shared_expert.up_proj.weight"], CONCAT),
+    "mlp.shared.down.weight": (["mlp.shared_expert.down_proj.weight"], SAME),
+    "mlp.shared_gate.weight": (["mlp.shared_expert_gate.weight"], SAME),
+    "mlp.experts.gate_up.weight": (["mlp.experts.gate_up_proj"], STACKED),
+    "mlp.experts.down.weight": (["mlp.experts.down_proj"], STACKED),
+}
+# How save_pretrained writes an expert's matrices (and Mixtral's router): the published files'
+# names, which transformers folds into the stacks on loading (conversion_mapping.py).
+_EXPERT_FILES = {"mixtral": {"gate_up": ("w1", "w3"), "down": ("w2",)},
+                 "qwen": {"gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}}
+
+
 def hf_mapping(spec: ModelSpec) -> dict[str, tuple[list[str], str]]:
-    """canonical name -> (HF names, how they combine) for every canonical parameter."""
+    """canonical name -> (HF names, how they combine) for every canonical parameter (an MoE
+    block's experts: their [E, ...] stack, STACKED)."""
     block_map, other, block_prefix = ((_GPT2_BLOCK, _GPT2_OTHER, "transformer.h.{}.")
                                       if spec.arch == "gpt2" else
                                       (_LLAMA_BLOCK, _LLAMA_OTHER, "model.layers.{}."))
@@ -70,26 +90,49 @@ def hf_mapping(spec: ModelSpec) -> dict[str, tuple[list[str], str]]:
     for name in canonical_shapes(spec):
         if name.startswith("blocks."):
             _, index, local = name.split(".", 2)
-            hf_names, kind = block_map[local]
+            local = EXPERT_INDEX.sub("experts.", local)
+            hf_names, kind = block_map.get(local) or _MOE_BLOCK[local]
             mapping[name] = ([block_prefix.format(index) + n for n in hf_names], kind)
         else:
             mapping[name] = other[name]
     return mapping
 
 
+def hf_disk_names(spec: ModelSpec, name: str) -> list[str]:
+    """The safetensors names of canonical `name` as save_pretrained writes an MoE model: one
+    tensor per expert (Mixtral: block_sparse_moe.experts.e.w1/w3/w2, gate and up concatenated;
+    Qwen-MoE: mlp.experts.e.gate_proj/up_proj/down_proj), Mixtral's router under block_sparse_moe.
+    [] for every other tensor (its HF names are the files' too)."""
+    _, index, local = name.split(".", 2)
+    prefix = f"model.layers.{index}."
+    family = "mixtral" if spec.arch == "mixtral" else "qwen"
+    if local == "mlp.router.weight" and family == "mixtral":
+        return [prefix + "block_sparse_moe.gate.weight"]
+    expert = expert_of(name)
+    if expert is None:
+        return []
+    part = "gate_up" if local.endswith("gate_up.weight") else "down"
+    folder = "block_sparse_moe" if family == "mixtral" else "mlp"
+    return [f"{prefix}{folder}.experts.{expert}.{w}.weight" for w in _EXPERT_FILES[family][part]]
+
+
 def canonical_to_hf(spec: ModelSpec, canonical: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF state dict (without GPT-2's tied lm_head) from the canonical tensors."""
+    """HF state dict (without GPT-2's tied lm_head) from the canonical tensors, by transformers'
+    names in memory (an MoE block's experts stacked in expert order)."""
     hf = {}
     for name, (hf_names, kind) in hf_mapping(spec).items():
         tensor = canonical[name]
-        if kind == TRANSPOSE:
+        if kind == STACKED:      # expert e's tensor is row e of the stack; filled in order
+            hf.setdefault(hf_names[0], []).append(tensor)
+        elif kind == TRANSPOSE:
             hf[hf_names[0]] = tensor.t().contiguous()
         elif kind == CONCAT:
             for hf_name, part in zip(hf_names, tensor.split(list(tp_split(spec, name).segments))):
                 hf[hf_name] = part.contiguous()
         else:
             hf[hf_names[0]] = tensor.contiguous()
-    return hf
+    return {name: torch.stack(value) if isinstance(value, list) else value
+            for name, value in hf.items()}
 
 
 def hf_config(spec: ModelSpec, bos_token_id: int | None = None, eos_token_id: int | None = None):
@@ -123,6 +166,8 @@ def hf_config(spec: ModelSpec, bos_token_id: int | None = None, eos_token_id: in
         return Qwen2Config(**common, **qwen_window, **extra)
     if spec.arch == "qwen3":
         return Qwen3Config(**common, **qwen_window, head_dim=spec.head_dim, attention_bias=False)
+    if spec.moe:
+        return moe_hf_config(spec, common, window, qwen_window)
     raise ValueError(f"arch {spec.arch} has no Hugging Face export: "
                      f"{'; '.join(untrainable_reasons(spec))}")
 
@@ -148,10 +193,45 @@ def spec_from_hf_config(config) -> ModelSpec:
 def check_compatible(spec: ModelSpec, hf_spec: ModelSpec) -> None:
     """Raise ValueError unless the HF model has our spec's shape (a rotary model may have a longer
     max_position_embeddings: it holds no parameters)."""
-    fields = [f.name for f in dataclasses.fields(ModelSpec) if f.name not in ("name", "seq_len")]
+    unused = ("ffn_hidden",) if spec.moe and not spec.dense_layers else ()   # no dense MLP to size
+    fields = [f.name for f in dataclasses.fields(ModelSpec)
+              if f.name not in ("name", "seq_len", *ROUTER_TRAINING_KEYS, *unused)]
     if spec.learned_positions:
         fields.append("seq_len")
     diffs = [f"{f}: run {getattr(spec, f)!r}, HF {getattr(hf_spec, f)!r}" for f in fields
              if getattr(spec, f) != getattr(hf_spec, f)]
     if diffs:
         raise ValueError("the HF model does not match the run's model: " + "; ".join(diffs))
+
+
+def moe_hf_config(spec: ModelSpec, common: dict, window, qwen_window: dict):
+    """MixtralConfig, Qwen2MoeConfig or Qwen3MoeConfig of an MoE spec; ValueError naming what the
+    family's transformers class cannot hold (Mixtral: a shared expert, dense layers, un-normalised
+    top-k weights; Qwen2-MoE: a shared expert without its gate; Qwen3-MoE: a shared expert)."""
+    from transformers import MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig
+
+    cannot = []
+    if spec.arch == "mixtral":
+        cannot = [what for what, present in (
+            ("a shared expert", spec.shared_expert_ffn_hidden), ("dense layers", spec.dense_layers),
+            ("norm_topk_prob false", not spec.norm_topk_prob)) if present]
+    elif spec.arch == "qwen2_moe" and spec.shared_expert_gate != bool(spec.shared_expert_ffn_hidden):
+        cannot = ["a shared expert without its gate (Qwen2-MoE gates it)"]
+    elif spec.arch == "qwen3_moe" and spec.shared_expert_ffn_hidden:
+        cannot = ["a shared expert"]
+    if cannot:
+        raise ValueError(f"arch {spec.arch} has no Hugging Face class with {', '.join(cannot)}")
+    router = dict(num_experts_per_tok=spec.experts_per_token,
+                  router_aux_loss_coef=spec.router_aux_loss_coef)
+    if spec.arch == "mixtral":
+        return MixtralConfig(**{**common, "intermediate_size": spec.expert_ffn_hidden}, **router,
+                             num_local_experts=spec.experts, head_dim=spec.head_dim,
+                             sliding_window=window)
+    qwen = dict(**common, **qwen_window, **router, num_experts=spec.experts,
+                moe_intermediate_size=spec.expert_ffn_hidden, norm_topk_prob=spec.norm_topk_prob,
+                decoder_sparse_step=1, mlp_only_layers=list(range(spec.dense_layers)))
+    if spec.arch == "qwen2_moe":
+        extra = {} if spec.head_dim * spec.heads == spec.hidden else {"head_dim": spec.head_dim}
+        return Qwen2MoeConfig(**qwen, **extra, qkv_bias=True,
+                              shared_expert_intermediate_size=spec.shared_expert_ffn_hidden)
+    return Qwen3MoeConfig(**qwen, head_dim=spec.head_dim, attention_bias=False)

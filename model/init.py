@@ -18,7 +18,9 @@ import torch
 from llmlaunch.topology.model_spec import ModelSpec
 
 INIT_STD = 0.02
-RESIDUAL_OUTPUTS = ("attn.out.weight", "mlp.fc2.weight", "mlp.down.weight")
+# the projections that write into the residual stream: an MoE block's experts' and shared
+# expert's down projections (mlp.experts.<e>.down.weight, mlp.shared.down.weight) are too
+RESIDUAL_OUTPUTS = ("attn.out.weight", "mlp.fc2.weight", "down.weight")
 NORMS = ("ln1", "ln2", "final_norm", "q_norm", "k_norm")
 
 

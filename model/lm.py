@@ -5,7 +5,10 @@ Items (DeepSpeed LayerSpecs: built lazily, so each pipeline stage builds only it
   gpt2:  [token embedding (tied), positions, block_0 .. block_{L-1}, final norm, LM head (tied)]
   llama: [token embedding, block_0 .. block_{L-1}, final norm, LM head]
 The last item outputs this rank's vocab slice of the logits [b, s, V_p/t]; `LMLoss` turns them into
-the mean next-token cross-entropy without gathering the vocabulary.
+the mean next-token cross-entropy without gathering the vocabulary. Under context parallelism a
+rank's items see its chunks of every sequence ([b, s/cp], model/context_parallel.py) and its loss is
+the mean over them; the engines average the ranks' losses and gradients over dp x cp, which (every
+rank holding s/cp tokens) is the mean over the whole sequence and the global batch.
 
 The engines' adapters build these items: model/pipeline.py splits them into stages (DeepSpeed's
 PipelineModule), model/dense.py holds them in one module (DeepSpeed's plain engine, pp = 1).
@@ -23,8 +26,11 @@ from llmlaunch.topology.layout import Layout
 from llmlaunch.topology.model_spec import ModelSpec
 
 from .init import initial_tensor
+from .context_parallel import ContextParallelGroup
 from .layers import (FinalNorm, LMHead, PositionEmbedding, TokenEmbedding, TransformerBlock,
                      tied_head_forward)
+from .moe import MoEFinalNorm, MoELMHead, MoELoss, MoETransformerBlock, tied_moe_head_forward
+from .moe_dispatch import ExpertParallelGroup
 from .sharding import canonical_named_parameters, canonical_shapes, load_canonical, tp_split
 from .tp import TensorParallelGroup, vocab_parallel_cross_entropy
 
@@ -49,22 +55,37 @@ def check_layout(spec: ModelSpec, pp: int, tp: int) -> None:
     Layout(dp=1, pp=pp, tp=tp).check_model(spec)
 
 
-def layer_specs(spec: ModelSpec, tp: TensorParallelGroup, recompute: str) -> list[LayerSpec]:
-    """The items; see the module docstring."""
+def layer_specs(spec: ModelSpec, tp: TensorParallelGroup, recompute: str,
+                ep: ExpertParallelGroup | None = None,
+                cp: ContextParallelGroup | None = None) -> list[LayerSpec]:
+    """The items; see the module docstring. `tp` carries sequence parallelism, `cp` (None: 1) the
+    context-parallel group. An MoE model's blocks, final norm and head pass the routing carry along
+    (model/moe.py), its experts split over `ep` (one rank when not given)."""
     if spec.tied_embeddings:
         items = [TiedLayerSpec(TIED_KEY, TokenEmbedding, spec, tp, tied_weight_attr=["weight"])]
     else:
         items = [LayerSpec(TokenEmbedding, spec, tp)]
     if spec.learned_positions:
-        items.append(LayerSpec(PositionEmbedding, spec))
-    items += [LayerSpec(TransformerBlock, spec, tp, i, recompute) for i in range(spec.layers)]
-    items.append(LayerSpec(FinalNorm, spec))
-    if spec.tied_embeddings:
-        items.append(TiedLayerSpec(TIED_KEY, TokenEmbedding, spec, tp,
-                                   forward_fn=tied_head_forward, tied_weight_attr=["weight"]))
+        items.append(LayerSpec(PositionEmbedding, spec, tp, cp))
+    if spec.moe:
+        ep = ep or ExpertParallelGroup()
+        items += [LayerSpec(MoETransformerBlock, spec, tp, i, recompute, ep, cp)
+                  for i in range(spec.layers)]
     else:
-        items.append(LayerSpec(LMHead, spec, tp))
+        items += [LayerSpec(TransformerBlock, spec, tp, i, recompute, cp)
+                  for i in range(spec.layers)]
+    items.append(LayerSpec(MoEFinalNorm if spec.moe else FinalNorm, spec, tp))
+    if spec.tied_embeddings:
+        items.append(TiedLayerSpec(TIED_KEY, TokenEmbedding, spec, tp, tied_weight_attr=["weight"],
+                                   forward_fn=tied_moe_head_forward if spec.moe else tied_head_forward))
+    else:
+        items.append(LayerSpec(MoELMHead if spec.moe else LMHead, spec, tp))
     return items
+
+
+def loss_function(spec: ModelSpec, tp: TensorParallelGroup):
+    """The loss the last item's output goes into: LMLoss, or MoELoss with the router's losses."""
+    return MoELoss(spec, tp) if spec.moe else LMLoss(spec.vocab, tp)
 
 
 def leading_items(spec: ModelSpec) -> int:
@@ -136,7 +157,8 @@ def build_items(items: list[LayerSpec]) -> tuple[list[nn.Module], list[Callable]
 
 class LocalLM(nn.Module):
     """The same model in one process without DeepSpeed's engine (tp=1, no pipeline): evaluation,
-    export checks and tests. forward(tokens [b, s]) -> logits [b, s, V_p]."""
+    export checks and tests. forward(tokens [b, s]) -> logits [b, s, V_p] (an MoE model:
+    (logits, counts, sums), model/moe.py; `logits_of` takes the logits)."""
 
     def __init__(self, spec: ModelSpec, recompute: str = "none", seed: int = 1234,
                  dtype: torch.dtype = torch.float32, hf_dir=None):
@@ -147,10 +169,15 @@ class LocalLM(nn.Module):
         self.items = nn.ModuleList(modules)
         load_weights(self, spec, self.tp_group, seed, hf_dir)
         self.to(dtype)
-        self.loss_fn = LMLoss(spec.vocab, self.tp_group)
+        self.loss_fn = loss_function(spec, self.tp_group)
 
     def forward(self, tokens):
         x = tokens
         for forward in self._forwards:
             x = forward(x)
         return x
+
+
+def logits_of(output):
+    """The logits of the last item's output (an MoE model's carries the routing statistics too)."""
+    return output[0] if isinstance(output, tuple) else output

@@ -18,8 +18,9 @@ class RankContext:
     world: int
     local_rank: int = 0
     groups: object = field(default=None, repr=False)
-    """The TP and DP groups of a pp = 1 layout (model/parallel_groups.ParallelGroups, DeepSpeed's
-    mpu), made by `plain_groups`; the pipeline engine's grid makes its own."""
+    """The TP, CP and DP groups of a pp = 1 layout (model/parallel_groups.ParallelGroups, DeepSpeed's
+    mpu), made by `plain_groups`; the pipeline engine's grid makes its own (and the model its CP
+    groups)."""
 
     def __post_init__(self):
         self.layout.check_world_size(self.world)
@@ -39,6 +40,10 @@ class RankContext:
     @property
     def tp_rank(self) -> int:
         return self.coords["tp"]
+
+    @property
+    def cp_rank(self) -> int:
+        return self.coords["cp"]
 
     @property
     def stage(self) -> int:

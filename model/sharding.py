@@ -21,12 +21,20 @@ Names (L blocks, local names of model/layers.py prefixed by the layer's canonica
   blocks.i.mlp.fc2.weight [h, f]         gpt2; row-parallel; .bias replicated
   blocks.i.mlp.gate_up.weight [2f, h]    llama; column-parallel, gate and up rows split separately
   blocks.i.mlp.down.weight [h, f]        llama; row-parallel
+  An MoE block (mixtral, qwen2_moe, qwen3_moe; from block dense_layers on) has, instead of mlp.*:
+  blocks.i.mlp.router.weight [E, h]      replicated
+  blocks.i.mlp.experts.e.gate_up.weight  [2f_e, h], e < E; column-parallel like a dense gate_up;
+                                         held by the ep rank whose experts include e
+  blocks.i.mlp.experts.e.down.weight     [h, f_e]; row-parallel
+  blocks.i.mlp.shared.gate_up.weight / .down.weight   the shared expert (f_s), as a dense MLP
+  blocks.i.mlp.shared_gate.weight [1, h] Qwen2-MoE's shared-expert gate; replicated
   final_norm.weight / .bias              replicated (bias: gpt2)
   head.weight [V, h]                     untied models (gpt2, and any tied llama-family model,
                                          use embed.token.weight as the head)
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -54,8 +62,37 @@ class TPSplit:
     vocab: int = 0
 
 
-def block_parameter_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Full shapes of one block's parameters, by local name (see the module docstring)."""
+def moe_parameter_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Full shapes of an MoE block's MLP parameters, by local name."""
+    h, fe, fs = spec.hidden, spec.expert_ffn_hidden, spec.shared_expert_ffn_hidden
+    shapes = {"mlp.router.weight": (spec.experts, h)}
+    for e in range(spec.experts):
+        shapes.update({f"mlp.experts.{e}.gate_up.weight": (2 * fe, h),
+                       f"mlp.experts.{e}.down.weight": (h, fe)})
+    if fs:
+        shapes.update({"mlp.shared.gate_up.weight": (2 * fs, h), "mlp.shared.down.weight": (h, fs)})
+    if spec.shared_expert_gate:
+        shapes["mlp.shared_gate.weight"] = (1, h)
+    return shapes
+
+
+EXPERT_NAME = re.compile(r"^blocks\.\d+\.mlp\.experts\.(\d+)\.")
+
+
+def expert_of(name: str) -> int | None:
+    """The routed expert a canonical parameter belongs to (None: not an expert's)."""
+    match = EXPERT_NAME.match(name)
+    return int(match[1]) if match else None
+
+
+def is_moe_block(spec: ModelSpec, block: int) -> bool:
+    """Whether block `block` of `spec` holds experts (an MoE model's blocks from dense_layers on)."""
+    return spec.moe and block >= spec.dense_layers
+
+
+def block_parameter_shapes(spec: ModelSpec, moe: bool = False) -> dict[str, tuple[int, ...]]:
+    """Full shapes of one block's parameters, by local name (see the module docstring); `moe`: an
+    MoE block's."""
     h, f, q, kv = spec.hidden, spec.ffn_hidden, spec.q_width, spec.kv_hidden
     layernorm = spec.norm == "layernorm"
     shapes = {"ln1.weight": (h,)}
@@ -72,7 +109,9 @@ def block_parameter_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     shapes["ln2.weight"] = (h,)
     if layernorm:
         shapes["ln2.bias"] = (h,)
-    if spec.gated_mlp:
+    if moe:
+        shapes.update(moe_parameter_shapes(spec))
+    elif spec.gated_mlp:
         shapes.update({"mlp.gate_up.weight": (2 * f, h), "mlp.down.weight": (h, f)})
     else:
         shapes.update({"mlp.fc1.weight": (f, h), "mlp.fc1.bias": (f,), "mlp.fc2.weight": (h, f),
@@ -87,7 +126,7 @@ def canonical_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     if spec.learned_positions:
         shapes["embed.position.weight"] = (spec.seq_len, h)
     for block in range(spec.layers):
-        for name, shape in block_parameter_shapes(spec).items():
+        for name, shape in block_parameter_shapes(spec, is_moe_block(spec, block)).items():
             shapes[f"blocks.{block}.{name}"] = shape
     shapes["final_norm.weight"] = (h,)
     if spec.norm == "layernorm":
@@ -105,6 +144,12 @@ def tp_split(spec: ModelSpec, name: str) -> TPSplit | None:
     if not name.startswith("blocks."):
         return None
     local = name.split(".", 2)[2]
+    if local.startswith("mlp.experts."):
+        fe = spec.expert_ffn_hidden
+        return TPSplit(0, (fe, fe)) if local.endswith("gate_up.weight") else TPSplit(1, (fe,))
+    if local.startswith("mlp.shared."):
+        fs = spec.shared_expert_ffn_hidden
+        return TPSplit(0, (fs, fs)) if local.endswith("gate_up.weight") else TPSplit(1, (fs,))
     return {
         "attn.qkv.weight": TPSplit(0, (q, kv, kv)),
         "attn.qkv.bias": TPSplit(0, (q, kv, kv)),

@@ -13,6 +13,19 @@ Three layers of code, bottom up:
 Activations are batch-first throughout: `[b, s, h]`, with `h/t` (or `f/t`, `V/t`) for the slice one
 of t TP ranks holds.
 
+Sequence parallelism (Korthikanti et al. 2022, Section 4.2.2; Megatron-Core's
+tensor_parallel/mappings.py and layers.py) is a property of the group holder
+(`TensorParallelGroup(sequence_parallel=True)`): between the tensor-parallel regions each rank then
+holds `[b, s/t, h]`, its 1/t of the sequence, so norms and the residual run on 1/t of the tokens. The
+column-parallel layer all-gathers its input along the sequence (backward: reduce-scatter of the
+input gradient) and saves only the rank's shard, all-gathering it again in backward for the weight
+gradient; the row-parallel layer reduce-scatters its output (backward: all-gather). The embedding's
+output is reduce-scattered, the head's input gathered like a column-parallel layer's. A replicated
+weight that acts on the rank's shard only (norms, the row-parallel bias, gpt2's positions) gets its
+gradient summed over the TP ranks inside autograd (`copy_to_tensor_parallel_region` on the weight),
+so DeepSpeed sees the full gradient on every rank (Megatron-Core sums those gradients once per step
+instead, in finalize_model_grads).
+
 No module-level state: every layer gets a `TensorParallelGroup` holder when it is built. DeepSpeed's
 `PipelineModule` builds layers before its grid (and hence the TP process group) exists, so the
 holder starts with rank and size only (read from the topology) and `attach()` gives it the group
@@ -27,14 +40,22 @@ from torch import nn
 
 
 class TensorParallelGroup:
-    """The TP rank, TP size and (once attached) the process group that one model's layers share."""
+    """The TP rank, TP size, whether the layers run sequence-parallel, and (once attached) the
+    process group that one model's layers share."""
 
-    def __init__(self, rank: int = 0, size: int = 1, group=None):
+    def __init__(self, rank: int = 0, size: int = 1, group=None, sequence_parallel: bool = False):
         if size < 1 or not 0 <= rank < size:
             raise ValueError(f"tensor-parallel rank {rank} is not in a group of size {size}")
         self.rank = rank
         self.size = size
         self.group = group
+        self.sequence_parallel = bool(sequence_parallel)
+
+    @property
+    def sp(self) -> bool:
+        """Activations outside the tensor-parallel regions are split along the sequence (sequence
+        parallelism with more than one rank; at tp = 1 it changes nothing)."""
+        return self.sequence_parallel and self.size > 1
 
     def attach(self, group) -> None:
         """Give the holder its process group (DeepSpeed: `grid.get_slice_parallel_group()`)."""
@@ -51,7 +72,8 @@ class TensorParallelGroup:
         return self.group
 
     def __repr__(self):
-        return f"TensorParallelGroup(rank={self.rank}, size={self.size})"
+        sp = ", sequence_parallel=True" if self.sequence_parallel else ""
+        return f"TensorParallelGroup(rank={self.rank}, size={self.size}{sp})"
 
 
 def divide(numerator: int, denominator: int, what: str = "size") -> int:
@@ -85,6 +107,33 @@ def all_gather_last_dim(tensor: torch.Tensor, tp: TensorParallelGroup) -> torch.
     parts = [torch.empty_like(tensor) for _ in range(tp.size)]
     dist.all_gather(parts, tensor.contiguous(), group=tp.process_group())
     return torch.cat(parts, dim=-1)
+
+
+def all_gather_sequence(tensor: torch.Tensor, tp: TensorParallelGroup) -> torch.Tensor:
+    """Concatenate the ranks' sequence shards: [b, s/t, ...] -> [b, s, ...] (rank order)."""
+    if tp.size == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(tp.size)]
+    dist.all_gather(parts, tensor.contiguous(), group=tp.process_group())
+    return torch.cat(parts, dim=1)
+
+
+def reduce_scatter_sequence(tensor: torch.Tensor, tp: TensorParallelGroup) -> torch.Tensor:
+    """Sum the ranks' [b, s, ...] and keep this rank's sequence shard [b, s/t, ...]."""
+    if tp.size == 1:
+        return tensor
+    parts = [part.contiguous() for part in tensor.chunk(tp.size, dim=1)]
+    out = torch.empty_like(parts[0])
+    dist.reduce_scatter(out, parts, group=tp.process_group())
+    return out
+
+
+def sequence_shard(tensor: torch.Tensor, tp: TensorParallelGroup) -> torch.Tensor:
+    """This rank's 1/t of the sequence (dim 1), no communication."""
+    if tp.size == 1:
+        return tensor
+    divide(tensor.shape[1], tp.size, "sequence")
+    return tensor.chunk(tp.size, dim=1)[tp.rank].contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,6 +185,91 @@ def reduce_from_tensor_parallel_region(x: torch.Tensor, tp: TensorParallelGroup)
     return x if tp.size == 1 else _ReduceFromTensorParallelRegion.apply(x, tp)
 
 
+class _GatherFromSequenceParallelRegion(torch.autograd.Function):
+    """forward: all-gather along the sequence / backward: reduce-scatter.
+
+    Where the sequence-split activation enters a tensor-parallel region whose ranks each produce a
+    partial gradient for the whole sequence: the reduce-scatter sums them and keeps the rank's
+    shard (the conjugate of the all-gather)."""
+
+    @staticmethod
+    def forward(ctx, x, tp):
+        ctx.tp = tp
+        return all_gather_sequence(x, tp)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return reduce_scatter_sequence(grad, ctx.tp), None
+
+
+class _ReduceScatterToSequenceParallelRegion(torch.autograd.Function):
+    """forward: reduce-scatter along the sequence / backward: all-gather.
+
+    Where per-rank partial sums (a row-parallel output, the vocab-parallel embedding) leave a
+    tensor-parallel region for the sequence-split one."""
+
+    @staticmethod
+    def forward(ctx, x, tp):
+        ctx.tp = tp
+        return reduce_scatter_sequence(x, tp)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_gather_sequence(grad, ctx.tp), None
+
+
+class _SequenceParallelLinear(torch.autograd.Function):
+    """Y = all_gather(X_shard) W^T (+ b) that saves X_shard, not the gathered X.
+
+    Korthikanti et al. 2022, Section 4.2.2: the input of a column-parallel layer under sequence
+    parallelism is kept at 1/t of the sequence and all-gathered again in backward for the weight
+    gradient (Megatron-Core's LinearWithGradAccumulationAndAsyncCommunication does the same); the
+    input gradient, a partial sum over the ranks' columns, is reduce-scattered to the shard."""
+
+    @staticmethod
+    def forward(ctx, x_shard, weight, bias, tp):
+        ctx.tp = tp
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x_shard, weight)
+        return F.linear(all_gather_sequence(x_shard, tp), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_shard, weight = ctx.saved_tensors
+        x = all_gather_sequence(x_shard, ctx.tp)
+        grad_input = reduce_scatter_sequence(grad.matmul(weight), ctx.tp)
+        flat_grad = grad.reshape(-1, grad.shape[-1])
+        grad_weight = flat_grad.t().matmul(x.reshape(-1, x.shape[-1]))
+        grad_bias = flat_grad.sum(dim=0) if ctx.has_bias else None
+        return grad_input, grad_weight, grad_bias, None
+
+
+def gather_from_sequence_parallel_region(x: torch.Tensor, tp: TensorParallelGroup) -> torch.Tensor:
+    """All-gather along the sequence forward, reduce-scatter of the gradient backward."""
+    return x if tp.size == 1 else _GatherFromSequenceParallelRegion.apply(x, tp)
+
+
+def reduce_scatter_to_sequence_parallel_region(x: torch.Tensor,
+                                               tp: TensorParallelGroup) -> torch.Tensor:
+    """Reduce-scatter along the sequence forward, all-gather of the gradient backward."""
+    return x if tp.size == 1 else _ReduceScatterToSequenceParallelRegion.apply(x, tp)
+
+
+def sequence_parallel_linear(x_shard: torch.Tensor, weight: torch.Tensor, bias,
+                             tp: TensorParallelGroup) -> torch.Tensor:
+    """F.linear on the all-gathered sequence, saving only this rank's shard for backward."""
+    if tp.size == 1:
+        return F.linear(x_shard, weight, bias)
+    return _SequenceParallelLinear.apply(x_shard, weight, bias, tp)
+
+
+def replicated_weight(weight: torch.Tensor, tp: TensorParallelGroup) -> torch.Tensor:
+    """A replicated parameter as the layer should use it: itself, or under sequence parallelism
+    (where it acts on this rank's shard of the tokens only) through copy_to_tensor_parallel_region,
+    so its gradient is the sum over the TP ranks and the replicas stay equal."""
+    return copy_to_tensor_parallel_region(weight, tp) if tp.sp else weight
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. Layers.
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +280,8 @@ class ColumnParallelLinear(nn.Module):
     Rank i holds A_i ([out/t, in] in nn.Linear's [out, in] storage) and computes Y_i = X A_i + b_i,
     its slice of the output columns; the output stays split ([b, s, out/t]), ready for a
     row-parallel layer or a per-rank head. The input X is replicated, so its gradient is
-    all-reduced (`copy_to_tensor_parallel_region`).
+    all-reduced (`copy_to_tensor_parallel_region`); under sequence parallelism X arrives split
+    along the sequence ([b, s/t, in]) and is all-gathered (`sequence_parallel_linear`).
 
     Which output rows belong to rank i is decided by model/sharding.py (a fused QKV splits q, k
     and v separately); this layer only needs the local width.
@@ -162,6 +297,8 @@ class ColumnParallelLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(self.out_features_per_rank)) if bias else None
 
     def forward(self, x):
+        if self.tp.sp:                                       # x [b, s/t, in]: gathered inside
+            return sequence_parallel_linear(x, self.weight, self.bias, self.tp)
         x = copy_to_tensor_parallel_region(x, self.tp)       # [b, s, in] (replicated)
         return F.linear(x, self.weight, self.bias)           # [b, s, out/t]
 
@@ -172,6 +309,7 @@ class RowParallelLinear(nn.Module):
     Rank i holds A_i ([out, in/t] in nn.Linear storage) and receives X_i ([b, s, in/t], the output
     of a column-parallel layer); Y = sum_i X_i A_i is formed by an all-reduce
     (`reduce_from_tensor_parallel_region`). The bias is replicated and added once, after the sum.
+    Under sequence parallelism the sum is reduce-scattered instead: each rank gets [b, s/t, out].
     """
 
     def __init__(self, in_features: int, out_features: int, tp: TensorParallelGroup,
@@ -185,8 +323,11 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x):
         partial = F.linear(x, self.weight)                           # [b, s, out] partial sum
-        y = reduce_from_tensor_parallel_region(partial, self.tp)     # [b, s, out]
-        return y + self.bias if self.bias is not None else y
+        if self.tp.sp:
+            y = reduce_scatter_to_sequence_parallel_region(partial, self.tp)   # [b, s/t, out]
+        else:
+            y = reduce_from_tensor_parallel_region(partial, self.tp)           # [b, s, out]
+        return y + replicated_weight(self.bias, self.tp) if self.bias is not None else y
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -194,8 +335,8 @@ class VocabParallelEmbedding(nn.Module):
 
     Rank i holds rows [i*V_p/t, (i+1)*V_p/t) of the padded table (V_p = padded_vocab(V, t)). Each
     rank looks up the tokens it owns, writes zeros for the others, and the all-reduce sums the
-    one non-zero contribution per token. The same table serves as the tied LM head
-    (`logits(hidden)`).
+    one non-zero contribution per token (under sequence parallelism a reduce-scatter, leaving each
+    rank its 1/t of the sequence). The same table serves as the tied LM head (`logits(hidden)`).
     """
 
     def __init__(self, padded_vocab_size: int, hidden: int, tp: TensorParallelGroup):
@@ -212,10 +353,15 @@ class VocabParallelEmbedding(nn.Module):
         local = local.masked_fill(outside, 0)
         embedded = F.embedding(local, self.weight)                   # [b, s, h] partial
         embedded = embedded.masked_fill(outside.unsqueeze(-1), 0.0)
+        if self.tp.sp:
+            return reduce_scatter_to_sequence_parallel_region(embedded, self.tp)   # [b, s/t, h]
         return reduce_from_tensor_parallel_region(embedded, self.tp)
 
     def logits(self, hidden):
-        """The tied LM head: hidden [b, s, h] (replicated) -> this rank's logits [b, s, V_p/t]."""
+        """The tied LM head: hidden [b, s, h] (replicated; [b, s/t, h] sequence-parallel) -> this
+        rank's logits [b, s, V_p/t]."""
+        if self.tp.sp:
+            return sequence_parallel_linear(hidden, self.weight, None, self.tp)
         hidden = copy_to_tensor_parallel_region(hidden, self.tp)
         return F.linear(hidden, self.weight)
 

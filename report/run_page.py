@@ -136,6 +136,38 @@ def _run_sections(metrics, validate_rows, cand, inputs, figures) -> list[str]:
     return out
 
 
+def guard_section(metrics) -> str:
+    """The guard's decisions (launcher/guard.py): one row per step it skipped or rolled back, from
+    the `guard` field of metrics.jsonl; empty when it took none."""
+    rows = [[(str(m["step"]), m["step"]), str(m["guard"].get("action", "")),
+             str(m["guard"].get("to", "")), str(m["guard"].get("reason", ""))]
+            for m in metrics if isinstance(m.get("guard"), dict)]
+    if not rows:
+        return ""
+    return (f'<section id="guard"{attrs(rows=len(rows))}><h2>Guard decisions</h2><p class=note>'
+            "Steps judged unhealthy before their update (docs/launch.md, \"The guard\"): skipped "
+            "(the batch consumed, no update) or rolled back to a verified checkpoint, the batches "
+            "since it skipped (RUN_DIR/skipped.json).</p>"
+            + table(["step", "action", "rolled back to", "reason"], rows, cls="sortable",
+                    left=(1, 3)) + "</section>")
+
+
+def stragglers_section(metrics) -> str:
+    """The ranks named slow (launcher/stragglers.py), from metrics.jsonl's `stragglers` field."""
+    rows = [[(str(m["step"]), m["step"]), (str(s.get("rank")), s.get("rank")), str(s.get("host")),
+             (f"{s.get('ratio', 0):.2f}x", s.get("ratio")), f"{s.get('seconds', 0):.4g} s"]
+            for m in metrics if isinstance(m.get("stragglers"), list)
+            for s in m["stragglers"] if isinstance(s, dict)]
+    if not rows:
+        return ""
+    return (f'<section id="stragglers"{attrs(rows=len(rows))}><h2>Stragglers</h2><p class=note>'
+            "Ranks whose forward time per step exceeded the median of the ranks doing the same "
+            "work (same stage and TP rank) by more than train.stragglers.margin, compared every "
+            "train.stragglers.every steps (docs/launch.md, \"Stragglers\").</p>"
+            + table(["step", "rank", "host", "vs median", "forward per step"], rows,
+                    cls="sortable", left=(2,)) + "</section>")
+
+
 def run_page_html(run_dir: str | Path) -> str:
     """The run page as one HTML string (write_run_report writes it)."""
     run_dir = Path(run_dir)
@@ -161,7 +193,8 @@ def run_page_html(run_dir: str | Path) -> str:
                        f"warmup {config.train.warmup_steps}, weight decay {config.train.weight_decay:g}, "
                        f"clip {config.train.grad_clip:g}, seed {config.train.seed}")]
     sections = [f'<section id="summary">{_cards(cand, inputs.cluster, predicted=True)}</section>',
-                *_run_sections(metrics, validate_rows, cand, inputs, figures), *layout_html,
+                *_run_sections(metrics, validate_rows, cand, inputs, figures),
+                *filter(None, [guard_section(metrics), stragglers_section(metrics)]), *layout_html,
                 _candidates_section(result, cand), _inputs_section(inputs, extra)]
     return page(title, subtitle, sections, figures, rm)
 

@@ -242,8 +242,12 @@ def estimate_only_reasons(lay: Layout, inputs: PlanInputs) -> list[str]:
     reasons = [r for r in (estimate_only_reason(inputs.options.engine),) if r]
     if inputs.options.precision == "fp8":
         reasons.append("FP8 GEMMs (llmlaunch's model trains in bf16 or fp32)")
-    if inputs.spec.moe:
-        reasons.append("Mixture-of-Experts (llmlaunch's model trains dense models only)")
+    if inputs.spec.moe and not inputs.spec.runnable:
+        reasons.append(f"{inputs.spec.arch}'s experts (llmlaunch's model runs the MoE families "
+                       "mixtral, qwen2_moe and qwen3_moe)")
+    elif inputs.spec.moe and (lay.cp > 1 or lay.sequence_parallel):
+        reasons.append("experts with context or sequence parallelism (llmlaunch's model runs "
+                       "experts at cp = 1 without sequence parallelism)")
     runnable = lay.not_runnable_reason()
     if runnable and (lay.cp > 1 or lay.sequence_parallel or lay.virtual_stages > 1):
         reasons.append(runnable)

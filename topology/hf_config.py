@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .hf_checks import check_hf_config
 from .hf_defaults import unmodelled_keys, with_transformers_defaults
-from .hf_families import MAX_DEFAULT_SEQ_LEN, READERS, reader, rope
+from .hf_families import MAX_DEFAULT_SEQ_LEN, READERS, dense_layer_indices, reader, rope
 from .model_spec import MLPS, ModelSpec
 from .params import total_params
 
@@ -133,4 +133,20 @@ def training_differences(cfg: Mapping, spec: ModelSpec) -> list[str]:
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         out.append(f"activation {act!r} (the model runs SwiGLU)")
+    if spec.moe:
+        out += moe_differences(cfg, spec)
+    return out
+
+
+def moe_differences(cfg: Mapping, spec: ModelSpec) -> list[str]:
+    """What of an MoE config the model computes otherwise: dense layers other than the first ones
+    (Qwen-MoE's mlp_only_layers, decoder_sparse_step), router jitter noise (Mixtral)."""
+    out = []
+    if spec.arch in ("qwen2_moe", "qwen3_moe"):
+        dense = dense_layer_indices(cfg, spec.layers)
+        if dense != list(range(len(dense))):
+            out.append(f"dense MLPs in layers {dense} (the model keeps them in the first "
+                       "dense_layers layers only)")
+    if cfg.get("router_jitter_noise"):
+        out.append(f"router jitter noise {cfg['router_jitter_noise']}")
     return out

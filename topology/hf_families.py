@@ -141,21 +141,38 @@ def _gemma2(cfg, seq_len):
 
 def _mixtral(cfg, seq_len):
     spec = dict(base(cfg, seq_len), arch="mixtral", experts=cfg["num_local_experts"],
-                experts_per_token=cfg["num_experts_per_tok"])
+                experts_per_token=cfg["num_experts_per_tok"],
+                router_aux_loss_coef=float(first(cfg, "router_aux_loss_coef", default=0.001)))
     spec["sliding_window"], spec["sliding_window_layers"] = sliding_layers(cfg, spec["layers"], True)
     return spec
 
 
-def _qwen2_moe(cfg, seq_len):
-    spec = dict(base(cfg, seq_len), arch="qwen2_moe")
-    layers, step = spec["layers"], cfg.get("decoder_sparse_step", 1) or 1
+def dense_layer_indices(cfg: Mapping, layers: int) -> list[int]:
+    """Qwen-MoE's layers with a dense MLP: those in mlp_only_layers, and those whose index + 1 is
+    no multiple of decoder_sparse_step (transformers' Qwen2/3MoeDecoderLayer)."""
+    step = cfg.get("decoder_sparse_step", 1) or 1
     dense_only = set(cfg.get("mlp_only_layers") or ())
-    sparse = sum(i not in dense_only and (i + 1) % step == 0 for i in range(layers))
-    shared = cfg.get("shared_expert_intermediate_size") or 0
-    spec.update(experts=cfg["num_experts"], experts_per_token=cfg["num_experts_per_tok"],
-                expert_ffn_hidden=cfg["moe_intermediate_size"], shared_expert_ffn_hidden=shared,
-                shared_expert_gate=bool(shared), dense_layers=layers - sparse)
-    return spec
+    return [i for i in range(layers) if i in dense_only or (i + 1) % step]
+
+
+def _qwen_moe(arch):
+    """Qwen2-MoE (QKV biases, a gated shared expert) and Qwen3-MoE (QK-norm, no shared expert):
+    the family's attention read as qwen2/qwen3 are, then the experts. Dense layers anywhere are
+    counted as dense_layers (the planner holds them as the first ones)."""
+    attention = _qwen("qwen2" if arch == "qwen2_moe" else "qwen3")
+
+    def read(cfg, seq_len):
+        spec = dict(attention(cfg, seq_len), arch=arch)
+        shared = cfg.get("shared_expert_intermediate_size") or 0 if arch == "qwen2_moe" else 0
+        spec.update(experts=first(cfg, "num_experts", "num_local_experts"),
+                    experts_per_token=cfg["num_experts_per_tok"],
+                    expert_ffn_hidden=cfg["moe_intermediate_size"], shared_expert_ffn_hidden=shared,
+                    shared_expert_gate=bool(shared),
+                    dense_layers=len(dense_layer_indices(cfg, spec["layers"])),
+                    norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
+                    router_aux_loss_coef=float(first(cfg, "router_aux_loss_coef", default=0.001)))
+        return spec
+    return read
 
 
 def _deepseek(cfg, seq_len):
@@ -202,7 +219,8 @@ def _decoder(cfg, seq_len):
 READERS: dict[str, Callable[[Mapping, int | None], dict]] = {
     "gpt2": _gpt2, "llama": _llama, "mistral": _mistral, "qwen2": _qwen("qwen2"),
     "qwen3": _qwen("qwen3"), "gpt_neox": _gpt_neox, "phi3": _phi3, "gemma": _gemma,
-    "gemma2": _gemma2, "mixtral": _mixtral, "qwen2_moe": _qwen2_moe, "deepseek_v2": _deepseek,
+    "gemma2": _gemma2, "mixtral": _mixtral, "qwen2_moe": _qwen_moe("qwen2_moe"),
+    "qwen3_moe": _qwen_moe("qwen3_moe"), "deepseek_v2": _deepseek,
     "deepseek_v3": _deepseek,
 }
 """model_type -> reader; every other model_type goes through _decoder."""

@@ -100,8 +100,8 @@ class Layout:
     recompute: str = "none"
     """Activation recomputation: none, selective (attention core), full (whole block)."""
     sequence_parallel: bool = False
-    """Megatron-LM sequence parallelism (Korthikanti et al. 2022): norms and dropout run on s/t
-    of the sequence per TP rank. Estimator only: llmlaunch's model does not implement it."""
+    """Megatron-LM sequence parallelism (Korthikanti et al. 2022): norms, dropout and the residual run
+    on s/t of the sequence per TP rank (model/tp.py); nothing changes at tp = 1."""
     virtual_stages: int = 1
     """Model chunks per pipeline rank in Megatron-LM's interleaved 1F1B schedule (v; 1 = plain
     1F1B). Estimator only: DeepSpeed's pipeline engine runs plain 1F1B."""
@@ -114,7 +114,7 @@ class Layout:
     holds every expert."""
     cp: int = 1
     """Context-parallel degree: ranks splitting every sequence into cp parts (2 cp load-balanced
-    causal chunks); topology/context_parallel.py. Estimate only until llmlaunch's model runs it."""
+    causal chunks); topology/context_parallel.py, model/context_parallel.py."""
     cp_kind: str = "allgather"
     """How the cp ranks exchange what attention needs (CP_KINDS); meaningless at cp = 1."""
 
@@ -159,16 +159,22 @@ class Layout:
     def not_runnable_reason(self) -> str | None:
         """Why llmlaunch's model on DeepSpeed cannot run it (None: it can). What DeepSpeed itself
         refuses comes first (ZeRO-2/3 or offload under a pipeline), then what only llmlaunch's model
-        lacks (context parallelism, sequence parallelism, interleaving)."""
+        lacks (interleaving)."""
         if self.pp > 1 and (self.zero_stage not in PIPELINE_ZERO_STAGES or self.offload != "none"):
             return self.pipeline_zero_reason()
-        if self.cp > 1:
-            return (f"context parallelism (cp={self.cp}) is an estimate until llmlaunch's model runs "
-                    "it (the context-parallel engine, issue 25); pin cp=1")
-        if self.sequence_parallel or self.virtual_stages > 1:
-            return ("sequence parallelism and interleaved pipelines are estimates only (DeepSpeed's "
-                    "pipeline engine runs plain 1F1B; llmlaunch's model has no sequence "
-                    "parallelism)")
+        if self.ep > 1 and (self.zero_stage == 3 or self.offload != "none"):
+            what = "ZeRO-3" if self.zero_stage == 3 else f"offload {self.offload}"
+            return (f"{what} with expert parallelism (ep={self.ep}): DeepSpeed partitions weights "
+                    "over expert-data-parallel groups only for its own AutoEP layers, and its "
+                    "offload is not run with expert groups here; use ZeRO 0-2 without offload, or "
+                    "ep=1")
+        if self.ep > 1 and (self.cp > 1 or self.sequence_parallel):
+            return (f"expert parallelism (ep={self.ep}) with context or sequence parallelism is an "
+                    "estimate: llmlaunch's model runs experts at cp = 1 without sequence "
+                    "parallelism; pin cp=1 and sequence_parallel false, or ep=1")
+        if self.virtual_stages > 1:
+            return ("interleaved pipelines (virtual_stages > 1) are estimates only: DeepSpeed's "
+                    "pipeline engine runs plain 1F1B; use virtual_stages 1")
         return None
 
     def pipeline_zero_reason(self) -> str:
@@ -247,19 +253,24 @@ class Layout:
         """Why the sequence split does not fit `spec`: each of the cp ranks holds two of 2 cp equal
         chunks (load-balanced causal attention: Megatron-Core and Llama 3 both split the sequence
         so), so 2 cp must divide the sequence; the all-to-all form splits the heads instead around
-        attention, so cp must divide the query and KV heads each TP rank holds (DeepSpeed-Ulysses)."""
-        if self.cp == 1:
-            return []
+        attention, so cp must divide the query and KV heads each TP rank holds (DeepSpeed-Ulysses);
+        sequence parallelism splits each rank's s/cp tokens over the tp ranks."""
         reasons = []
-        if spec.seq_len % (2 * self.cp):
+        local = spec.seq_len // self.cp
+        if self.cp > 1 and spec.seq_len % (2 * self.cp):
             reasons.append(f"cp={self.cp} needs the sequence ({spec.seq_len}) divisible by 2*cp = "
                            f"{2 * self.cp} (two load-balanced chunks per rank)")
-        if self.cp_kind == "alltoall":
-            for what, value in (("heads", spec.heads), ("kv_heads", spec.kv_heads)):
+        elif self.sequence_parallel and self.tp > 1 and local % self.tp:
+            per = f"the {local} tokens per cp rank" if self.cp > 1 else f"the sequence ({local})"
+            reasons.append(f"sequence parallelism with tp={self.tp} needs {per} divisible by tp")
+        if self.cp > 1 and self.cp_kind == "alltoall":
+            for what, value in (("KV heads", spec.kv_heads), ("heads", spec.heads)):
                 if value % self.tp == 0 and (value // self.tp) % self.cp:
-                    reasons.append(f"cp={self.cp} (all-to-all) does not divide the {value // self.tp} "
-                                   f"{what} per TP rank ({what}={value}, tp={self.tp}); use the "
-                                   "all-gather form")
+                    per_rank = value // self.tp
+                    fits = ", ".join(str(c) for c in range(1, per_rank + 1) if per_rank % c == 0)
+                    reasons.append(f"cp={self.cp} does not divide the {per_rank} {what} per tp rank; "
+                                   f"use cp_kind allgather or cp in {fits}")
+                    break
         return reasons
 
     def expert_reasons(self, spec: ModelSpec) -> list[str]:
@@ -303,6 +314,12 @@ class Layout:
         for axis in AXES:
             rest, out[axis] = divmod(rest, self.size(axis))
         return out
+
+    def expert_coords(self, rank: int) -> dict[str, int]:
+        """{'ep': e, 'edp': r} of a global rank: its place in its expert-parallel group (which E/ep
+        experts it holds) and in its expert-data-parallel group (EXPERT_AXES: ep is the fastest
+        part of the data-parallel coordinate, dp = edp * ep + e)."""
+        return dict(zip(("edp", "ep"), divmod(self.coords(rank)["dp"], self.ep)))
 
     def rank_of(self, *, tp: int = 0, dp: int = 0, pp: int = 0, cp: int = 0) -> int:
         """The global rank at these coordinates."""

@@ -20,11 +20,14 @@ from dataclasses import dataclass
 
 from .frozen_hash import cached_hash
 
-# Families llmlaunch's model (model/) builds and trains.
-RUNNABLE_ARCHS = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+# Families llmlaunch's model (model/) builds and trains; the last three are Mixture-of-Experts
+# (model/moe.py): Mixtral's, Qwen2-MoE's and Qwen3-MoE's blocks, with their attention (llama's,
+# qwen2's QKV biases, qwen3's QK-norm).
+RUNNABLE_ARCHS = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe")
+MOE_ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe")
 # Families the planner knows from their Hugging Face configs (transformers' model_type, except
 # `deepseek` for deepseek_v2/v3 and `decoder` for any other decoder-only model_type).
-PLANNED_ARCHS = ("gpt_neox", "phi3", "gemma", "gemma2", "mixtral", "qwen2_moe", "deepseek", "decoder")
+PLANNED_ARCHS = ("gpt_neox", "phi3", "gemma", "gemma2", "deepseek", "decoder")
 ARCHS = RUNNABLE_ARCHS + PLANNED_ARCHS
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope", "none")
@@ -47,15 +50,24 @@ FAMILY_DEFAULTS = {
     "gemma2": dict(_LLAMA, mlp="geglu", tied_embeddings=True, block_norms=4),
     "mixtral": _LLAMA,
     "qwen2_moe": dict(_LLAMA, qkv_bias=True),
+    "qwen3_moe": dict(_LLAMA, qk_norm=True),
     "deepseek": _LLAMA,
     "decoder": _LLAMA,
 }
 # Fields a runnable family may set (the rest are fixed by the family).
-RUNNABLE_FREE = {"gpt2": (), "llama": ("tied_embeddings",), "mistral": ("tied_embeddings",),
-                 "qwen2": ("tied_embeddings",), "qwen3": ("tied_embeddings",)}
+RUNNABLE_FREE = {"gpt2": (), **{arch: ("tied_embeddings",) for arch in RUNNABLE_ARCHS[1:]}}
 # The keys of run.yaml's `model` section that shape the model, in order.
 MODEL_KEYS = ("arch", "layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "seq_len",
               "rope_theta", "norm_eps", "head_dim", "tied_embeddings", "sliding_window")
+# The Mixture-of-Experts keys of run.yaml's model section: the experts' shape, then how tokens are
+# routed and what the router's losses weigh (docs/run-yaml.md). A dense model's run.yaml holds
+# them at their defaults; its manifests (to_dict) leave them out.
+MOE_KEYS = ("experts", "experts_per_token", "expert_ffn_hidden", "shared_expert_ffn_hidden",
+            "shared_expert_gate", "dense_layers", "norm_topk_prob", "router_aux_loss_coef",
+            "router_z_loss_coef", "capacity_factor")
+# The router's settings: how the model routes and what it trains, not its shape (a Hugging Face
+# directory with other values still loads into the run's model).
+ROUTER_TRAINING_KEYS = ("router_aux_loss_coef", "router_z_loss_coef", "capacity_factor")
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,19 @@ class ModelSpec:
     """A sigmoid gate Linear(h, 1) on the shared expert's output (Qwen2-MoE)."""
     dense_layers: int = 0
     """MoE models only: the first layers keep a dense MLP of width f (DeepSeek first_k_dense_replace)."""
+    norm_topk_prob: bool = True
+    """MoE: the k routing weights of a token are renormalised to sum to 1 (Mixtral always; Qwen-MoE's
+    norm_topk_prob); false: they stay the softmax probabilities."""
+    router_aux_loss_coef: float = 0.001
+    """MoE: weight of the load-balancing loss in the training loss (transformers'
+    router_aux_loss_coef and load_balancing_loss_func: Switch Transformer's E sum_e f_e P_e over the
+    MoE layers' tokens pooled); 0: none."""
+    router_z_loss_coef: float = 0.0
+    """MoE: weight of the router z-loss (ST-MoE, Zoph et al. 2022: the mean squared log-sum-exp of
+    the router logits, averaged over the MoE layers); 0: none (Mixtral and Qwen-MoE have none)."""
+    capacity_factor: float = 0.0
+    """MoE: 0 routes dropless (every token to its k experts); C >= 1 gives each expert of a rank's
+    micro-batch a buffer of ceil(C T k / E) tokens, padded, the overflow dropped (GShard)."""
     kv_lora_rank: int = 0
     """Multi-head latent attention (DeepSeek-V2/V3): the rank r_kv of the joint key/value
     compression (K and V of every head come up from an r_kv-wide latent); 0: ordinary attention.
@@ -150,6 +175,16 @@ class ModelSpec:
                       "shared_expert_ffn_hidden", "dense_layers", "kv_lora_rank", "q_lora_rank",
                       "qk_rope_head_dim", "v_head_dim"):
             _check_int(field, getattr(self, field), 0)
+        for field in ("router_aux_loss_coef", "router_z_loss_coef", "capacity_factor"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"model {field} must be a non-negative number, got {value!r}")
+            object.__setattr__(self, field, float(value))
+        if 0 < self.capacity_factor < 1:
+            raise ValueError(f"model capacity_factor {self.capacity_factor:g} is below the balanced "
+                             "load: use 0 (dropless) or at least 1.0")
+        if not isinstance(self.norm_topk_prob, bool):
+            raise ValueError(f"model norm_topk_prob must be true or false, got {self.norm_topk_prob!r}")
         for field in ("rope_theta", "norm_eps", "rotary_fraction"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -318,8 +353,8 @@ class ModelSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """run.yaml's model keys (MODEL_KEYS) of this spec."""
-        return {k: getattr(self, k) for k in MODEL_KEYS}
+        """run.yaml's model keys of this spec: MODEL_KEYS, and MOE_KEYS for an MoE model."""
+        return {k: getattr(self, k) for k in MODEL_KEYS + (MOE_KEYS if self.moe else ())}
 
 
 def _check_int(field: str, value, minimum: int) -> None:
@@ -341,7 +376,8 @@ def default_ffn_hidden(mlp: str, hidden: int) -> int:
 def untrainable_reasons(spec: ModelSpec) -> list[str]:
     """Why llmlaunch's model cannot train `spec` (empty when it can): a planned-only family, or a
     feature its runnable family does not have in transformers (a sliding window on gpt2 or llama,
-    a window on some layers only, partial rotary)."""
+    a window on some layers only, partial rotary, experts in a dense family or none in an MoE
+    one)."""
     if not spec.runnable:
         return [f"arch {spec.arch} is planned only; llmlaunch's model runs "
                 f"{', '.join(RUNNABLE_ARCHS)}"]
@@ -354,4 +390,9 @@ def untrainable_reasons(spec: ModelSpec) -> list[str]:
                        "(the model windows every layer or none)")
     if spec.rotary_fraction != 1.0:
         reasons.append(f"partial rotary (rotary_fraction {spec.rotary_fraction:g})")
+    if spec.moe != (spec.arch in MOE_ARCHS):
+        reasons.append(f"arch {spec.arch} is a Mixture-of-Experts family: set experts and "
+                       "experts_per_token" if spec.arch in MOE_ARCHS else
+                       f"arch {spec.arch} has no experts (the MoE families are "
+                       f"{', '.join(MOE_ARCHS)})")
     return reasons

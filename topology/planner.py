@@ -382,20 +382,21 @@ def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins =
 
 def _search_shape(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins, eng: Engine,
                   shape: dict, evaluated: int) -> tuple[list[Candidate], int]:
-    """Every micro-batch, ZeRO stage, expert degree, recompute mode (and context-parallel form,
-    the faster that fits) of one (dp, pp, tp, cp); offload tried where memory alone rules a
+    """Every micro-batch, ZeRO stage, expert degree, recompute mode, sequence parallelism on and off
+    (tp > 1) and context-parallel form (the faster that fits) of one (dp, pp, tp, cp); offload tried where memory alone rules a
     DeepSpeed layout out."""
     dp, pp, tp, cp = shape["dp"], shape["pp"], shape["tp"], shape["cp"]
     per_replica = options.global_batch // dp
     kinds = [pins.cp_kind] if pins.cp_kind or cp == 1 else list(CP_KINDS)
-    sequence_parallel = pins.sequence_parallel or (eng.sequence_parallel_default and tp > 1)
+    sps = sequence_parallel_options(pins, eng, tp, spec.moe)
+    recomputes = [pins.recompute] if pins.recompute else RECOMPUTE_MODES
     zeros = ([pins.zero_stage] if pins.zero_stage is not None
              else searched_zero_stages(options.precision, pp, dp * cp, eng))
     found = []
     for micro_batch in ([pins.micro_batch] if pins.micro_batch else divisors(per_replica)):
         grad_accum = max(1, per_replica // micro_batch)
         for zero, ep in [(z, e) for z in zeros for e in expert_degrees(spec, dp, pins.ep)]:
-            for recompute in ([pins.recompute] if pins.recompute else RECOMPUTE_MODES):
+            for recompute, sequence_parallel in [(r, sp) for r in recomputes for sp in sps]:
                 best = None
                 for kind in kinds:
                     layout = Layout(dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
@@ -420,6 +421,20 @@ def _search_shape(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins:
                         best = cand
                 found.append(best)
     return found, evaluated
+
+
+def sequence_parallel_options(pins: Pins, eng: Engine, tp: int, moe: bool = False) -> list[bool]:
+    """Sequence parallelism the search tries at this tp: pinned or the engine's default (Megatron-
+    Core's recipes always run it with TP); otherwise, with TP, both, each a candidate of its own
+    (DeepSpeed with llmlaunch's model runs it), except for an MoE model on the engine llmlaunch
+    runs, whose experts it runs without sequence parallelism (pin it to price it)."""
+    if tp == 1:
+        return [False]
+    if pins.sequence_parallel or eng.sequence_parallel_default:
+        return [True]
+    if moe and eng.runnable:
+        return [False]
+    return [False, True]
 
 
 def _better_kind(a: Candidate, b: Candidate) -> bool:

@@ -10,9 +10,10 @@ would hold the same state again, in a layout-bound form; docs/checkpoints.md has
 
 Read and written through DeepSpeed's public accessors of the full fp32 state
 (deepspeed.utils.safe_get_full_fp32_param / safe_get_full_optimizer_state, for ZeRO 1-3 and the bf16
-optimizer; the torch optimizer's own state without ZeRO). Written by every rank: the data-parallel
-replicas of one (stage, TP rank) take turns, parameter i by replica i mod dp, so the writes spread
-over the whole job. Read, on any layout, by merging the source TP slices of one tensor at a time and
+optimizer; the torch optimizer's own state without ZeRO). Written by every rank: the replicas of one
+(stage, TP rank) - DeepSpeed's data-parallel group, dp x cp under context parallelism, whose ranks
+hold the same weights - take turns, parameter i by replica i mod (dp x cp), so the writes spread
+over the whole job. Nothing in the state depends on cp or sequence parallelism. Read, on any layout, by merging the source TP slices of one tensor at a time and
 slicing them for this rank (model/sharding.py), then setting them through the matching accessors.
 Nothing here reads DeepSpeed's checkpoint files, so their format may change under us; the accessors
 are pinned by tests/ranks/test_reshard.py. docs/checkpoints.md says why this rather than
@@ -101,7 +102,8 @@ def _own_fp32_cpu_copy(value):
 
 def set_state(engine, param, state: dict, dp_rank: int) -> None:
     """Set one parameter's fp32 master, its model copy, and Adam's moments from full fp32 tensors
-    (this TP slice). Collective-free; every data-parallel rank sets its own partitions."""
+    (this TP slice). Collective-free; every data-parallel rank sets its own partitions (`dp_rank`:
+    the rank's index in DeepSpeed's data-parallel group, ZeRO's partition index)."""
     import torch
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
@@ -158,6 +160,16 @@ def ensure_optimizer_state(engine) -> None:
         link()
 
 
+def relink_optimizer_state(engine) -> None:
+    """Point every ZeRO 1/2 parameter at its Adam state again. DeepSpeed links them once, after the
+    optimizer step of the first parameter group (stage_1_and_2.py _optimizer_step), when a later
+    group's state does not exist yet: with more than one group (an MoE model's experts are a group
+    of their own) the later groups' parameters stay unlinked and their state unreadable."""
+    if getattr(engine.optimizer, "_hp_optimizer_states_linked", None):
+        engine.optimizer._hp_optimizer_states_linked = False
+        engine.optimizer._lazy_init_hp_params_optimizer_state()
+
+
 def set_adam_steps(engine, step_count: int) -> None:
     """Adam's step (bias correction) of every state the basic optimizer holds."""
     import torch
@@ -190,13 +202,22 @@ def adam_step_count(engine) -> int:
 def snapshot(run) -> list[tuple[str, dict]]:
     """This rank's share of a tag: [(path in the tag, {param, exp_avg, exp_avg_sq})], fp32 copies
     on CPU that training may run on from. Every rank calls it (ZeRO's accessors gather over the
-    data-parallel group, one parameter at a time); parameter i of a (stage, TP rank) is this
-    rank's to write when i mod dp is its data-parallel rank."""
+    data-parallel group, one parameter at a time; an expert's over its expert-data-parallel group);
+    parameter i of a (stage, TP rank) is this rank's to write when i mod (dp x cp) is its index in
+    DeepSpeed's data-parallel group, an expert's when i mod (dp/ep) is its rank in the
+    expert-data-parallel group (MoE runs at cp = 1: topology/layout.py)."""
     module = run.engine.module
-    tp_rank, dp, dp_rank = module.tp_group.rank, run.layout.dp, run.dp_rank
+    tp_rank, replicas, replica = module.tp_group.rank, run.replicas, run.replica_rank
+    # an expert's parameters are held by the dp/ep replicas of one expert-data-parallel group
+    # (model/expert_groups.py: dp rank = edp rank x ep + ep rank): they take turns among themselves
+    edp, edp_rank = run.layout.dp // run.layout.ep, run.dp_rank // run.layout.ep
+    relink_optimizer_state(run.engine)
     share = []
     for index, (name, param) in enumerate(owned_parameters(module)):
-        mine = index % dp == dp_rank
+        if getattr(param, "is_expert", False):
+            mine = index % edp == edp_rank
+        else:
+            mine = index % replicas == replica
         if mine or _wrapped(param):          # a ZeRO parameter's gather needs every replica
             state = get_state(run.engine, param)
             if mine:
@@ -271,5 +292,6 @@ def load_canonical_into(run, tag_dir: Path, manifest: Manifest) -> None:
     tp_rank = module.tp_group.rank
     ensure_optimizer_state(run.engine)
     for name, param in all_parameters(module):
-        set_state(run.engine, param, reader.slice_for(name, tp_rank, run.layout.tp), run.dp_rank)
+        set_state(run.engine, param, reader.slice_for(name, tp_rank, run.layout.tp),
+                  run.replica_rank)
     set_adam_steps(run.engine, manifest.adam_steps)

@@ -13,7 +13,9 @@ class CheckpointError(ValueError):
 
 # What DeepSpeed's engines depend on, besides the engine (micro-batch, accumulation and recompute
 # do not change the state a rank holds).
-LAYOUT_STATE_KEYS = ("dp", "pp", "tp", "zero_stage", "offload")
+LAYOUT_STATE_KEYS = ("dp", "pp", "tp", "zero_stage", "offload", "cp")
+"""What a rank's share of the state depends on: cp too, since ZeRO partitions over dp x cp (sequence
+parallelism changes no state: the norm weights stay whole on every rank)."""
 
 
 def state_layout(manifest: Manifest) -> dict:
@@ -23,6 +25,7 @@ def state_layout(manifest: Manifest) -> dict:
     out = {k: saved.get(k) for k in LAYOUT_STATE_KEYS}
     out["offload"] = out["offload"] or "none"
     out["zero_stage"] = out["zero_stage"] if out["zero_stage"] is not None else 0
+    out["cp"] = out["cp"] or 1                   # tags written before context parallelism
     out["engine"] = manifest.engine
     return out
 
@@ -39,7 +42,8 @@ def same_state_layout(a: dict, b: dict) -> bool:
 def describe_state(state: dict) -> str:
     """'dp=2 pp=2 tp=1, ZeRO-1, pipeline engine' (offload when there is one)."""
     off = f", offload {state['offload']}" if state.get("offload", "none") != "none" else ""
-    return (f"dp={state['dp']} pp={state['pp']} tp={state['tp']}, ZeRO-{state['zero_stage']}{off}, "
+    cp = f" cp={state['cp']}" if state.get("cp", 1) != 1 else ""
+    return (f"dp={state['dp']} pp={state['pp']} tp={state['tp']}{cp}, ZeRO-{state['zero_stage']}{off}, "
             f"{state['engine']} engine")
 
 

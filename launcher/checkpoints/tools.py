@@ -55,7 +55,8 @@ def inspect(ckpt_dir: str | Path, verify: bool = False) -> dict:
                              if problem else None)}
         if manifest is not None:
             state = state_layout(manifest)
-            entry.update({"layout": {k: state[k] for k in ("dp", "pp", "tp")},
+            entry.update({"layout": {**{k: state[k] for k in ("dp", "pp", "tp")},
+                                     "ep": (manifest.layout or {}).get("ep", 1)},
                           "zero_stage": state["zero_stage"], "offload": state["offload"],
                           "engine": state["engine"], "global_batch": manifest.global_batch,
                           "kind": manifest.kind})
@@ -77,7 +78,8 @@ def format_inspect(report: dict) -> str:
         if verified:
             row.append(_verdict(t))
         row += ["yes" if t["movable"] else "no",
-                f"dp {lay['dp']} x pp {lay['pp']} x tp {lay['tp']}" if lay else "",
+                (f"dp {lay['dp']} x pp {lay['pp']} x tp {lay['tp']}"
+                 + (f" (ep {lay['ep']})" if lay.get("ep", 1) > 1 else "")) if lay else "",
                 t.get("zero_stage", ""), t.get("engine", ""), human_bytes(t["size_bytes"])]
         rows.append(row)
     headers = ["tag", "step", "complete", *(["verified"] if verified else []), "movable", "layout",

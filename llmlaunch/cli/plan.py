@@ -58,8 +58,8 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default {planner.DEFAULT_MEMORY_HEADROOM:g}: the estimate already "
                         "holds 5%% allocator fragmentation)")
     g.add_argument("--cp", type=int, metavar="N",
-                   help="context-parallel degree: N ranks share each sequence (estimate only until "
-                        "the model runs it; default: searched where sequences are long)")
+                   help="context-parallel degree: N ranks share each sequence (default: searched where "
+                        "sequences are long)")
     g.add_argument("--cp-kind", choices=CP_KINDS,
                    help="context parallelism's form: allgather (K and V gathered, Llama 3) or "
                         "alltoall (heads split, DeepSpeed-Ulysses); default: the faster that fits")
@@ -75,8 +75,8 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-flash", action="store_true",
                    help="attention without a fused kernel (materialised s x s scores)")
     g.add_argument("--sequence-parallel", action="store_true",
-                   help="estimate with Megatron-LM sequence parallelism (estimate only: llmlaunch's "
-                        "model does not run it; --emit refuses)")
+                   help="pin Megatron-LM sequence parallelism on (default: searched with tp > 1, "
+                        "the faster that fits)")
     g.add_argument("--virtual-stages", type=int, default=1, metavar="V",
                    help="estimate Megatron-LM's interleaved 1F1B with V chunks per pipeline rank "
                         "(estimate only: DeepSpeed runs plain 1F1B; --emit refuses)")
@@ -291,10 +291,6 @@ def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
     if args.virtual_stages < 1:
         raise ValueError(f"--virtual-stages must be a positive integer, got {args.virtual_stages}")
     cp = args.cp
-    if cp is None and getattr(args, "emit", None):
-        cp = 1
-        notes.append("cp 1: --emit writes only what llmlaunch's model runs (no context parallelism "
-                     "until issue 25)")
     pins = planner.Pins(dp=args.dp, pp=args.pp, tp=args.tp, micro_batch=args.micro_batch,
                         zero_stage=args.zero, recompute=args.recompute,
                         sequence_parallel=args.sequence_parallel, virtual_stages=args.virtual_stages,

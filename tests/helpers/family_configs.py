@@ -153,6 +153,9 @@ SMALL = {
                   "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                   "shared_expert_intermediate_size": 48, "decoder_sparse_step": 1,
                   "mlp_only_layers": [0], "tie_word_embeddings": False},
+    "qwen3_moe": {"model_type": "qwen3_moe", **_TINY, "head_dim": 32, "num_experts": 8,
+                  "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 1,
+                  "mlp_only_layers": [], "norm_topk_prob": True, "tie_word_embeddings": False},
     # DeepSeek-V2-Lite's form: no query latent (q_lora_rank null), two shared experts
     "deepseek_v2": {"model_type": "deepseek_v2", **_TINY, "num_hidden_layers": 3,
                     "num_key_value_heads": 4, "moe_intermediate_size": 32, "n_routed_experts": 8,

@@ -42,12 +42,14 @@ def steps_logged(run_dir: Path) -> int:
 
 
 def assert_losses_equal_one_process(run_dir: Path, work: Path, *, grad_accum: int, steps: int):
-    """The job's per-step losses equal one process's (dp = pp = tp = 1, the same global batch through
-    `grad_accum`, the job's own run.yaml), fp32, relative 1e-5."""
+    """The job's per-step losses equal one process's (dp = pp = tp = cp = ep = 1, no sequence
+    parallelism, the same global batch through `grad_accum`, the job's own run.yaml), fp32, relative
+    1e-5."""
     import pytest
     from train_job import Job, losses
 
-    one = Job(work, "layout.dp=1", "layout.pp=1", "layout.tp=1", f"layout.grad_accum={grad_accum}",
+    one = Job(work, "layout.dp=1", "layout.pp=1", "layout.tp=1", "layout.cp=1", "layout.ep=1",
+              "layout.sequence_parallel=false", f"layout.grad_accum={grad_accum}",
               config=run_dir / "run.yaml", nproc=1)
     assert one.wait(timeout=300) == 0, one.output()[-3000:]
     got, want = losses(run_dir), losses(work)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 from slurm_cluster import local_cluster
-from slurm_jobs import emit, job_log as emitted_log, sbatch as emitted_sbatch
+from slurm_jobs import (assert_losses_equal_one_process, emit, job_log as emitted_log,
+                        sbatch as emitted_sbatch)
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SH = REPO / "slurm" / "train.sh"
@@ -193,3 +195,19 @@ def test_emitted_zero3_job_runs_to_completion(slurm, tmp_path):
     assert proc.wait(timeout=400) == 0, emitted_log(run_dir)
     assert "training finished" in emitted_log(run_dir)
     assert [m["step"] for m in metrics(run_dir)] == [1, 2, 3, 4]
+
+
+def test_emitted_context_parallel_job_equals_one_process(slurm, tmp_path):
+    """Issue 25: `plan --emit --cp 2` with tp 2 and sequence parallelism (gpt2: learned positions of
+    the rank's chunks, the tied head), submitted as written: 4 ranks, the losses of one process."""
+    run_dir = tmp_path / "cp2"
+    emit(run_dir, "--gpu", "cpu", "--gpus", "4", "--gpus-per-node", "4", "--layers", "2",
+         "--hidden", "64", "--heads", "4", "--vocab", "1024", "--seq-len", "64", "--dp", "1",
+         "--pp", "1", "--tp", "2", "--cp", "2", "--sequence-parallel", "--zero", "1",
+         "--precision", "fp32", "--global-batch", "16", "--micro-batch", "2", "--tokens", "4096")
+    layout = yaml.safe_load((run_dir / "run.yaml").read_text())["layout"]
+    assert (layout["cp"], layout["tp"], layout["sequence_parallel"]) == (2, 2, True)
+    proc, _ = emitted_sbatch(slurm, run_dir)
+    assert proc.wait(timeout=400) == 0, emitted_log(run_dir)
+    assert "training finished" in emitted_log(run_dir)
+    assert_losses_equal_one_process(run_dir, tmp_path / "one", grad_accum=8, steps=4)

@@ -57,7 +57,7 @@ def test_inspect_lists_every_tag_and_says_which_are_complete(run_dir, capsys):
     assert [t["complete"] for t in report["tags"]] == [True, True, False]
     assert [t["movable"] for t in report["tags"]] == [True, True, False]
     assert [t["verified"] for t in report["tags"]] == [None, None, None]     # not asked
-    assert report["tags"][1]["layout"] == {"dp": 2, "pp": 2, "tp": 2}
+    assert report["tags"][1]["layout"] == {"dp": 2, "pp": 2, "tp": 2, "ep": 1}
     assert report["tags"][1]["zero_stage"] == 1 and report["latest"] == "step00000020"
     assert report["tags"][0]["size_bytes"] > 3 * SPEC.hidden * SPEC.vocab * 4
     assert main(["checkpoint", "inspect", str(run_dir / "checkpoints"), "--json"]) == 0

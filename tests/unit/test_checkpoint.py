@@ -121,12 +121,15 @@ def test_checksums_name_a_truncation_a_flipped_bit_and_a_deletion(tmp_path):
 def test_what_the_state_depends_on():
     old = state_layout(Manifest(**{**manifest().__dict__, "layout": {"dp": 2, "pp": 1, "tp": 1,
                                                                       "zero_stage": 1}}))
-    assert old == {"dp": 2, "pp": 1, "tp": 1, "zero_stage": 1, "offload": "none",
+    assert old == {"dp": 2, "pp": 1, "tp": 1, "zero_stage": 1, "offload": "none", "cp": 1,
                    "engine": "pipeline"}
     new = {**old, "engine": "plain"}
     assert not same_state_layout(old, new)
     assert same_state_layout(new, {**new, "micro_batch": 8})
+    assert same_state_layout(new, {**new, "sequence_parallel": True})
+    assert not same_state_layout(new, {**new, "cp": 2})     # ZeRO partitions over dp x cp
     assert describe_state(new) == "dp=2 pp=1 tp=1, ZeRO-1, plain engine"
+    assert describe_state({**new, "cp": 2}) == "dp=2 pp=1 tp=1 cp=2, ZeRO-1, plain engine"
 
 
 def test_another_global_batch_is_refused_with_the_fix():

@@ -169,7 +169,8 @@ def test_hf_config_counts_exactly(tmp_path, capsys):
 
 def test_emit_writes_the_three_files_and_refuses_to_overwrite(tmp_path, capsys):
     out_dir = tmp_path / "runs" / "gpt3 $(touch pwned); x"
-    args = ["plan", "--gpus", "1024", "--params", "175e9", "--emit", str(out_dir),
+    # pp 8 pinned: a pipeline job (unpinned, sequence parallelism makes pp 1 the fastest)
+    args = ["plan", "--gpus", "1024", "--params", "175e9", "--pp", "8", "--emit", str(out_dir),
             "--job-name", "gpt3; rm -rf / #"]
     assert main(args) == 0
     names = sorted(p.name for p in out_dir.iterdir())

@@ -54,8 +54,16 @@ def test_context_reasons():
     assert len(odd) == 1 and "divisible by 2*cp = 6" in odd[0]
     # 8 KV heads over tp 2: 4 a rank, which cp 8 cannot split (32 query heads / 2 = 16 can)
     a2a = Layout(dp=1, pp=1, tp=2, cp=8, cp_kind="alltoall").context_reasons(LLAMA3_8B)
-    assert a2a == [a2a[0]] and "4 kv_heads per TP rank" in a2a[0] and "all-gather form" in a2a[0]
+    assert a2a == ["cp=8 does not divide the 4 KV heads per tp rank; use cp_kind allgather or cp in "
+                   "1, 2, 4"]
     assert Layout(dp=1, pp=1, tp=2, cp=8).context_reasons(LLAMA3_8B) == []
+    # sequence parallelism splits each cp rank's s/cp tokens over tp
+    short = dataclasses.replace(LLAMA3_8B, seq_len=12)
+    sp = Layout(dp=1, pp=1, tp=4, cp=1, sequence_parallel=True).context_reasons(
+        dataclasses.replace(LLAMA3_8B, seq_len=10))
+    assert sp == ["sequence parallelism with tp=4 needs the sequence (10) divisible by tp"]
+    sp = Layout(dp=1, pp=1, tp=4, cp=2, sequence_parallel=True).context_reasons(short)
+    assert sp == ["sequence parallelism with tp=4 needs the 6 tokens per cp rank divisible by tp"]
     with pytest.raises(ValueError, match="cp_kind must be one of allgather, alltoall"):
         Layout(dp=1, pp=1, tp=1, cp=2, cp_kind="ring")
 

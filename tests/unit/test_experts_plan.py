@@ -54,10 +54,16 @@ def test_expert_pins_that_cannot_work_say_why(capsys):
     assert "--capacity-factor must be at least 1.0" in capsys.readouterr().err
 
 
-def test_emit_of_an_expert_parallel_layout_is_refused(tmp_path, capsys):
-    assert main([*MIXTRAL, "--ep", "4", "--emit", str(tmp_path / "out")]) == 2
-    assert "MoE layouts are estimates until the model runs them" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+def test_emit_of_an_expert_parallel_layout_writes_ep_and_the_moe_keys(tmp_path, capsys):
+    import yaml
+
+    assert main([*MIXTRAL, "--ep", "4", "--emit", str(tmp_path / "out")]) == 0
+    run = yaml.safe_load((tmp_path / "out" / "run.yaml").read_text())
+    assert run["layout"]["ep"] == 4 and run["layout"]["dp"] % 4 == 0
+    assert (run["model"]["arch"], run["model"]["experts"], run["model"]["experts_per_token"],
+            run["model"]["expert_ffn_hidden"]) == ("mixtral", 8, 2, 14336)
+    assert run["model"]["capacity_factor"] == 0.0          # the run routes dropless
+    assert "ep=4" in (tmp_path / "out" / "run.yaml").read_text().splitlines()[0]
 
 
 def test_the_drawn_schedule_and_breakdown_carry_the_alltoall():

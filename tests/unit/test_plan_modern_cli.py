@@ -37,7 +37,7 @@ def test_engine_and_fp8_are_priced_and_said_to_be_estimates(capsys):
     text = capsys.readouterr().out
     assert "estimate only: engine megatron-core is an estimate" in text
     assert "estimate only: FP8 GEMMs" in text
-    assert "estimate only: context parallelism (cp=2)" in text
+    assert "estimate only: context parallelism" not in text       # issue 25: the model runs it
     assert "Megatron-Core's order tp-cp-dp-pp" in text and "context  groups: 4 of 2 ranks" in text
 
 
@@ -61,8 +61,8 @@ def test_cp_pins_and_kinds(capsys):
             "--global-batch", "16"]
     assert main(["plan", *long, "--cp", "16", "--cp-kind", "alltoall"]) == 1
     err = capsys.readouterr().err
-    assert "cp=16 (all-to-all) does not divide the 8 kv_heads per TP rank" in err
-    assert "use the all-gather form" in err
+    assert ("cp=16 does not divide the 8 KV heads per tp rank; use cp_kind allgather or cp in 1, "
+            "2, 4, 8") in err
     # unpinned, 128k tokens are split: the best layout has cp > 1
     assert plan_json(capsys, *long, "--top", "1")["candidates"][0]["cp"] > 1
 
@@ -77,7 +77,6 @@ def test_the_new_catalog_entries_plan(name, capsys):
 @pytest.mark.parametrize("extra, needle", [
     (["--engine", "fsdp"], "--emit: engine fsdp is an estimate"),
     (["--precision", "fp8"], "--emit: --precision fp8 is an estimate"),
-    (["--cp", "2"], "--emit: context parallelism (cp=2) is an estimate"),
 ])
 def test_emit_refuses_estimates_with_one_line(extra, needle, tmp_path, capsys):
     assert main(["plan", *H100_8B, *extra, "--emit", str(tmp_path / "run")]) == 2
@@ -86,12 +85,23 @@ def test_emit_refuses_estimates_with_one_line(extra, needle, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_emit_without_cp_pins_cp_1(tmp_path, capsys):
+def test_emit_writes_cp_and_sequence_parallel_layouts(tmp_path, capsys):
+    """Issue 25: --cp 2 --cp-kind alltoall and --sequence-parallel reach run.yaml as planned."""
     from llmlaunch.config import load_run_config
 
-    assert main(["plan", *H100_8B, "--emit", str(tmp_path / "run")]) == 0
-    assert "cp 1: --emit writes only what llmlaunch's model runs" in capsys.readouterr().out
-    assert load_run_config(tmp_path / "run" / "run.yaml").layout.cp == 1
+    assert main(["plan", *H100_8B, "--cp", "2", "--cp-kind", "alltoall", "--tp", "2",
+                 "--sequence-parallel", "--emit", str(tmp_path / "run")]) == 0
+    layout = load_run_config(tmp_path / "run" / "run.yaml").layout
+    assert (layout.cp, layout.cp_kind, layout.tp, layout.sequence_parallel) == (
+        2, "alltoall", 2, True)
+
+
+def test_the_search_tries_sequence_parallelism_with_tp(capsys):
+    """Unpinned, DeepSpeed layouts with tp > 1 are tried with and without sequence parallelism."""
+    out = plan_json(capsys, *H100_8B, "--tp", "2", "--top", "200")
+    assert {c["sequence_parallel"] for c in out["candidates"]} == {True, False} or all(
+        c["sequence_parallel"] for c in out["candidates"])
+    assert any(c["sequence_parallel"] for c in out["candidates"])
 
 
 def test_fp8_on_a_gpu_without_it_is_one_line(capsys):
@@ -112,7 +122,7 @@ def test_a_refused_layout_names_its_real_cause(capsys):
 
 @pytest.mark.parametrize("command", ["train", "validate"])
 @pytest.mark.parametrize("setting, needle", [
-    ("layout.cp=2", "context parallelism (cp=2) is an estimate"),
+    ("layout.cp=3", "cp=3 needs the sequence"),
     ("train.precision=fp8", "train.precision fp8 is an estimate"),
 ])
 def test_a_run_refuses_cp_and_fp8_before_any_rank_starts(command, setting, needle, tmp_path,

@@ -46,8 +46,12 @@ def test_ranked_by_throughput(result):
 
 def test_gpt3_on_1024_gpus_prefers_tp8_pp8(result):
     # the lecture's example layout, 16 x 8 x 8, is what the search finds best for GPT-3 on 1024 A100s
-    best = result.candidates[0].layout
+    # without sequence parallelism (the lecture's setting); with it (issue 25: llmlaunch's model runs
+    # it) the activations of tp 8 shrink enough for ZeRO-2 without a pipeline, which has no bubble
+    best = next(c for c in result.candidates if not c.layout.sequence_parallel).layout
     assert (best.dp, best.pp, best.tp) == (16, 8, 8)
+    best = result.candidates[0].layout
+    assert (best.dp, best.pp, best.tp, best.sequence_parallel) == (128, 1, 8, True)
 
 
 def test_rejections_carry_reasons(result):
@@ -151,7 +155,27 @@ def test_llama2_70b_on_64_gpus_weighs_zero3_without_a_pipeline():
              and c.layout.zero_stage == 3]
     piped = [c for c in result.candidates if (c.layout.dp, c.layout.pp, c.layout.tp) == (1, 8, 8)]
     assert zero3 and piped and all(c.fits for c in zero3)
-    assert {c.layout.offload for c in zero3} == {"none"}   # fits without offload
+    # fits without offload; with sequence parallelism (issue 25) offloading the optimizer frees
+    # room for micro-batch 4 without recompute, which the planner prices faster
+    assert {c.layout.offload for c in zero3 if not c.layout.sequence_parallel} == {"none"}
+    assert any(c.layout.offload == "none" for c in zero3 if c.layout.sequence_parallel)
     # ZeRO-3's traffic is priced: 3 Psi per micro-batch shows up in the data-parallel time
     assert all(c.step.dp_comm_s > 0 for c in zero3)
-    assert result.candidates[0].layout.pp == 1
+    assert next(c for c in result.candidates if not c.layout.sequence_parallel).layout.pp == 1
+    # with sequence parallelism tp 4 x pp 8 runs without recompute and is priced faster still
+    best = result.candidates[0].layout
+    assert (best.pp, best.tp, best.recompute, best.sequence_parallel) == (8, 4, "none", True)
+
+
+def test_an_moe_model_on_the_engine_llmlaunch_runs_is_not_searched_with_sequence_parallelism():
+    """llmlaunch's model runs experts without sequence parallelism: the DeepSpeed search offers
+    only what --emit can write; Megatron-Core's recipes run it with TP, and a pin prices it."""
+    from llmlaunch.topology.engines import engine
+    from llmlaunch.topology.planner import Pins, sequence_parallel_options
+
+    deepspeed, megatron = engine("deepspeed"), engine("megatron-core")
+    assert sequence_parallel_options(Pins(), deepspeed, 2) == [False, True]
+    assert sequence_parallel_options(Pins(), deepspeed, 2, moe=True) == [False]
+    assert sequence_parallel_options(Pins(sequence_parallel=True), deepspeed, 2, moe=True) == [True]
+    assert sequence_parallel_options(Pins(), megatron, 2, moe=True) == [True]
+    assert sequence_parallel_options(Pins(), deepspeed, 1, moe=True) == [False]

@@ -114,3 +114,16 @@ def test_a_run_pinned_to_offload_on_a_catalog_entry_without_host_figures_has_no_
     config.cluster.gpu = "a100-80gb"     # the same pin where the catalog prices it: estimated
     inputs = config.plan_inputs("bf16", layout=config.layout_obj())
     assert estimate_layout(inputs, config.layout_obj()).step.optimizer_s > 0
+
+
+def test_an_moe_model_with_context_or_sequence_parallelism_is_refused_in_one_line():
+    """Experts run at cp = 1 without sequence parallelism (issues 25 and 26 each tested their own
+    half): the combination is refused before any rank starts, at ep 1 and above."""
+    moe = {"arch": "mixtral", "layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "vocab": 256,
+           "seq_len": 32, "experts": 4, "experts_per_token": 2}
+    from_dict({"model": moe, "layout": {"dp": 2, "ep": 2}})
+    with pytest.raises(ConfigError, match=r"MoE model: llmlaunch's model runs experts at cp = 1"):
+        from_dict({"model": moe, "layout": {"cp": 2}})
+    with pytest.raises(ConfigError, match=r"expert parallelism \(ep=2\) with context or sequence "
+                                          r"parallelism is an estimate"):
+        from_dict({"model": moe, "layout": {"dp": 2, "ep": 2, "tp": 2, "sequence_parallel": True}})

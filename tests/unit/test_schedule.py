@@ -71,7 +71,7 @@ def test_unequal_stages_the_closed_form_is_an_upper_bound():
 
 
 def test_candidate_schedule_uses_the_planners_stage_times():
-    inputs, _, chosen = plan_from_argv(["--gpus", "1024", "--params", "175e9"])
+    inputs, _, chosen = plan_from_argv(["--gpus", "1024", "--params", "175e9", "--pp", "8"])
     lay = chosen.layout
     sch = schedule.candidate_schedule(chosen)
     assert len(chosen.stage_times) == lay.pp
