@@ -244,7 +244,7 @@ class StepMonitor:
         self.global_batch, self.samples_by_source = lay.global_batch, samples_by_source
         self.hardware_flops = hardware_flops_per_token(spec, lay.recompute) * self.tokens_per_step
         self.model_flops = model_flops_per_token(spec) * self.tokens_per_step
-        self.metrics = MetricsLog(run_dir / METRICS_FILE, start_step)
+        self.metrics = MetricsLog(run_dir / METRICS_FILE, start_step, config)
         self.progress = _progress(start_step, config.train.steps)
         self.step_times: list[float] = []
 
@@ -261,6 +261,8 @@ class StepMonitor:
                   "mfu": (self.model_flops / elapsed / self.world / self.peak_flops
                           if self.peak_flops else None),
                   "step_time_s": elapsed, "memory_gib": measured_memory_gib(torch)}
+        if self.estimate is not None:   # what the run page plots against (report/run_page.py)
+            record["step_time_predicted_s"] = self.estimate.step.total_s
         if eval_loss is not None:
             record["eval_loss"] = eval_loss
         if moe is not None:          # the router's losses and per-expert load (moe_metrics.py)
@@ -276,13 +278,14 @@ class StepMonitor:
             shares += " | data: " + ", ".join(f"{name} {count / total:.1%}" for name, count in
                                          record["samples_by_source"].items())
         self.metrics.write(record)
-        self.progress.update(1)
         if eval_loss is not None:   # the progress line keeps the latest evaluation
             self.last_eval = f"{eval_loss:.4f}"
         postfix = {"loss": f"{loss:.4f}"}
         if getattr(self, "last_eval", None):
             postfix["eval_loss"] = self.last_eval
+        # the postfix first: update() draws the line, so this step's loss is the one shown
         self.progress.set_postfix(postfix, refresh=False)
+        self.progress.update(1)
         every = self.config.train.log_every
         if eval_loss is not None:
             log.info("step %d eval_loss %.4f", step, eval_loss)

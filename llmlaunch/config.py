@@ -139,11 +139,21 @@ def _coerce(where: str, value, kind):
                 raise ConfigError(f"{where} must be a finite number, got {number}")
             return number
     elif kind is list:
-        return _source_list(where, value)
+        return _source_list(where, value) if where.endswith("sources") else _string_list(where, value)
     elif kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(f"{where} must be {kind.__name__}, got {reprlib.repr(value)}")
+
+
+def _string_list(where: str, value) -> list:
+    """A list of strings (train.monitors, slurm.container_mounts); a single string is one item."""
+    if value in (None, ""):
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
+        raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+    return list(items)
 
 
 def _source_list(where: str, value) -> list:

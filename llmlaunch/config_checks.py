@@ -30,6 +30,11 @@ def check_run_config(config, spec, layout) -> None:
     if config.train.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"train.precision must be auto, bf16 or fp32, got "
                           f"{config.train.precision!r}")
+    from llmlaunch.launcher.monitors import monitor_problems
+
+    problem = monitor_problems(config.train.monitors, config.train.wandb_mode)
+    if problem:
+        raise ConfigError(problem)
     for key in ("steps",):
         if getattr(config.train, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1")

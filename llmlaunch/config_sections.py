@@ -173,6 +173,13 @@ class TrainSection:
     """Steps between evaluations of the validation data (0: never): eval_loss in metrics.jsonl."""
     eval_batches: int = 4
     """Global batches each evaluation reads (the same ones every time, in order)."""
+    monitors: list = field(default_factory=list)
+    """Where rank 0 also writes every metrics.jsonl record: tensorboard (RUN_DIR/tensorboard),
+    csv (RUN_DIR/metrics.csv), wandb (RUN_DIR/wandb, offline unless wandb_mode: online)."""
+    wandb_mode: str = "offline"
+    """offline (a run directory `wandb sync` uploads later) or online (needs network and a login)."""
+    wandb_project: str = "llmlaunch"
+    """The W&B project of the run."""
     guard: GuardSection = field(default_factory=GuardSection)
     """The guard against non-finite values and loss spikes (train.guard.KEY)."""
     stragglers: StragglerSection = field(default_factory=StragglerSection)
@@ -258,3 +265,11 @@ class SlurmSection:
     """Account (empty: the user default)."""
     signal_seconds: int = 300
     """Seconds before the time limit that Slurm sends USR1 to checkpoint and requeue."""
+    container_image: str = ""
+    """Run the ranks in this container image (pyxis/enroot: srun --container-image); empty: on the
+    host. The supervisor stays on the host (docs/launch.md, "Containers and environments")."""
+    container_mounts: list = field(default_factory=list)
+    """SRC:DST mounts for the container (srun --container-mounts): the run and data directories."""
+    env_setup: str = ""
+    """A bash file sourced before the supervisor and before every rank's task (modules, venv,
+    conda); empty: none."""

@@ -42,6 +42,16 @@ def run_prediction(config: RunConfig) -> tuple[PlanInputs, Candidate]:
         raise ValueError(f"run.yaml: {exc}") from None
 
 
+def predicted_step_time_s(metrics: list[dict], cand: Candidate) -> float:
+    """The step time the run itself predicted and logged (metrics.jsonl's step_time_predicted_s,
+    the trainer's StepMonitor: the planner on the rank's resolved precision, layout and this host's
+    measured speed), else the planner's estimate of run.yaml now. The page and the training log
+    then show one figure: a second estimate would measure the host again, under other load."""
+    logged = [m["step_time_predicted_s"] for m in metrics
+              if isinstance(m.get("step_time_predicted_s"), (int, float))]
+    return logged[-1] if logged else cand.step.total_s
+
+
 def _summary(values: list[float]) -> float | None:
     """Median after warm-up: the first max(1, n/10) steps are skipped when there are more."""
     values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
@@ -62,7 +72,8 @@ def _run_sections(metrics, validate_rows, cand, inputs, figures) -> list[str]:
     out = []
     gpu = inputs.cluster.gpu
     if metrics:
-        predicted = {"tokens_per_s": cand.tokens_per_s, "step_time_s": cand.step.total_s,
+        predicted = {"tokens_per_s": cand.tokens_per_s,
+                     "step_time_s": predicted_step_time_s(metrics, cand),
                      "memory_gib": cand.worst_stage.total / GIB, "tflops_per_gpu": cand.tflops_per_gpu,
                      "mfu": cand.mfu}
         plots = [("loss", "loss", "", None, None),
