@@ -21,10 +21,12 @@
   lr_schedule.py    the learning-rate schedule, and how a resume continues a changed one
   trainer.py        one rank's training loop: resume, steps, checkpoints, graceful stop
   metrics.py        metrics.jsonl's writer (the reader: llmlaunch/metrics_file.py)
+  monitors.py       train.monitors beside it: TensorBoard, CSV, W&B (offline unless asked)
   checkpoints/      the checkpoint store: one manifest per tag with every file's checksum, the
                     layout-free state written beside the loop, verified resume, trust and
                     pruning, inspect and convert (checkpoints/__init__.py has its map)
   preflight.py      checks of an allocation before the expensive start
+  ops_check.py      DeepSpeed's ops a run loads: prebuilt, buildable, or what this node lacks
   validate.py       measured memory and step time against the planner (memory_probe.py,
                     device_probe.py measure)
   emit.py           the files `plan --emit` writes; jobs/slurm_job.sh, the path older train.sbatch

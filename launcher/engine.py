@@ -120,13 +120,13 @@ class RunEngine:
         import torch
         import torch.distributed as dist
 
-        losses = []
+        losses = self.micro_losses = []   # the guard reads them inside the optimizer's step
         for _ in range(self.engine.gradient_accumulation_steps()):
             inputs, labels = next(batches)
             loss = self.engine(inputs.to(self.engine.device), labels.to(self.engine.device))
             self.engine.backward(loss)
-            self.engine.step()   # the optimizer steps at the accumulation boundary only
             losses.append(loss.detach().float())
+            self.engine.step()   # the optimizer steps at the accumulation boundary only
         mean = torch.stack(losses).mean()
         if self.replicas > 1:    # every rank's loss is the mean over its s/cp tokens
             dist.all_reduce(mean, group=self.groups.get_data_parallel_group())

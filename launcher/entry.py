@@ -85,9 +85,11 @@ def run_rank(work: Callable[[RunConfig, Path], int], argv: list[str] | None, mod
              description: str, role: str = "") -> int:
     """Parse the rank's arguments and run `work(config, run_dir)`; returns the exit code: `work`'s
     own, 2 for bad arguments, 1 (one stderr line, traceback in the rank's log) for a failure."""
+    from .known_warnings import hide_known_warnings
     from .signals import die_with_launcher
 
     die_with_launcher()   # preflight and validate ranks too (rank.py does it on its first line)
+    hide_known_warnings()  # traced to their source and explained in docs/launch.md ("Warnings")
     try:
         config, run_dir = rank_arguments(argv, module, description)
     except ValueError as exc:

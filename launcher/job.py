@@ -39,7 +39,7 @@ from llmlaunch.config import (RunConfig, apply_overrides, load_run_config,  # no
 from llmlaunch.metrics_file import last_step  # noqa: E402
 from llmlaunch.topology.layout import Layout  # noqa: E402
 
-from . import local_ranks, slurm, start_log  # noqa: E402
+from . import local_ranks, memory_fit, slurm, start_log  # noqa: E402
 from .hostnet import free_port, master_address  # noqa: E402
 from .liveness import read_lost  # noqa: E402
 from .outcome import (CANCELLED, DEFAULT_MAX_RESTARTS,  # noqa: E402
@@ -110,7 +110,7 @@ class Supervisor:
         config = load_run_config(self.config_path, self.overrides)
         if self.alloc is not None and env_int(self.environ, "LLMLAUNCH_ELASTIC", 0) >= 1:
             config = self.elastic_layout(config)
-        self.layout = config.layout_obj()
+        self.layout = memory_fit.fitting_layout(config, self.alloc or self.nproc)   # or refused
         if self.alloc is not None:   # one line here, not one error per rank
             self.layout.check_world_size(self.alloc.ntasks)
         from .run_data import prepare_run_data
@@ -291,10 +291,7 @@ class Supervisor:
                if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
         env.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
                    LLMLAUNCH_LOST_FILE=str(self.lost_file))
-        for key, value in (("OMP_NUM_THREADS", "1"), ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
-                           ("NCCL_DEBUG", "WARN")):
-            env.setdefault(key, value)
-        return env
+        return {**slurm.TASK_ENV_DEFAULTS, **env}    # the job's own values win
 
     @property
     def lost_file(self) -> Path:
@@ -302,15 +299,15 @@ class Supervisor:
 
     def preflight_slurm(self, env: dict) -> int:
         cmd = slurm.srun_command(run_files.preflight_task_output(self.run_dir), sys.executable,
-                                 PREFLIGHT_MODULE, self.rank_args())
+                                 PREFLIGHT_MODULE, self.rank_args(), self.config.slurm, env)
         return self.wait(subprocess.Popen(cmd, env=env))
 
     def run_ranks_slurm(self, env: dict) -> tuple[int, str]:
         self.lost_file.unlink(missing_ok=True)
         output = run_files.train_task_output(self.run_dir, self.alloc.job_id, self.alloc.restart)
         self.launched_at = time.time()
-        rc = self.wait(subprocess.Popen(slurm.srun_command(output, sys.executable, self.module,
-                                                           self.rank_args()), env=env))
+        rc = self.wait(subprocess.Popen(slurm.srun_command(
+            output, sys.executable, self.module, self.rank_args(), self.config.slurm, env), env=env))
         return rc, slurm.first_failure(output) if rc else ""
 
     # -- a start -----------------------------------------------------------------------------
@@ -361,6 +358,8 @@ class Supervisor:
             rc, failure = self.run_ranks_local()
             return self.conclude(launched=True, rc=rc, failure=failure)
         env = self.slurm_env(*self.master())
+        for note in filter(None, [slurm.task_launch(self.config.slurm, env)[2]]):
+            self.say(note)
         if preflight:
             self.phase = "preflight"
             rc = self.preflight_slurm(env)

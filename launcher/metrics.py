@@ -5,47 +5,56 @@ reader, llmlaunch/metrics_file.py.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from llmlaunch.atomic import write_text_atomic
 from llmlaunch.metrics_file import read_metrics
 from llmlaunch.run_files import METRICS as METRICS_FILE
-from llmlaunch.run_files import TENSORBOARD
 
 __all__ = ["METRICS_FILE", "MetricsLog", "read_metrics"]
 
 
 class MetricsLog:
-    """Appends metrics.jsonl (and the same scalars to TensorBoard under RUN_DIR/tensorboard when it
-    is installed). On resume, records past the resumed step (steps whose effect the crash lost) are
-    dropped with one atomic rewrite; earlier records are kept as they were."""
+    """Appends metrics.jsonl, then hands the same record to the monitors run.yaml names
+    (launcher/monitors.py: tensorboard, csv, wandb). On resume, records past the resumed step
+    (steps whose effect the crash lost) are dropped with one atomic rewrite; earlier records are
+    kept as they were, and the monitors drop the same steps."""
 
-    def __init__(self, path: Path, resume_step: int):
+    def __init__(self, path: Path, resume_step: int, config=None):
+        from .monitors import open_monitors
+
         self.path = path
-        self.tensorboard = _tensorboard_writer(path.parent / TENSORBOARD)
+        kept = []
         if path.is_file():
             kept = [r for r in read_metrics(path) if r["step"] <= resume_step]
-            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+            write_text_atomic(path, "".join(json.dumps(strict_record(r), allow_nan=False) + "\n"
+                                           for r in kept))
+        self.monitors = open_monitors(config, path.parent, resume_step, kept) if config else []
         self.file = open(path, "a")
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(json.dumps(strict_record(record), allow_nan=False) + "\n")
         self.file.flush()
-        if self.tensorboard is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(f"train/{key}", value, record["step"])
+        for monitor in self.monitors:   # the values metrics.jsonl holds
+            monitor.write(strict_record(record))
 
     def close(self) -> None:
         self.file.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        for monitor in self.monitors:
+            monitor.close()
 
 
-def _tensorboard_writer(log_dir: Path):
-    """A SummaryWriter when the tensorboard package is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(log_dir=str(log_dir))
+def strict_record(record: dict) -> dict:
+    """The record as strict JSON allows it: a NaN or infinite number becomes null, and its key is
+    listed under "nonfinite" with what it was ("nan", "inf", "-inf"), so no reader meets the
+    literals NaN and Infinity that Python's json writes by default."""
+    out, bad = {}, {}
+    for key, value in record.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            out[key], bad[key] = None, str(value)
+        else:
+            out[key] = value
+    if bad:
+        out["nonfinite"] = bad
+    return out

@@ -31,6 +31,8 @@ from llmlaunch.topology.layout import Layout
 
 from .entry import exit_process, run_rank
 from .hostnet import host_name
+from .monitors import missing_packages
+from .ops_check import deepspeed_ops_check
 
 GIB = 2**30
 PREFLIGHT_JSON = PREFLIGHT
@@ -250,6 +252,11 @@ def run_checks(config: RunConfig, run_dir: Path) -> list[Check]:
     precision = run_precision(config, torch.cuda.is_available())
     checks = memory_checks(config, ctx.layout, world, local_world, precision)
     checks.append(build_lock_check())
+    checks.append(Check("DeepSpeed ops", *deepspeed_ops_check(
+        torch.cuda.is_available(), config.layout.offload, host_name())))
+    missing = missing_packages(config.train.monitors) if rank == 0 else []
+    checks.append(Check("train.monitors", not missing, "; ".join(missing) or (
+        ", ".join(config.train.monitors) or "none") + " (metrics.jsonl always)"))
     checks.append(smoke_allreduce(world, config.train.collective_timeout_s))
     if rank == 0:
         checks.append(disk_check(config, run_dir, precision))

@@ -140,10 +140,41 @@ def first_failure(output_pattern: Path) -> str:
     return ((causes or lines or [""])[0]).removeprefix("llmlaunch: ")
 
 
-def srun_command(output: Path, python: str, module: str, module_args: list[str]) -> list[str]:
+# What every task of a job gets unless the job's environment sets it (docs/launch.md, "The
+# supervisor"): fabric settings beyond these are the cluster's ("The emitted job").
+TASK_ENV_DEFAULTS = {"OMP_NUM_THREADS": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+                     "NCCL_DEBUG": "WARN"}
+CONTAINER_DRY_RUN = "LLMLAUNCH_CONTAINER_DRY_RUN"
+CONTAINER_PYTHON = "python3"   # the image's interpreter, not the host supervisor's
+
+
+def task_launch(section, environ) -> tuple[list[str], list[str], str]:
+    """(srun options, command prefix, note) that run.yaml's slurm section adds to every task:
+    pyxis's --container-image/--container-mounts for `container_image`, and `bash -c 'source
+    FILE && exec ...'` for `env_setup` (each task sources it on its own node). With
+    LLMLAUNCH_CONTAINER_DRY_RUN=1 the container options are named in `note` and left off: the
+    tasks run on the host (for a cluster without pyxis, docs/launch.md)."""
+    options, prefix, note = [], [], ""
+    if section is not None and section.container_image:
+        options = [f"--container-image={section.container_image}"]
+        if section.container_mounts:
+            options.append(f"--container-mounts={','.join(section.container_mounts)}")
+        if environ.get(CONTAINER_DRY_RUN) == "1":
+            note = f"container dry run ({CONTAINER_DRY_RUN}=1): srun would get {' '.join(options)}"
+            options = []
+    if section is not None and section.env_setup:
+        prefix = ["bash", "-c", 'source "$0" && exec "$@"', section.env_setup]
+    return options, prefix, note
+
+
+def srun_command(output: Path, python: str, module: str, module_args: list[str],
+                 section=None, environ=None) -> list[str]:
     """srun of one task per rank: each task sets its network interface variables on its own host
     (launcher/hostnet.py) and execs `python -m module ...`. --kill-on-bad-exit: a dead rank ends
-    the step."""
-    return ["srun", "--kill-on-bad-exit=1", f"--output={output}",
+    the step. `section`: run.yaml's slurm section (container, env_setup: task_launch)."""
+    options, prefix, _ = task_launch(section, environ or {})
+    if options:
+        python = CONTAINER_PYTHON
+    return ["srun", "--kill-on-bad-exit=1", f"--output={output}", *options, *prefix,
             python, "-m", "llmlaunch.launcher.hostnet", "exec", "--",
             python, "-m", module, *module_args]

@@ -21,9 +21,12 @@ from llmlaunch import run_files
 from llmlaunch.atomic import write_text_atomic
 from llmlaunch.config import EFFECTIVE_CONFIG, RunConfig, dump_run_config
 
-from .checkpoints.store import CheckpointStore
+from .checkpoints.store import CheckpointStore, set_schedule_position
 from .checkpoints.tags import tag_for_step
 from .engine import rank_context
+from .guard import OK, SkipRecord
+from .guarded_step import StepGuard
+from .stragglers import StragglerWatch
 from .entry import start_heartbeat
 from .metrics import METRICS_FILE, MetricsLog
 from .moe_metrics import moe_log_text, step_moe_stats
@@ -160,6 +163,13 @@ class Trainer:
         if rank == 0:
             self.write_effective_config()
         start_step = store.resume(self.run)
+        record = SkipRecord.read(self.run_dir)
+        guard = StepGuard(config, self.run_dir, self.run, rank, record)
+        watch = StragglerWatch(config.train.stragglers, self.run.engine.module, rank,
+                               peers=(self.run.stage, self.run.engine.module.tp_group.rank))
+        if record.applied_steps(start_step) != start_step:   # skipped steps moved no schedule
+            set_schedule_position(self.run.engine, record.applied_steps(start_step),
+                                  self.layout.global_batch)
         index = open_training_index(config, self.layout, self.run_dir, specs)
         eval_index = open_eval_index(config, self.layout, self.run_dir, specs) if config.train.eval_every \
             else None
@@ -177,18 +187,26 @@ class Trainer:
                     store.wait()
                     self.record_stop(step, tag_for_step(last_saved) if last_saved else None)
                     return 0
+                if record.skip_to(step) != step:   # batches a guard decision skipped
+                    step = skip_batches(step, min(record.skip_to(step), config.train.steps))
+                    batches = self.batches(index, step)
+                    continue
                 lr = self.run.lr  # the rate this step applies
+                guard.before_step(step + 1)
                 started = time.perf_counter()
                 loss = self.run.train_step(batches)
                 elapsed = time.perf_counter() - started
                 step += 1
                 grad_norm = self.run.grad_norm
+                action, verdict = guard.after_step(step, store)
+                slow = watch.after_step(step)
                 moe = step_moe_stats(self.run)   # collective; None for a dense model
                 evaluated = self.eval_loss(eval_index) if eval_index is not None and \
                     step % config.train.eval_every == 0 else None
                 if monitor is not None:
-                    monitor.record(step, loss, lr, grad_norm, elapsed, evaluated, moe)
-                store.after_step(step, loss, grad_norm)
+                    monitor.record(step, loss, lr, grad_norm, elapsed, evaluated, moe,
+                                   guard=verdict, stragglers=slow)
+                store.after_step(step, loss, grad_norm, healthy=action == OK)
                 if config.checkpoint.every and step % config.checkpoint.every == 0:
                     store.save(self.run, step)
                     last_saved = step
@@ -226,12 +244,13 @@ class StepMonitor:
         self.global_batch, self.samples_by_source = lay.global_batch, samples_by_source
         self.hardware_flops = hardware_flops_per_token(spec, lay.recompute) * self.tokens_per_step
         self.model_flops = model_flops_per_token(spec) * self.tokens_per_step
-        self.metrics = MetricsLog(run_dir / METRICS_FILE, start_step)
+        self.metrics = MetricsLog(run_dir / METRICS_FILE, start_step, config)
         self.progress = _progress(start_step, config.train.steps)
         self.step_times: list[float] = []
 
     def record(self, step: int, loss: float, lr: float, grad_norm, elapsed: float,
-               eval_loss: float | None = None, moe: dict | None = None) -> None:
+               eval_loss: float | None = None, moe: dict | None = None, guard: dict | None = None,
+               stragglers: list | None = None) -> None:
         import torch
 
         self.step_times.append(elapsed)
@@ -242,10 +261,16 @@ class StepMonitor:
                   "mfu": (self.model_flops / elapsed / self.world / self.peak_flops
                           if self.peak_flops else None),
                   "step_time_s": elapsed, "memory_gib": measured_memory_gib(torch)}
+        if self.estimate is not None:   # what the run page plots against (report/run_page.py)
+            record["step_time_predicted_s"] = self.estimate.step.total_s
         if eval_loss is not None:
             record["eval_loss"] = eval_loss
         if moe is not None:          # the router's losses and per-expert load (moe_metrics.py)
             record.update(moe)
+        if guard is not None:   # the guard's decision on this step (launcher/guard.py)
+            record["guard"] = guard
+        if stragglers:   # ranks slower than the median (launcher/stragglers.py)
+            record["stragglers"] = stragglers
         shares = moe_log_text(moe) if moe is not None else ""
         if self.samples_by_source is not None:   # cumulative samples per source (the blend's)
             record["samples_by_source"] = self.samples_by_source(step * self.global_batch)
@@ -253,13 +278,14 @@ class StepMonitor:
             shares += " | data: " + ", ".join(f"{name} {count / total:.1%}" for name, count in
                                          record["samples_by_source"].items())
         self.metrics.write(record)
-        self.progress.update(1)
         if eval_loss is not None:   # the progress line keeps the latest evaluation
             self.last_eval = f"{eval_loss:.4f}"
         postfix = {"loss": f"{loss:.4f}"}
         if getattr(self, "last_eval", None):
             postfix["eval_loss"] = self.last_eval
+        # the postfix first: update() draws the line, so this step's loss is the one shown
         self.progress.set_postfix(postfix, refresh=False)
+        self.progress.update(1)
         every = self.config.train.log_every
         if eval_loss is not None:
             log.info("step %d eval_loss %.4f", step, eval_loss)
@@ -279,6 +305,13 @@ class StepMonitor:
                      "(%+.0f%%); memory %.2f GiB vs predicted %.2f GiB for the worst stage",
                      measured_s, est.step.total_s, 100 * (measured_s / est.step.total_s - 1),
                      measured_memory_gib(torch), est.worst_stage.total / 2**30)
+
+
+def skip_batches(step: int, last: int) -> int:
+    """Log the batches after `step` through `last` that a guard decision skipped; returns last."""
+    log.info("guard: batches of steps %d-%d skipped (RUN_DIR/%s)", step + 1, last,
+             run_files.SKIPPED)
+    return last
 
 
 def train(config: RunConfig, run_dir: Path) -> int:

@@ -6,7 +6,9 @@ Sections are dataclasses with a docstring per field; YAML exists only at the edg
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,19 +127,34 @@ def _coerce(where: str, value, kind):
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif kind is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:  # YAML 1.1 reads "3e-4" (no dot) as a string
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{where} must be a finite number, got {number}")
+            return number
     elif kind is list:
-        return _source_list(where, value)
+        return _source_list(where, value) if where.endswith("sources") else _string_list(where, value)
     elif kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ConfigError(f"{where} must be {kind.__name__}, got {value!r}")
+    raise ConfigError(f"{where} must be {kind.__name__}, got {reprlib.repr(value)}")
+
+
+def _string_list(where: str, value) -> list:
+    """A list of strings (train.monitors, slurm.container_mounts); a single string is one item."""
+    if value in (None, ""):
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
+        raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+    return list(items)
 
 
 def _source_list(where: str, value) -> list:
@@ -166,6 +183,11 @@ def _source_list(where: str, value) -> list:
             raise ConfigError(f"{where}[{n}].split must be train or val, got {entry['split']!r}")
         out.append(entry)
     return out
+
+
+def brief(text: str, limit: int = 120) -> str:
+    """`text` for an error line: whole when short, else its start and end around an ellipsis."""
+    return text if len(text) <= limit else f"{text[:limit - 30]}...{text[-25:]}"
 
 
 def from_dict(raw: dict, source: str = "run.yaml") -> RunConfig:
@@ -197,15 +219,31 @@ def _from_dict(raw: dict) -> RunConfig:
 
 
 def set_value(config: RunConfig, dotted: str, value) -> None:
-    """Assign section.key = value with the schema's checks."""
+    """Assign section.key = value (or section.sub.key = value, e.g. train.guard.window) with the
+    schema's checks; a mapping given for a sub-section sets its keys one by one."""
     section_name, _, key = dotted.partition(".")
     if section_name not in _SECTIONS or not key:
         raise ConfigError(f"unknown key {dotted!r} (sections: {', '.join(_SECTIONS)})")
-    section = getattr(config, section_name)
-    hints = typing.get_type_hints(type(section))
-    if key not in hints:
-        raise ConfigError(f"unknown key {dotted!r} (known in {section_name}: "
-                          f"{', '.join(hints)})")
+    section, where = getattr(config, section_name), section_name
+    while True:
+        hints = typing.get_type_hints(type(section))
+        name, _, rest = key.partition(".")
+        if name not in hints:
+            raise ConfigError(f"unknown key {dotted!r} (known in {where}: {', '.join(hints)})")
+        if not dataclasses.is_dataclass(hints[name]):
+            break
+        if not rest:   # a whole sub-section: a mapping of its keys
+            if value is None:
+                return
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted} must be a mapping of its keys, got a "
+                                  f"{type(value).__name__}")
+            for sub, item in value.items():
+                set_value(config, f"{dotted}.{sub}", item)
+            return
+        section, where, key = getattr(section, name), f"{where}.{name}", rest
+    if rest:
+        raise ConfigError(f"unknown key {dotted!r} ({where}.{name} has no sub-keys)")
     setattr(section, key, _coerce(dotted, value, hints[key]))
     if section_name == "model":   # keys given (not defaulted): checked against model.hf_config
         section.__dict__.setdefault("_given", set()).add(key)
@@ -222,14 +260,15 @@ def apply_overrides(config: RunConfig, overrides: list[str], source: str = "run.
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
+        check_expansion(value, f"--set {dotted.strip()}")
         try:
             set_value(config, dotted.strip(), value)
         except ConfigError as exc:
-            raise ConfigError(f"--set {item!r}: {exc}") from None
+            raise ConfigError(f"--set {brief(item)!r}: {exc}") from None
     try:
         return config.validate()
     except ConfigError as exc:
-        given = " with --set " + " ".join(overrides) if overrides else ""
+        given = " with --set " + brief(" ".join(overrides)) if overrides else ""
         raise ConfigError(f"{source}{given}: {exc}") from None
 
 
@@ -274,6 +313,7 @@ def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None)
         raise ConfigError(f"cannot read run config {given!r}: {exc.strerror}{hint}") from None
     try:
         raw = yaml.safe_load(text)
+        check_expansion(raw, str(path))
     except yaml.constructor.ConstructorError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -284,6 +324,42 @@ def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     return apply_overrides(from_dict(raw, source=str(path)), overrides or [], source=str(path))
+
+
+# The most values (scalars, list items, mapping entries) run.yaml may hold once its YAML aliases
+# are expanded: a real run.yaml holds a few hundred; a "billion laughs" (aliases of aliases) holds
+# 10^9 in a few lines, which PyYAML shares by reference until something walks it.
+MAX_EXPANDED_VALUES = 100_000
+
+
+def expanded_values(data, limit: int = MAX_EXPANDED_VALUES) -> int:
+    """How many values `data` holds with every shared (aliased) node counted at each use; stops
+    counting past `limit`. Linear in the distinct nodes (each node's count is memoised)."""
+    counts: dict[int, int] = {}
+
+    def count(node) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key not in counts:
+            counts[key] = 0   # a node that holds itself (an alias of an ancestor) counts once
+            items = node.values() if isinstance(node, dict) else node
+            total = 1
+            for item in items:
+                total += count(item)
+                if total > limit:
+                    break
+            counts[key] = total
+        return counts[key]
+
+    return count(data)
+
+
+def check_expansion(data, source: str) -> None:
+    """ConfigError when YAML aliases make `data` expand past MAX_EXPANDED_VALUES (never reprs it)."""
+    if expanded_values(data) > MAX_EXPANDED_VALUES:
+        raise ConfigError(f"{source}: its YAML aliases expand to more than {MAX_EXPANDED_VALUES:,} "
+                          "values (an alias bomb?): write the values out instead of aliasing them")
 
 
 def dump_run_config(config: RunConfig, header: str = "") -> str:

@@ -38,6 +38,11 @@ def check_run_config(config, spec, layout) -> None:
                                 layout.offload)
     if refusal:
         raise ConfigError(refusal)
+    from llmlaunch.launcher.monitors import monitor_problems
+
+    problem = monitor_problems(config.train.monitors, config.train.wandb_mode)
+    if problem:
+        raise ConfigError(problem)
     for key in ("steps",):
         if getattr(config.train, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1")
@@ -60,6 +65,7 @@ def check_run_config(config, spec, layout) -> None:
                               "distinct name")
     if config.train.eval_every < 0 or config.train.eval_batches < 1:
         raise ConfigError("train.eval_every must be >= 0 and train.eval_batches >= 1")
+    check_ranges(config)
     if not 0 <= config.train.min_lr <= config.train.lr:
         raise ConfigError("need 0 <= train.min_lr <= train.lr")
     if config.checkpoint.reshard not in ("auto", "never"):
@@ -69,6 +75,50 @@ def check_run_config(config, spec, layout) -> None:
         raise ConfigError("checkpoint.every must be >= 0 and checkpoint.keep >= 1")
     if config.checkpoint.healthy_steps < 1:
         raise ConfigError("checkpoint.healthy_steps must be >= 1")
+
+
+# A collective that waits longer than a week is a hang, not a slow step; torch turns larger values
+# into timeouts that overflow inside the ranks.
+MAX_COLLECTIVE_TIMEOUT_S = 7 * 24 * 3600
+
+# (key, lowest, highest, lowest allowed, highest allowed): the numeric keys whose range is not
+# already checked above. Every float is finite already (config._coerce refuses nan and inf).
+RANGES = (
+    ("train.lr", 0.0, 1.0, False, True),
+    ("train.weight_decay", 0.0, 1.0, True, True),
+    ("train.grad_clip", 0.0, None, True, None),
+    ("train.beta1", 0.0, 1.0, True, False),
+    ("train.beta2", 0.0, 1.0, True, False),
+    ("train.collective_timeout_s", 1, MAX_COLLECTIVE_TIMEOUT_S, True, True),
+    ("train.guard.window", 1, None, True, None),
+    ("train.guard.min_history", 0, None, True, None),
+    ("train.guard.spike_mads", 0.0, None, False, None),
+    ("train.guard.spike_min_rise", 0.0, None, True, None),
+    ("train.guard.max_loss_ratio", 0.0, None, True, None),
+    ("train.guard.bad_steps", 1, None, True, None),
+    ("train.guard.rollbacks", 0, None, True, None),
+    ("train.stragglers.every", 0, None, True, None),
+    ("train.stragglers.margin", 0.0, None, False, None),
+)
+
+
+def in_range(value, low, high, low_ok, high_ok) -> bool:
+    above = value >= low if low_ok else value > low
+    below = high is None or (value <= high if high_ok else value < high)
+    return above and below
+
+
+def check_ranges(config) -> None:
+    """ConfigError naming the first numeric key outside its range, with the range."""
+    for key, low, high, low_ok, high_ok in RANGES:
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not in_range(value, low, high, low_ok, high_ok):
+            span = (f"{'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}"
+                    if high is not None else f"{'>=' if low_ok else '>'} {low}")
+            raise ConfigError(f"{key} must be {'in ' if high is not None else ''}{span}, "
+                              f"got {value}")
 
 
 def source_names(sources: list) -> list[str]:

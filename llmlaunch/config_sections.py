@@ -108,6 +108,40 @@ class LayoutSection:
 
 
 @dataclass
+class GuardSection:
+    """train.guard: the check every step before its update (launcher/guard.py, docs/launch.md)."""
+
+    enabled: bool = True
+    """Judge every step; false: no check, every step applied (DeepSpeed's own overflow skips are
+    still reported)."""
+    window: int = 50
+    """Healthy losses the spike check looks back on."""
+    min_history: int = 10
+    """Healthy losses needed before a spike is judged (non-finite values are judged from step 1)."""
+    spike_mads: float = 6.0
+    """A spike: loss > median + max(spike_mads x 1.4826 x MAD, spike_min_rise x median)."""
+    spike_min_rise: float = 0.1
+    """The least rise over the median that counts as a spike, as a fraction of the median."""
+    max_loss_ratio: float = 2.0
+    """A loss above this many times ln(vocab) (a uniform guess's loss) is divergence (0: off)."""
+    bad_steps: int = 3
+    """Unhealthy steps in a row that are skipped; the next one rolls back (or stops)."""
+    rollbacks: int = 2
+    """Rollbacks a run may make (counted in RUN_DIR/skipped.json, across requeues) before the
+    guard stops it instead."""
+
+
+@dataclass
+class StragglerSection:
+    """train.stragglers: ranks compared by their compute time (launcher/stragglers.py)."""
+
+    every: int = 10
+    """Steps between comparisons of every rank's forward time (0: never)."""
+    margin: float = 0.25
+    """A rank slower than the median rank by more than this fraction is named."""
+
+
+@dataclass
 class TrainSection:
     """Optimisation: AdamW, Lion or Adafactor, linear warmup then cosine decay to min_lr."""
 
@@ -142,6 +176,17 @@ class TrainSection:
     """Steps between evaluations of the validation data (0: never): eval_loss in metrics.jsonl."""
     eval_batches: int = 4
     """Global batches each evaluation reads (the same ones every time, in order)."""
+    monitors: list = field(default_factory=list)
+    """Where rank 0 also writes every metrics.jsonl record: tensorboard (RUN_DIR/tensorboard),
+    csv (RUN_DIR/metrics.csv), wandb (RUN_DIR/wandb, offline unless wandb_mode: online)."""
+    wandb_mode: str = "offline"
+    """offline (a run directory `wandb sync` uploads later) or online (needs network and a login)."""
+    wandb_project: str = "llmlaunch"
+    """The W&B project of the run."""
+    guard: GuardSection = field(default_factory=GuardSection)
+    """The guard against non-finite values and loss spikes (train.guard.KEY)."""
+    stragglers: StragglerSection = field(default_factory=StragglerSection)
+    """Slow ranks and hosts named (train.stragglers.KEY)."""
 
 
 # The keys of one entry of data.sources / data.eval_sources (docs/data.md, data/sources.py).
@@ -223,3 +268,11 @@ class SlurmSection:
     """Account (empty: the user default)."""
     signal_seconds: int = 300
     """Seconds before the time limit that Slurm sends USR1 to checkpoint and requeue."""
+    container_image: str = ""
+    """Run the ranks in this container image (pyxis/enroot: srun --container-image); empty: on the
+    host. The supervisor stays on the host (docs/launch.md, "Containers and environments")."""
+    container_mounts: list = field(default_factory=list)
+    """SRC:DST mounts for the container (srun --container-mounts): the run and data directories."""
+    env_setup: str = ""
+    """A bash file sourced before the supervisor and before every rank's task (modules, venv,
+    conda); empty: none."""

@@ -11,6 +11,8 @@ library only, so that launcher/, report/ and data/ may all import it).
     ranks.json             where every rank of the latest start ran (.ranks/ while it is written)
     stopped.json           where the ranks stopped for a signal: {step, signal, checkpoint}
     stop-request.json      the supervisor asking the ranks to stop (rank 0 reads it every step)
+    skipped.json           the steps whose batches were consumed without an update (the guard:
+                           launcher/guard.py); a requeued run skips them too
     owner.lock             the supervisor that owns the directory (launcher/run_lock.py)
     starts.jsonl           one record per start of the run: from which step, to which, how it ended
     checkpoints/           checkpoint.dir's default (the tags inside belong to the checkpoint store)
@@ -35,6 +37,7 @@ RANKS = "ranks.json"
 RANKS_DIR = ".ranks"
 STOPPED = "stopped.json"
 STOP_REQUEST = "stop-request.json"
+SKIPPED = "skipped.json"
 OWNER_LOCK = "owner.lock"
 STARTS = "starts.jsonl"
 CHECKPOINTS = "checkpoints"

@@ -88,6 +88,14 @@ class LMPipeline(PipelineModule):
         zero = torch.zeros((), device=next(self.parameters()).device)
         return {name: last.get(name, zero) for name in ("aux_loss", "z_loss")}
 
+    def _synchronize_tied_weights(self):
+        """DeepSpeed broadcasts each tied weight (a Parameter that requires grad) with grad mode on;
+        c10d::broadcast_ has no autograd kernel, so torch puts a node in the graph that warns "may
+        lead to silently incorrect behavior" on every rank at the first backward. The broadcast is
+        a copy of weights, not part of the model's computation: run it without autograd."""
+        with torch.no_grad():
+            super()._synchronize_tied_weights()
+
     def _partition_layers(self, method: str = "split_stages"):
         """Stage i gets split_stages(spec, pp, tp)[i] blocks (DeepSpeed's own methods balance item
         counts or parameters and know nothing of the planner's split)."""

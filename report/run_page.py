@@ -42,6 +42,16 @@ def run_prediction(config: RunConfig) -> tuple[PlanInputs, Candidate]:
         raise ValueError(f"run.yaml: {exc}") from None
 
 
+def predicted_step_time_s(metrics: list[dict], cand: Candidate) -> float:
+    """The step time the run itself predicted and logged (metrics.jsonl's step_time_predicted_s,
+    the trainer's StepMonitor: the planner on the rank's resolved precision, layout and this host's
+    measured speed), else the planner's estimate of run.yaml now. The page and the training log
+    then show one figure: a second estimate would measure the host again, under other load."""
+    logged = [m["step_time_predicted_s"] for m in metrics
+              if isinstance(m.get("step_time_predicted_s"), (int, float))]
+    return logged[-1] if logged else cand.step.total_s
+
+
 def _summary(values: list[float]) -> float | None:
     """Median after warm-up: the first max(1, n/10) steps are skipped when there are more."""
     values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
@@ -62,7 +72,8 @@ def _run_sections(metrics, validate_rows, cand, inputs, figures) -> list[str]:
     out = []
     gpu = inputs.cluster.gpu
     if metrics:
-        predicted = {"tokens_per_s": cand.tokens_per_s, "step_time_s": cand.step.total_s,
+        predicted = {"tokens_per_s": cand.tokens_per_s,
+                     "step_time_s": predicted_step_time_s(metrics, cand),
                      "memory_gib": cand.worst_stage.total / GIB, "tflops_per_gpu": cand.tflops_per_gpu,
                      "mfu": cand.mfu}
         plots = [("loss", "loss", "", None, None),
@@ -125,6 +136,38 @@ def _run_sections(metrics, validate_rows, cand, inputs, figures) -> list[str]:
     return out
 
 
+def guard_section(metrics) -> str:
+    """The guard's decisions (launcher/guard.py): one row per step it skipped or rolled back, from
+    the `guard` field of metrics.jsonl; empty when it took none."""
+    rows = [[(str(m["step"]), m["step"]), str(m["guard"].get("action", "")),
+             str(m["guard"].get("to", "")), str(m["guard"].get("reason", ""))]
+            for m in metrics if isinstance(m.get("guard"), dict)]
+    if not rows:
+        return ""
+    return (f'<section id="guard"{attrs(rows=len(rows))}><h2>Guard decisions</h2><p class=note>'
+            "Steps judged unhealthy before their update (docs/launch.md, \"The guard\"): skipped "
+            "(the batch consumed, no update) or rolled back to a verified checkpoint, the batches "
+            "since it skipped (RUN_DIR/skipped.json).</p>"
+            + table(["step", "action", "rolled back to", "reason"], rows, cls="sortable",
+                    left=(1, 3)) + "</section>")
+
+
+def stragglers_section(metrics) -> str:
+    """The ranks named slow (launcher/stragglers.py), from metrics.jsonl's `stragglers` field."""
+    rows = [[(str(m["step"]), m["step"]), (str(s.get("rank")), s.get("rank")), str(s.get("host")),
+             (f"{s.get('ratio', 0):.2f}x", s.get("ratio")), f"{s.get('seconds', 0):.4g} s"]
+            for m in metrics if isinstance(m.get("stragglers"), list)
+            for s in m["stragglers"] if isinstance(s, dict)]
+    if not rows:
+        return ""
+    return (f'<section id="stragglers"{attrs(rows=len(rows))}><h2>Stragglers</h2><p class=note>'
+            "Ranks whose forward time per step exceeded the median of the ranks doing the same "
+            "work (same stage and TP rank) by more than train.stragglers.margin, compared every "
+            "train.stragglers.every steps (docs/launch.md, \"Stragglers\").</p>"
+            + table(["step", "rank", "host", "vs median", "forward per step"], rows,
+                    cls="sortable", left=(2,)) + "</section>")
+
+
 def run_page_html(run_dir: str | Path) -> str:
     """The run page as one HTML string (write_run_report writes it)."""
     run_dir = Path(run_dir)
@@ -150,7 +193,8 @@ def run_page_html(run_dir: str | Path) -> str:
                        f"warmup {config.train.warmup_steps}, weight decay {config.train.weight_decay:g}, "
                        f"clip {config.train.grad_clip:g}, seed {config.train.seed}")]
     sections = [f'<section id="summary">{_cards(cand, inputs.cluster, predicted=True)}</section>',
-                *_run_sections(metrics, validate_rows, cand, inputs, figures), *layout_html,
+                *_run_sections(metrics, validate_rows, cand, inputs, figures),
+                *filter(None, [guard_section(metrics), stragglers_section(metrics)]), *layout_html,
                 _candidates_section(result, cand), _inputs_section(inputs, extra)]
     return page(title, subtitle, sections, figures, rm)
 

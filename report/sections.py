@@ -6,6 +6,7 @@ from llmlaunch.topology.hardware import GIB
 from llmlaunch.topology.layout import RECOMPUTE_MODES
 from llmlaunch.topology.memory import buffers_legend
 from llmlaunch.topology.schedule import candidate_schedule
+from llmlaunch.topology.step_time import bubble_formula
 
 from .figures import (_sig, _time_unit, breakdown_figure, memory_figure, rank_map_figure,
                       schedule_figure)
@@ -30,7 +31,8 @@ def _cards(cand, cluster, predicted: bool = False) -> str:
              (f"{cand.tflops_per_gpu:.1f} TFLOP/s", f"{est}per GPU, MFU {cand.mfu:.1%}"),
              (f"{worst.total / GIB:.1f} GiB", f"{est}worst stage (stage {worst.stage}) of "
                                               f"{cluster.gpu.memory_gib:g} GiB"),
-             (f"{cand.bubble_fraction:.1%}", "bubble (p−1)/(m+p−1)")]
+             (f"{cand.bubble_fraction:.1%}", "bubble " + bubble_formula(
+                 cand.layout.pp, cand.layout.grad_accum, cand.layout.virtual_stages))]
     return "<div class=cards>" + "".join(f"<div class=card><b>{e(a)}</b><span>{e(b)}</span></div>"
                                          for a, b in items) + "</div>"
 

@@ -7,10 +7,12 @@ import argparse
 from tabulate import tabulate
 
 from llmlaunch.topology.cost import RunCost
+from llmlaunch.topology.flops import run_model_flops, training_flops
 from llmlaunch.topology.layout import AXIS_NAMES, Layout
 from llmlaunch.topology.memory import buffers_legend
 from llmlaunch.topology.plan_inputs import PlanInputs
 from llmlaunch.topology.planner import Candidate, SearchResult
+from llmlaunch.topology.step_time import bubble_formula
 # Rank-level listings are shown in full up to this many GPUs (--show-groups lifts it).
 GROUP_LISTING_LIMIT = 16
 
@@ -70,7 +72,15 @@ def plan_text(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
                                f"{c.layout.cp} {c.layout.cp_kind}"] + row[4:]
                     for c, row in zip(shown, rows)]
             headers = headers[:4] + ["cp"] + headers[4:]
+        marked = {}
+        for c, row in zip(shown, rows):   # estimate-only rows say so where they are printed
+            reasons = estimate_only_reasons(c.layout, inputs)
+            if reasons:
+                row[0] = f"{row[0]}*"
+                marked.setdefault("; ".join(reasons), []).append(row[0].rstrip("*"))
         lines.append(tabulate(rows, headers=headers, tablefmt="simple"))
+        for reasons, numbers in marked.items():
+            lines.append(f"* estimate only (--emit refuses it): {reasons} (#{', #'.join(numbers)})")
         lines.append("")
     if chosen is not None and chosen.estimated:
         lines.extend(candidate_report(chosen, inputs, show_groups=args.show_groups))
@@ -80,9 +90,17 @@ def plan_text(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
                      f"${horizon.cost_usd:,.0f} at ${args.usd_per_gpu_hour:g}/GPU-hour, "
                      f"{horizon.energy_mwh:,.0f} MWh at TDP x PUE {args.pue:g}, "
                      f"{horizon.flops:.3g} FLOPs executed")
+        model = run_model_flops(spec, args.tokens, spec.seq_len)
+        lines.append(f"         model FLOPs {model:.3g} (MFU's numerator, topology/flops.py); "
+                     f"6 N D = {training_flops(inputs.active_params, args.tokens):.3g} beside it "
+                     "(attention over s left out)")
         lines.append("")
-    if args.show_rejected or not result.candidates:
-        lines.extend(rejected_report(result.rejected, limit=None if args.show_rejected else 10))
+    if args.show_rejected:
+        ruled_out = result.rejected + result.misses
+        lines.extend(rejected_report(ruled_out, limit=None) or [
+            f"ruled out: none (every one of the {result.evaluated} layouts evaluated fits)", ""])
+    elif not result.candidates:
+        lines.extend(rejected_report(result.rejected, limit=10))
     return "\n".join(lines) + "\n"
 
 
@@ -157,7 +175,7 @@ def candidate_report(c: Candidate, inputs: PlanInputs, show_groups: bool = False
     out.append("")
     step = c.step
     out.append(f"step time {_fmt_seconds(step.total_s)} (bubble fraction {c.bubble_fraction:.1%} = "
-               f"(p-1)/(m+p-1) with m={lay.grad_accum}):")
+               f"{bubble_formula(lay.pp, lay.grad_accum, lay.virtual_stages)}):")
     parts = [("compute", step.compute_s), ("TP all-reduce", step.tp_comm_s),
              *([(f"CP exchange (cp={lay.cp}, {lay.cp_kind})", step.cp_comm_s)] if lay.cp > 1 else []),
              ("PP send/recv", step.pp_comm_s), ("pipeline bubble", step.bubble_s),
@@ -224,6 +242,12 @@ def estimate_only_reasons(lay: Layout, inputs: PlanInputs) -> list[str]:
     reasons = [r for r in (estimate_only_reason(inputs.options.engine),) if r]
     if inputs.options.precision == "fp8":
         reasons.append("FP8 GEMMs (llmlaunch's model trains in bf16 or fp32)")
+    if inputs.spec.moe and not inputs.spec.runnable:
+        reasons.append(f"{inputs.spec.arch}'s experts (llmlaunch's model runs the MoE families "
+                       "mixtral, qwen2_moe and qwen3_moe)")
+    elif inputs.spec.moe and (lay.cp > 1 or lay.sequence_parallel):
+        reasons.append("experts with context or sequence parallelism (llmlaunch's model runs "
+                       "experts at cp = 1 without sequence parallelism)")
     runnable = lay.not_runnable_reason()
     if runnable and (lay.cp > 1 or lay.sequence_parallel or lay.virtual_stages > 1):
         reasons.append(runnable)

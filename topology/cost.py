@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .flops import training_flops
+from .flops import run_model_flops, training_flops
 
 SECONDS_PER_HOUR = 3600.0
 HOURS_PER_DAY = 24.0
@@ -52,6 +52,16 @@ def cost_from_params(*, params: float, tokens: float, peak_tflops: float, mfu: f
     """`llmlaunch cost`: C = 6 N D FLOPs at a given MFU. For a Mixture-of-Experts model N is the
     active parameter count (`active_params`, when given): C = 6 N_active D."""
     flops = training_flops(active_params or params, tokens)
+    return run_cost(flops=flops, gpu_hours=gpu_hours_for(flops, peak_tflops, mfu), gpus=gpus,
+                    usd_per_gpu_hour=usd_per_gpu_hour, watts_per_gpu=watts_per_gpu, pue=pue)
+
+
+def cost_from_model(*, spec, tokens: float, peak_tflops: float, mfu: float, gpus: int,
+                    usd_per_gpu_hour: float, watts_per_gpu: float, pue: float = DEFAULT_PUE) -> RunCost:
+    """`llmlaunch cost` of a model whose shape is known: its model FLOPs (flops.run_model_flops,
+    MFU's numerator everywhere) at a given MFU. At the MFU `plan` estimates for a layout this gives
+    plan's wall-clock days for the same tokens."""
+    flops = run_model_flops(spec, tokens)
     return run_cost(flops=flops, gpu_hours=gpu_hours_for(flops, peak_tflops, mfu), gpus=gpus,
                     usd_per_gpu_hour=usd_per_gpu_hour, watts_per_gpu=watts_per_gpu, pue=pue)
 

@@ -134,3 +134,11 @@ def training_flops(params: float, tokens: float) -> float:
     a Mixture-of-Experts model N is the active parameter count (params.active_params): each token
     goes through k of the E experts only."""
     return 6 * params * tokens
+
+
+def run_model_flops(spec: ModelSpec, tokens: float, seq_len: int | None = None) -> float:
+    """Model FLOPs of training on `tokens` tokens: model_flops_per_token x D. MFU's numerator for a
+    whole run, the one definition `plan` (its MFU and horizon), `cost`, the trainer's metrics and
+    the pages share; C = 6 N D (training_flops) is printed beside it, and falls short of it by the
+    attention core 6 s q L per token and counts the embedding table, which does no matmul."""
+    return model_flops_per_token(spec, seq_len) * tokens

@@ -36,6 +36,11 @@ GPT3_BATCH_BY_PARAMS = ((125e6, 256), (350e6, 256), (760e6, 256), (1.3e9, 512), 
 THROUGHPUT_TIE = 0.01
 
 
+# Fraction of GPU memory a fitting layout leaves free by default: none beyond what the estimate
+# already holds (buffers include 5% allocator fragmentation, topology/memory.py).
+DEFAULT_MEMORY_HEADROOM = 0.0
+
+
 @dataclass(frozen=True)
 class PlanOptions:
     """Everything besides the model and cluster that an estimate depends on."""
@@ -51,6 +56,8 @@ class PlanOptions:
     `deepspeed`; the published runs name theirs."""
     capacity_factor: float = DEFAULT_CAPACITY_FACTOR
     """MoE: expert buffers padded to this multiple of the balanced load (topology/experts.py)."""
+    memory_headroom: float = DEFAULT_MEMORY_HEADROOM
+    """Fraction of each GPU's memory a layout must leave free to fit (plan --memory-headroom)."""
     optimizer: str = "adamw"
     """train.optimizer, whose states the memory counts (topology/optimizer_states.py)."""
 
@@ -154,11 +161,14 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
         if host > gpu.host_memory_gib * GIB:
             cand.reasons.append(f"offloaded states over CPU memory: {host / GIB:.1f} GiB per GPU "
                                 f"of {gpu.host_memory_gib:g} GiB")
-    over = cand.worst_stage.total - gpu.memory_bytes
+    usable = gpu.memory_bytes * (1 - options.memory_headroom)
+    over = cand.worst_stage.total - usable
     if over > 0:
+        capacity = (f"{usable / GIB:.3g} GiB usable: {gpu.memory_gib:g} less "
+                    f"{options.memory_headroom:.0%} kept free" if options.memory_headroom
+                    else f"{gpu.memory_gib:g} GiB")
         cand.reasons.append(f"worst stage (stage {cand.worst_stage.stage}) over memory by "
-                            f"{over / GIB:.1f} GiB ({cand.worst_stage.total / GIB:.1f} of "
-                            f"{gpu.memory_gib:g} GiB)")
+                            f"{over / GIB:.1f} GiB ({cand.worst_stage.total / GIB:.1f} of {capacity})")
     if cand.reasons and not estimate_rejected:
         return cand     # its memory explains it; the search does not need its time
     cand.step, cand.stage_times = step_time(spec, cluster, layout, options, precision, cand.stages)
@@ -311,8 +321,11 @@ class Pins:
 @dataclass
 class SearchResult:
     candidates: list  # fitting candidates, best first
-    rejected: list  # candidates ruled out, with reasons
+    rejected: list  # candidates ruled out, with reasons (the closest one per shape that has none fitting)
     evaluated: int
+    misses: list = field(default_factory=list)
+    """Layouts ruled out inside shapes where another fits (other micro-batch, ZeRO or recompute):
+    what --show-rejected lists beside `rejected`."""
 
 
 def _simplicity(c: Candidate) -> tuple:
@@ -332,7 +345,7 @@ def rank_key(c: Candidate) -> tuple:
 
 def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins = Pins()) -> SearchResult:
     """Evaluate every layout allowed by the pins; fitting ones ranked best first."""
-    fitting, rejected, evaluated = [], [], 0
+    fitting, rejected, missed, evaluated = [], [], [], 0
     gpus, eng = cluster.gpus, engine_named(options.engine)
     for tp in ([pins.tp] if pins.tp else divisors(gpus)):
         for cp in (searched_cp_degrees(spec, gpus // tp, pins.cp) if gpus % tp == 0 else []):
@@ -364,8 +377,10 @@ def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins =
                     for cand in misses[1:]:
                         best = cand if _closer(cand, best) else best
                     rejected.append(best)
+                elif misses:
+                    missed += misses
     fitting.sort(key=rank_key)
-    return SearchResult(candidates=fitting, rejected=rejected, evaluated=evaluated)
+    return SearchResult(candidates=fitting, rejected=rejected, evaluated=evaluated, misses=missed)
 
 
 def _search_shape(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins, eng: Engine,

@@ -50,7 +50,10 @@ def spec_from_params(params: float, arch: str = "gpt2", seq_len: int | None = No
     """A shape with about `params` parameters.
 
     Within SNAP_TOLERANCE of a published GPT-style member (GPT-3 Table 2.1, Megatron-LM's Table 1
-    sweep, MT-NLG) that member's shape is used. Otherwise depth follows the family: log L is
+    sweep, MT-NLG) that member's shape is used; for another `arch` (llama, mistral, ...), within
+    SNAP_TOLERANCE of a published model of that arch, that model's shape (plan --params 7e9 --arch
+    llama: Llama 2 7B), else the derivation below with the nearest such model's vocabulary and
+    sequence length. Otherwise depth follows the family: log L is
     interpolated in log N between the bracketing members, width h (a multiple of 128, head dim 128)
     solves N = L * (12h^2 + 13h) + V*h, and L is re-solved for that h.
     """
@@ -63,6 +66,15 @@ def spec_from_params(params: float, arch: str = "gpt2", seq_len: int | None = No
         spec = _spec_from_entry(closest[1], closest[2])
         return spec.replace(seq_len=seq_len or spec.seq_len, vocab=vocab or spec.vocab)
 
+    if arch != "gpt2":   # another family: its nearest published member, or its vocab and s
+        kin = sorted((total_params(_spec_from_entry(n, e)), n, e)
+                     for n, e in _published().items() if e.get("arch") == arch)
+        if kin:
+            near = min(kin, key=lambda m: abs(m[0] - params) / params)
+            spec = _spec_from_entry(near[1], near[2])
+            if abs(near[0] - params) / params <= SNAP_TOLERANCE:
+                return spec.replace(seq_len=seq_len or spec.seq_len, vocab=vocab or spec.vocab)
+            vocab, seq_len = vocab or spec.vocab, seq_len or spec.seq_len
     vocab = vocab or 50257
     seq_len = seq_len or 2048
     counts = [m[0] for m in members]

@@ -94,6 +94,15 @@ def bubble_fraction(pp: int, micro_batches: int, virtual_stages: int = 1) -> flo
     return (pp - 1) / (virtual_stages * micro_batches + pp - 1)
 
 
+def bubble_formula(pp: int, micro_batches: int, virtual_stages: int = 1) -> str:
+    """The formula bubble_fraction evaluates for this schedule, with its values, for printing
+    beside the fraction (text report and pages: the formula printed is the one computed)."""
+    if virtual_stages > 1:
+        return (f"(p-1)/(v*m+p-1) with p={pp}, v={virtual_stages}, m={micro_batches} "
+                "(interleaved)")
+    return f"(p-1)/(m+p-1) with p={pp}, m={micro_batches}"
+
+
 def bubble_ratio(pp: int, micro_batches: int, virtual_stages: int = 1) -> float:
     """Bubble time over ideal compute time, Narayanan et al. 2021 Sections 2.2.1-2.2.2:
     (p - 1) / m, and (p - 1) / (v m) for the interleaved schedule."""

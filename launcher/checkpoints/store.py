@@ -178,13 +178,14 @@ class CheckpointStore:
         self.pending = PendingSave(self.ckpt_dir, draft, writer, time.perf_counter() - started,
                                    spec=run.spec)
 
-    def after_step(self, step: int, loss, grad_norm) -> None:
+    def after_step(self, step: int, loss, grad_norm, healthy: bool = True) -> None:
         """Every rank, after each optimizer step: a save whose writes all finished gets its
-        manifest; rank 0 counts healthy steps, moves the trusted pointer and prunes."""
+        manifest; rank 0 counts healthy steps, moves the trusted pointer and prunes. healthy=False:
+        the guard judged the step unhealthy (launcher/guard.py) however finite its numbers."""
         if self.pending is not None:
             self._settle(wait=False)
         if self.trust is not None:
-            warning, moved = self.trust.observe(step, loss, grad_norm)
+            warning, moved = self.trust.observe(step, loss, grad_norm, healthy)
             if warning:
                 self._say(warning, warning=True)
             if moved:

@@ -56,16 +56,17 @@ class Trust:
     def committed(self, step: int) -> None:
         self.candidates.append(step)
 
-    def observe(self, step: int, loss, grad_norm) -> tuple[str | None, bool]:
+    def observe(self, step: int, loss, grad_norm, healthy: bool = True) -> tuple[str | None, bool]:
         """After optimizer step `step`: (a warning line to log or None, whether the trusted tag
-        moved on)."""
-        if not (finite(loss) and finite(grad_norm)):
+        moved on). healthy=False: the guard judged the step unhealthy (a spike, a skip)."""
+        if not (healthy and finite(loss) and finite(grad_norm)):
             self.clean_from = step
             warning = None
             if not self.unhealthy_streak:
                 kept = tag_for_step(self.floor()) if self.floor() is not None else "every tag"
-                warning = (f"step {step}: loss {loss} and gradient norm {grad_norm} are not both "
-                           f"finite; no checkpoint from here on is trusted until "
+                what = (f"loss {loss} and gradient norm {grad_norm} are not both finite"
+                        if healthy else "the guard judged the step unhealthy")
+                warning = (f"step {step}: {what}; no checkpoint from here on is trusted until "
                            f"{self.healthy_steps} finite steps follow it, and pruning keeps {kept}"
                            " and every newer tag")
             self.unhealthy_streak = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from llmlaunch.topology import planner
 from llmlaunch.topology.cost import DEFAULT_PUE, cost_from_throughput
@@ -52,6 +53,11 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--capacity-factor", type=float, default=1.0, metavar="C",
                    help="MoE: expert buffers (all-to-all, expert GEMMs) padded to C x the balanced "
                         "load (default 1.0)")
+    g.add_argument("--memory-headroom", type=float, metavar="FRACTION",
+                   default=planner.DEFAULT_MEMORY_HEADROOM,
+                   help="fraction of each GPU's memory a layout must leave free, e.g. 0.1 "
+                        f"(default {planner.DEFAULT_MEMORY_HEADROOM:g}: the estimate already "
+                        "holds 5%% allocator fragmentation)")
     g.add_argument("--cp", type=int, metavar="N",
                    help="context-parallel degree: N ranks share each sequence (default: searched where "
                         "sequences are long)")
@@ -101,7 +107,22 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--tokenizer", metavar="PATH",
                    help="--emit: the run's Hugging Face tokenizer directory or tokenizer.json")
     o.add_argument("--job-name", help="Slurm job name for --emit (default: the model name)")
-    o.add_argument("--time", default="02:00:00", help="Slurm time limit for --emit")
+    o.add_argument("--time", default="02:00:00", help="Slurm time limit for --emit (default "
+                   "02:00:00; give your partition's limit: the job requeues itself at each)")
+    o.add_argument("--fs-gb-per-s", type=float, metavar="GB/S",
+                   help="--emit: file-system write bandwidth for the job, GB/s, for the save time "
+                        "and the checkpoint interval (default: Llama 3's 2 TB/s for 16,384 GPUs, "
+                        "scaled to --gpus)")
+    o.add_argument("--mtbf-hours", type=float, metavar="H",
+                   help="--emit: mean hours between failures of one GPU (default 50,677: Llama 3, "
+                        "419 interruptions in 54 days on 16,384 H100)")
+    env = o.add_mutually_exclusive_group()
+    env.add_argument("--container", metavar="IMAGE",
+                     help="--emit: the ranks run in this image (pyxis srun --container-image; "
+                          "the run and data folders mounted)")
+    env.add_argument("--env-setup", metavar="FILE",
+                     help="--emit: a bash file sourced before the supervisor and every task "
+                          "(module load, venv or conda activation)")
     o.add_argument("--min-nodes", type=int, metavar="K",
                    help="--emit an elastic job: #SBATCH --nodes=K-N, each start trains on the "
                         "hosts it got (dp from the ranks, the global batch kept; docs/launch.md)")
@@ -260,10 +281,16 @@ def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
         raise ValueError(f"--capacity-factor must be at least 1.0 (the balanced load), got "
                          f"{args.capacity_factor:g}")
     optimizer = getattr(args, "optimizer", "adamw")
+    if not 0 <= args.memory_headroom < 1:
+        raise ValueError(f"--memory-headroom is a fraction of GPU memory in [0, 1), e.g. 0.1; got "
+                         f"{args.memory_headroom:g}")
+    notes.append(f"memory headroom {args.memory_headroom:.0%}"
+                 + (" (default; --memory-headroom FRACTION keeps some free)"
+                    if args.memory_headroom == planner.DEFAULT_MEMORY_HEADROOM else ""))
     options = planner.PlanOptions(global_batch=batch, seq_len=spec.seq_len, precision=precision,
                                   flash_attention=not args.no_flash,
                                   capacity_factor=args.capacity_factor, engine=args.engine,
-                                  optimizer=optimizer)
+                                  memory_headroom=args.memory_headroom, optimizer=optimizer)
     zero = args.zero
     if optimizer == "adafactor":
         refusal = optimizer_refusal(optimizer, 0 if zero is None else zero, precision, spec)
@@ -420,17 +447,24 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.report:
         from llmlaunch.report.plan_page import write_plan_report
 
-        write_plan_report(args.report, inputs, result, chosen)
+        write_plan_report(args.report, inputs, result, chosen, horizon, args.tokens)
         print(f"wrote {args.report}", file=sys.stderr if args.json else sys.stdout)
     if chosen is None or not chosen.fits:
         print(f"llmlaunch: error: {no_fit_message(inputs, result)}", file=sys.stderr)
         return 1
     if args.emit:
-        from llmlaunch.launcher.emit import emit_plan
+        from llmlaunch.launcher.emit import checkpoint_plan_for, emit_plan
 
+        if args.env_setup and not Path(args.env_setup).is_file():
+            raise ValueError(f"--env-setup {args.env_setup!r} is not a file (give a bash file to "
+                             "source: module load ..., source venv/bin/activate)")
+        checkpoints = checkpoint_plan_for(inputs, chosen, args.fs_gb_per_s, args.mtbf_hours)
         written = emit_plan(args.emit, inputs, chosen, force=args.force, job_name=args.job_name,
                             time_limit=args.time, tokens=args.tokens,
                             resume_from=resume_source_of(args), min_nodes=args.min_nodes,
-                            data=args.data, tokenizer=args.tokenizer)
+                            data=args.data, tokenizer=args.tokenizer, checkpoints=checkpoints,
+                            container=args.container or "", env_setup=args.env_setup or "")
+        out = sys.stderr if args.json else sys.stdout
+        print("\n".join(checkpoints.reasoning()), file=out)
         print(f"wrote {', '.join(written)}", file=sys.stderr if args.json else sys.stdout)
     return 0

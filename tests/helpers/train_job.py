@@ -18,7 +18,7 @@ from paths import TINY_CONFIG
 class Job:
     """A `llmlaunch train --config CONFIG --run-dir RUN_DIR [--nproc N] --set ...` process group."""
 
-    def __init__(self, run_dir, *sets, config=TINY_CONFIG, nproc=None):
+    def __init__(self, run_dir, *sets, config=TINY_CONFIG, nproc=None, warnings=False):
         self.run_dir = Path(run_dir)
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "llmlaunch", "train", "--config", str(config),
@@ -27,7 +27,8 @@ class Job:
             cmd += ["--nproc", str(nproc)]
         for item in sets:
             cmd += ["--set", item]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        # warnings=True: Python's default filters, what a user's run prints
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="default" if warnings else "ignore")
         self.log_path = self.run_dir.parent / f"{self.run_dir.name}.out"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,

@@ -15,9 +15,42 @@ from train_job import Job, losses  # tests/helpers (conftest puts it on sys.path
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("full") / "run"
-    job = Job(run_dir, "train.steps=40", "checkpoint.every=10")
+    job = Job(run_dir, "train.steps=40", "checkpoint.every=10", "train.monitors=[tensorboard,csv]",
+              warnings=True)
     assert job.wait(timeout=400) == 0, job.output()[-3000:]
     return run_dir
+
+
+def test_a_pipeline_run_prints_none_of_the_warnings_traced_to_their_source(uninterrupted):
+    """docs/launch.md, "Warnings": the tied weights' broadcast no longer puts a collective into the
+    autograd graph; DeepSpeed's deprecated all_gather call is hidden by its message."""
+    output = (uninterrupted.parent / "run.out").read_text()
+    assert "may lead to silently incorrect behavior" not in output
+    assert "all_gather_into_tensor" not in output
+
+
+def test_tiny_run_monitors_carry_the_jsonl_losses_and_one_predicted_step_time(uninterrupted):
+    """train.monitors [tensorboard, csv]: TensorBoard's reader and the CSV give metrics.jsonl's
+    losses; the step time the training log predicted is the one metrics.jsonl and the run page use."""
+    import csv
+    import re
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from llmlaunch.metrics_file import read_metrics
+    from llmlaunch.report.run_page import predicted_step_time_s
+
+    records = read_metrics(uninterrupted / "metrics.jsonl")
+    acc = EventAccumulator(str(uninterrupted / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == \
+        [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in records]
+    with open(uninterrupted / "metrics.csv", newline="") as f:
+        assert [float(row["loss"]) for row in csv.DictReader(f)] == [r["loss"] for r in records]
+    log = (uninterrupted / "logs" / "rank00000.log").read_text()
+    logged = float(re.search(r"planner predicts ([0-9.]+) s per step", log)[1])
+    assert {round(r["step_time_predicted_s"], 3) for r in records} == {logged}
+    assert round(predicted_step_time_s(records, None), 3) == logged
 
 
 def test_tiny_run_learns_and_checkpoints(uninterrupted):

@@ -53,7 +53,8 @@ def test_mixtral_plan_text_cost_and_emit(tmp_path, capsys):
     assert main(["cost", "--hf-config", path, "--tokens", "1e12", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["params"] == 46_702_792_704 and out["active_params"] == 12_879_925_248
-    assert out["flops"] == pytest.approx(6 * 12_879_925_248 * 1e12)
+    assert out["flops_6nd"] == pytest.approx(6 * 12_879_925_248 * 1e12)
+    assert out["flops"] > out["flops_6nd"]        # model FLOPs: the active experts plus attention
     assert main(["plan", "--hf-config", path, "--gpus", "64", "--emit",
                  str(tmp_path / "out")]) == 0          # mixtral runs: its layout is emitted
     assert "experts: 8" in (tmp_path / "out" / "run.yaml").read_text()

@@ -116,10 +116,14 @@ def test_cost_json_matches_the_lecture(capsys):
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"flops", "gpu_hours", "gpu_days", "wall_days", "cost_usd", "energy_mwh",
-                        "params", "active_params"}
+                        "params", "active_params", "flops_6nd", "flops_definition"}
     assert out["params"] == out["active_params"] == 175e9          # dense: every parameter active
-    assert out["flops"] == pytest.approx(3.15e23)
-    assert out["gpu_days"] == pytest.approx(11_500, rel=0.02)
+    assert out["flops_6nd"] == pytest.approx(3.15e23)              # the lecture's 6 N D
+    assert out["flops_6nd"] / 312e12 / 86400 == pytest.approx(11_500, rel=0.02)
+    # priced on the model FLOPs of GPT-3's shape (attention over 2048 tokens: +2.5%), as plan's MFU
+    assert out["flops_definition"] == "model"
+    assert out["flops"] == pytest.approx(3.15e23 * 1.025, rel=0.005)
+    assert out["gpu_days"] == pytest.approx(out["flops"] / 312e12 / 86400)
 
 
 def test_scale_json(capsys):
