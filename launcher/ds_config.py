@@ -78,6 +78,16 @@ def zero_section(layout, on_gpu: bool, spec=None) -> dict:
     return zero
 
 
+def optimizer_section(train, on_gpu: bool) -> dict:
+    """ds_config's optimizer for AdamW; Lion and Adafactor are torch optimizers of our own handed to
+    deepspeed.initialize (launcher/optimizers.py), which ZeRO accepts once told to."""
+    if train.optimizer != "adamw":
+        return {"zero_allow_untested_optimizer": True}
+    return {"optimizer": {"type": "AdamW", "params": {
+        "lr": train.lr, "betas": [train.beta1, train.beta2], "eps": ADAM_EPS,
+        "weight_decay": train.weight_decay, **({} if on_gpu else {"torch_adam": True})}}}
+
+
 def deepspeed_config(config: RunConfig, precision: str, on_gpu: bool = True,
                      layout=None) -> dict:
     """The ds_config.json dict for a run (on_gpu: the ranks run on GPUs, else on CPUs). `layout`:
@@ -88,6 +98,10 @@ def deepspeed_config(config: RunConfig, precision: str, on_gpu: bool = True,
         raise ConfigError(f"layout: {layout.not_runnable_reason()}")
     if precision not in ("bf16", "fp32"):
         raise ConfigError(f"precision must be bf16 or fp32, got {precision!r}")
+    if train.optimizer == "adafactor" and (precision == "bf16" or layout.zero_stage):
+        raise ConfigError("train.optimizer adafactor runs in fp32 at layout.zero_stage=0 (ZeRO and "
+                          "DeepSpeed's bf16 optimizer flatten the parameters): set "
+                          "train.precision=fp32 layout.zero_stage=0")
     if precision == "bf16" and lay.zero_stage == 0:
         raise ConfigError("bf16 with ZeRO-0: DeepSpeed accumulates bf16 gradients in fp32 only under "
                           "ZeRO-1 (BF16_Optimizer); use layout.zero_stage=1, which at dp=1 holds the "
@@ -98,9 +112,7 @@ def deepspeed_config(config: RunConfig, precision: str, on_gpu: bool = True,
         "train_micro_batch_size_per_gpu": lay.micro_batch,
         "gradient_accumulation_steps": lay.grad_accum,
         "gradient_clipping": train.grad_clip,
-        "optimizer": {"type": "AdamW", "params": {
-            "lr": train.lr, "betas": [train.beta1, train.beta2], "eps": ADAM_EPS,
-            "weight_decay": train.weight_decay, **({} if on_gpu else {"torch_adam": True})}},
+        **optimizer_section(train, on_gpu),
         "zero_optimization": zero,
         **({} if on_gpu or layout.offload == "none" else {"zero_force_ds_cpu_optimizer": False}),
         "steps_per_print": 10 ** 9,  # llmlaunch logs itself

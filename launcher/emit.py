@@ -67,6 +67,7 @@ def run_config_for(inputs: PlanInputs, candidate: Candidate, job_name: str, time
     config.cluster.gpu = inputs.cluster.gpu.name
     config.cluster.gpus_per_node = inputs.cluster.gpus_per_node
     config.train.precision = inputs.options.precision
+    config.train.optimizer = inputs.options.optimizer
     if tokens and resume_from is None:
         config.train.steps = math.ceil(tokens / (lay.global_batch * spec.seq_len))
         config.train.warmup_steps = min(config.train.steps, max(1, config.train.steps // 100))

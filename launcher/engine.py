@@ -164,6 +164,8 @@ def build_engine(config: RunConfig, ctx=None, kind: str | None = None,
     from llmlaunch.model.pipeline import LMPipeline
     from llmlaunch.model.rank_context import RankContext
 
+    from .optimizers import client_optimizer
+
     ctx = ctx or RankContext.from_environment(config.layout_obj())
     layout = ctx.layout
     spec = config.model_spec()
@@ -193,6 +195,7 @@ def build_engine(config: RunConfig, ctx=None, kind: str | None = None,
     check_build_locks()
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+        optimizer=client_optimizer(config.train, model, spec),
         config=deepspeed_config(config, precision, on_gpu=on_gpu, layout=layout),
         lr_scheduler=lr_scheduler_factory(schedule), mpu=groups)
     run = RunEngine(engine=engine, precision=precision, dtype=dtype, spec=spec, layout=layout,

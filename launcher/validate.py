@@ -21,7 +21,8 @@ not depend on the token values), and measures (every storage counted once, by
   points of the first step (the end of the last backward before the gradient reduction, right after
   it, and inside the optimizer update) and reported as the largest. Communication buckets (ZeRO's
   `ipg_buckets`) are not gradients: the planner counts them as buffers.
-- optimizer: the basic optimizer's state tensors (Adam's exp_avg, exp_avg_sq, a tensor `step`) and
+- optimizer: the basic optimizer's state tensors (Adam's exp_avg, exp_avg_sq, a tensor `step`;
+  Lion's exp_avg; Adafactor's factors, docs/optimizers.md: `train.optimizer` is counted too) and
   the fp32 master weights a wrapper keeps (ZeRO's `single_partition_of_fp32_groups`,
   BF16_Optimizer's `fp32_groups_flat_partition`), after the last step.
 - activations: the storages autograd saves for backward during one forward of this stage on one

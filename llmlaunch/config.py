@@ -89,7 +89,8 @@ class RunConfig:
                 raise ConfigError(f"run.yaml cluster.gpu: {exc}") from None
         return layout_inputs(self.model_spec(), layout or self.layout_obj(), gpu=device,
                              gpus_per_node=self.cluster.gpus_per_node,
-                             precision=precision or self.train.precision)
+                             precision=precision or self.train.precision,
+                             optimizer=self.train.optimizer)
 
     def validate(self) -> "RunConfig":
         """Cross-field checks (config_checks.py); raises ConfigError naming the offending keys."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from llmlaunch.config_sections import ConfigError
 from llmlaunch.topology.model_spec import untrainable_reasons
+from llmlaunch.topology.optimizer_states import optimizer_refusal
 
 
 def check_run_config(config, spec, layout) -> None:
@@ -30,6 +31,13 @@ def check_run_config(config, spec, layout) -> None:
     if config.train.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"train.precision must be auto, bf16 or fp32, got "
                           f"{config.train.precision!r}")
+    precision = config.train.precision
+    if precision == "auto":   # as a rank resolves it on the cluster's device
+        precision = "fp32" if config.cluster.gpu == "cpu" else "bf16"
+    refusal = optimizer_refusal(config.train.optimizer, layout.zero_stage, precision, spec,
+                                layout.offload)
+    if refusal:
+        raise ConfigError(refusal)
     from llmlaunch.launcher.monitors import monitor_problems
 
     problem = monitor_problems(config.train.monitors, config.train.wandb_mode)

@@ -143,7 +143,7 @@ class StragglerSection:
 
 @dataclass
 class TrainSection:
-    """Optimisation: AdamW, linear warmup then cosine decay to min_lr."""
+    """Optimisation: AdamW, Lion or Adafactor, linear warmup then cosine decay to min_lr."""
 
     steps: int = 100
     """Optimizer steps."""
@@ -158,9 +158,12 @@ class TrainSection:
     grad_clip: float = 1.0
     """Global gradient-norm clip (0: off)."""
     beta1: float = 0.9
-    """AdamW beta1."""
+    """AdamW beta1 (Lion's interpolation)."""
     beta2: float = 0.95
-    """AdamW beta2."""
+    """AdamW beta2 (Lion's moment decay)."""
+    optimizer: str = "adamw"
+    """adamw, lion (one moment, beta1/beta2 as Lion's) or adafactor (factored second moments,
+    fixed lr from the schedule; ZeRO-0 only): docs/optimizers.md."""
     seed: int = 1234
     """Seed of initialisation and data order."""
     precision: str = "auto"

@@ -24,6 +24,7 @@ def plan_json(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
         "precision": inputs.options.precision,
         "engine": inputs.options.engine,
         "capacity_factor": inputs.options.capacity_factor,
+        "optimizer": inputs.options.optimizer,
         "candidates": [c.to_dict() for c in result.candidates],
         "evaluated": result.evaluated,
         "defaults": list(inputs.defaults),

@@ -20,6 +20,7 @@ from .experts import expert_data_parallel, expert_params_held
 from .fp8 import fp8_weight_copy_bytes
 from .frozen_hash import cached_hash
 from .model_spec import ModelSpec
+from .optimizer_states import adafactor_stage_elements, state_bytes_per_parameter
 from .params import dense_layer_params, embedding_params, head_params, layer_params
 from .stage_split import split_stages
 
@@ -73,6 +74,18 @@ class Precision:
     stored weights are wider (FSDP keeps fp32 parameters and gathers bf16 copies); 0: weight_bytes."""
     fp8: bool = False
     """The block's linear layers run as FP8 GEMMs (fp8.py), everything else in bf16."""
+    optimizer: str = "adamw"
+    """train.optimizer (optimizer_states.py): optimizer_bytes counts AdamW's two fp32 moments;
+    Lion keeps one, Adafactor none per element (its factored moments are counted per stage)."""
+
+    @property
+    def optimizer_state_bytes(self) -> int:
+        """optimizer_bytes for this precision's optimizer: the master copy (if any) and the
+        elementwise moments (AdamW 8, Lion 4, Adafactor 0 bytes per parameter)."""
+        if self.optimizer == "adamw":
+            return self.optimizer_bytes
+        moments = 0 if self.optimizer == "adafactor" else state_bytes_per_parameter(self.optimizer)
+        return self.optimizer_bytes - state_bytes_per_parameter("adamw") + moments
 
     def __hash__(self) -> int:
         return cached_hash(self)
@@ -142,7 +155,7 @@ def model_state_bytes(params: float, dp: int, zero_stage: int, precision: Precis
     partition of an fp32 model; 0 for the paper's mixed precision, whose K = 12 includes it).
     """
     master = precision.zero_master_bytes if zero_stage >= 1 else 0
-    optimizer_bytes = precision.optimizer_bytes + master
+    optimizer_bytes = precision.optimizer_state_bytes + master
     return {
         "weights": params * precision.weight_bytes / (dp if zero_stage >= 3 else 1),
         "gradients": (params * precision.grad_bytes / (dp if zero_stage >= 2 else 1)
@@ -196,7 +209,7 @@ def deepspeed_model_state_bytes(params: float, dp: int, zero_stage: int, precisi
     return {
         "weights": 0.0 if offload == "optimizer+params" else weights,
         "gradients": zero_gradient_bytes(params, dp, zero_stage, precision, offload),
-        "optimizer": 0.0 if offload != "none" else params * (precision.optimizer_bytes + master) / dp,
+        "optimizer": 0.0 if offload != "none" else params * (precision.optimizer_state_bytes + master) / dp,
     }
 
 
@@ -419,6 +432,9 @@ def _stage_fixed(spec: ModelSpec, first: bool, last: bool, blocks: int, dense: i
     if expert:
         expert_states = states_of(expert, expert_shard, zero_stage, precision, offload)
         states = {key: value + expert_states[key] for key, value in states.items()}
+    if precision.optimizer == "adafactor":    # factored moments (ZeRO-0 only: optimizer_states.py)
+        states["optimizer"] += FP32_BYTES * adafactor_stage_elements(
+            spec, tp=tp, blocks=blocks, first=first, last=last, pp=pp)
     if precision.fp8 and engine.fp8 != "torchao":   # Transformer Engine's FP8 weight copies
         states["weights"] += fp8_weight_copy_bytes(linear_params_held(spec, tp, blocks, moe_blocks, ep),
                                                    engine.fp8)

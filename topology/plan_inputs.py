@@ -71,13 +71,14 @@ def cluster_for(gpus: int, gpus_per_node: int, gpu: GpuSpec) -> Cluster:
 
 def layout_inputs(spec: ModelSpec, layout: Layout, *, gpu: GpuSpec, gpus_per_node: int,
                   precision: str = "auto", flash_attention: bool = True,
-                  notes: tuple[str, ...] = ()) -> PlanInputs:
+                  notes: tuple[str, ...] = (), optimizer: str = "adamw") -> PlanInputs:
     """PlanInputs for a known layout (world size dp*pp*tp): the one adapter from a run to the
-    planner. `precision` may be 'auto' (resolve_precision)."""
+    planner. `precision` may be 'auto' (resolve_precision); `optimizer` train.optimizer's."""
     resolved = resolve_precision(precision, gpu.precision)
     cluster = cluster_for(layout.world_size, gpus_per_node, gpu)
     options = PlanOptions(global_batch=layout.global_batch, seq_len=spec.seq_len,
-                          precision=resolved, flash_attention=flash_attention)
+                          precision=resolved, flash_attention=flash_attention,
+                          optimizer=optimizer)
     lines = (f"layout {layout.describe()}, micro-batch {layout.micro_batch}, grad_accum "
              f"{layout.grad_accum}",
              f"precision {resolved}" + (" (auto)" if precision == "auto" else ""),

@@ -58,6 +58,8 @@ class PlanOptions:
     """MoE: expert buffers padded to this multiple of the balanced load (topology/experts.py)."""
     memory_headroom: float = DEFAULT_MEMORY_HEADROOM
     """Fraction of each GPU's memory a layout must leave free to fit (plan --memory-headroom)."""
+    optimizer: str = "adamw"
+    """train.optimizer, whose states the memory counts (topology/optimizer_states.py)."""
 
 
 @dataclass
@@ -141,7 +143,8 @@ def evaluate(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOpt
         return cand
     if layout.offload != "none" and not offload_priced(cluster):
         return cand    # no figure to price the offload with: not estimable (its reason says so)
-    precision = precision_for(options.precision, eng)
+    precision = dataclasses.replace(precision_for(options.precision, eng),
+                                    optimizer=options.optimizer)
     gpu = cluster.gpu
     cand.stages = pipeline_memory(
         spec, dp=layout.dp, pp=layout.pp, tp=layout.tp, micro_batch=layout.micro_batch,
@@ -409,7 +412,8 @@ def _search_shape(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins:
                     # offload only where memory alone rules the layout out (it was estimated)
                     offloads = (searched_offloads(zero, cluster)
                                 if pp == 1 and not cand.fits and cand.stages
-                                and eng.zero_accounting == "deepspeed" else ())
+                                and eng.zero_accounting == "deepspeed"
+                                and options.optimizer == "adamw" else ())   # DeepSpeed's CPU Adam
                     for offload in offloads:
                         moved = evaluate(spec, cluster, dataclasses.replace(layout, offload=offload),
                                          options, estimate_rejected=False)

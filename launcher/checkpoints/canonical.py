@@ -2,7 +2,8 @@
 layout.
 
 For every canonical parameter (model/sharding.py names, e.g. blocks.3.attn.qkv.weight) and every
-tensor-parallel slice of it, the fp32 master weight and Adam's exp_avg and exp_avg_sq, one file per
+tensor-parallel slice of it, the fp32 master weight and the optimizer's state (AdamW's exp_avg and
+exp_avg_sq, Lion's exp_avg, Adafactor's factored moments: optimizer_state.py), one file per
 (name, TP rank): `canonical/NAME/tpR.pt`. The tag's manifest (manifest.py) says the model, the
 layout they were written under, Adam's step count and every file with its checksum. These files
 are the only copy of the training state: DeepSpeed's own checkpoint files are not written (they
@@ -25,8 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .manifest import Manifest, TagProblem, tensor_path
-
-STATE_KEYS = ("param", "exp_avg", "exp_avg_sq")
+from .optimizer_state import new_optimizer_state, optimizer_state_keys, state_split
 
 
 def tensor_file(root: Path, name: str, tp_rank: int) -> Path:
@@ -73,18 +73,19 @@ def _wrapped(param) -> bool:
 
 
 def get_state(engine, param) -> dict:
-    """{param, exp_avg, exp_avg_sq} of one parameter, full (this TP slice), fp32, on CPU.
-    Collective over the data-parallel group for ZeRO parameters."""
+    """{param, the optimizer's state (optimizer_state.py)} of one parameter, full (this TP slice),
+    fp32, on CPU. Collective over the data-parallel group for ZeRO parameters."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
+    keys = optimizer_state_keys(_basic_optimizer(engine), param)
     if _wrapped(param):
         out = {"param": safe_get_full_fp32_param(param)}
-        for key in STATE_KEYS[1:]:
+        for key in keys:
             out[key] = safe_get_full_optimizer_state(param, key)
     else:
         state = _basic_optimizer(engine).state.get(param, {})
         out = {"param": param.detach()}
-        for key in STATE_KEYS[1:]:
+        for key in keys:
             out[key] = state.get(key)
     for key, value in out.items():
         if value is None:
@@ -101,16 +102,23 @@ def _own_fp32_cpu_copy(value):
 
 
 def set_state(engine, param, state: dict, dp_rank: int) -> None:
-    """Set one parameter's fp32 master, its model copy, and Adam's moments from full fp32 tensors
-    (this TP slice). Collective-free; every data-parallel rank sets its own partitions (`dp_rank`:
-    the rank's index in DeepSpeed's data-parallel group, ZeRO's partition index)."""
+    """Set one parameter's fp32 master, its model copy, and the optimizer's state from full fp32
+    tensors (this TP slice). Collective-free; every data-parallel rank sets its own partitions
+    (`dp_rank`: the rank's index in DeepSpeed's data-parallel group, ZeRO's partition index). A
+    tag written by another optimizer raises ValueError naming what it holds."""
     import torch
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
+    keys = optimizer_state_keys(_basic_optimizer(engine), param)
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise ValueError(f"the checkpoint holds {', '.join(sorted(set(state) - {'param'}))} for a "
+                         f"parameter, the optimizer needs {', '.join(keys)}: it was written under "
+                         "another train.optimizer")
     value = state["param"].to(device=param.device)
     if _wrapped(param):
         safe_set_full_fp32_param(param, value)
-        for key in STATE_KEYS[1:]:
+        for key in keys:
             safe_set_full_optimizer_state(param, state[key].to(param.device), key)
         if hasattr(param, "ds_tensor"):          # ZeRO-3: the model copy is partitioned too
             part = param.ds_tensor
@@ -124,9 +132,10 @@ def set_state(engine, param, state: dict, dp_rank: int) -> None:
     else:
         optimizer = _basic_optimizer(engine)
         slot = optimizer.state[param]
-        for key in STATE_KEYS[1:]:
+        for key in keys:
             slot[key] = state[key].to(device=param.device, dtype=torch.float32).clone()
-        slot.setdefault("step", torch.zeros((), dtype=torch.float32))
+        if "step" not in slot:
+            slot["step"] = new_optimizer_state(optimizer, param)["step"]
     with torch.no_grad():
         param.data.copy_(value.to(param.dtype).view_as(param.data))
 
@@ -142,19 +151,14 @@ def _optimizer_tensors(engine) -> list:
 
 
 def ensure_optimizer_state(engine) -> None:
-    """Create Adam's state before the first step, as torch's AdamW would (zero moments, step 0),
-    and let a ZeRO / bf16 wrapper link its parameters to it (DeepSpeed links them lazily, after
-    the first step): a moved checkpoint is loaded before any step is taken."""
-    import torch
-
+    """Create the optimizer's state before the first step, as the optimizer would (zero moments,
+    step 0), and let a ZeRO / bf16 wrapper link its parameters to it (DeepSpeed links them lazily,
+    after the first step): a moved checkpoint is loaded before any step is taken."""
     optimizer = _basic_optimizer(engine)
     for param in _optimizer_tensors(engine):
         slot = optimizer.state.get(param)
-        if not slot or "exp_avg" not in slot:
-            optimizer.state[param] = {
-                "step": torch.zeros((), dtype=torch.float32),
-                "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
-                "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
+        if not slot or optimizer_state_keys(optimizer, param)[0] not in slot:
+            optimizer.state[param] = new_optimizer_state(optimizer, param)
     link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
     if link is not None:
         link()
@@ -171,7 +175,8 @@ def relink_optimizer_state(engine) -> None:
 
 
 def set_adam_steps(engine, step_count: int) -> None:
-    """Adam's step (bias correction) of every state the basic optimizer holds."""
+    """The optimizer's step count (Adam's bias correction, Adafactor's decay) in every state the
+    basic optimizer holds."""
     import torch
 
     optimizer = _basic_optimizer(engine)
@@ -187,7 +192,7 @@ def set_adam_steps(engine, step_count: int) -> None:
 
 
 def adam_step_count(engine) -> int:
-    """Adam's step count (the optimizer steps taken)."""
+    """The optimizer's step count (the optimizer steps taken)."""
     optimizer = _basic_optimizer(engine)
     for slot in optimizer.state.values():
         step = slot.get("step")
@@ -200,7 +205,7 @@ def adam_step_count(engine) -> int:
 # writing (every rank, collective) and reading (any layout)
 
 def snapshot(run) -> list[tuple[str, dict]]:
-    """This rank's share of a tag: [(path in the tag, {param, exp_avg, exp_avg_sq})], fp32 copies
+    """This rank's share of a tag: [(path in the tag, {param, optimizer state})], fp32 copies
     on CPU that training may run on from. Every rank calls it (ZeRO's accessors gather over the
     data-parallel group, one parameter at a time; an expert's over its expert-data-parallel group);
     parameter i of a (stage, TP rank) is this rank's to write when i mod (dp x cp) is its index in
@@ -255,9 +260,10 @@ class CanonicalReader:
                              f"{cause})") from None
 
     def slice_for(self, name: str, tp_rank: int, tp: int) -> dict:
-        """{param, exp_avg, exp_avg_sq} of `name` for TP rank `tp_rank` of `tp`: its own file when
+        """{param, optimizer state} of `name` for TP rank `tp_rank` of `tp`: its own file when
         the checkpoint has that TP degree, else re-sliced from the source slices one state at a
-        time (memory: the source slices, memory-mapped, one full fp32 tensor and the result)."""
+        time (memory: the source slices, memory-mapped, one full fp32 tensor and the result; each
+        state cut as optimizer_state.state_split says)."""
         from llmlaunch.model.sharding import merge_shards, shard_tensor, tp_split
 
         if tp == self.tp:
@@ -265,19 +271,22 @@ class CanonicalReader:
         split = tp_split(self.spec, name)
         slices = self._mapped_slices(name)
         out = {}
-        for key in STATE_KEYS:
-            full = merge_shards([s[key] for s in slices], split)
-            out[key] = shard_tensor(full, split, tp_rank, tp).clone()
+        for key in slices[0]:
+            cut = state_split(split, key, slices[0]["param"].dim())
+            full = merge_shards([s[key] for s in slices], cut)
+            out[key] = shard_tensor(full, cut, tp_rank, tp).clone()
             del full
         return out
 
     def full(self, name: str) -> dict:
-        """{param, exp_avg, exp_avg_sq}: the full, unpadded fp32 tensors of `name`."""
+        """{param, optimizer state}: the full, unpadded fp32 tensors of `name`."""
         from llmlaunch.model.sharding import merge_shards, tp_split
 
         slices = self._mapped_slices(name)
         split = tp_split(self.spec, name)
-        return {key: merge_shards([s[key] for s in slices], split) for key in STATE_KEYS}
+        return {key: merge_shards([s[key] for s in slices],
+                                  state_split(split, key, slices[0]["param"].dim()))
+                for key in slices[0]}
 
     def _mapped_slices(self, name: str) -> list[dict]:
         """The source TP slices of `name`, memory-mapped: pages are read as they are used."""

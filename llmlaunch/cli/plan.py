@@ -16,6 +16,7 @@ from llmlaunch.topology.layout import CP_KINDS, RECOMPUTE_MODES, Layout
 from llmlaunch.topology.approximations import planning_notes
 from llmlaunch.topology.model_spec import ModelSpec
 from llmlaunch.topology.params import total_params
+from llmlaunch.topology.optimizer_states import OPTIMIZERS, optimizer_refusal
 from llmlaunch.topology.plan_inputs import PlanInputs, cluster_for, resolve_precision
 from llmlaunch.topology.shapes import preset, spec_from_params
 
@@ -67,6 +68,10 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=("bf16", "fp8", "fp32"),
                    help="default: bf16 on GPUs, fp32 on --gpu cpu; fp8: FP8 GEMMs in the linear "
                         "layers, bf16 elsewhere (estimate only: --emit refuses)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                   help="the optimizer whose states are counted: adamw (two moments, default), "
+                        "lion (one), adafactor (factored second moments; ZeRO-0 and fp32 only): "
+                        "docs/optimizers.md")
     g.add_argument("--engine", choices=engine_names(), default=DEFAULT_ENGINE, metavar="NAME",
                    help="the training engine the step is priced for: "
                         + "; ".join(f"{name}{' (what llmlaunch runs, default)' if e.runnable else ''}"
@@ -275,6 +280,7 @@ def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
     if not args.capacity_factor >= 1:
         raise ValueError(f"--capacity-factor must be at least 1.0 (the balanced load), got "
                          f"{args.capacity_factor:g}")
+    optimizer = getattr(args, "optimizer", "adamw")
     if not 0 <= args.memory_headroom < 1:
         raise ValueError(f"--memory-headroom is a fraction of GPU memory in [0, 1), e.g. 0.1; got "
                          f"{args.memory_headroom:g}")
@@ -284,7 +290,17 @@ def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
     options = planner.PlanOptions(global_batch=batch, seq_len=spec.seq_len, precision=precision,
                                   flash_attention=not args.no_flash,
                                   capacity_factor=args.capacity_factor, engine=args.engine,
-                                  memory_headroom=args.memory_headroom)
+                                  memory_headroom=args.memory_headroom, optimizer=optimizer)
+    zero = args.zero
+    if optimizer == "adafactor":
+        refusal = optimizer_refusal(optimizer, 0 if zero is None else zero, precision, spec)
+        if refusal:
+            raise ValueError(f"--optimizer {refusal.split(' ', 1)[1]} (--zero, --precision)")
+        zero = 0
+        notes.append("zero 0: Adafactor's factored moments need unflattened parameters")
+    if optimizer != "adamw":
+        notes.append(f"optimizer {optimizer}: its states counted as it allocates them "
+                     "(docs/optimizers.md)")
     if precision == "fp8" and not gpu.fp8_peak_tflops:
         raise ValueError(f"--precision fp8: {gpu.name} has no FP8 tensor cores; use bf16, or a GPU "
                          "with FP8 (h100-80gb, h200-141gb, b200-180gb, gb200-186gb, mi300x-192gb)")
@@ -292,7 +308,7 @@ def resolve_inputs(args: argparse.Namespace) -> PlanInputs:
         raise ValueError(f"--virtual-stages must be a positive integer, got {args.virtual_stages}")
     cp = args.cp
     pins = planner.Pins(dp=args.dp, pp=args.pp, tp=args.tp, micro_batch=args.micro_batch,
-                        zero_stage=args.zero, recompute=args.recompute,
+                        zero_stage=zero, recompute=args.recompute,
                         sequence_parallel=args.sequence_parallel, virtual_stages=args.virtual_stages,
                         ep=args.ep, cp=cp, cp_kind=args.cp_kind)
     check_pins(pins, cluster.gpus)
