@@ -64,6 +64,9 @@ def plan_text(inputs: PlanInputs, result: SearchResult, chosen: Candidate | None
         lines.append(f"{len(result.candidates)} of {result.evaluated} evaluated layouts fit; "
                      f"top {len(shown)} by estimated throughput:")
         rows, headers = candidate_rows(shown), CANDIDATE_HEADERS
+        if any(c.layout.sequence_parallel for c in shown):   # SP beside the tp it splits
+            rows = [row[:3] + [f"{row[3]} +SP" if c.layout.sequence_parallel else row[3]] + row[4:]
+                    for c, row in zip(shown, rows)]
         if spec.moe:  # the expert-parallel degree after tp
             rows = [row[:4] + [c.layout.ep] + row[4:] for c, row in zip(shown, rows)]
             headers = headers[:4] + ["ep"] + headers[4:]

@@ -50,6 +50,16 @@ def test_plan_text_report_has_the_topology_memory_and_time(capsys):
         assert needle in text
 
 
+def test_the_table_marks_sequence_parallel_rows_beside_their_tp(capsys):
+    """Searched on and off with TP, two rows otherwise alike differ in SP: the table says which."""
+    assert main(["plan", "--gpus", "64", "--model", "llama2-13b", "--tp", "4", "--pp", "1",
+                 "--recompute", "none", "--zero", "2", "--top", "40"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line.strip()[:1].isdigit() and len(line.split()) > 12]
+    tps = {tuple(r[3:5]) for r in rows}
+    assert ("4", "+SP") in tps and any(r[3] == "4" and r[4] != "+SP" for r in rows)
+
+
 def test_all_pinned_evaluates_exactly_that_layout(capsys):
     out = plan_json(capsys, "--gpus", "1024", "--params", "175e9", "--tp", "8", "--pp", "8",
                     "--dp", "16", "--micro-batch", "1", "--zero", "1", "--recompute", "selective")
