@@ -122,9 +122,15 @@ class SkipRecord:
             {"ranges": self.ranges, "events": self.events, "rollbacks": self.rollbacks},
             indent=1) + "\n")
 
-    def add(self, first: int, last: int, action: str, reason: str) -> None:
+    def add(self, first: int, last: int, action: str, reason: str, to: int | None = None) -> None:
         self.ranges = merge(self.ranges + [[first, last]])
-        self.events.append({"step": last, "action": action, "reason": reason})
+        self.events.append({"step": last, "action": action, "reason": reason,
+                            **({} if to is None else {"to": to})})
+
+    def rollback_targets(self) -> frozenset:
+        """The steps of the tags earlier rollbacks returned to (never returned to twice)."""
+        return frozenset(e["to"] for e in self.events
+                         if e.get("action") == ROLLBACK and e.get("to") is not None)
 
     def skipped(self, step: int) -> bool:
         return any(a <= step <= b for a, b in self.ranges)

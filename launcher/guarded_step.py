@@ -138,7 +138,7 @@ class StepGuard:
             self.bad_from = step
         tag = None
         if self.streak >= self.settings.bad_steps:
-            tag = rollback_tag(store, self.bad_from)
+            tag = rollback_tag(store, self.bad_from, self.record.rollback_targets())
         decision = conclude(self.streak, self.bad_from, reason, self.settings.bad_steps,
                             tag is not None, self.settings.rollbacks - self.record.rollbacks)
         line = decision.line(step, tag[0].name if tag else None)
@@ -151,7 +151,7 @@ class StepGuard:
             self.record.add(step, step, SKIP, reason)
         elif decision.action == ROLLBACK:
             tag_dir, manifest = tag
-            self.record.add(manifest.step + 1, step, ROLLBACK, reason)
+            self.record.add(manifest.step + 1, step, ROLLBACK, reason, to=manifest.step)
             self.record.rollbacks += 1
             roll_back(store, self.run, tag_dir, manifest, self.record, step)
             self.streak = 0
@@ -221,15 +221,18 @@ def grads_finite(optimizer) -> bool:
     return all(bool(torch.isfinite(g).all()) for g in grads)
 
 
-def rollback_tag(store, before_step: int):
-    """Collective: (tag_dir, manifest) of the newest verified tag before `before_step`, or None."""
+def rollback_tag(store, before_step: int, used: frozenset = frozenset()):
+    """Collective: (tag_dir, manifest) of the newest verified tag before `before_step` that no
+    earlier rollback returned to, or None. A tag the run went bad again from is suspect itself (a
+    checkpoint that verifies can still hold a NaN it was saved with): the next rollback goes to an
+    older one."""
     from .checkpoints.comm import Comm
     from .checkpoints.tags import step_of, tag_dirs
     from .checkpoints.verify import verify_tag
 
     comm = Comm()
     for tag_dir in reversed(comm.from_first(lambda: tag_dirs(store.ckpt_dir))):
-        if step_of(tag_dir.name) >= before_step:
+        if step_of(tag_dir.name) >= before_step or step_of(tag_dir.name) in used:
             continue
         manifest, problem = verify_tag(tag_dir, comm)
         if problem is None and manifest.kind != "deepspeed":

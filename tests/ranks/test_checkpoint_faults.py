@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -102,6 +103,9 @@ def test_damaged_tags_fall_back_to_the_newest_that_verifies(tmp_path, source):
 
 
 def test_poison_that_verifies_keeps_the_trusted_tag(tmp_path, source):
+    """A NaN saved into the newest tag (it verifies: it was hashed with the NaN): the store keeps the
+    trusted tag, and the guard (launcher/guard.py) rolls back to the poisoned tag once, finds the
+    run bad again from it, and goes on from the trusted one instead of training NaN to the end."""
     from llmlaunch.launcher.checkpoints.canonical import tensor_file
 
     run_dir = tmp_path / "run"
@@ -113,15 +117,18 @@ def test_poison_that_verifies_keeps_the_trusted_tag(tmp_path, source):
     state["param"][3] = float("nan")
     torch.save(state, weights)
     resign(ckpt / "step00000004")                  # as if the NaN had been saved
-    job = Job(run_dir, "train.steps=10", f"checkpoint.every={EVERY}", "train.log_every=1",
+    job = Job(run_dir, "train.steps=16", f"checkpoint.every={EVERY}", "train.log_every=1",
               "checkpoint.keep=1", "checkpoint.healthy_steps=2")
     assert job.wait(timeout=400) == 0, job.output()[-3000:]
     log = rank0_log(run_dir)
     assert f"resumed from {ckpt / 'step00000004'} (step 4)" in log
-    [warning] = [x for x in log.splitlines() if "are not both finite" in x]
-    assert "step 5: loss nan" in warning and "pruning keeps step00000002" in warning
-    assert sorted(p.name for p in ckpt.glob("step*")) == [f"step{s:08d}" for s in (2, 4, 6, 8, 10)]
-    assert (ckpt / "trusted").read_text() == "step00000002"
+    [warning] = [x for x in log.splitlines() if "the guard judged the step unhealthy" in x][:1]
+    assert "step 5:" in warning and "pruning keeps step00000002" in warning
+    assert "rolling back to step00000004" in log and "rolling back to step00000002" in log
+    assert not (ckpt / "step00000004").exists()    # the poisoned branch is deleted
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 16 and math.isfinite(records[-1]["loss"])
+    assert (ckpt / "trusted").read_text() not in ("step00000004", "")
 
 
 def test_raised_steps_continue_the_learning_rate(tmp_path, source):

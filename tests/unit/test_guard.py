@@ -56,7 +56,7 @@ def test_conclude_skips_then_rolls_back_then_stops():
 def test_skip_record_positions_and_round_trip(tmp_path):
     record = SkipRecord()
     record.add(5, 5, SKIP, "loss is nan")
-    record.add(9, 11, ROLLBACK, "loss spike")
+    record.add(9, 11, ROLLBACK, "loss spike", to=8)
     record.add(10, 12, SKIP, "x")
     assert record.ranges == [[5, 5], [9, 12]]
     assert [record.applied_steps(s) for s in (4, 5, 8, 10, 12, 20)] == [4, 4, 7, 7, 7, 15]
@@ -66,6 +66,7 @@ def test_skip_record_positions_and_round_trip(tmp_path):
     record.write(tmp_path)
     again = SkipRecord.read(tmp_path)
     assert (again.ranges, again.rollbacks, len(again.events)) == ([[5, 5], [9, 12]], 1, 3)
+    assert again.rollback_targets() == {8}       # never rolled back to twice
     (tmp_path / "skipped.json").write_text("[1, 2")
     with pytest.raises(ValueError, match="is not a skip record"):
         SkipRecord.read(tmp_path)
