@@ -27,13 +27,15 @@ def planning_notes(spec: ModelSpec, exact_params: int | None = None) -> list[str
                          "optimizer states per stage use the formula")
     act = activation_bytes_per_layer(spec, 1, 1, "none")
     if spec.moe:
-        per_token = spec.experts_per_token * spec.hidden * 2 * 2     # k copies in and out, 2 bytes
+        per_token = spec.experts_per_token * spec.hidden * 2         # k copies, 2 bytes
         notes.append(f"MoE: each GPU holds {spec.experts}/ep experts of its layers (ep, the expert-"
                      f"parallel degree, searched or --ep); FLOPs per token from the active parameters "
                      f"({spec.experts_per_token} of {spec.experts} experts), routing perfectly balanced "
-                     f"(no token dropped; the all-to-all priced at the capacity factor); the dispatch buffers "
-                     f"(k = {spec.experts_per_token} copies of each token in and out) are not counted: "
-                     f"activations up to {_share(per_token * spec.seq_len, act)} low")
+                     f"(no token dropped; the all-to-all priced at the capacity factor); the dispatch "
+                     f"buffer (k = {spec.experts_per_token} copies of each token) is counted once per "
+                     f"stage at the balanced load: an imbalanced router's excess is not (measured "
+                     f"up to 12% of the buffer, {_share(per_token * spec.seq_len * 0.12, act)} of a "
+                     f"layer's activations)")
     if spec.moe and spec.dense_layers:
         notes.append(f"the first {spec.dense_layers} dense layers are counted as dense in memory and "
                      "time, but the pipeline split weighs every block as an MoE block (the stage "

@@ -75,6 +75,19 @@ def alltoall_buffer_bytes(spec: ModelSpec, tokens: float, act_bytes: int,
     return tokens * spec.experts_per_token * spec.hidden * act_bytes * capacity_factor
 
 
+def dispatch_buffer_bytes(spec: ModelSpec, moe_blocks: int, ep: int, micro_batch: int,
+                          seq_len: int | None, cp: int, act_bytes: int) -> float:
+    """The all-to-all buffer of one MoE layer at a time (experts.alltoall_buffer_bytes at the
+    micro-batch's tokens on this rank, balanced routing): the k routed copies of every token,
+    gathered for the exchange over the ep group and gone once the layer's combine returned, so
+    counted once per stage, not per layer. None without routed experts here or at ep = 1 (no
+    exchange). `validate` measures it (launcher/validate.py, the dispatch_buffer row)."""
+    if not spec.moe or moe_blocks == 0 or ep == 1:
+        return 0.0
+    tokens = micro_batch * (seq_len or spec.seq_len) / cp
+    return alltoall_buffer_bytes(spec, tokens, act_bytes)
+
+
 def alltoall_bytes_sent(spec: ModelSpec, tokens: float, act_bytes: int, ep: int,
                         capacity_factor: float = DEFAULT_CAPACITY_FACTOR) -> float:
     """Of alltoall_buffer_bytes, what leaves the GPU: (e-1)/e of it (1/e is routed to the experts it

@@ -16,7 +16,7 @@ from .activations import (FP32_BYTES, activation_bytes_per_layer, logits_bytes, 
                           saved_activation_bytes, saved_norm_input_bytes,
                           transient_activation_bytes)
 from .engines import DEFAULT_ENGINE, ENGINES, Engine, engine as engine_named
-from .experts import expert_data_parallel, expert_params_held
+from .experts import dispatch_buffer_bytes, expert_data_parallel, expert_params_held
 from .fp8 import fp8_weight_copy_bytes
 from .frozen_hash import cached_hash
 from .model_spec import ModelSpec
@@ -447,6 +447,7 @@ def _stage_fixed(spec: ModelSpec, first: bool, last: bool, blocks: int, dense: i
     transient = transient_activation_bytes(
         spec, stage=stage, pp=pp, micro_batch=micro_batch, tp=tp, recompute=recompute, act_bytes=act,
         logits_per_element=engine.logits_bytes, **rules)
+    transient += dispatch_buffer_bytes(spec, moe_blocks, ep, micro_batch, seq_len, cp, act)
     block = layer_params(spec, tp).total
     if engine.zero_accounting == "deepspeed":
         largest = 0.0

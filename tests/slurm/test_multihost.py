@@ -94,6 +94,46 @@ def test_ranks_json_is_the_dry_run_map_plan_printed(uninterrupted):
         assert [ranks[r]["stage"] for r in group] == list(range(len(group)))
 
 
+def test_context_parallel_group_across_the_hosts_equals_one_process(two_hosts, tmp_path):
+    """Issue 25: an emitted cp 4 job on 2 hosts of 2 ranks, its one context-parallel group [0-3]
+    crossing the hosts (the K/V all-gathers and their gradients' reduce-scatters between hosts;
+    DeepSpeed's data-parallel group is dp x cp = 4 under ZeRO-1): the losses of one process."""
+    run_dir = tmp_path / "cp"
+    report = emit(run_dir, "--gpu", "cpu", "--gpus", "4", "--gpus-per-node", "2", "--layers", "2",
+                  "--hidden", "64", "--heads", "4", "--vocab", "1024", "--seq-len", "64", "--dp",
+                  "1", "--pp", "1", "--tp", "1", "--cp", "4", "--cp-kind", "allgather", "--zero",
+                  "1", "--precision", "fp32", "--global-batch", "16", "--micro-batch", "2",
+                  train__steps=4, data__allow_toy_corpus=True)
+    assert "context  groups: 1 of 4 ranks, stride 1, crosses nodes: [0,1,2,3]" in report
+    proc, _ = sbatch(two_hosts, run_dir)
+    assert proc.wait(timeout=400) == 0, job_log(run_dir)
+    ranks = json.loads((run_dir / "ranks.json").read_text())
+    assert len({r["host"] for r in ranks}) == 2
+    assert_losses_equal_one_process(run_dir, tmp_path / "one", grad_accum=8, steps=4)
+
+
+def test_a_slowed_host_is_named(two_hosts, tmp_path):
+    """Issue 28: a job of one rank per host (dp 2) whose second host's rank computes slowly (its
+    forward sleeps: LLMLAUNCH_STRAGGLER_INJECT): the first comparison names that host, as a host
+    (all its ranks slow), in rank 0's log and in metrics.jsonl."""
+    run_dir = tmp_path / "slow"
+    emit(run_dir, "--gpu", "cpu", "--gpus", "2", "--gpus-per-node", "1", "--layers", "2",
+         "--hidden", "64", "--heads", "4", "--vocab", "1024", "--seq-len", "64", "--dp", "2",
+         "--pp", "1", "--tp", "1", "--zero", "1", "--precision", "fp32", "--global-batch", "8",
+         "--micro-batch", "2", train__steps=4, train__stragglers={"every": 3, "margin": 0.25},
+         data__allow_toy_corpus=True)
+    env = {**two_hosts, "LLMLAUNCH_STRAGGLER_INJECT": "1:0.2"}
+    proc, _ = sbatch(env, run_dir)
+    assert proc.wait(timeout=400) == 0, job_log(run_dir)
+    host = {r["rank"]: r["host"] for r in json.loads((run_dir / "ranks.json").read_text())}
+    assert host[0] != host[1]
+    log = (run_dir / "logs" / "rank00000.log").read_text()
+    assert f"stragglers over steps 2-3: host {host[1]} (all its ranks); rank 1 on {host[1]}" in log
+    [named] = [r["stragglers"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text()
+                                               .splitlines()) if r.get("stragglers")]
+    assert [(s["rank"], s["host"]) for s in named] == [(1, host[1])] and named[0]["ratio"] > 1.25
+
+
 def test_usr1_checkpoints_requeues_and_resumes_to_the_same_curve(two_hosts, uninterrupted,
                                                                    tmp_path):
     run_dir = tmp_path / "run"

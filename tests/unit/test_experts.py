@@ -8,7 +8,7 @@ Hand values used below, per Mixtral block: attention (4096 + 2 x 1024) x 4096 + 
 46,702,792,704, transformers' count)."""
 import pytest
 
-from llmlaunch.topology.experts import (alltoall_buffer_bytes, alltoall_bytes_sent,
+from llmlaunch.topology.experts import (alltoall_buffer_bytes, alltoall_bytes_sent, dispatch_buffer_bytes,
                                         alltoalls_per_moe_layer, expert_data_parallel,
                                         expert_params_held, routed_expert_params)
 from llmlaunch.topology.flops import block_matmul_flops_per_token
@@ -91,6 +91,21 @@ def test_alltoall_bytes_and_count():
     with pytest.raises(ValueError, match="capacity factor must be at least 1.0"):
         alltoall_buffer_bytes(MIXTRAL, 8192, 2, capacity_factor=0.5)
     assert [alltoalls_per_moe_layer(r) for r in ("none", "selective", "full")] == [4, 4, 6]
+
+
+def test_the_dispatch_buffer_is_in_the_stage_memory_once():
+    """Issue 26: the all-to-all buffer validate measures (launcher/validate.py) is in the planner's
+    memory, once per stage (one MoE layer exchanges at a time), only where there is an exchange."""
+    # micro-batch 1 of 8192 tokens (the preset's), k=2, h=4096, bf16: 8192 x 2 x 4096 x 2 = 128 MiB
+    assert dispatch_buffer_bytes(MIXTRAL, 8, 4, 1, None, 1, 2) == 134_217_728
+    assert dispatch_buffer_bytes(MIXTRAL, 8, 4, 1, 8192, 2, 2) == 67_108_864    # cp 2: s/2 each
+    assert dispatch_buffer_bytes(MIXTRAL, 8, 1, 1, None, 1, 2) == 0             # ep 1: no exchange
+    assert dispatch_buffer_bytes(MIXTRAL, 0, 4, 1, None, 1, 2) == 0             # no MoE block here
+    assert dispatch_buffer_bytes(preset("llama2-7b"), 8, 4, 1, None, 1, 2) == 0
+    args = dict(stage=1, blocks=8, dp=8, pp=4, tp=1, micro_batch=1, micro_batches=8, zero_stage=1,
+                recompute="full", precision=PRECISIONS["bf16"], framework_bytes=0)
+    split, whole = stage_memory(MIXTRAL, **args, ep=4), stage_memory(MIXTRAL, **args)
+    assert split.activations - whole.activations == 134_217_728
 
 
 def test_alltoall_time_inside_and_across_nodes():

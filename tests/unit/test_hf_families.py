@@ -66,7 +66,7 @@ def test_unknown_and_broken_configs_are_one_clear_line():
 def test_approximation_notes_say_what_and_how_much():
     mixtral = spec_from_hf_config(CONFIGS["mixtral-8x7b"])
     notes = planning_notes(mixtral, EXACT["mixtral-8x7b"])
-    assert any("8/ep experts" in n and "% low" in n for n in notes)
+    assert any("8/ep experts" in n and "% of a layer's activations" in n for n in notes)
     assert not any("stand in" in n for n in notes)      # mixtral runs: its own model, no stand-in
     gemma2 = planning_notes(spec_from_hf_config(CONFIGS["gemma2-9b"], 8192))
     # 21 of 42 layers see 4096 keys, the others 8192: 6144 on average
