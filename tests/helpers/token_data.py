@@ -64,3 +64,11 @@ def windows_by_hand(documents: list[list[int]], order, windows, seq_len: int) ->
     [w * seq_len, w * seq_len + seq_len + 1), taken in the order `windows`."""
     stream = [t for d in order for t in documents[d]]
     return [stream[w * seq_len:w * seq_len + seq_len + 1] for w in windows]
+
+
+def prepare_checked(config, run_dir, **kwargs):
+    """The supervisor's data step (launcher/run_data.py: prepare_run_data) for a test's config, at
+    the layout the supervisor builds once from it."""
+    from llmlaunch.launcher.run_data import prepare_run_data
+
+    return prepare_run_data(config, config.layout_obj(), run_dir, **kwargs)

@@ -4,18 +4,14 @@ import json
 
 import numpy as np
 import pytest
+from token_data import prepare_checked
 
 from llmlaunch.config import RunConfig
 from llmlaunch.data import DataError, default_corpus_path
 from llmlaunch.data.checks import check_against_model, summarize
 from llmlaunch.data.loader import TokenWindowLoader
 from llmlaunch.data.prepare import PrepareConfig, prepare
-from llmlaunch.launcher.run_data import prepare_run_data
 
-
-def with_layout(config):
-    """prepare_run_data's first two arguments: a config and its layout, which the supervisor builds once."""
-    return config, config.layout_obj()
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +36,8 @@ def test_prepared_with_a_larger_vocabulary_is_refused_with_the_fix(prepared_2048
                                         r"model.vocab is 1024: set model.vocab to at least 2048, "
                                         r"or prepare the data with `llmlaunch data prepare "
                                         r"--vocab-size 1024`"):
-        prepare_run_data(*with_layout(run_config(prepared_2048)), tmp_path)
-    held = prepare_run_data(*with_layout(run_config(prepared_2048, vocab=2048)), tmp_path)
+        prepare_checked(run_config(prepared_2048), tmp_path)
+    held = prepare_checked(run_config(prepared_2048, vocab=2048), tmp_path)
     assert "uint16 tokens, tokenized with a vocabulary of 2048" in held
 
 
@@ -50,7 +46,7 @@ def test_random_bytes_are_not_token_data(tmp_path):
     junk.write_bytes(np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes())
     with pytest.raises(DataError, match=r"data.bin' holds token ids up to 65\d\d\d, but model.vocab "
                                         r"is 1024: .* not token data at all"):
-        prepare_run_data(*with_layout(run_config(junk)), tmp_path)
+        prepare_checked(run_config(junk), tmp_path)
 
 
 def test_flat_files_dtype_and_largest_id(tmp_path):
@@ -63,22 +59,22 @@ def test_flat_files_dtype_and_largest_id(tmp_path):
     assert summary.ids_needed == 3000
     as_uint32 = run_config(tmp_path / "tokens.bin", vocab=3000)
     as_uint32.data.dtype = "uint32"
-    assert "40,000 uint16" not in prepare_run_data(as_uint32, as_uint32.layout_obj(), tmp_path)
-    assert prepare_run_data(as_uint32, as_uint32.layout_obj(), tmp_path).startswith("20,000 uint32 tokens, token ids up to 2999")
+    assert "40,000 uint16" not in prepare_checked(as_uint32, tmp_path)
+    assert prepare_checked(as_uint32, tmp_path).startswith("20,000 uint32 tokens, token ids up to 2999")
 
 
 def test_too_little_or_no_data(tmp_path):
     np.arange(100, dtype=np.uint16).tofile(tmp_path / "short.bin")
     with pytest.raises(DataError, match=r"holds 100 tokens: 1 sequence\(s\) of 65 tokens, fewer "
                                         r"than one global batch of 4"):
-        prepare_run_data(*with_layout(run_config(tmp_path / "short.bin", dp=2, micro_batch=2)), tmp_path)
+        prepare_checked(run_config(tmp_path / "short.bin", dp=2, micro_batch=2), tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"empty' is a directory without manifest.json"):
-        prepare_run_data(*with_layout(run_config(tmp_path / "empty")), tmp_path)
+        prepare_checked(run_config(tmp_path / "empty"), tmp_path)
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "manifest.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(DataError, match="not a `llmlaunch data prepare` manifest"):
-        prepare_run_data(*with_layout(run_config(tmp_path / "fake")), tmp_path)
+        prepare_checked(run_config(tmp_path / "fake"), tmp_path)
 
 
 def test_summary_checks_windows_against_the_global_batch(prepared_2048):
@@ -111,4 +107,4 @@ def test_a_shard_that_changed_after_prepare_is_refused(prepared_2048, tmp_path):
     data[100] ^= 1                                         # same size, other bytes
     shard.write_bytes(bytes(data))
     with pytest.raises(DataError, match="train-00000.bin: its SHA-256 is not the one the manifest"):
-        prepare_run_data(*with_layout(run_config(copy, vocab=2048)), tmp_path)
+        prepare_checked(run_config(copy, vocab=2048), tmp_path)

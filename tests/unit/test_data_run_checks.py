@@ -4,17 +4,13 @@ plan --emit --data/--tokenizer writing them into run.yaml."""
 import numpy as np
 import pytest
 import yaml
-from token_data import known_documents, write_datatrove, write_megatron, write_parquet
+from token_data import known_documents, prepare_checked, write_datatrove, write_megatron, write_parquet
 
 from llmlaunch.cli import main
 from llmlaunch.config import ConfigError, RunConfig
 from llmlaunch.data import DataError
-from llmlaunch.launcher.run_data import parse_data_spec, prepare_run_data
+from llmlaunch.launcher.run_data import parse_data_spec
 
-
-def with_layout(config):
-    """prepare_run_data's first two arguments: a config and its layout, which the supervisor builds once."""
-    return config, config.layout_obj()
 
 
 def config(sources=(), vocab=600, **train):
@@ -47,7 +43,7 @@ def tokenizer(tmp_path_factory):
 
 def test_a_blend_of_three_kinds_is_checked_and_summarised(sources):
     root, srcs = sources
-    held = prepare_run_data(*with_layout(config(srcs, steps=10)), root)
+    held = prepare_checked(config(srcs, steps=10), root)
     assert held.startswith("meg (50%): ") and "pq (30%): " in held and "dt (20%): " in held
     assert "token ids up to 499" in held and "epochs over the run: meg" in held
 
@@ -56,7 +52,7 @@ def test_ids_beyond_the_model_vocabulary_are_refused_for_each_kind(sources):
     root, srcs = sources
     for source in srcs:
         with pytest.raises(DataError, match=r"holds token ids up to 499, but model.vocab is 400"):
-            prepare_run_data(*with_layout(config([source], vocab=400)), root)
+            prepare_checked(config([source], vocab=400), root)
 
 
 def test_each_source_holds_its_share_of_a_global_batch(sources, tmp_path):
@@ -64,7 +60,7 @@ def test_each_source_holds_its_share_of_a_global_batch(sources, tmp_path):
     tiny = write_megatron(tmp_path / "tiny", [list(range(1, 20))])   # 19 tokens: one window of 17
     with pytest.raises(DataError, match=r"tiny' holds 19 tokens: 1 sequence\(s\) of 17 tokens, "
                                         r"fewer than its share \(2\) of one global batch of 4"):
-        prepare_run_data(*with_layout(config([{**srcs[0], "weight": 1}, {"path": str(tiny), "weight": 1}])), root)
+        prepare_checked(config([{**srcs[0], "weight": 1}, {"path": str(tiny), "weight": 1}]), root)
 
 
 def test_the_tokenizer_must_fit_the_model_and_hold_the_data(sources, tokenizer):
@@ -73,34 +69,34 @@ def test_the_tokenizer_must_fit_the_model_and_hold_the_data(sources, tokenizer):
     c.data.tokenizer = str(tokenizer)
     with pytest.raises(DataError, match=r"tokenizer.json' has a vocabulary of 300, but model.vocab "
                                         r"is 200: set model.vocab to at least 300"):
-        prepare_run_data(c, c.layout_obj(), root)
+        prepare_checked(c, root)
     c = config(srcs)
     c.data.tokenizer = str(tokenizer)
     with pytest.raises(DataError, match=r"holds ids up to 499, beyond the vocabulary of "
                                         r"data.tokenizer .* \(300\)"):
-        prepare_run_data(c, c.layout_obj(), root)
+        prepare_checked(c, root)
 
 
 def test_evaluation_data_is_named_and_large_enough(sources):
     root, srcs = sources
     with pytest.raises(DataError, match="no source has a validation split .* data.eval_sources"):
-        prepare_run_data(*with_layout(config(srcs, eval_every=5)), root)
+        prepare_checked(config(srcs, eval_every=5), root)
     c = config(srcs, eval_every=5, eval_batches=1000)
     c.data.eval_sources = [{"path": srcs[0]["path"], "weight": 1.0}]
     with pytest.raises(DataError, match=r"evaluation source .*meg' holds \d+ sequence\(s\) of 17 "
                                         r"tokens; train.eval_batches asks it for 4000"):
-        prepare_run_data(c, c.layout_obj(), root)
+        prepare_checked(c, root)
     c.train.eval_batches = 2
-    assert prepare_run_data(c, c.layout_obj(), root)
+    assert prepare_checked(c, root)
 
 
 def test_no_data_on_several_hosts_needs_allow_toy_corpus(tmp_path):
     c = config()
-    assert prepare_run_data(c, c.layout_obj(), tmp_path, hosts=1) is None
+    assert prepare_checked(c, tmp_path, hosts=1) is None
     with pytest.raises(DataError, match="names no data .* on 2 hosts: .* data.allow_toy_corpus"):
-        prepare_run_data(c, c.layout_obj(), tmp_path, hosts=2)
+        prepare_checked(c, tmp_path, hosts=2)
     c.data.allow_toy_corpus = True
-    assert prepare_run_data(c, c.layout_obj(), tmp_path, hosts=2) is None
+    assert prepare_checked(c, tmp_path, hosts=2) is None
 
 
 def test_sources_are_checked_as_config(tmp_path):
