@@ -22,7 +22,7 @@ every forward one).
   first + last + max(0, forward gathers - C/3) + max(0, backward gathers + reduce-scatters - 2C/3);
   the first and last are the root unit's (embedding and head, torchtitan's outermost
   fully_shard), or a block's, whichever is larger. SHARD_GRAD_OP gathers once per micro-batch.
-- 'after-flush' (DeepSpeed, Megatron-LM 2021/2022, Megatron-DeepSpeed, Llama 3): planner.step_time
+- 'after-flush' (DeepSpeed, Megatron-LM 2021/2022, Megatron-DeepSpeed, Llama 3): layout_time.step_time
   keeps its own model (zero_time.py for DeepSpeed's ZeRO-2/3).
 """
 from __future__ import annotations

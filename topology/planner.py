@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -14,52 +13,19 @@ from .layout import CP_KINDS, OFFLOAD_MODES, RECOMPUTE_MODES, Layout
 from .layout_rules import (divisors, layout_reasons, offload_priced,  # noqa: F401
                            searched_cp_degrees, searched_offloads, searched_zero_stages,
                            structural_reasons)
-from .memory import (Precision, StageMemory, dense_blocks_in, linear_params_held, offloaded_bytes,
-                     pipeline_memory, precision_for)
+from .memory import StageMemory, offloaded_bytes, pipeline_memory, precision_for
 from .model_spec import ModelSpec
-from .dp_time import overlapped_dp_time_s
-from .engines import DEFAULT_ENGINE, Engine, engine as engine_named
-from .experts import DEFAULT_CAPACITY_FACTOR, expert_data_parallel
-from .fp8 import fp8_weight_cast_bytes
-from .params import padded_vocab
-from .step_time import (StageTime, StepTime, allgather_time_s, bubble_fraction, comm_sm_share,
-                        data_parallel_time_s, optimizer_time_s, overlapped_exposed_s,
-                        pipeline_time_s, stage_micro_batch_time, tied_embedding_time_s)
-from .zero_time import (cpu_adam_time_s, host_link_time_s, offload_transfer_bytes, parameter_tensors,
-                        zero3_exposed_s, zero3_gather_time_s, zero_host_time_s,
-                        zero_micro_batch_time_s)
+from .engines import Engine, engine as engine_named
+from .experts import expert_data_parallel
+from .layout_time import step_time
+from .plan_options import DEFAULT_MEMORY_HEADROOM, PlanOptions  # noqa: F401  (the planner's API)
+from .step_time import StepTime, bubble_fraction
 
 # GPT-3's batch sizes in sequences of 2048 tokens by model size (Brown et al. 2020, Table 2.1).
 GPT3_BATCH_BY_PARAMS = ((125e6, 256), (350e6, 256), (760e6, 256), (1.3e9, 512), (2.7e9, 512),
                         (6.7e9, 1024), (13e9, 1024), (175e9, 1536))
 # Throughputs within this relative distance rank as equal; the simpler layout then wins.
 THROUGHPUT_TIE = 0.01
-
-
-# Fraction of GPU memory a fitting layout leaves free by default: none beyond what the estimate
-# already holds (buffers include 5% allocator fragmentation, topology/memory.py).
-DEFAULT_MEMORY_HEADROOM = 0.0
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    """Everything besides the model and cluster that an estimate depends on."""
-
-    global_batch: int
-    """Sequences per optimizer step."""
-    seq_len: int
-    precision: str = "bf16"
-    flash_attention: bool = True
-    """Attention through a fused kernel (SDPA/flash): no s^2 activations, no softmax traffic."""
-    engine: str = DEFAULT_ENGINE
-    """The training engine the step is priced for (topology/engines.py): llmlaunch runs
-    `deepspeed`; the published runs name theirs."""
-    capacity_factor: float = DEFAULT_CAPACITY_FACTOR
-    """MoE: expert buffers padded to this multiple of the balanced load (topology/experts.py)."""
-    memory_headroom: float = DEFAULT_MEMORY_HEADROOM
-    """Fraction of each GPU's memory a layout must leave free to fit (plan --memory-headroom)."""
-    optimizer: str = "adamw"
-    """train.optimizer, whose states the memory counts (topology/optimizer_states.py)."""
 
 
 @dataclass
@@ -192,111 +158,6 @@ def _structural_reasons(spec: ModelSpec, cluster: Cluster, dp: int, pp: int, tp:
     return tuple(structural_reasons(spec, cluster, dp, pp, tp, ep, cp, cp_kind))
 
 
-def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOptions,
-              precision: Precision, stages: list[StageMemory]) -> tuple[StepTime, list[StageTime]]:
-    """Step time of a layout, broken down by cause, and the per-stage micro-batch times it is made
-    of (see step_time.py for the model), under options.engine."""
-    gpu, gpn = cluster.gpu, cluster.gpus_per_node
-    dp, pp, tp, m = layout.dp, layout.pp, layout.tp, layout.grad_accum
-    eng = engine_named(options.engine)
-    tp_spans = layout.spans_nodes("tp", gpn)
-    pp_spans = layout.spans_nodes("pp", gpn)
-    dp_spans = layout.spans_nodes("dp", gpn) or layout.spans_nodes("cp", gpn)
-    ep_spans = layout.spans_nodes("ep", gpn)
-    firsts = list(itertools.accumulate((st.blocks for st in stages[:-1]), initial=0))
-
-    def stage_time(st: StageMemory, first: int) -> StageTime:
-        return stage_micro_batch_time(
-            spec, gpu, precision, blocks=st.blocks, first=st.stage == 0, last=st.stage == pp - 1,
-            tp=tp, pp=pp, micro_batch=layout.micro_batch, recompute=layout.recompute,
-            tp_spans_nodes=tp_spans, pp_spans_nodes=pp_spans, flash_attention=options.flash_attention,
-            seq_len=options.seq_len, sequence_parallel=layout.sequence_parallel,
-            virtual_stages=layout.virtual_stages, engine=eng, params_local=st.params, ep=layout.ep,
-            ep_spans_nodes=ep_spans, capacity_factor=options.capacity_factor,
-            extra_host_s=zero_host_time_s(parameter_tensors(spec, blocks=st.blocks, first=st.stage == 0,
-                                                            last=st.stage == pp - 1),
-                                          layout.zero_stage, eng),
-            cp=layout.cp, cp_kind=layout.cp_kind, cp_spans_nodes=layout.spans_nodes("cp", gpn),
-            first_block=first)
-
-    # the middle stages of a deep pipeline are alike: each distinct one priced once
-    seen: dict = {}
-    per_stage = []
-    for st, first in zip(stages, firsts):
-        key = (st.blocks, st.stage == 0, st.stage == pp - 1, st.params,
-               dense_blocks_in(spec, first, st.blocks))
-        if key not in seen:
-            seen[key] = stage_time(st, first)
-        per_stage.append(seen[key])
-    totals = [t.total_s for t in per_stage]
-    slowest = per_stage[totals.index(max(totals))]
-    pipeline_s = pipeline_time_s(totals, m, layout.virtual_stages)
-    busy_s = m * slowest.total_s
-    max_params = max(st.params for st in stages)
-    max_expert = max(st.expert_params for st in stages)
-    dpn = dp * layout.cp            # the ranks holding the same weights: data x context parallel
-    edp = expert_data_parallel(dp, layout.ep) * layout.cp
-    exposed_zero, dp_s = 0.0, 0.0
-    if eng.dp_overlap in ("bucketed", "fsdp"):
-        exposed_zero, dp_s = overlapped_dp_time_s(spec, gpu, layout, eng, precision, stages,
-                                                  slowest.compute_s, dp_spans)
-    elif layout.zero_stage == 3:
-        zero_s = zero_micro_batch_time_s(max_params, precision, gpu, dp=dpn,
-                                         zero_stage=layout.zero_stage, dp_spans_nodes=dp_spans)
-        # gathers prefetched ahead of forward and backward, then the gradients' reduce-scatter
-        # (zero3_exposed_s); the partitions stay put at the step
-        gather = zero3_gather_time_s(max_params, precision, gpu, dp=dpn, dp_spans_nodes=dp_spans) / 2
-        exposed_zero = m * zero3_exposed_s(gather, zero_s - 2 * gather, slowest.compute_s,
-                                           comm_sm_share(gpu))
-    elif layout.zero_stage == 2:
-        zero_s = zero_micro_batch_time_s(max_params, precision, gpu, dp=dpn,
-                                         zero_stage=layout.zero_stage, dp_spans_nodes=dp_spans)
-        # each micro-batch's reduce-scatter overlaps its backward (2/3 of compute); the updated
-        # weights are all-gathered after the step
-        exposed_zero = m * overlapped_exposed_s(zero_s, slowest.compute_s * 2 / 3,
-                                                comm_sm_share(gpu))
-        dp_s = allgather_time_s(max_params * precision.weight_bytes, dpn,
-                                gpu.inter_node_gb_per_s if dp_spans else gpu.intra_node_gb_per_s,
-                                gpu.link_latency_s(dp_spans))
-    else:
-        # MoE: the routed experts' gradients reduce over dp/ep (experts.py), the rest over dp
-        dp_s = data_parallel_time_s(max_params - max_expert, precision, gpu, dp=dpn,
-                                    zero_stage=layout.zero_stage, dp_spans_nodes=dp_spans,
-                                    grad_bytes=eng.dp_grad_bytes)
-        if max_expert:
-            dp_s += data_parallel_time_s(max_expert, precision, gpu, dp=edp,
-                                         zero_stage=layout.zero_stage,
-                                         dp_spans_nodes=layout.spans_nodes("edp", gpn),
-                                         grad_bytes=eng.dp_grad_bytes)
-        if pp == 1:
-            # overlapped with the backward (2/3 of compute) of the last micro-batch
-            dp_s = max(0.0, dp_s - slowest.compute_s * 2 / 3)
-    if pp > 1 and spec.tied_embeddings:
-        dp_s += tied_embedding_time_s(padded_vocab(spec.vocab, tp) // tp * spec.hidden, precision, gpu,
-                                      spans_nodes=pp_spans)
-    sharded = layout.zero_stage >= 1
-    optimizer_params = ((max_params - max_expert) / (dpn if sharded else 1)
-                        + max_expert / (edp if sharded else 1))
-    if layout.offload == "none":
-        optimizer_s = optimizer_time_s(optimizer_params, precision, gpu.hbm_bytes_per_s,
-                                       eng.optimizer_extra_bytes)
-    else:   # CPU Adam plus the host-link copies, serial (a bound: DeepSpeed overlaps some)
-        optimizer_s = (cpu_adam_time_s(optimizer_params, precision, gpu.host_memory_gb_per_s)
-                       + host_link_time_s(offload_transfer_bytes(optimizer_params, precision,
-                                                                 layout.offload, m),
-                                          gpu.host_link_gb_per_s))
-    if precision.fp8:   # Transformer Engine refreshes its FP8 weight copies once per step
-        linear = max(linear_params_held(spec, tp, st.blocks, st.blocks, layout.ep) for st in stages)
-        optimizer_s += fp8_weight_cast_bytes(linear, eng.fp8, per_micro_batch=False) / gpu.hbm_bytes_per_s
-    optimizer_s += eng.step_overhead_us * 1e-6
-    step = StepTime(compute_s=m * slowest.compute_s, tp_comm_s=m * slowest.tp_comm_s,
-                    pp_comm_s=m * slowest.pp_comm_s, bubble_s=pipeline_s - busy_s,
-                    dp_comm_s=dp_s + exposed_zero, optimizer_s=optimizer_s,
-                    host_bound=slowest.host_bound, ep_comm_s=m * slowest.ep_comm_s,
-                    cp_comm_s=m * slowest.cp_comm_s)
-    return step, per_stage
-
-
 @dataclass(frozen=True)
 class Pins:
     """Dimensions the user fixed (None: searched)."""
@@ -343,8 +204,10 @@ def rank_key(c: Candidate) -> tuple:
     return (bucket,) + _simplicity(c)
 
 
-def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins = Pins()) -> SearchResult:
-    """Evaluate every layout allowed by the pins; fitting ones ranked best first."""
+def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins = Pins(),
+           exhaustive: bool = False) -> SearchResult:
+    """Evaluate every layout allowed by the pins (less those _search_shape's prunings skip, unless
+    exhaustive); fitting ones ranked best first."""
     fitting, rejected, missed, evaluated = [], [], [], 0
     gpus, eng = cluster.gpus, engine_named(options.engine)
     for tp in ([pins.tp] if pins.tp else divisors(gpus)):
@@ -369,7 +232,8 @@ def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins =
                 if reasons:
                     rejected.append(Candidate(layout=Layout(**shape), reasons=reasons))
                     continue
-                found, evaluated = _search_shape(spec, cluster, options, pins, eng, shape, evaluated)
+                found, evaluated = _search_shape(spec, cluster, options, pins, eng, shape, evaluated,
+                                                 exhaustive)
                 fitting += [c for c in found if c.fits]
                 misses = [c for c in found if not c.fits]
                 if misses and not any(c.fits for c in found):
@@ -384,10 +248,21 @@ def search(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins =
 
 
 def _search_shape(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins: Pins, eng: Engine,
-                  shape: dict, evaluated: int) -> tuple[list[Candidate], int]:
+                  shape: dict, evaluated: int, exhaustive: bool = False) -> tuple[list[Candidate], int]:
     """Every micro-batch, ZeRO stage, expert degree, recompute mode, sequence parallelism on and off
-    (tp > 1) and context-parallel form (the faster that fits) of one (dp, pp, tp, cp); offload tried where memory alone rules a
-    DeepSpeed layout out."""
+    (tp > 1) and context-parallel form (the faster that fits) of one (dp, pp, tp, cp); offload tried
+    where memory alone rules a DeepSpeed layout out.
+
+    Three prunings skip layouts whose outcome is known without sizing them (exhaustive=True sizes
+    every one; tests/unit/test_search_pruning.py checks both searches agree):
+    - a pipeline's micro-batches too large for pp of them per step (its rule, monotone in the
+      micro-batch) are tried only where no smaller one is left, to name the reason;
+    - memory grows with the micro-batch (micro-batch x micro-batches in flight, min(b p, B/dp),
+      and every transient term): once a (ZeRO, ep, recompute, SP) combination is over memory with
+      every offload tried, its larger micro-batches are too;
+    - more recompute is never faster (it adds GEMMs, kernels, ops and collectives) and ranks after
+      less (rank_key): once a recompute mode fits without offload, the heavier modes of the same
+      layout are dominated."""
     dp, pp, tp, cp = shape["dp"], shape["pp"], shape["tp"], shape["cp"]
     per_replica = options.global_batch // dp
     kinds = [pins.cp_kind] if pins.cp_kind or cp == 1 else list(CP_KINDS)
@@ -395,11 +270,20 @@ def _search_shape(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins:
     recomputes = [pins.recompute] if pins.recompute else RECOMPUTE_MODES
     zeros = ([pins.zero_stage] if pins.zero_stage is not None
              else searched_zero_stages(options.precision, pp, dp * cp, eng))
+    micro_batches = [pins.micro_batch] if pins.micro_batch else divisors(per_replica)
+    if not exhaustive and pp > 1:
+        enough = [b for b in micro_batches if per_replica // b >= pp]
+        micro_batches = enough or micro_batches[:1]
     found = []
-    for micro_batch in ([pins.micro_batch] if pins.micro_batch else divisors(per_replica)):
-        grad_accum = max(1, per_replica // micro_batch)
-        for zero, ep in [(z, e) for z in zeros for e in expert_degrees(spec, dp, pins.ep)]:
+    for zero, ep in [(z, e) for z in zeros for e in expert_degrees(spec, dp, pins.ep)]:
+        over_memory = set()     # (recompute, SP) over memory at a smaller micro-batch
+        for micro_batch in micro_batches:
+            grad_accum = max(1, per_replica // micro_batch)
+            fitted_without_offload = set()    # SP settings a lighter recompute fits
             for recompute, sequence_parallel in [(r, sp) for r in recomputes for sp in sps]:
+                if not exhaustive and (sequence_parallel in fitted_without_offload
+                                       or (recompute, sequence_parallel) in over_memory):
+                    continue
                 best = None
                 for kind in kinds:
                     layout = Layout(dp=dp, pp=pp, tp=tp, micro_batch=micro_batch,
@@ -424,6 +308,10 @@ def _search_shape(spec: ModelSpec, cluster: Cluster, options: PlanOptions, pins:
                     if best is None or _better_kind(cand, best):
                         best = cand
                 found.append(best)
+                if best.fits and best.layout.offload == "none":
+                    fitted_without_offload.add(sequence_parallel)
+                elif not best.fits and best.stages:
+                    over_memory.add((recompute, sequence_parallel))
     return found, evaluated
 
 
