@@ -295,6 +295,9 @@ def buffers_held(engine: Engine, zero_stage: int, precision: Precision, dp: int,
                 3: "ZeRO-3's gathered parameters"}.get(zero_stage, "")
     if zero_stage == 3 and pp == 1:
         return f"{engine.name}'s gathered bf16 weights (2 blocks and the root unit) and the head's gradient"
+    if zero_stage >= 2 and pp > 1 and engine.dp_overlap == "fsdp":
+        return (f"{engine.name}'s gathered bf16 weights of the stage, one block's gradient and the "
+                f"stage's unsharded fp{8 * precision.grad_bytes} gradient kept across the micro-batches")
     if zero_stage >= 2:
         return f"{engine.name}'s gathered bf16 weights of the stage and one block's gradient"
     return ""
@@ -355,7 +358,7 @@ class StageMemory:
 
 def fsdp_unsharded_bytes(stage_params_count: float, block_params: float, root_params: float,
                          head_params_count: float, zero_stage: int, pp: int,
-                         precision: Precision) -> float:
+                         precision: Precision, pipeline_no_sync: bool = False) -> float:
     """FSDP's gathered compute copies at the stage's activation peak (the start of the backward),
     lp = the compute dtype's bytes. FULL_SHARD without a pipeline (torchtitan's reshard_after_forward:
     one unit per block, the root unit holding the embedding, final norm and head): the block running
@@ -364,12 +367,21 @@ def fsdp_unsharded_bytes(stage_params_count: float, block_params: float, root_pa
     the end of the backward: lp (2 blocks + root + head). SHARD_GRAD_OP, or FULL_SHARD under a
     pipeline (torchtitan keeps the weights gathered between the micro-batches: no
     reshard_after_forward), keeps the stage's whole compute copy plus one block's unsharded
-    gradient: lp (stage + block). Megatron-FSDP is priced the same way."""
+    gradient: lp (stage + block). Megatron-FSDP is priced the same way.
+
+    pipeline_no_sync (torch.distributed.pipelining over FSDP2: torchtitan's 3D and 4D runs): the
+    schedule runs every micro-batch's backward but the last with set_requires_gradient_sync(False)
+    and set_reshard_after_backward(False) (pipelining/stage.py, backward_maybe_with_nosync), so
+    FSDP2 keeps each parameter's gradient unsharded across the micro-batches, upcast to the reduce
+    dtype (fully_shard/_fsdp_param.py: to_accumulated_grad_if_needed,
+    accumulate_unsharded_grad_if_needed): the stage's whole gradient in grad_bytes (fp32 under
+    MixedPrecisionPolicy(bf16, fp32)) until the last micro-batch reduce-scatters it."""
     lp = precision.compute_weight_bytes
     if zero_stage == 3 and pp == 1:
         return lp * (2 * block_params + root_params + head_params_count)
     if zero_stage >= 2:
-        return lp * (stage_params_count + block_params)
+        accumulated = precision.grad_bytes * stage_params_count if pipeline_no_sync and pp > 1 else 0.0
+        return lp * (stage_params_count + block_params) + accumulated
     return 0.0
 
 
@@ -458,7 +470,8 @@ def _stage_fixed(spec: ModelSpec, first: bool, last: bool, blocks: int, dense: i
     else:
         head = head_params(spec, tp, separate_stage=pp > 1) if last else 0
         root = (embedding_params(spec, tp) if first else 0) + head
-        buffers = fsdp_unsharded_bytes(params, block, root, head, zero_stage, pp, precision)
+        buffers = fsdp_unsharded_bytes(params, block, root, head, zero_stage, pp, precision,
+                                       pipeline_no_sync=engine.dp_overlap == "fsdp")
     return params, expert, states, buffers, saved, transient
 
 

@@ -159,6 +159,21 @@ def test_the_memory_legend_names_the_engines_buffers():
     assert buffer_bytes(1e9, 1, PRECISIONS["bf16"], 8) == 0 < buffer_bytes(1e9, 1, PRECISIONS["fp32"], 8)
     assert fsdp_unsharded_bytes(1e9, 1e8, 1e8, 1e8, 1, 1, PRECISIONS["bf16-fsdp"]) == 0
     assert fsdp_unsharded_bytes(1e9, 1e8, 1e8, 1e8, 2, 1, PRECISIONS["bf16-fsdp"]) > 0
+    assert legend("fsdp", "bf16", 3, pp=8) == (
+        "buffers = fsdp's gathered bf16 weights of the stage, one block's gradient and the stage's "
+        f"unsharded fp32 gradient kept across the micro-batches + {tail}")
+
+
+def test_fsdp_under_a_pipeline_keeps_the_stages_gradient_unsharded_in_fp32():
+    """torch.distributed.pipelining over FSDP2 (torchtitan's 3D): no gradient sync and no reshard
+    after backward until the last micro-batch, FSDP2 accumulating each unsharded gradient in the
+    reduce dtype. A stage of 1e9 parameters, blocks of 1e8, bf16 compute and fp32 reduce:
+    2 (1e9 + 1e8) gathered weights and one block's gradient = 2.2e9, plus 4 x 1e9 = 6.2e9 bytes;
+    without a pipeline FULL_SHARD holds 2 (2 x 1e8 + 1e8 + 1e8) = 0.8e9, unchanged."""
+    fsdp = PRECISIONS["bf16-fsdp"]
+    assert fsdp_unsharded_bytes(1e9, 1e8, 1e8, 1e8, 3, 4, fsdp, pipeline_no_sync=True) == 6.2e9
+    assert fsdp_unsharded_bytes(1e9, 1e8, 1e8, 1e8, 3, 4, fsdp) == 2.2e9
+    assert fsdp_unsharded_bytes(1e9, 1e8, 1e8, 1e8, 3, 1, fsdp, pipeline_no_sync=True) == 0.8e9
 
 
 def test_zero2_bf16_matches_deepspeeds_2_psi_plus_18_psi_over_n():

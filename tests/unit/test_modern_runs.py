@@ -65,6 +65,18 @@ def test_torchtitan_llama31_8b_memory_within_15_percent(priced):
     assert abs(memory_error(run, cand)) <= 0.15
 
 
+def test_torchtitans_pipelined_405b_memory_within_20_percent(priced):
+    """torchtitan's Llama 3.1 405B under FSDP x TP x PP (Tables 5 and 6: 72.7 to 84.9 GiB
+    measured): with the stage's unsharded fp32 gradient that FSDP2 keeps across a pipeline's
+    micro-batches (memory.fsdp_unsharded_bytes) every row is within 20% of its measured peak (it
+    was 36-47% under without it), and each still fits."""
+    rows = [r for r in RUNS if r["gpu"] == "h100-96gb" and r["model"]["layers"] == 126]
+    assert len(rows) == 6
+    for run in rows:
+        cand = priced[run["name"]]
+        assert cand.fits and abs(memory_error(run, cand)) <= 0.20, (run["name"], memory_error(run, cand))
+
+
 def test_the_2021_22_table_does_not_get_worse():
     """The fully sourced rows of published_runs.yaml stay at or under 8% MAPE."""
     runs = [r for r in load_runs() if fully_sourced(r)]
