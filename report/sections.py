@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llmlaunch.topology.hardware import GIB
 from llmlaunch.topology.layout import RECOMPUTE_MODES
-from llmlaunch.topology.memory import buffers_legend
+from llmlaunch.topology.memory_legend import buffers_legend
 from llmlaunch.topology.schedule import candidate_schedule
 from llmlaunch.topology.step_time import bubble_formula
 

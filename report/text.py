@@ -9,7 +9,7 @@ from tabulate import tabulate
 from llmlaunch.topology.cost import RunCost
 from llmlaunch.topology.flops import run_model_flops, training_flops
 from llmlaunch.topology.layout import AXIS_NAMES, Layout
-from llmlaunch.topology.memory import buffers_legend
+from llmlaunch.topology.memory_legend import buffers_legend
 from llmlaunch.topology.plan_inputs import PlanInputs
 from llmlaunch.topology.planner import Candidate, SearchResult
 from llmlaunch.topology.step_time import bubble_formula

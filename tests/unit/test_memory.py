@@ -2,8 +2,9 @@
 import pytest
 
 from llmlaunch.topology.memory import (PRECISIONS, Precision, activation_bytes_per_layer,
-                                       buffer_bytes, buffers_legend, fsdp_unsharded_bytes,
+                                       buffer_bytes, fsdp_unsharded_bytes,
                                        micro_batches_in_flight, model_state_bytes, pipeline_memory)
+from llmlaunch.topology.memory_legend import buffers_legend
 from llmlaunch.topology.model_spec import ModelSpec
 from llmlaunch.topology.shapes import preset
 
