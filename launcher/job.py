@@ -284,8 +284,6 @@ class Supervisor:
         relay.start()
         rc = self.wait(child)
         relay.join(timeout=5)
-        if not relay.is_alive():    # the relay read the pipe to its end: close it here
-            child.stderr.close()
         return rc, report.describe()
 
     def slurm_env(self, master_addr: str, master_port: int) -> dict:

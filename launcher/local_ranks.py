@@ -62,7 +62,13 @@ class LauncherReport:
 def relay_stderr(stream, out=sys.stderr, report: LauncherReport | None = None) -> None:
     """Pass the ranks' stderr through, minus the elastic launcher's own logging and its closing
     ChildFailedError traceback (whose root cause, the first rank that failed, goes into `report`):
-    each rank already printed its error in one line and logged the traceback to RUN_DIR/logs."""
+    each rank already printed its error in one line and logged the traceback to RUN_DIR/logs.
+    The stream is closed once read to its end (the launcher's pipe: nobody else reads it)."""
+    with stream:
+        _relay_lines(stream, out, report)
+
+
+def _relay_lines(stream, out, report: LauncherReport | None) -> None:
     in_launcher_traceback = in_root_cause = False
     for line in stream:
         if line.startswith("Traceback (most recent call last)"):

@@ -31,7 +31,8 @@ from .collectives import allgather_time_s, comm_sm_share, overlapped_exposed_s
 from .engines import Engine
 from .hardware import GpuSpec
 from .layout import Layout
-from .memory import Precision, StageMemory
+from .fp8 import FP8_BYTES
+from .memory import Precision, StageMemory, dense_blocks_in, linear_params_held
 from .model_spec import ModelSpec
 from .params import embedding_params, head_params, layer_params
 
@@ -81,19 +82,25 @@ def mcore_dp_exposed_s(params: float, *, grad_bytes: int, weight_bytes: int, dp:
 def fsdp_exposed_s(block_params: float, root_params: float, stage_params: float, *,
                    gather_bytes: int, reduce_bytes: int, dp: int, zero_stage: int,
                    reshard_after_forward: bool, compute_s: float, bw_gb_per_s: float,
-                   latency_s: float, comm_sm_share: float = 0.0) -> float:
-    """FSDP's exposed data-parallel time per micro-batch (module docstring)."""
+                   latency_s: float, comm_sm_share: float = 0.0,
+                   fp8_linear: tuple[float, float] = (0.0, 0.0)) -> float:
+    """FSDP's exposed data-parallel time per micro-batch (module docstring). fp8_linear: (of a
+    block, of the stage) the linear layers' parameters FSDP gathers in FP8 (torchao's Float8
+    all-gather: 1 byte each instead of gather_bytes; the root unit stays in gather_bytes)."""
     if dp <= 1:
         return 0.0
 
-    def half(p: float, nbytes: int) -> float:
-        return allgather_time_s(p * nbytes, dp, bw_gb_per_s, latency_s)
+    def half(p: float, nbytes: float) -> float:
+        return allgather_time_s(p * nbytes, dp, bw_gb_per_s, latency_s) if p else 0.0
 
-    gathers = half(stage_params, gather_bytes)
+    block_fp8, stage_fp8 = fp8_linear
+    gathers = half(stage_params - stage_fp8, gather_bytes) + half(stage_fp8, FP8_BYTES)
     reduce = half(stage_params, reduce_bytes)
     regather = gathers if zero_stage == 3 and reshard_after_forward else 0.0
     edge = max(block_params, root_params)
-    first, last = half(edge, gather_bytes), half(edge, reduce_bytes)
+    first = max(half(block_params - block_fp8, gather_bytes) + half(block_fp8, FP8_BYTES),
+                half(root_params, gather_bytes))
+    last = half(edge, reduce_bytes)
     return (first + last
             + max(0.0, overlapped_exposed_s(gathers - first, compute_s / 3, comm_sm_share))
             + max(0.0, overlapped_exposed_s(regather + reduce - last, compute_s * 2 / 3,
@@ -116,12 +123,18 @@ def overlapped_dp_time_s(spec: ModelSpec, gpu: GpuSpec, layout: Layout, eng: Eng
                    + (head_params(spec, tp, separate_stage=layout.pp > 1)
                       if st.stage == layout.pp - 1 else 0) for st in stages)
         reshard = layout.pp == 1
+        fp8_linear = (0.0, 0.0)
+        if precision.fp8 and eng.fsdp_fp8_all_gather:
+            first = sum(st.blocks for st in stages[:worst.stage])
+            moe = worst.blocks - dense_blocks_in(spec, first, worst.blocks)
+            fp8_linear = (linear_params_held(spec, tp, 1, 1, layout.ep),
+                          linear_params_held(spec, tp, worst.blocks, moe, layout.ep))
         per = fsdp_exposed_s(layer_params(spec, tp).total, root, worst.params,
                              gather_bytes=precision.compute_weight_bytes,
                              reduce_bytes=precision.grad_bytes, dp=dpn,
                              zero_stage=layout.zero_stage, reshard_after_forward=reshard,
                              compute_s=compute_s, bw_gb_per_s=bw, latency_s=alpha,
-                             comm_sm_share=comm_sm_share(gpu))
+                             comm_sm_share=comm_sm_share(gpu), fp8_linear=fp8_linear)
         return (layout.grad_accum if reshard else 1) * per, 0.0
     reduce = mcore_dp_exposed_s(worst.params, grad_bytes=eng.dp_grad_bytes or precision.grad_bytes,
                                 weight_bytes=precision.weight_bytes, dp=dpn,

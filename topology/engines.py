@@ -163,6 +163,10 @@ class Engine:
     FP8), 'te-fp8-params' (the same with FP8 primary weights: Megatron-Core's fp8_param_gather),
     'torchao' (Float8Linear: weights cast per use); '': the engine has no FP8 path of its own
     (priced as Transformer Engine would run it)."""
+    fsdp_fp8_all_gather: bool = False
+    """FSDP all-gathers the FP8 linear layers' weights in FP8 (torchao's
+    enable_fsdp_float8_all_gather: each rank casts its shard before the gather, 1 byte a parameter
+    on the wire and in the gathered copy's place of the bf16 one; dp_time.py, layout_time.py)."""
     logits_bytes: float = 0.0
     """Bytes per logit element the loss holds at its peak (0: the activation bytes + 2 fp32 copies:
     the logits, their fp32 softmax, the fp32 gradient)."""
@@ -275,6 +279,15 @@ ENGINES = {
                "in fsdp-compile, and the loss too (components/loss.py build_cross_entropy_loss: "
                "torch.compile(loss_fn)), so the fp32 upcast of the logits is fused into the loss "
                "kernel: the bf16 logits and their gradient, 4 bytes a logit"),
+    "fsdp-compile-float8-gather": replace(
+        _FSDP, name="fsdp-compile-float8-gather", kernels="inductor", logits_bytes=4.0,
+        fsdp_fp8_all_gather=True,
+        source="as fsdp-compile-2025, with --float8.enable_fsdp_float8_all_gather and "
+               "--float8.precompute_float8_dynamic_scale_for_fsdp (torchtitan docs/float8.md: "
+               "'cast Float8Linear.weight from high precision to float8 before FSDP all-gather so "
+               "we can communicate in float8'; the scales of every weight in one all-reduce per "
+               "step), as torchtitan's 2025-06 H200 benchmark runs it; FP8 only for the linear "
+               "layers (the embedding and output head gather in bf16)"),
     "llm-foundry": Engine(
         "llm-foundry", kernels="llm-foundry", dropout=False, pipeline_sends="blocking",
         attention_kernel="fa2", activations="fused", dp_overlap="fsdp",

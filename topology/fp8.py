@@ -38,6 +38,8 @@ from .model_spec import ModelSpec
 FP8_GEMMS = ("qkv", "q-proj", "q-down", "q-up", "kv-down", "kv-up", "out-proj", "mlp-up",
              "mlp-gate", "mlp-down", "shared-up", "shared-gate", "shared-down")
 """The GEMMs (gemms.py names) that run in FP8; attention, router, head and gates stay bf16."""
+FP8_BYTES = 1
+"""An E4M3 / E5M2 element."""
 FP8_RECIPES = ("delayed", "current", "block")
 DEFAULT_FP8_RECIPE = "current"
 """What NeMo / Megatron-Bridge's FP8 perf tables run on H100, B200 and GB200 (FP8-CS)."""

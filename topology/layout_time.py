@@ -122,7 +122,13 @@ def step_time(spec: ModelSpec, cluster: Cluster, layout: Layout, options: PlanOp
         linear = max(linear_params_held(spec, tp, st.blocks, st.blocks, layout.ep) for st in stages)
         optimizer_s += fp8_weight_cast_bytes(linear, eng.fp8, per_micro_batch=False) / gpu.hbm_bytes_per_s
     optimizer_s += eng.step_overhead_us * 1e-6
-    step = StepTime(compute_s=m * slowest.compute_s, tp_comm_s=m * slowest.tp_comm_s,
+    shard_cast_s = 0.0
+    if precision.fp8 and eng.fsdp_fp8_all_gather:
+        # torchao casts each weight's shard to FP8 before each gather (forward, and the backward's
+        # re-gather): fp8_weight_cast_bytes' two casts a micro-batch, on 1/n of the weights
+        linear = max(linear_params_held(spec, tp, st.blocks, st.blocks, layout.ep) for st in stages)
+        shard_cast_s = fp8_weight_cast_bytes(linear, eng.fp8, per_micro_batch=True) / dpn / gpu.hbm_bytes_per_s
+    step = StepTime(compute_s=m * (slowest.compute_s + shard_cast_s), tp_comm_s=m * slowest.tp_comm_s,
                     pp_comm_s=m * slowest.pp_comm_s, bubble_s=pipeline_s - busy_s,
                     dp_comm_s=dp_s + exposed_zero, optimizer_s=optimizer_s,
                     host_bound=slowest.host_bound, ep_comm_s=m * slowest.ep_comm_s,

@@ -17,7 +17,7 @@ from .activations import (FP32_BYTES, activation_bytes_per_layer, logits_bytes, 
                           transient_activation_bytes)
 from .engines import DEFAULT_ENGINE, ENGINES, Engine
 from .experts import dispatch_buffer_bytes, expert_data_parallel, expert_params_held
-from .fp8 import fp8_weight_copy_bytes
+from .fp8 import FP8_BYTES, fp8_weight_copy_bytes
 from .frozen_hash import cached_hash
 from .model_spec import ModelSpec
 from .optimizer_states import adafactor_stage_elements, state_bytes_per_parameter
@@ -330,7 +330,8 @@ class StageMemory:
 
 def fsdp_unsharded_bytes(stage_params_count: float, block_params: float, root_params: float,
                          head_params_count: float, zero_stage: int, pp: int,
-                         precision: Precision, pipeline_no_sync: bool = False) -> float:
+                         precision: Precision, pipeline_no_sync: bool = False,
+                         fp8_linear: tuple[float, float] = (0.0, 0.0)) -> float:
     """FSDP's gathered compute copies at the stage's activation peak (the start of the backward),
     lp = the compute dtype's bytes. FULL_SHARD without a pipeline (torchtitan's reshard_after_forward:
     one unit per block, the root unit holding the embedding, final norm and head): the block running
@@ -347,13 +348,19 @@ def fsdp_unsharded_bytes(stage_params_count: float, block_params: float, root_pa
     FSDP2 keeps each parameter's gradient unsharded across the micro-batches, upcast to the reduce
     dtype (fully_shard/_fsdp_param.py: to_accumulated_grad_if_needed,
     accumulate_unsharded_grad_if_needed): the stage's whole gradient in grad_bytes (fp32 under
-    MixedPrecisionPolicy(bf16, fp32)) until the last micro-batch reduce-scatters it."""
+    MixedPrecisionPolicy(bf16, fp32)) until the last micro-batch reduce-scatters it.
+
+    fp8_linear = (of a block, of the stage) the linear layers' parameters gathered in FP8 (torchao's
+    Float8 all-gather: 1 byte each in the gathered copy instead of lp; gradients stay lp)."""
     lp = precision.compute_weight_bytes
+    block_fp8, stage_fp8 = fp8_linear
     if zero_stage == 3 and pp == 1:
-        return lp * (2 * block_params + root_params + head_params_count)
+        return (lp * (2 * block_params + root_params + head_params_count)
+                - 2 * (lp - FP8_BYTES) * block_fp8)
     if zero_stage >= 2:
         accumulated = precision.grad_bytes * stage_params_count if pipeline_no_sync and pp > 1 else 0.0
-        return lp * (stage_params_count + block_params) + accumulated
+        return (lp * (stage_params_count + block_params) - (lp - FP8_BYTES) * stage_fp8
+                + accumulated)
     return 0.0
 
 
@@ -442,8 +449,12 @@ def _stage_fixed(spec: ModelSpec, first: bool, last: bool, blocks: int, dense: i
     else:
         head = head_params(spec, tp, separate_stage=pp > 1) if last else 0
         root = (embedding_params(spec, tp) if first else 0) + head
+        fp8_linear = ((linear_params_held(spec, tp, 1, 1, ep),
+                       linear_params_held(spec, tp, blocks, moe_blocks, ep))
+                      if precision.fp8 and engine.fsdp_fp8_all_gather else (0.0, 0.0))
         buffers = fsdp_unsharded_bytes(params, block, root, head, zero_stage, pp, precision,
-                                       pipeline_no_sync=engine.dp_overlap == "fsdp")
+                                       pipeline_no_sync=engine.dp_overlap == "fsdp",
+                                       fp8_linear=fp8_linear)
     return params, expert, states, buffers, saved, transient
 
 

@@ -285,7 +285,7 @@ def _stage_parts(spec: ModelSpec, gpu: GpuSpec, precision: Precision, blocks: in
         per_token += head_kernel_bytes(spec, kernels=engine.kernels, tp=tp, act=act,
                                        sequence_parallel=sequence_parallel)
     memory_bytes = tokens * per_token
-    if precision.fp8:
+    if precision.fp8 and not engine.fsdp_fp8_all_gather:   # else cast on the shard: layout_time
         linear = linear_params_held(spec, tp, blocks, blocks - dense, ep)
         memory_bytes += fp8_weight_cast_bytes(linear, engine.fp8, per_micro_batch=True)
     memory_s = memory_bytes / gpu.hbm_bytes_per_s

@@ -30,8 +30,9 @@ Root Cause (first observed failure):
 
 
 def test_relay_drops_the_launchers_noise_and_keeps_its_root_cause():
-    out, report = io.StringIO(), LauncherReport()
-    relay_stderr(io.StringIO(ELASTIC_TAIL), out, report)
+    out, report, pipe = io.StringIO(), LauncherReport(), io.StringIO(ELASTIC_TAIL)
+    relay_stderr(pipe, out, report)
+    assert pipe.closed    # read to its end and closed: no unclosed pipe left to the supervisor
     assert out.getvalue() == "rank 1: step 3\n"
     assert (report.rank, report.exitcode) == (3, -9)
     assert report.describe() == "rank 3 failed first, killed by SIGKILL"

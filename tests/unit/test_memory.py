@@ -177,6 +177,16 @@ def test_fsdp_under_a_pipeline_keeps_the_stages_gradient_unsharded_in_fp32():
     assert fsdp_unsharded_bytes(1e9, 1e8, 1e8, 1e8, 3, 1, fsdp, pipeline_no_sync=True) == 0.8e9
 
 
+def test_fsdp_float8_all_gather_holds_the_gathered_linear_weights_in_one_byte():
+    """torchao's Float8 all-gather: the gathered copies of the linear layers are FP8. FULL_SHARD
+    without a pipeline, blocks of 1e8 with 0.75e8 linear: 2 (2e8 + 1e8 + 1e8) - 2 x 0.75e8 x (2 - 1)
+    = 6.5e8; under a pipeline, a stage of 1e9 with 8e8 linear: 2 (1e9 + 1e8) - 8e8 + 4 x 1e9 = 5.4e9."""
+    fsdp = PRECISIONS["bf16-fsdp"]
+    assert fsdp_unsharded_bytes(1e9, 1e8, 1e8, 1e8, 3, 1, fsdp, fp8_linear=(0.75e8, 8e8)) == 6.5e8
+    assert fsdp_unsharded_bytes(1e9, 1e8, 1e8, 1e8, 3, 4, fsdp, pipeline_no_sync=True,
+                                fp8_linear=(0.75e8, 8e8)) == 5.4e9
+
+
 def test_zero2_bf16_matches_deepspeeds_2_psi_plus_18_psi_over_n():
     from llmlaunch.topology.memory import deepspeed_model_state_bytes
 

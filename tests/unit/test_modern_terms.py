@@ -123,6 +123,24 @@ def test_fsdp_exposure_hand_values():
     assert grad_op == pytest.approx(0.0035 + 0.007 + 0.004 + (0.035 - 0.007 - 0.02))
 
 
+def test_fsdp_float8_all_gather_hand_values():
+    """torchao's Float8 all-gather (engine fsdp-compile-float8-gather): the same FULL_SHARD stage
+    with 8e8 of its parameters in linear layers (1.5e8 of a block's) gathers those in 1 byte:
+    7/8 x (2e8 x 2 + 8e8 x 1) / 1e11 = 0.0105 s a pass; the first gather is a block's,
+    7/8 x (5e7 x 2 + 1.5e8) / 1e11 = 0.0021875 s (the bf16 root's is 0.00175 s); the forward hides
+    the rest (0.0083125 < 0.01), the backward shows 0.0105 + 0.035 - 0.007 - 0.02 = 0.0185."""
+    from llmlaunch.topology.engines import ENGINES
+
+    args = dict(gather_bytes=2, reduce_bytes=4, dp=8, compute_s=0.03, bw_gb_per_s=100,
+                latency_s=0.0)
+    fp8 = fsdp_exposed_s(2e8, 1e8, 1e9, zero_stage=3, reshard_after_forward=True,
+                         fp8_linear=(1.5e8, 8e8), **args)
+    assert fp8 == pytest.approx(0.0021875 + 0.007 + 0.0 + 0.0185)
+    assert ENGINES["fsdp-compile-float8-gather"].fsdp_fp8_all_gather
+    assert not any(e.fsdp_fp8_all_gather for name, e in ENGINES.items()
+                   if name != "fsdp-compile-float8-gather")
+
+
 # ---- GEMM waves and clocks ---------------------------------------------------------------
 
 def test_wave_overhead_from_the_published_k_sweep():
