@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from .collectives import allgather_time_s, comm_sm_share, overlapped_exposed_s
 from .engines import Engine
+from .experts import expert_data_parallel, expert_params_held
 from .hardware import GpuSpec
 from .layout import Layout
 from .fp8 import FP8_BYTES
@@ -83,24 +84,34 @@ def fsdp_exposed_s(block_params: float, root_params: float, stage_params: float,
                    gather_bytes: int, reduce_bytes: int, dp: int, zero_stage: int,
                    reshard_after_forward: bool, compute_s: float, bw_gb_per_s: float,
                    latency_s: float, comm_sm_share: float = 0.0,
-                   fp8_linear: tuple[float, float] = (0.0, 0.0)) -> float:
+                   fp8_linear: tuple[float, float] = (0.0, 0.0),
+                   experts: tuple[float, float, int] = (0.0, 0.0, 1)) -> float:
     """FSDP's exposed data-parallel time per micro-batch (module docstring). fp8_linear: (of a
     block, of the stage) the linear layers' parameters FSDP gathers in FP8 (torchao's Float8
-    all-gather: 1 byte each instead of gather_bytes; the root unit stays in gather_bytes)."""
-    if dp <= 1:
-        return 0.0
+    all-gather: 1 byte each instead of gather_bytes; the root unit stays in gather_bytes).
+    experts: (of a block, of the stage) the routed experts' parameters this GPU holds and the
+    expert-data-parallel degree they are sharded over (experts.expert_data_parallel: d/e; at 1
+    FSDP neither gathers nor reduce-scatters them); the rest is sharded over dp."""
+    block_exp, stage_exp, edp = experts
 
-    def half(p: float, nbytes: float) -> float:
-        return allgather_time_s(p * nbytes, dp, bw_gb_per_s, latency_s) if p else 0.0
+    def half(p: float, nbytes: float, n: int = dp) -> float:
+        return allgather_time_s(p * nbytes, n, bw_gb_per_s, latency_s) if p and n > 1 else 0.0
+
+    def gathered(params: float, fp8: float, exp: float) -> float:
+        # the experts are linear layers: in FP8 when the linear layers are (fp8 counts them too)
+        dense_fp8 = max(0.0, fp8 - exp) if fp8 else 0.0
+        return (half(params - exp - dense_fp8, gather_bytes) + half(dense_fp8, FP8_BYTES)
+                + half(exp, FP8_BYTES if fp8 else gather_bytes, edp))
+
+    def reduced(params: float, exp: float) -> float:
+        return half(params - exp, reduce_bytes) + half(exp, reduce_bytes, edp)
 
     block_fp8, stage_fp8 = fp8_linear
-    gathers = half(stage_params - stage_fp8, gather_bytes) + half(stage_fp8, FP8_BYTES)
-    reduce = half(stage_params, reduce_bytes)
+    gathers = gathered(stage_params, stage_fp8, stage_exp)
+    reduce = reduced(stage_params, stage_exp)
     regather = gathers if zero_stage == 3 and reshard_after_forward else 0.0
-    edge = max(block_params, root_params)
-    first = max(half(block_params - block_fp8, gather_bytes) + half(block_fp8, FP8_BYTES),
-                half(root_params, gather_bytes))
-    last = half(edge, reduce_bytes)
+    first = max(gathered(block_params, block_fp8, block_exp), half(root_params, gather_bytes))
+    last = max(reduced(block_params, block_exp), half(root_params, reduce_bytes))
     return (first + last
             + max(0.0, overlapped_exposed_s(gathers - first, compute_s / 3, comm_sm_share))
             + max(0.0, overlapped_exposed_s(regather + reduce - last, compute_s * 2 / 3,
@@ -129,12 +140,17 @@ def overlapped_dp_time_s(spec: ModelSpec, gpu: GpuSpec, layout: Layout, eng: Eng
             moe = worst.blocks - dense_blocks_in(spec, first, worst.blocks)
             fp8_linear = (linear_params_held(spec, tp, 1, 1, layout.ep),
                           linear_params_held(spec, tp, worst.blocks, moe, layout.ep))
-        per = fsdp_exposed_s(layer_params(spec, tp).total, root, worst.params,
+        block_experts = expert_params_held(spec, 1, tp, layout.ep) if spec.moe else 0.0
+        block = layer_params(spec, tp).total - expert_params_held(spec, 1, tp, 1) + block_experts
+        experts = (block_experts, worst.expert_params,
+                   expert_data_parallel(layout.dp, layout.ep) * layout.cp)
+        per = fsdp_exposed_s(block, root, worst.params,
                              gather_bytes=precision.compute_weight_bytes,
                              reduce_bytes=precision.grad_bytes, dp=dpn,
                              zero_stage=layout.zero_stage, reshard_after_forward=reshard,
                              compute_s=compute_s, bw_gb_per_s=bw, latency_s=alpha,
-                             comm_sm_share=comm_sm_share(gpu), fp8_linear=fp8_linear)
+                             comm_sm_share=comm_sm_share(gpu), fp8_linear=fp8_linear,
+                             experts=experts)
         return (layout.grad_accum if reshard else 1) * per, 0.0
     reduce = mcore_dp_exposed_s(worst.params, grad_bytes=eng.dp_grad_bytes or precision.grad_bytes,
                                 weight_bytes=precision.weight_bytes, dp=dpn,

@@ -331,7 +331,8 @@ class StageMemory:
 def fsdp_unsharded_bytes(stage_params_count: float, block_params: float, root_params: float,
                          head_params_count: float, zero_stage: int, pp: int,
                          precision: Precision, pipeline_no_sync: bool = False,
-                         fp8_linear: tuple[float, float] = (0.0, 0.0)) -> float:
+                         fp8_linear: tuple[float, float] = (0.0, 0.0),
+                         sharded_gradients: float = 0.0) -> float:
     """FSDP's gathered compute copies at the stage's activation peak (the start of the backward),
     lp = the compute dtype's bytes. FULL_SHARD without a pipeline (torchtitan's reshard_after_forward:
     one unit per block, the root unit holding the embedding, final norm and head): the block running
@@ -348,7 +349,9 @@ def fsdp_unsharded_bytes(stage_params_count: float, block_params: float, root_pa
     FSDP2 keeps each parameter's gradient unsharded across the micro-batches, upcast to the reduce
     dtype (fully_shard/_fsdp_param.py: to_accumulated_grad_if_needed,
     accumulate_unsharded_grad_if_needed): the stage's whole gradient in grad_bytes (fp32 under
-    MixedPrecisionPolicy(bf16, fp32)) until the last micro-batch reduce-scatters it.
+    MixedPrecisionPolicy(bf16, fp32)) until the last micro-batch reduce-scatters it. It takes the
+    place of the sharded gradients (`sharded_gradients`, bytes, counted with the model states),
+    which exist only after that reduce-scatter: only the excess is added here.
 
     fp8_linear = (of a block, of the stage) the linear layers' parameters gathered in FP8 (torchao's
     Float8 all-gather: 1 byte each in the gathered copy instead of lp; gradients stay lp)."""
@@ -358,7 +361,8 @@ def fsdp_unsharded_bytes(stage_params_count: float, block_params: float, root_pa
         return (lp * (2 * block_params + root_params + head_params_count)
                 - 2 * (lp - FP8_BYTES) * block_fp8)
     if zero_stage >= 2:
-        accumulated = precision.grad_bytes * stage_params_count if pipeline_no_sync and pp > 1 else 0.0
+        accumulated = (max(0.0, precision.grad_bytes * stage_params_count - sharded_gradients)
+                       if pipeline_no_sync and pp > 1 else 0.0)
         return (lp * (stage_params_count + block_params) - (lp - FP8_BYTES) * stage_fp8
                 + accumulated)
     return 0.0
@@ -439,7 +443,9 @@ def _stage_fixed(spec: ModelSpec, first: bool, last: bool, blocks: int, dense: i
         spec, stage=stage, pp=pp, micro_batch=micro_batch, tp=tp, recompute=recompute, act_bytes=act,
         logits_per_element=engine.logits_bytes, **rules)
     transient += dispatch_buffer_bytes(spec, moe_blocks, ep, micro_batch, seq_len, cp, act)
-    block = layer_params(spec, tp).total
+    # one block as this GPU holds it (an MoE block's routed experts E/ep of them): what ZeRO-3
+    # and FSDP gather at once
+    block = layer_params(spec, tp).total - expert_params_held(spec, 1, tp, 1) + expert_params_held(spec, 1, tp, ep)
     if engine.zero_accounting == "deepspeed":
         largest = 0.0
         if zero_stage == 3:   # the largest module ZeRO-3 gathers whole: a block, the embedding or head
@@ -454,7 +460,7 @@ def _stage_fixed(spec: ModelSpec, first: bool, last: bool, blocks: int, dense: i
                       if precision.fp8 and engine.fsdp_fp8_all_gather else (0.0, 0.0))
         buffers = fsdp_unsharded_bytes(params, block, root, head, zero_stage, pp, precision,
                                        pipeline_no_sync=engine.dp_overlap == "fsdp",
-                                       fp8_linear=fp8_linear)
+                                       fp8_linear=fp8_linear, sharded_gradients=states["gradients"])
     return params, expert, states, buffers, saved, transient
 
 

@@ -175,6 +175,10 @@ def test_fsdp_under_a_pipeline_keeps_the_stages_gradient_unsharded_in_fp32():
     assert fsdp_unsharded_bytes(1e9, 1e8, 1e8, 1e8, 3, 4, fsdp, pipeline_no_sync=True) == 6.2e9
     assert fsdp_unsharded_bytes(1e9, 1e8, 1e8, 1e8, 3, 4, fsdp) == 2.2e9
     assert fsdp_unsharded_bytes(1e9, 1e8, 1e8, 1e8, 3, 1, fsdp, pipeline_no_sync=True) == 0.8e9
+    # the sharded gradients (here 0.5e9 bytes, counted with the model states) exist only after the
+    # last micro-batch's reduce-scatter: the accumulated gradient takes their place, 4e9 - 0.5e9
+    assert fsdp_unsharded_bytes(1e9, 1e8, 1e8, 1e8, 3, 4, fsdp, pipeline_no_sync=True,
+                                sharded_gradients=0.5e9) == 5.7e9
 
 
 def test_fsdp_float8_all_gather_holds_the_gathered_linear_weights_in_one_byte():
@@ -245,3 +249,22 @@ def test_zero3_gathered_parameters_and_buckets():
     assert buffer_bytes(8.6e9, 3, bf16, 8, 1e8) == 2e9
     # ZeRO-2 keeps the all-gather bucket (the reduce bucket is counted with the gradients)
     assert buffer_bytes(8.6e9, 2, bf16, 8) == 2e8 * 2
+
+
+def test_fsdp_gathers_an_moe_block_as_this_gpu_holds_it():
+    """FSDP (and ZeRO-3) gather one block at a time; an MoE block's routed experts are split over
+    ep, so the gathered block holds E/ep of them. Mixtral's FULL_SHARD buffers (2 blocks in bf16)
+    at ep 8 are smaller than at ep 1 by 2 blocks x 2 bytes x 7/8 of the routed experts."""
+    from llmlaunch.topology.engines import ENGINES
+    from llmlaunch.topology.experts import routed_expert_params
+
+    mixtral = preset("mixtral-8x7b")
+
+    def gathered(ep):
+        stage, = pipeline_memory(mixtral, dp=8, pp=1, tp=1, micro_batch=1, micro_batches=1,
+                                 zero_stage=3, recompute="full", precision=PRECISIONS["bf16-fsdp"],
+                                 framework_bytes=0, seq_len=4096, ep=ep, engine=ENGINES["fsdp"])
+        return stage.buffers - stage.overhead
+
+    expected = 2 * 2 * routed_expert_params(mixtral) * (1 - 1 / 8)
+    assert gathered(1) - gathered(8) == pytest.approx(expected)

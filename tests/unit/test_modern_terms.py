@@ -141,6 +141,21 @@ def test_fsdp_float8_all_gather_hand_values():
                    if name != "fsdp-compile-float8-gather")
 
 
+def test_fsdp_does_not_gather_experts_it_does_not_shard():
+    """An MoE stage under FSDP with ep = dp (expert-data-parallel degree 1): the routed experts
+    (here 5e8 of the stage's 1e9 parameters, 1e8 of a block's 2e8) are neither gathered nor
+    reduce-scattered. Over 8 ranks at 100 GB/s: gathers 7/8 x 5e8 x 2 / 1e11 = 0.00875 s,
+    reduce-scatters 0.0175 s; first and last a block's (or the root's) 0.00175 and 0.0035 s; the
+    forward hides the rest, the backward shows 0.00875 + 0.0175 - 0.0035 - 0.02 = 0.00275."""
+    args = dict(gather_bytes=2, reduce_bytes=4, dp=8, compute_s=0.03, bw_gb_per_s=100,
+                latency_s=0.0, zero_stage=3, reshard_after_forward=True)
+    moe = fsdp_exposed_s(2e8, 1e8, 1e9, experts=(1e8, 5e8, 1), **args)
+    assert moe == pytest.approx(0.00175 + 0.0035 + 0.00275)
+    # sharded over 8 they cost what the same parameters of a dense stage do
+    assert fsdp_exposed_s(2e8, 1e8, 1e9, experts=(1e8, 5e8, 8), **args) == pytest.approx(
+        fsdp_exposed_s(2e8, 1e8, 1e9, **args))
+
+
 # ---- GEMM waves and clocks ---------------------------------------------------------------
 
 def test_wave_overhead_from_the_published_k_sweep():
