@@ -10,7 +10,8 @@ from pathlib import Path
 def write_planted_corpus(folder: Path, documents: int = 150) -> Path:
     from llmlaunch.data import default_corpus_path
 
-    texts = [json.loads(line)["text"] for line in open(default_corpus_path())][:documents]
+    with open(default_corpus_path()) as corpus:
+        texts = [json.loads(line)["text"] for line in corpus][:documents]
     out = []
     for i, text in enumerate(texts):
         out.append(text)

@@ -194,7 +194,8 @@ def test_the_start_log_counts_starts_without_progress_per_job(tmp_path):
                   {"event": "begin", "job": "7", "start": 2, "step": 12},   # killed: no end line
                   {"event": "begin", "job": "7", "start": 3, "step": 12}]:
         start_log.append_event(tmp_path, event)
-    (tmp_path / "starts.jsonl").open("a").write('{"event": "end", "jo')   # torn by a crash
+    with (tmp_path / "starts.jsonl").open("a") as log:
+        log.write('{"event": "end", "jo')   # torn by a crash
     starts = start_log.starts_of(start_log.read_events(tmp_path))
     assert [(s["start"], s["from_step"], s["to_step"]) for s in starts] == [
         (0, 0, 12), (1, 12, 12), (2, 12, 12), (3, 12, None)]
