@@ -178,6 +178,10 @@ class Engine:
     """How sharded states and their buffers are counted (memory.py): 'deepspeed' (DeepSpeed 0.19's
     ZeRO buckets and partitions, measured by `validate`) or 'sharded' (the paper's 16/N split with
     the engine's own gathered copies: Megatron-Core's distributed optimizer, FSDP)."""
+    moe_dispatcher: str = "alltoall"
+    """How MoE tokens reach their experts (step_time.expert_alltoall_time_s): 'alltoall' (NCCL
+    all-to-all of every routed copy: Megatron-Core's alltoall dispatcher, DeepSpeed-MoE) or 'deepep'
+    (Megatron-Core's flex dispatcher with DeepEP: a token crosses the network once per node)."""
     runnable: bool = False
     """llmlaunch's `train` runs it (`plan --emit` writes only such layouts)."""
     source: str = ""
@@ -258,6 +262,19 @@ ENGINES = {
                "cuDNN attention and userbuffers TP overlap as Megatron-Bridge's perf recipes set "
                "them (src/megatron/bridge/training/comm_overlap.py); zero_stage 1 is the "
                "distributed optimizer, 3 Megatron-FSDP"),
+    "megatron-core-deepep": Engine(
+        "megatron-core-deepep", kernels="megatron", dropout=False,
+        pipeline_sends="async-interleaved", tp_backward_overlap=True,
+        grad_accumulation_bytes=MCORE_ACCUMULATION_BYTES,
+        optimizer_extra_bytes=MCORE_OPTIMIZER_EXTRA_BYTES, dp_grad_bytes=2,
+        attention_kernel="cudnn", activations="fused", dp_overlap="bucketed",
+        pipeline_zero_stages=(0, 1), zero_stages=(0, 1, 3), tp_comm_overlap=True, cp_overlap=True,
+        sequence_parallel_default=True, fp8="te-fp8-params", model_states="bf16-mcore",
+        zero_accounting="sharded", moe_dispatcher="deepep",
+        source="megatron-core with --moe-token-dispatcher-type flex --moe-enable-deepep "
+               "(megatron/core/transformer/moe/token_dispatcher.py MoEFlexTokenDispatcher, "
+               "fused_a2a.py over DeepEP's normal kernels), as Megatron-Bridge's DeepSeek-V3 H100 "
+               "recipe runs it (scripts/performance/run_script.py at v0.1.0rc3)"),
     "fsdp": _FSDP,
     "fsdp-compile": replace(
         _FSDP, name="fsdp-compile", kernels="inductor",
