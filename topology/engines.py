@@ -178,6 +178,10 @@ class Engine:
     """How sharded states and their buffers are counted (memory.py): 'deepspeed' (DeepSpeed 0.19's
     ZeRO buckets and partitions, measured by `validate`) or 'sharded' (the paper's 16/N split with
     the engine's own gathered copies: Megatron-Core's distributed optimizer, FSDP)."""
+    moe_dispatcher: str = "alltoall"
+    """How MoE tokens reach their experts (step_time.expert_alltoall_time_s): 'alltoall' (NCCL
+    all-to-all of every routed copy: Megatron-Core's alltoall dispatcher, DeepSpeed-MoE) or 'deepep'
+    (Megatron-Core's flex dispatcher with DeepEP: a token crosses the network once per node)."""
     runnable: bool = False
     """llmlaunch's `train` runs it (`plan --emit` writes only such layouts)."""
     source: str = ""
@@ -195,6 +199,21 @@ _FSDP = Engine(
            " at 9dec370, 2024-12: one unit per block, reshard_after_forward except under a "
            "pipeline, MixedPrecisionPolicy(bf16, fp32), per-op selective AC); zero_stage 2 is "
            "SHARD_GRAD_OP, 3 FULL_SHARD")
+
+_MCORE = Engine(
+    "megatron-core", kernels="megatron", dropout=False, pipeline_sends="async-interleaved",
+    tp_backward_overlap=True, grad_accumulation_bytes=MCORE_ACCUMULATION_BYTES,
+    optimizer_extra_bytes=MCORE_OPTIMIZER_EXTRA_BYTES, dp_grad_bytes=2,
+    attention_kernel="cudnn", activations="fused", dp_overlap="bucketed",
+    pipeline_zero_stages=(0, 1), zero_stages=(0, 1, 3), tp_comm_overlap=True, cp_overlap=True,
+    sequence_parallel_default=True,
+    fp8="te-fp8-params", model_states="bf16-mcore", zero_accounting="sharded",
+    source="Megatron-Core 0.20 (NVIDIA/Megatron-LM megatron/core: distributed/"
+           "distributed_data_parallel_config.py overlap_grad_reduce, overlap_param_gather, "
+           "bucket_size; optimizer/distrib_optimizer.py), Transformer Engine's fused kernels, "
+           "cuDNN attention and userbuffers TP overlap as Megatron-Bridge's perf recipes set "
+           "them (src/megatron/bridge/training/comm_overlap.py); zero_stage 1 is the "
+           "distributed optimizer, 3 Megatron-FSDP")
 
 ENGINES = {
     "deepspeed": Engine(
@@ -244,20 +263,13 @@ ENGINES = {
                "sharding gradients and optimizer states under the pipeline (ZeRO-2); all-gather "
                "context parallelism, exposed; fused attention and the fused kernel set assumed (the "
                "report names no kernels: FlashAttention-2's rate)"),
-    "megatron-core": Engine(
-        "megatron-core", kernels="megatron", dropout=False, pipeline_sends="async-interleaved",
-        tp_backward_overlap=True, grad_accumulation_bytes=MCORE_ACCUMULATION_BYTES,
-        optimizer_extra_bytes=MCORE_OPTIMIZER_EXTRA_BYTES, dp_grad_bytes=2,
-        attention_kernel="cudnn", activations="fused", dp_overlap="bucketed",
-        pipeline_zero_stages=(0, 1), zero_stages=(0, 1, 3), tp_comm_overlap=True, cp_overlap=True,
-        sequence_parallel_default=True,
-        fp8="te-fp8-params", model_states="bf16-mcore", zero_accounting="sharded",
-        source="Megatron-Core 0.20 (NVIDIA/Megatron-LM megatron/core: distributed/"
-               "distributed_data_parallel_config.py overlap_grad_reduce, overlap_param_gather, "
-               "bucket_size; optimizer/distrib_optimizer.py), Transformer Engine's fused kernels, "
-               "cuDNN attention and userbuffers TP overlap as Megatron-Bridge's perf recipes set "
-               "them (src/megatron/bridge/training/comm_overlap.py); zero_stage 1 is the "
-               "distributed optimizer, 3 Megatron-FSDP"),
+    "megatron-core": _MCORE,
+    "megatron-core-deepep": replace(
+        _MCORE, name="megatron-core-deepep", moe_dispatcher="deepep",
+        source="megatron-core with --moe-token-dispatcher-type flex --moe-enable-deepep "
+               "(megatron/core/transformer/moe/token_dispatcher.py MoEFlexTokenDispatcher, "
+               "fused_a2a.py over DeepEP's normal kernels), as Megatron-Bridge's DeepSeek-V3 H100 "
+               "recipe runs it (scripts/performance/run_script.py at v0.1.0rc3)"),
     "fsdp": _FSDP,
     "fsdp-compile": replace(
         _FSDP, name="fsdp-compile", kernels="inductor",

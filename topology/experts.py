@@ -99,3 +99,40 @@ def alltoalls_per_moe_layer(recompute: str) -> int:
     """All-to-alls of one MoE layer per micro-batch: dispatch and combine forward, their gradients
     backward (4), and the forward's two again under full recompute (6)."""
     return 2 * ALLTOALLS_FORWARD + (ALLTOALLS_FORWARD if recompute == "full" else 0)
+
+
+# DeepEP's normal (training) kernels, V1 (deepseek-ai/DeepEP docs/legacy.md, "Normal kernels with
+# NVLink and RDMA forwarding": H800 with one CX7 400 Gb/s NIC a GPU, the DGX H100's NIC, at the
+# DeepSeek-V3 setting of 4096 tokens, h 7168, top-4 groups, top-8 experts): the bottleneck RDMA
+# bandwidth of a dispatch / combine over EP 64 (8 nodes), 51 / 50 GB/s. It is a logical bandwidth:
+# tests/test_internode.py counts each token once per node it goes to, its own node included
+# (rdma_idx = topk_idx // experts per node, made unique per token), over the kernel's time.
+DEEPEP_DISPATCH_GB_PER_S = 51.0
+DEEPEP_COMBINE_GB_PER_S = 50.0
+
+
+def dispatch_tokens_per_gpu(micro_batch: int, seq_len: int, cp: int, tp: int,
+                            sequence_parallel: bool) -> float:
+    """Tokens one GPU routes through an MoE layer per micro-batch: b s / cp, and b s / (cp t) under
+    sequence parallelism, where the MoE layer receives the hidden states split over the t tensor
+    ranks (Megatron-Core requires SP with TP > 1 in an MoE model: transformer_config.py, 'sequence
+    parallelism must be used' with expert and tensor parallelism; its dispatchers exchange each
+    rank's own T/t tokens, with expert tensor parallelism 1 over the tp x ep ranks)."""
+    tokens = micro_batch * seq_len / cp
+    return tokens / tp if sequence_parallel and tp > 1 else tokens
+
+
+def nodes_per_token(spec: ModelSpec) -> int:
+    """Nodes a token's k routed copies reach at most: the node-limited groups M
+    (expert_groups_per_token; DeepSeek-V3 Section 2.1.2, M = 4, each group one node's experts) or,
+    not limited, k (one node per expert at worst)."""
+    return spec.expert_groups_per_token or spec.experts_per_token
+
+
+def deepep_internode_time_s(spec: ModelSpec, tokens: float, act_bytes: int,
+                            gb_per_s: float) -> float:
+    """One DeepEP dispatch or combine across nodes: each token leaves once per node it is routed
+    to (DeepEP forwards it over NVLink to that node's GPUs), T M h A bytes at the measured logical
+    bandwidth (DEEPEP_DISPATCH_GB_PER_S / DEEPEP_COMBINE_GB_PER_S, which count the own node the
+    same way)."""
+    return tokens * nodes_per_token(spec) * spec.hidden * act_bytes / (gb_per_s * 1e9)

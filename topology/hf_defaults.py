@@ -81,7 +81,8 @@ TRANSFORMERS_DEFAULTS: dict[str, dict] = {
                         num_key_value_heads=128, intermediate_size=18432, vocab_size=129280,
                         max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
                         num_experts_per_tok=8, moe_intermediate_size=2048, n_shared_experts=1,
-                        n_routed_experts=256, first_k_dense_replace=3, rope_theta=10000.0),
+                        n_routed_experts=256, first_k_dense_replace=3, rope_theta=10000.0,
+                        n_group=8, topk_group=4),
 }
 
 # key -> the value the shape formula assumes (what modeling_<family>.py builds at that value: a

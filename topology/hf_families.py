@@ -190,6 +190,8 @@ def _deepseek(cfg, seq_len):
     spec.update(experts=cfg["n_routed_experts"], experts_per_token=cfg["num_experts_per_tok"],
                 expert_ffn_hidden=cfg["moe_intermediate_size"], shared_expert_ffn_hidden=shared,
                 dense_layers=min(cfg.get("first_k_dense_replace") or 0, spec["layers"] - 1))
+    if (cfg.get("n_group") or 1) > 1 and cfg.get("topk_group"):   # node-limited routing (V3)
+        spec["expert_groups_per_token"] = cfg["topk_group"]
     return spec
 
 

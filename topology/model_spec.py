@@ -139,6 +139,10 @@ class ModelSpec:
     """A sigmoid gate Linear(h, 1) on the shared expert's output (Qwen2-MoE)."""
     dense_layers: int = 0
     """MoE models only: the first layers keep a dense MLP of width f (DeepSeek first_k_dense_replace)."""
+    expert_groups_per_token: int = 0
+    """MoE node-limited routing: a token's k experts are drawn from at most this many expert groups
+    (DeepSeek-V3's topk_group 4 of n_group 8, Section 2.1.2: each token to at most M = 4 nodes);
+    0: not limited."""
     norm_topk_prob: bool = True
     """MoE: the k routing weights of a token are renormalised to sum to 1 (Mixtral always; Qwen-MoE's
     norm_topk_prob); false: they stay the softmax probabilities."""
@@ -173,7 +177,7 @@ class ModelSpec:
         for field in ("kv_heads", "ffn_hidden", "head_dim", "block_norms", "sliding_window",
                       "sliding_window_layers", "experts", "experts_per_token", "expert_ffn_hidden",
                       "shared_expert_ffn_hidden", "dense_layers", "kv_lora_rank", "q_lora_rank",
-                      "qk_rope_head_dim", "v_head_dim"):
+                      "qk_rope_head_dim", "v_head_dim", "expert_groups_per_token"):
             _check_int(field, getattr(self, field), 0)
         for field in ("router_aux_loss_coef", "router_z_loss_coef", "capacity_factor"):
             value = getattr(self, field)

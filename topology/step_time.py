@@ -25,7 +25,8 @@ Model (each term a pure function below or in the module named):
                                the host link, plus CPU Adam at the host's memory bandwidth
   expert parallel (MoE):       per MoE layer and micro-batch, the all-to-alls of token routing
                                (dispatch and combine, forward and backward; experts.py) over the
-                               ep group, blocking
+                               ep group, blocking; the tokens of this rank (T/t under SP); DeepEP
+                               across nodes: once per node a token reaches
   optimizer:                   AdamW is memory-bound: bytes touched per local parameter / HBM bandwidth,
                                plus the engine's fixed host time per step
 The engine (engines.py) says which kernels run, whether dropout does, how sends and collectives
@@ -53,7 +54,9 @@ from .collectives import (GB, allgather_time_s, allreduce_time_s, bus_gb_per_s, 
                           comm_sm_share, node_collective_time_s, overlapped_exposed_s, p2p_time_s)
 from .context_parallel import cp_block_time_s
 from .engines import DEFAULT_ENGINE, ENGINES, Engine, instructions_per_micro_batch
-from .experts import DEFAULT_CAPACITY_FACTOR, alltoall_buffer_bytes, alltoalls_per_moe_layer
+from .experts import (ALLTOALLS_FORWARD, DEEPEP_COMBINE_GB_PER_S, DEEPEP_DISPATCH_GB_PER_S,
+                      DEFAULT_CAPACITY_FACTOR, alltoall_buffer_bytes, alltoalls_per_moe_layer,
+                      deepep_internode_time_s, dispatch_tokens_per_gpu)
 from .fp8 import fp8_cast_bytes_per_token, fp8_weight_cast_bytes
 from .gemm_pricing import stage_gemm_times
 from .gemms import ATTENTION_CORE, OP_SELECTIVE
@@ -222,18 +225,27 @@ def pipeline_send_time_s(*, first: bool, last: bool, pp: int, tp: int, tokens: i
     return sends * one
 
 
-def expert_alltoall_time_s(spec: ModelSpec, *, blocks: int, tokens: int, act: int, ep: int,
+def expert_alltoall_time_s(spec: ModelSpec, *, blocks: int, tokens: float, act: int, ep: int,
                            recompute: str, gpu: GpuSpec, spans_nodes: bool,
-                           capacity_factor: float = DEFAULT_CAPACITY_FACTOR) -> float:
+                           capacity_factor: float = DEFAULT_CAPACITY_FACTOR,
+                           dispatcher: str = "alltoall") -> float:
     """Token routing of one micro-batch through a stage's MoE blocks (every block planned as one):
     per block alltoalls_per_moe_layer all-to-alls over the ep group, each of the buffer
     alltoall_buffer_bytes (T k h A c), of which (e-1)/e leaves the GPU: the volume per GPU of an
     all-gather of that buffer (NCCL counts an all-to-all's bus bandwidth the same way), so it is
     priced like one: inside a node at the measured bus bandwidth (node_collective_time_s), across
     nodes at inter_node_gb_per_s with (e-1) latencies (allgather_time_s). Blocking: the expert
-    GEMMs wait for the dispatch, the next layer for the combine."""
+    GEMMs wait for the dispatch, the next layer for the combine. dispatcher 'deepep' (Megatron-Core's
+    flex dispatcher with DeepEP) across nodes: each dispatch and combine sends a token once per node
+    it is routed to, at DeepEP's measured bandwidths (experts.deepep_internode_time_s); inside a
+    node it is priced as the all-to-all."""
     if ep <= 1 or not spec.moe:
         return 0.0
+    if dispatcher == "deepep" and spans_nodes:
+        pair = (deepep_internode_time_s(spec, tokens * capacity_factor, act, DEEPEP_DISPATCH_GB_PER_S)
+                + deepep_internode_time_s(spec, tokens * capacity_factor, act,
+                                          DEEPEP_COMBINE_GB_PER_S))
+        return blocks * alltoalls_per_moe_layer(recompute) / ALLTOALLS_FORWARD * pair
     nbytes = alltoall_buffer_bytes(spec, tokens, act, capacity_factor)
     if spans_nodes:
         one = allgather_time_s(nbytes, ep, gpu.inter_node_gb_per_s, gpu.inter_node_latency_s)
@@ -358,10 +370,12 @@ def stage_micro_batch_time(spec: ModelSpec, gpu: GpuSpec, precision: Precision, 
     device_s = matmul_s + memory_s
     compute_s = pass_time_s(device_s, host_s, gpu.async_dispatch)
     moe_blocks = blocks - dense_blocks_in(spec, first_block, blocks)
-    ep_s = expert_alltoall_time_s(spec, blocks=moe_blocks, tokens=micro_batch * seq / cp,
+    ep_s = expert_alltoall_time_s(spec, blocks=moe_blocks,
+                                  tokens=dispatch_tokens_per_gpu(micro_batch, seq, cp, tp,
+                                                                 sequence_parallel),
                                   act=precision.activation_bytes, ep=ep, recompute=recompute,
                                   gpu=gpu, spans_nodes=ep_spans_nodes,
-                                  capacity_factor=capacity_factor)
+                                  capacity_factor=capacity_factor, dispatcher=engine.moe_dispatcher)
     return StageTime(compute_s=compute_s, tp_comm_s=tp_s, pp_comm_s=pp_s,
                      host_bound=host_s > device_s, matmul_s=matmul_s, ep_comm_s=ep_s,
                      cp_comm_s=cp_s)

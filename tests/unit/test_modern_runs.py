@@ -33,6 +33,9 @@ def test_the_table_spans_todays_runs():
     assert {"megatron-core", "llm-foundry"} <= engines and "fsdp" in {r["engine"] for r in RUNS}
     assert {r["precision"] for r in SCORED} == {"bf16", "fp8"}
     assert any(r["model"].get("experts") for r in SCORED)
+    # DeepSeek-V3 at scale: node-limited routing through DeepEP (Megatron-Bridge 25.09, 1024 H100)
+    assert any(r["model"].get("expert_groups_per_token") and r["engine"] == "megatron-core-deepep"
+               and r["gpus"] >= 1024 for r in SCORED)
     assert any(r["layout"].get("cp", 1) > 1 for r in SCORED)
     assert any(r["layout"]["zero_stage"] == 3 for r in SCORED)
     assert {"h100-80gb", "h200-141gb", "b200-180gb", "gb200-186gb"} <= {r["gpu"] for r in SCORED}
