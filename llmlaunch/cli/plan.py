@@ -391,8 +391,11 @@ def no_fit_message(inputs: PlanInputs, result: planner.SearchResult) -> str:
     if pinned:
         nearest = min((c for c in result.rejected if c.stages), default=None,
                       key=lambda c: (len(c.reasons), c.worst_stage.total))
-        why = f": {nearest.reasons[0]}" if nearest and nearest.reasons else (
-            f": {result.rejected[0].reasons[0]}" if result.rejected and result.rejected[0].reasons else "")
+        reason = nearest.reasons[0] if nearest and nearest.reasons else (
+            result.rejected[0].reasons[0] if result.rejected and result.rejected[0].reasons else "")
+        if reason and "over memory" not in reason:   # ruled out, not too big: say so
+            where = f"{size} has no layout on {cl.gpus} x {cl.gpu.name}"
+        why = f": {reason}" if reason else ""
         return f"{where} with {', '.join(pinned)}{why}; drop a pin or use --show-rejected"
     needed = planner.minimum_gpus(inputs.spec, cl, inputs.options)
     if needed:

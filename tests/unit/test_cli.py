@@ -77,6 +77,15 @@ def test_pinned_layout_that_cannot_work_says_why():
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("llmlaunch: error:")
 
 
+def test_a_pin_a_rule_forbids_is_not_called_too_big():
+    """A pinned ZeRO stage the engine does not run has no layout; it is not 'does not fit'."""
+    proc = run_cli("plan", "--gpus", "8", "--model", "llama3-8b", "--engine", "fsdp", "--zero", "1")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("llmlaunch: error: 8.0B has no layout on 8 x a100-80gb with zero_stage=1: ")
+    assert "engine fsdp runs ZeRO stages 0, 2, 3" in last and "does not fit" not in last
+
+
 def test_no_fit_error_says_how_many_gpus_are_needed():
     proc = run_cli("plan", "--gpus", "8", "--params", "175e9", "--gpu", "a100-40gb")
     assert proc.returncode == 1
