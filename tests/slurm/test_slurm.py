@@ -26,6 +26,11 @@ def slurm():
         yield env
 
 
+# Preflight (8 s a start here: every rank imports torch) is tested by the default job and the
+# USR1-during-preflight case; the tests of stops and failures skip it, as other modules' do.
+NO_PREFLIGHT = {"LLMLAUNCH_PREFLIGHT": "0"}
+
+
 def submit(env, cwd, *args, wait=True):
     """sbatch [--wait] slurm/train.sh ARGS; returns (Popen, job id)."""
     cmd = ["sbatch", "--wait"] if wait else ["sbatch"]
@@ -92,7 +97,7 @@ def test_tensor_parallel_job(slurm, tmp_path):
 
 def test_preemption_requeues_and_resumes_to_the_same_curve(slurm, tmp_path, default_run):
     run_dir = tmp_path / "preempted"
-    proc, job = submit(slurm, tmp_path, str(TINY), str(run_dir))
+    proc, job = submit(dict(slurm, **NO_PREFLIGHT), tmp_path, str(TINY), str(run_dir))
     wait_for_steps(run_dir, 8, proc)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True, timeout=30)
     assert proc.wait(timeout=600) == 0, job_log(tmp_path)
@@ -116,7 +121,8 @@ def test_usr1_before_training_requeues_and_the_job_finishes(slurm, tmp_path, pha
     """USR1 while preflight runs, or while the ranks start (before their first step): the job stops
     without a new checkpoint, requeues itself, and the requeued job trains to the end."""
     run_dir = tmp_path / phase
-    proc, job = submit(slurm, tmp_path, str(TINY), str(run_dir), "train.steps=4",
+    env = slurm if phase == "preflight" else dict(slurm, **NO_PREFLIGHT)
+    proc, job = submit(env, tmp_path, str(TINY), str(run_dir), "train.steps=4",
                        "checkpoint.every=2")
     module = "llmlaunch.launcher.preflight" if phase == "preflight" else "llmlaunch.launcher.rank"
     deadline = time.monotonic() + 120
@@ -147,7 +153,7 @@ def test_data_that_does_not_fit_fails_before_any_rank_starts(slurm, tmp_path):
 
 def test_killed_rank_ends_the_job_within_a_minute(slurm, tmp_path):
     run_dir = tmp_path / "killed"
-    no_requeue = dict(slurm, LLMLAUNCH_MAX_RESTARTS="0")   # the job ends, with the rank named
+    no_requeue = dict(slurm, LLMLAUNCH_MAX_RESTARTS="0", **NO_PREFLIGHT)   # ends, rank named
     proc, _ = submit(no_requeue, tmp_path, str(TINY), str(run_dir), "train.steps=100000",
                      "checkpoint.every=0")
     wait_for_steps(run_dir, 3, proc)
@@ -164,8 +170,8 @@ def test_killed_rank_ends_the_job_within_a_minute(slurm, tmp_path):
 def test_stalled_rank_ends_the_job_after_the_timeout(slurm, tmp_path):
     timeout_s = 15
     run_dir = tmp_path / "stalled"
-    proc, _ = submit(dict(slurm, LLMLAUNCH_MAX_RESTARTS="0"), tmp_path, str(TINY), str(run_dir),
-                     "train.steps=100000", "checkpoint.every=0",
+    proc, _ = submit(dict(slurm, LLMLAUNCH_MAX_RESTARTS="0", **NO_PREFLIGHT), tmp_path, str(TINY),
+                     str(run_dir), "train.steps=100000", "checkpoint.every=0",
                      f"train.collective_timeout_s={timeout_s}")
     wait_for_steps(run_dir, 3, proc)
     victim = rank_processes(run_dir)[-1]
