@@ -29,13 +29,13 @@ from __future__ import annotations
 
 from .collectives import allgather_time_s, comm_sm_share, overlapped_exposed_s
 from .engines import Engine
-from .experts import expert_data_parallel, expert_params_held
+from .experts import block_params_held, expert_data_parallel, expert_params_held
 from .hardware import GpuSpec
 from .layout import Layout
 from .fp8 import FP8_BYTES
 from .memory import Precision, StageMemory, dense_blocks_in, linear_params_held
 from .model_spec import ModelSpec
-from .params import embedding_params, head_params, layer_params
+from .params import embedding_params, head_params
 
 MCORE_MIN_BUCKET_PARAMS = 40_000_000
 MCORE_BUCKET_PARAMS_PER_RANK = 1_000_000
@@ -141,7 +141,7 @@ def overlapped_dp_time_s(spec: ModelSpec, gpu: GpuSpec, layout: Layout, eng: Eng
             fp8_linear = (linear_params_held(spec, tp, 1, 1, layout.ep),
                           linear_params_held(spec, tp, worst.blocks, moe, layout.ep))
         block_experts = expert_params_held(spec, 1, tp, layout.ep) if spec.moe else 0.0
-        block = layer_params(spec, tp).total - expert_params_held(spec, 1, tp, 1) + block_experts
+        block = block_params_held(spec, tp, layout.ep)
         experts = (block_experts, worst.expert_params,
                    expert_data_parallel(layout.dp, layout.ep) * layout.cp)
         per = fsdp_exposed_s(block, root, worst.params,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 
 from .model_spec import ModelSpec
-from .params import mlp_params
+from .params import layer_params, mlp_params
 
 DEFAULT_CAPACITY_FACTOR = 1.0
 """c = 1: buffers exactly the balanced load (Megatron-LM core's dropless default; DeepSpeed-MoE's
@@ -55,6 +55,12 @@ def expert_params_held(spec: ModelSpec, blocks: int, tp: int, ep: int) -> float:
     """Routed-expert parameters one GPU holds for `blocks` MoE blocks: E/e experts of each,
     blocks x routed_expert_params / e (DeepSpeed-MoE Section 5.1)."""
     return blocks * routed_expert_params(spec, tp) / ep
+
+
+def block_params_held(spec: ModelSpec, tp: int, ep: int) -> float:
+    """One block as one GPU holds it, its routed experts E/ep of them (an MoE block: the larger
+    kind, params.layer_params): what ZeRO-3 and FSDP gather at once."""
+    return layer_params(spec, tp).total - expert_params_held(spec, 1, tp, 1) + expert_params_held(spec, 1, tp, ep)
 
 
 def expert_data_parallel(dp: int, ep: int) -> int:

@@ -16,7 +16,8 @@ from .activations import (FP32_BYTES, activation_bytes_per_layer, logits_bytes, 
                           saved_activation_bytes, saved_norm_input_bytes,
                           transient_activation_bytes)
 from .engines import DEFAULT_ENGINE, ENGINES, Engine
-from .experts import dispatch_buffer_bytes, expert_data_parallel, expert_params_held
+from .experts import (block_params_held, dispatch_buffer_bytes, expert_data_parallel,
+                      expert_params_held)
 from .fp8 import FP8_BYTES, fp8_weight_copy_bytes
 from .frozen_hash import cached_hash
 from .model_spec import ModelSpec
@@ -443,9 +444,7 @@ def _stage_fixed(spec: ModelSpec, first: bool, last: bool, blocks: int, dense: i
         spec, stage=stage, pp=pp, micro_batch=micro_batch, tp=tp, recompute=recompute, act_bytes=act,
         logits_per_element=engine.logits_bytes, **rules)
     transient += dispatch_buffer_bytes(spec, moe_blocks, ep, micro_batch, seq_len, cp, act)
-    # one block as this GPU holds it (an MoE block's routed experts E/ep of them): what ZeRO-3
-    # and FSDP gather at once
-    block = layer_params(spec, tp).total - expert_params_held(spec, 1, tp, 1) + expert_params_held(spec, 1, tp, ep)
+    block = block_params_held(spec, tp, ep)     # what ZeRO-3 and FSDP gather at once
     if engine.zero_accounting == "deepspeed":
         largest = 0.0
         if zero_stage == 3:   # the largest module ZeRO-3 gathers whole: a block, the embedding or head
